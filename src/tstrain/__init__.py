@@ -1,0 +1,1 @@
+"""tstrain: Token Superposition Training."""

@@ -1,0 +1,90 @@
+"""Recording a run: metrics.jsonl rows, TensorBoard scalars, the progress bar, and MFU.
+
+MFU here is model FLOPs per second (see ``models.flops_per_position``: counted on the positions
+the transformer sees, so a phase-1 step and a baseline step cost the same) over the device's peak.
+Data tokens per second are reported separately: in phase 1 they run ``s`` times the positions.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+# Dense bf16 peak FLOP/s of common accelerators (vendor datasheets, without sparsity).
+PEAK_BF16_FLOPS = {
+    "H100": 989e12,
+    "H200": 989e12,
+    "A100": 312e12,
+    "B200": 2250e12,
+    "L4": 121e12,
+    "A10G": 125e12,
+}
+
+
+def device_peak_flops(device: torch.device, configured: float = 0.0) -> float:
+    """Return the configured peak FLOP/s, else a known GPU's bf16 peak, else 0 (MFU not reported)."""
+    if configured > 0:
+        return configured
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        for key, peak in PEAK_BF16_FLOPS.items():
+            if key in name:
+                return peak
+    return 0.0
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """Return the rows of a JSONL file."""
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+class MetricsLog:
+    """Appends one JSON object per logged step to ``metrics.jsonl``; mirrors scalars to TensorBoard."""
+
+    def __init__(self, run_dir: Path, tensorboard: bool = False, resume_step: int | None = None):
+        self.path = run_dir / "metrics.jsonl"
+        if resume_step is not None and self.path.exists():
+            # Rows past the checkpoint are logged again by the resumed run: drop them.
+            kept = [r for r in read_jsonl(self.path) if r["step"] <= resume_step]
+            self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        elif resume_step is None and self.path.exists():
+            self.path.unlink()
+        self.file = open(self.path, "a")
+        self.tb = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(run_dir / "tensorboard"))
+
+    def write(self, row: dict[str, Any]) -> None:
+        self.file.write(json.dumps(row) + "\n")
+        self.file.flush()
+        if self.tb is not None:
+            for key, value in row.items():
+                if key != "step" and isinstance(value, (int, float)):
+                    self.tb.add_scalar(key, value, row["step"])
+
+    def close(self) -> None:
+        self.file.close()
+        if self.tb is not None:
+            self.tb.close()
+
+
+class Progress:
+    """A tqdm bar over the steps showing phase, loss, data tokens/s and ETA."""
+
+    def __init__(self, total: int, initial: int, enabled: bool):
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, disable=not enabled)
+
+    def update(self, phase: int, loss: float, tokens_per_s: float) -> None:
+        self.bar.set_postfix_str(f"phase {phase} loss {loss:.3f} {tokens_per_s:,.0f} tok/s", refresh=False)
+        self.bar.update(1)
+
+    def close(self) -> None:
+        self.bar.close()

@@ -1,0 +1,238 @@
+"""Token Superposition Training: bags, averaged embeddings and the multi-hot cross entropy.
+
+The whole method lives in this file and depends on torch alone, so it can be checked against the
+paper line by line and dropped into any training loop. Shapes: ``B`` sequences, ``L`` positions the
+transformer sees, ``s`` the bag size, ``V`` the vocabulary, ``d`` the hidden size.
+
+Window layout (the trainer reads windows of ``window_length(...)`` tokens):
+
+- ``both`` (the method): a window of ``(L + 1) * s`` tokens. Position ``j`` sees bag ``j`` (tokens
+  ``j*s .. j*s+s-1``) and predicts the whole next bag (tokens ``(j+1)*s .. (j+1)*s+s-1``). We read
+  ``(L + 1) * s`` rather than the listing's ``L*s + 1`` so the last position has a full target bag.
+- ``input``: bag inputs, next-token target: position ``j`` predicts token ``(j+1)*s`` only.
+- ``output``: token inputs, next-bag target: position ``t`` predicts tokens ``t+1 .. t+s``.
+- phase 2 / baseline: the plain shift, window ``L + 1``.
+
+In every case the first ``stride`` tokens of the window are the inputs (each token is an input to
+exactly one window) and the remaining ``window - stride`` tokens only serve as targets.
+"""
+
+from __future__ import annotations
+
+from typing import Union
+
+import torch
+import torch.nn.functional as F
+
+IGNORE_INDEX = -100
+VARIANTS = ("both", "input", "output")
+WEIGHT_SCHEMES = ("uniform", "power", "exponential", "first", "mi")
+
+# Exponent of the paper's mutual-information fit on DCLM, MI(d) ~ C0 + a * d**k.
+DCLM_MI_EXPONENT = -1.25
+
+
+# ----------------------------------------------------------------------------------------------
+# Windows -> (inputs, targets)
+# ----------------------------------------------------------------------------------------------
+
+
+def window_length(seq_len: int, bag_size: int, variant: str | None) -> tuple[int, int]:
+    """Return ``(stride, window)``: tokens consumed as inputs, and tokens read per sequence.
+
+    ``variant=None`` means ordinary next-token prediction (phase 2, or the baseline).
+    """
+    L, s = seq_len, bag_size
+    if variant is None or s == 1:
+        return L, L + 1
+    if variant == "both":
+        return L * s, (L + 1) * s
+    if variant == "input":
+        return L * s, L * s + 1
+    if variant == "output":
+        return L, L + s
+    raise ValueError(f"unknown TST variant {variant!r}; choose one of {VARIANTS}")
+
+
+def next_token_batch(window: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return ``(inputs (B, L), targets (B, L, 1))`` for ordinary next-token prediction."""
+    return window[:, :-1], window[:, 1:].unsqueeze(-1)
+
+
+def superposition_batch(
+    window: torch.Tensor, seq_len: int, bag_size: int, variant: str = "both"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return phase-1 ``(inputs, targets)`` cut from token windows ``(B, window)``.
+
+    inputs are bag ids ``(B, L, s)`` for the ``both`` and ``input`` variants and token ids
+    ``(B, L)`` for ``output``; targets are ``(B, L, s)`` (``both``, ``output``) or ``(B, L, 1)``.
+    """
+    L, s = seq_len, bag_size
+    stride, length = window_length(L, s, variant)
+    if window.dim() != 2 or window.shape[1] != length:
+        raise ValueError(
+            f"window must be (B, {length}) for seq_len={L}, bag_size={s}, variant={variant!r}; "
+            f"got {tuple(window.shape)}"
+        )
+    B = window.shape[0]
+    if variant == "both":
+        bags = window.reshape(B, L + 1, s)
+        return bags[:, :L], bags[:, 1:]
+    if variant == "input":
+        bags = window[:, :stride].reshape(B, L, s)
+        targets = window[:, s::s].unsqueeze(-1)  # first token of the next bag
+        return bags, targets
+    if variant == "output":
+        targets = window[:, 1:].unfold(1, s, 1)  # (B, L, s): tokens t+1 .. t+s
+        return window[:, :L], targets
+    raise ValueError(f"unknown TST variant {variant!r}; choose one of {VARIANTS}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Input side: averaged bag embeddings
+# ----------------------------------------------------------------------------------------------
+
+
+def bag_embeddings(weight_or_embedding: Union[torch.Tensor, torch.nn.Embedding], ids: torch.Tensor) -> torch.Tensor:
+    """Return the mean embedding of each bag, ``(B, L, d)`` in the weight's dtype.
+
+    ``ids`` is ``(B, L, s)``. The sum runs in float32 whatever the weight's dtype (bf16 sums of
+    16 vectors lose bits), and one gather of all ``s`` ids replaces the listing's ``s`` lookups.
+    """
+    weight = weight_or_embedding.weight if isinstance(weight_or_embedding, torch.nn.Embedding) else weight_or_embedding
+    if ids.dim() != 3:
+        raise ValueError(f"bag ids must be (B, L, s); got {tuple(ids.shape)}")
+    s = ids.shape[-1]
+    vectors = F.embedding(ids, weight)  # (B, L, s, d)
+    return (vectors.float().sum(dim=-2) / s).to(weight.dtype)
+
+
+# ----------------------------------------------------------------------------------------------
+# Output side: the multi-hot cross entropy
+# ----------------------------------------------------------------------------------------------
+
+
+def bag_weights(
+    scheme: Union[str, torch.Tensor, list, tuple],
+    bag_size: int,
+    *,
+    mi_exponent: float = DCLM_MI_EXPONENT,
+) -> torch.Tensor:
+    """Return the ``s`` slot weights (float64, summing to 1) of a weighting scheme.
+
+    Slot ``i = 1..s`` is at distance ``i`` from the last token of the input bag.
+    ``uniform``: 1/s; ``power``: 1/i; ``exponential``: e^-i; ``first``: the next token only;
+    ``mi``: i**k, the part of the fitted ``MI(i) = C0 + a * i**k`` that decays with distance
+    (the constant C0 carries no distance information), with ``k = mi_exponent``.
+    A tensor or sequence of ``s`` non-negative numbers is normalised as given.
+    """
+    s = bag_size
+    i = torch.arange(1, s + 1, dtype=torch.float64)
+    if isinstance(scheme, str):
+        if scheme == "uniform":
+            w = torch.ones(s, dtype=torch.float64)
+        elif scheme == "power":
+            w = 1.0 / i
+        elif scheme == "exponential":
+            w = torch.exp(-i)
+        elif scheme == "first":
+            w = torch.zeros(s, dtype=torch.float64)
+            w[0] = 1.0
+        elif scheme == "mi":
+            w = i**mi_exponent
+        else:
+            raise ValueError(f"unknown bag weight scheme {scheme!r}; choose one of {WEIGHT_SCHEMES} or give {s} numbers")
+    else:
+        w = torch.as_tensor(scheme, dtype=torch.float64).flatten()
+        if w.numel() != s:
+            raise ValueError(f"got {w.numel()} bag weights for bag size {s}")
+    if not torch.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
+        raise ValueError(f"bag weights must be finite, non-negative and not all zero; got {w.tolist()}")
+    return w / w.sum()
+
+
+def target_scales(targets: torch.Tensor, weights: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+    """Return the factor each target's CE is multiplied by, ``(N, s)`` float32.
+
+    As in the published listing, slot ``i``'s CE is a mean over its non-ignored targets and the
+    slots are combined with ``weights``: ``scale[n, i] = w_i * valid[n, i] / count_i``. A slot with
+    no valid target contributes nothing (the listing would give NaN).
+    """
+    valid = (targets != ignore_index).to(torch.float64)
+    counts = valid.sum(dim=0).clamp(min=1.0)
+    return (valid * (weights.to(valid.device) / counts)).to(torch.float32)
+
+
+class _MultiHotCE(torch.autograd.Function):
+    """``sum(scale * (lse(z) - z[y]))`` with one log-sum-exp per row and a hand-written backward.
+
+    The backward builds the gradient ``softmax(z) * sum_i scale_i - sum_i scale_i * onehot(y_i)``
+    in one (N, V) buffer, so memory matches one ordinary cross entropy whatever ``s`` is.
+    """
+
+    @staticmethod
+    def forward(ctx, logits, safe_targets, scales):
+        z = logits.float()
+        lse = torch.logsumexp(z, dim=-1)  # (N,)
+        picked = z.gather(-1, safe_targets)  # (N, s)
+        loss = (scales * (lse.unsqueeze(-1) - picked)).sum()
+        ctx.save_for_backward(logits, lse, safe_targets, scales)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        logits, lse, safe_targets, scales = ctx.saved_tensors
+        grad = torch.exp(logits.float() - lse.unsqueeze(-1))
+        grad.mul_(scales.sum(dim=-1, keepdim=True))
+        grad.scatter_add_(-1, safe_targets, -scales)
+        grad.mul_(grad_loss)
+        return grad.to(logits.dtype), None, None
+
+
+def multi_hot_cross_entropy(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    weights: Union[str, torch.Tensor, list, tuple] = "uniform",
+    ignore_index: int = IGNORE_INDEX,
+    *,
+    mi_exponent: float = DCLM_MI_EXPONENT,
+) -> torch.Tensor:
+    """Return the multi-hot cross entropy (a float32 scalar) of logits against bags of targets.
+
+    ``logits`` is ``(..., V)`` and ``targets`` ``(..., s)`` with the same leading shape.
+    ``loss = sum_i w_i * mean_n CE(z_n, y_{n,i})``, computed as ``lse(z) - sum_i w_i z[y_i]``:
+    one log-sum-exp per position instead of ``s`` full softmaxes. With ``s = 1`` it is the
+    ordinary mean next-token cross entropy.
+    """
+    if logits.shape[:-1] != targets.shape[:-1]:
+        raise ValueError(f"logits {tuple(logits.shape)} and targets {tuple(targets.shape)} disagree on leading dims")
+    V, s = logits.shape[-1], targets.shape[-1]
+    logits2 = logits.reshape(-1, V)
+    targets2 = targets.reshape(-1, s)
+    valid = targets2 != ignore_index
+    if valid.any():
+        lo, hi = int(targets2[valid].min()), int(targets2[valid].max())
+        if lo < 0 or hi >= V:
+            raise ValueError(f"target ids must lie in [0, {V}) (the vocabulary size of the logits); found {lo}..{hi}")
+    w = bag_weights(weights, s, mi_exponent=mi_exponent)
+    scales = target_scales(targets2, w, ignore_index).to(logits.device)
+    safe = torch.where(valid, targets2, torch.zeros_like(targets2))
+    return _MultiHotCE.apply(logits2, safe, scales)
+
+
+def reference_multi_hot_cross_entropy(
+    logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor, ignore_index: int = IGNORE_INDEX
+) -> torch.Tensor:
+    """Return the listing's formulation: ``s`` calls of the framework's cross entropy, weighted.
+
+    Kept as the published baseline for benchmarks; it costs ``s`` full softmaxes. Slots with no
+    valid target are skipped (the listing would return NaN for them).
+    """
+    V, s = logits.shape[-1], targets.shape[-1]
+    logits2, targets2 = logits.reshape(-1, V).float(), targets.reshape(-1, s)
+    total = logits2.new_zeros(())
+    for i in range(s):
+        if (targets2[:, i] != ignore_index).any():
+            total = total + float(weights[i]) * F.cross_entropy(logits2, targets2[:, i], ignore_index=ignore_index)
+    return total
+

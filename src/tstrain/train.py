@@ -1,0 +1,340 @@
+"""The training loop: phase 1 (superposition) for round(r*N) steps, then next-token phase 2.
+
+One model, one AdamW, one Warmup-Stable-Decay schedule over all N steps. The loop asks the TST
+core for each phase's inputs and loss; everything it reads is a pure function of (seed, step), so
+a run resumed from any checkpoint, the one at the switch included, repeats the same numbers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import checkpoint as ckpt
+from .config import Config, ConfigError, validate
+from .data import TokenData, WindowReader, WindowSchedule, check_appetite, validation_windows
+from .metrics import MetricsLog, Progress, device_peak_flops
+from .models import CausalLMParts, build_model, flops_per_position, padded_vocab
+from .superposition import bag_embeddings, multi_hot_cross_entropy, next_token_batch, superposition_batch, window_length
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (a non-finite loss or gradient); the last good checkpoint is kept."""
+
+
+# Fields that may differ between a run and its resumption: they do not change the numbers.
+RESUME_FREE = {"log", "train.device", "train.checkpoint_every", "train.keep_checkpoints", "train.eval_batch_size", "data.path"}
+
+
+# ----------------------------------------------------------------------------------------------
+# Schedule
+# ----------------------------------------------------------------------------------------------
+
+
+def wsd_lr(step: int, total: int, lr: float, warmup: int, decay_fraction: float, final_fraction: float) -> float:
+    """Return the Warmup-Stable-Decay learning rate at ``step`` of ``total``.
+
+    Linear warmup over ``warmup`` steps, constant, then linear decay to ``final_fraction * lr``
+    over the last ``round(decay_fraction * total)`` steps (reached at the final step).
+    """
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    decay_steps = round(decay_fraction * total)
+    decay_start = total - decay_steps
+    if decay_steps == 0 or step < decay_start:
+        return lr
+    progress = (step - decay_start + 1) / decay_steps
+    return lr * (1.0 - (1.0 - final_fraction) * progress)
+
+
+def lr_at(cfg: Config, step: int) -> float:
+    """Return the LR of ``step``: one schedule over the run, or one per phase if restarted."""
+    o, n, switch = cfg.optim, cfg.train.steps, cfg.switch_step
+    if cfg.tst.restart_schedule and 0 < switch:
+        if step < switch:
+            return wsd_lr(step, switch, o.lr, min(o.warmup_steps, switch), o.decay_fraction, o.final_lr_fraction)
+        return wsd_lr(step - switch, n - switch, o.lr, min(o.warmup_steps, n - switch), o.decay_fraction, o.final_lr_fraction)
+    return wsd_lr(step, n, o.lr, o.warmup_steps, o.decay_fraction, o.final_lr_fraction)
+
+
+# ----------------------------------------------------------------------------------------------
+# Pieces of a step
+# ----------------------------------------------------------------------------------------------
+
+
+def window_schedule(cfg: Config) -> WindowSchedule:
+    """Return the per-step window geometry of the run."""
+    L, s = cfg.train.seq_len, cfg.tst.bag_size
+    p1 = window_length(L, s, cfg.tst.variant)
+    p2 = window_length(L, s, None)
+    return WindowSchedule(cfg.train.batch_size, cfg.switch_step, p1[0], p1[1], p2[0], p2[1])
+
+
+def phase_loss(parts: CausalLMParts, window: torch.Tensor, phase: int, cfg: Config) -> torch.Tensor:
+    """Return the training loss of token windows: the MCE in phase 1, next-token CE in phase 2."""
+    if phase == 1:
+        inputs, targets = superposition_batch(window, cfg.train.seq_len, cfg.tst.bag_size, cfg.tst.variant)
+        if inputs.dim() == 3:  # bag inputs: averaged embeddings fed to the unchanged transformer
+            hidden = parts.hidden_states(inputs_embeds=bag_embeddings(parts.embedding.weight, inputs))
+        else:
+            hidden = parts.hidden_states(input_ids=inputs)
+        weights = cfg.tst.weights if targets.shape[-1] > 1 else "uniform"
+    else:
+        inputs, targets = next_token_batch(window)
+        hidden = parts.hidden_states(input_ids=inputs)
+        weights = "uniform"
+    return multi_hot_cross_entropy(parts.logits(hidden), targets, weights, mi_exponent=cfg.tst.mi_exponent)
+
+
+@torch.no_grad()
+def validation_loss(parts: CausalLMParts, windows: torch.Tensor, batch_size: int, device, autocast) -> float:
+    """Return the mean next-token loss over fixed held-out windows (equal-length, so a plain mean)."""
+    was_training = parts.model.training
+    parts.model.eval()
+    total, count = 0.0, 0
+    for i in range(0, windows.shape[0], batch_size):
+        chunk = windows[i : i + batch_size].to(device)
+        inputs, targets = next_token_batch(chunk)
+        with autocast():
+            logits = parts.logits(parts.hidden_states(input_ids=inputs))
+        total += multi_hot_cross_entropy(logits, targets).item() * chunk.shape[0]
+        count += chunk.shape[0]
+    parts.model.train(was_training)
+    return total / count
+
+
+def make_optimizer(model: torch.nn.Module, cfg: Config, device: torch.device) -> torch.optim.AdamW:
+    """Return AdamW with weight decay on matrices only (not norms or biases)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    o = cfg.optim
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=o.lr,
+        betas=(o.beta1, o.beta2),
+        eps=o.eps,
+        fused=device.type == "cuda",
+    )
+
+
+def resolve_device(cfg: Config) -> torch.device:
+    if cfg.train.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if cfg.train.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("train.device is cuda but no CUDA device is available; use --set train.device=cpu")
+    return torch.device(cfg.train.device)
+
+
+def autocast_for(cfg: Config, device: torch.device):
+    """Return a context factory: bf16 autocast on CUDA (or when asked), else nothing."""
+    bf16 = cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and device.type == "cuda")
+    if bf16:
+        return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext
+
+
+def first_non_finite_grad(model: torch.nn.Module) -> str | None:
+    for name, p in model.named_parameters():
+        if p.grad is not None and not torch.isfinite(p.grad).all():
+            return name
+    return None
+
+
+def check_resume_config(saved: dict[str, Any], cfg: Config) -> None:
+    """Raise ConfigError if ``cfg`` differs from the run's saved config in a field that matters."""
+    now = cfg.to_dict()
+    diffs = []
+    for section, values in saved.items():
+        if section in RESUME_FREE:
+            continue
+        for key, old in values.items():
+            if f"{section}.{key}" in RESUME_FREE:
+                continue
+            new = now.get(section, {}).get(key)
+            if new != old:
+                diffs.append(f"{section}.{key}: saved {old!r}, now {new!r}")
+    if diffs:
+        raise ConfigError(
+            "cannot resume with a different config (" + "; ".join(diffs) + "). "
+            "Resume with the run's saved config.toml (`tstrain train --out RUN --resume` alone loads it), "
+            "or start a new run in another --out"
+        )
+
+
+# ----------------------------------------------------------------------------------------------
+# The run
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RunSummary:
+    run_dir: Path
+    final_val_loss: float
+    steps: int
+    switch_step: int
+    data_tokens: int
+    flops: float
+    wall_time: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.__dict__, "run_dir": str(self.run_dir)}
+
+
+def resolve_for_data(cfg: Config, data: TokenData) -> None:
+    """Fill the config fields that follow the data (vocab size, max positions), checking them."""
+    m = cfg.model
+    if m.vocab_size == 0:
+        m.vocab_size = padded_vocab(data.vocab_size, m.pad_vocab_multiple)
+    elif m.vocab_size < data.vocab_size:
+        raise ConfigError(
+            f"model.vocab_size={m.vocab_size} is smaller than the data's vocabulary of {data.vocab_size} "
+            f"(tokenizer of {data.path}); set model.vocab_size >= {data.vocab_size} or 0 to follow the data"
+        )
+    if m.max_position_embeddings == 0:
+        m.max_position_embeddings = cfg.train.seq_len
+
+
+def train(cfg: Config, out_dir: str | Path, resume: bool = False) -> RunSummary:
+    """Train through both phases into ``out_dir``; return the final summary.
+
+    Writes ``config.toml``, ``metrics.jsonl``, ``checkpoints/`` and ``final/`` (a Hugging Face
+    model dir). With ``resume``, continues from the newest checkpoint that verifies.
+    """
+    run = Path(out_dir)
+    if not cfg.data.path:
+        raise ConfigError("no data: pass --data DIR (a dir made by `tstrain prepare-data`) or set data.path")
+    data = TokenData(cfg.data.path)
+    resolve_for_data(cfg, data)
+    validate(cfg)
+    ckpt_root = run / "checkpoints"
+
+    found = None
+    if resume:
+        saved_path = run / "config.toml"
+        if saved_path.is_file():
+            check_resume_config(tomllib.loads(saved_path.read_text()), cfg)
+        found = ckpt.latest_good_checkpoint(ckpt_root)
+        if found is None:
+            print(f"no checkpoint under {ckpt_root}; starting from step 0")
+    elif ckpt.list_checkpoints(ckpt_root):
+        raise ConfigError(f"{run} already holds checkpoints; pass --resume to continue it or choose a new --out")
+    run.mkdir(parents=True, exist_ok=True)
+    (run / "config.toml").write_text(cfg.to_toml())
+
+    device = resolve_device(cfg)
+    autocast = autocast_for(cfg, device)
+    if device.type == "cpu":
+        # AdamW's second moments underflow into denormals, which x86 CPUs process ~100x slower:
+        # a 3x slower tiny run without this. Flushing them changes no loss we could measure.
+        torch.set_flush_denormal(True)
+    torch.manual_seed(cfg.train.seed)
+    model = build_model(cfg.model, cfg.model.vocab_size, cfg.train.seq_len).to(device)
+    model.train()
+    parts = CausalLMParts(model)
+    optimizer = make_optimizer(model, cfg, device)
+
+    schedule = window_schedule(cfg)
+    reader = WindowReader(data.train, schedule, cfg.train.seed)
+    check_appetite(reader, cfg.train.steps, cfg.data.max_epochs)
+    val = validation_windows(data.val, cfg.train.seq_len, cfg.data.val_windows)
+
+    N, switch, B, L = cfg.train.steps, cfg.switch_step, cfg.train.batch_size, cfg.train.seq_len
+    accum, micro = cfg.train.grad_accum, cfg.train.batch_size // cfg.train.grad_accum
+    step_flops = flops_per_position(model, L) * B * L
+    peak = device_peak_flops(device, cfg.log.peak_flops)
+
+    start, data_tokens, flops, wall_offset = 0, 0, 0.0, 0.0
+    if found is not None:
+        path, state = found
+        ckpt.load_checkpoint(path, model, optimizer)
+        start, data_tokens, flops, wall_offset = state["step"], state["data_tokens"], state["flops"], state["wall_time"]
+        print(f"resumed from {path} (step {start}, phase {1 if start < switch else 2})")
+    log = MetricsLog(run, cfg.log.tensorboard, resume_step=start if found is not None else None)
+    t0 = time.perf_counter()
+
+    def elapsed() -> float:
+        return wall_offset + time.perf_counter() - t0
+
+    def save(step: int) -> None:
+        state = {"phase": 1 if step <= switch and switch > 0 else 2, "data_tokens": data_tokens, "flops": flops,
+                 "wall_time": elapsed(), "at_switch": step == switch and switch > 0,
+                 "epochs": reader.epochs(step)}
+        ckpt.save_checkpoint(ckpt_root, step, model, optimizer, state)
+        ckpt.prune_checkpoints(ckpt_root, cfg.train.keep_checkpoints)
+
+    def evaluate(step: int) -> float:
+        v = validation_loss(parts, val, cfg.train.eval_batch_size, device, autocast)
+        log.write({"step": step, "phase": 1 if step <= switch and switch > 0 else 2, "val_loss": v, "data_tokens": data_tokens,
+                   "flops": flops, "wall_time": elapsed()})
+        return v
+
+    if start == 0:
+        evaluate(0)
+    progress = Progress(N, start, cfg.log.progress)
+    last_val = math.nan
+    try:
+        for step in range(start, N):
+            phase = 1 if step < switch else 2
+            if step == switch and switch > 0 and cfg.tst.reset_optimizer:
+                optimizer.state.clear()
+            lr = lr_at(cfg, step)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            step_start = time.perf_counter()
+            loss_sum = 0.0
+            for k in range(accum):
+                window = reader.batch(step, k * micro, micro).to(device, non_blocking=True)
+                with autocast():
+                    loss = phase_loss(parts, window, phase, cfg)
+                (loss / accum).backward()
+                loss_sum += loss.item() / accum
+            if not math.isfinite(loss_sum):
+                raise TrainingError(
+                    f"non-finite loss ({loss_sum}) at step {step + 1} (phase {phase}); the last good checkpoint "
+                    f"under {ckpt_root} is kept. Lower optim.lr, raise optim.warmup_steps or check the data"
+                )
+            clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), clip))
+            if not math.isfinite(grad_norm):
+                raise TrainingError(
+                    f"non-finite gradient at step {step + 1} (phase {phase}) in {first_non_finite_grad(model)}; "
+                    f"the last good checkpoint under {ckpt_root} is kept. Lower optim.lr or check the data"
+                )
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            stride = schedule.window(step)[0]
+            data_tokens += B * stride
+            flops += step_flops
+            dt = time.perf_counter() - step_start
+            done = step + 1
+            progress.update(phase, loss_sum, B * stride / dt)
+            if done % cfg.log.every == 0 or done in (switch, switch + 1, N):
+                row = {"step": done, "phase": phase, "loss": loss_sum, "lr": lr, "grad_norm": grad_norm,
+                       "data_tokens": data_tokens, "flops": flops, "wall_time": elapsed(),
+                       "tokens_per_s": B * stride / dt, "positions_per_s": B * L / dt, "epoch": reader.epochs(done)}
+                if peak > 0:
+                    row["mfu"] = step_flops / dt / peak
+                log.write(row)
+            if done == switch or (cfg.train.eval_every and done % cfg.train.eval_every == 0) or done == N:
+                last_val = evaluate(done)
+            if done == switch or done == N or (cfg.train.checkpoint_every and done % cfg.train.checkpoint_every == 0):
+                save(done)
+    finally:
+        progress.close()
+        log.close()
+
+    if math.isnan(last_val):  # resumed from the final checkpoint: nothing left to run
+        last_val = validation_loss(parts, val, cfg.train.eval_batch_size, device, autocast)
+    ckpt.export_hf(model, run / "final", data.path / "tokenizer.json", data.manifest.get("eos_token"))
+    summary = RunSummary(run, last_val, N, switch, data_tokens, flops, elapsed())
+    (run / "summary.json").write_text(json.dumps(summary.to_dict(), indent=2) + "\n")
+    return summary

@@ -1,0 +1,70 @@
+"""Atomic checkpoints: verification, corruption fallback, retention."""
+
+import json
+
+import pytest
+import torch
+
+from tstrain.checkpoint import (
+    CheckpointError,
+    latest_good_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    prune_checkpoints,
+    save_checkpoint,
+    verify_checkpoint,
+)
+
+
+def model_and_optimizer(seed=0):
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2))
+    opt = torch.optim.AdamW(model.parameters(), lr=0.1)
+    model(torch.randn(3, 4)).sum().backward()
+    opt.step()
+    return model, opt
+
+
+def test_save_verify_load_round_trip(tmp_path):
+    model, opt = model_and_optimizer()
+    path = save_checkpoint(tmp_path, 7, model, opt, {"data_tokens": 10, "at_switch": False})
+    assert path.name == "step-00000007" and verify_checkpoint(path)["data_tokens"] == 10
+    other, other_opt = model_and_optimizer(seed=1)
+    torch.manual_seed(123)
+    load_checkpoint(path, other, other_opt)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), other.state_dict().values()))
+    assert torch.equal(opt.state_dict()["state"][0]["exp_avg"], other_opt.state_dict()["state"][0]["exp_avg"])
+
+
+def test_corrupt_or_incomplete_checkpoints_are_skipped_with_a_warning(tmp_path):
+    model, opt = model_and_optimizer()
+    save_checkpoint(tmp_path, 1, model, opt, {})
+    p2 = save_checkpoint(tmp_path, 2, model, opt, {})
+    p3 = save_checkpoint(tmp_path, 3, model, opt, {})
+    (tmp_path / ".tmp-step-00000004-1").mkdir()  # a crash mid-write leaves only this
+    data = bytearray((p3 / "model.safetensors").read_bytes())
+    data[-1] ^= 0xFF
+    (p3 / "model.safetensors").write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="corrupt"):
+        verify_checkpoint(p3)
+    with open(p2 / "optimizer.pt", "r+b") as f:
+        f.truncate(10)
+    with pytest.raises(CheckpointError, match="truncated"):
+        verify_checkpoint(p2)
+    with pytest.warns(UserWarning, match="skipping checkpoint step-00000003"):
+        path, state = latest_good_checkpoint(tmp_path)
+    assert path.name == "step-00000001" and state["step"] == 1
+    (tmp_path / "step-00000009").mkdir()
+    with pytest.raises(CheckpointError, match="never completed"):
+        verify_checkpoint(tmp_path / "step-00000009")
+
+
+def test_prune_keeps_the_newest_and_the_switch_checkpoint(tmp_path):
+    model, opt = model_and_optimizer()
+    for step in range(1, 7):
+        save_checkpoint(tmp_path, step, model, opt, {"at_switch": step == 2})
+    (tmp_path / ".tmp-step-00000007-1").mkdir()
+    prune_checkpoints(tmp_path, keep=2)
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step-00000002", "step-00000005", "step-00000006"]
+    assert not list(tmp_path.glob(".tmp-*"))
+    assert json.loads((tmp_path / "step-00000002" / "state.json").read_text())["at_switch"]

@@ -1,0 +1,233 @@
+"""The TST core against plain float64 loops on random inputs."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tstrain.superposition import (
+    IGNORE_INDEX,
+    bag_embeddings,
+    bag_weights,
+    multi_hot_cross_entropy,
+    next_token_batch,
+    reference_multi_hot_cross_entropy,
+    superposition_batch,
+    window_length,
+)
+
+
+def loop_mce(logits, targets, weights, ignore_index=IGNORE_INDEX):
+    """Float64 loop: per slot, mean CE over valid targets; slots combined with weights."""
+    V, s = logits.shape[-1], targets.shape[-1]
+    z = logits.detach().reshape(-1, V).double()
+    y = targets.reshape(-1, s)
+    total = 0.0
+    for i in range(s):
+        ces = []
+        for n in range(z.shape[0]):
+            t = int(y[n, i])
+            if t == ignore_index:
+                continue
+            lse = math.log(sum(math.exp(float(v)) for v in z[n]))
+            ces.append(lse - float(z[n, t]))
+        if ces:
+            total += float(weights[i]) * sum(ces) / len(ces)
+    return total
+
+
+def loop_bag_embeddings(weight, ids):
+    B, L, s = ids.shape
+    out = torch.zeros(B, L, weight.shape[1], dtype=torch.float64)
+    for b in range(B):
+        for j in range(L):
+            for i in range(s):
+                out[b, j] += weight[ids[b, j, i]].double()
+            out[b, j] /= s
+    return out
+
+
+def random_targets(shape, V, ignore_frac, gen):
+    t = torch.randint(0, V, shape, generator=gen)
+    mask = torch.rand(shape, generator=gen) < ignore_frac
+    return torch.where(mask, torch.full_like(t, IGNORE_INDEX), t)
+
+
+@pytest.mark.parametrize("scheme", ["uniform", "power", "exponential", "first", "mi"])
+@pytest.mark.parametrize("s", [1, 3, 4])
+def test_mce_matches_float64_loop(scheme, s):
+    gen = torch.Generator().manual_seed(s * 7 + len(scheme))
+    B, L, V = 2, 5, 11
+    logits = torch.randn(B, L, V, generator=gen) * 3
+    targets = random_targets((B, L, s), V, 0.3, gen)
+    w = bag_weights(scheme, s)
+    got = multi_hot_cross_entropy(logits, targets, scheme)
+    assert got.item() == pytest.approx(loop_mce(logits, targets, w), rel=1e-5, abs=1e-6)
+
+
+def test_mce_gradient_matches_float64_autograd_of_the_loop_formula():
+    gen = torch.Generator().manual_seed(3)
+    B, L, V, s = 3, 4, 13, 4
+    logits = (torch.randn(B, L, V, generator=gen) * 2).double().requires_grad_()
+    targets = random_targets((B, L, s), V, 0.25, gen)
+    w = bag_weights("power", s)
+    # Reference gradient: autograd through an explicit float64 log-softmax per slot.
+    ref_logits = logits.detach().clone().requires_grad_()
+    logp = torch.log_softmax(ref_logits.reshape(-1, V), -1)
+    y = targets.reshape(-1, s)
+    ref = ref_logits.new_zeros(())
+    for i in range(s):
+        keep = y[:, i] != IGNORE_INDEX
+        if keep.any():
+            ref = ref - w[i] * logp[keep, y[keep, i]].mean()
+    ref.backward()
+    got = multi_hot_cross_entropy(logits, targets, w)
+    got.backward()
+    torch.testing.assert_close(logits.grad, ref_logits.grad, rtol=1e-5, atol=1e-6)
+    # The ignored-only rows get zero gradient from their ignored slots: check one fully ignored row.
+    assert torch.isfinite(logits.grad).all()
+
+
+def test_mce_gradcheck_float64():
+    gen = torch.Generator().manual_seed(5)
+    logits = torch.randn(6, 7, generator=gen, dtype=torch.float64, requires_grad=True)
+    targets = random_targets((6, 3), 7, 0.3, gen)
+    # Logits stay float64 through the custom backward only if the function keeps dtype; check in float32 math.
+    f = lambda z: multi_hot_cross_entropy(z, targets, "exponential").double()
+    assert torch.autograd.gradcheck(f, (logits,), eps=1e-3, atol=1e-3, rtol=1e-3)
+
+
+def test_mce_s1_equals_cross_entropy_and_published_formulation():
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(4, 9, 50, generator=gen)
+    targets = random_targets((4, 9, 1), 50, 0.2, gen)
+    ours = multi_hot_cross_entropy(logits, targets)
+    plain = F.cross_entropy(logits.reshape(-1, 50), targets.reshape(-1), ignore_index=IGNORE_INDEX)
+    torch.testing.assert_close(ours, plain, rtol=1e-6, atol=1e-6)
+    targets4 = random_targets((4, 9, 4), 50, 0.2, gen)
+    w = bag_weights("power", 4)
+    torch.testing.assert_close(
+        multi_hot_cross_entropy(logits, targets4, w),
+        reference_multi_hot_cross_entropy(logits, targets4, w),
+        rtol=1e-5,
+        atol=1e-6,
+    )
+
+
+def test_mce_bf16_logits_give_float32_loss_and_bf16_grad():
+    gen = torch.Generator().manual_seed(1)
+    logits = torch.randn(8, 32, generator=gen).bfloat16().requires_grad_()
+    targets = torch.randint(0, 32, (8, 4), generator=gen)
+    loss = multi_hot_cross_entropy(logits, targets)
+    loss.backward()
+    assert loss.dtype == torch.float32 and logits.grad.dtype == torch.bfloat16
+    assert loss.item() == pytest.approx(loop_mce(logits.float(), targets, bag_weights("uniform", 4)), rel=1e-4)
+
+
+def test_mce_rejects_out_of_range_targets():
+    with pytest.raises(ValueError, match="target ids must lie in"):
+        multi_hot_cross_entropy(torch.zeros(2, 5), torch.tensor([[1, 5], [0, 0]]))
+
+
+def test_bag_weights_schemes():
+    torch.testing.assert_close(bag_weights("uniform", 4), torch.full((4,), 0.25, dtype=torch.float64))
+    p = bag_weights("power", 3)
+    torch.testing.assert_close(p, torch.tensor([1, 1 / 2, 1 / 3], dtype=torch.float64) / (11 / 6))
+    e = bag_weights("exponential", 3)
+    assert e[0] / e[1] == pytest.approx(math.e)
+    assert bag_weights("first", 5).tolist() == [1, 0, 0, 0, 0]
+    m = bag_weights("mi", 4, mi_exponent=-1.25)
+    assert m[0] / m[1] == pytest.approx(2**1.25)
+    assert bag_weights([3, 1], 2).tolist() == [0.75, 0.25]
+    for bad in ([1, -1], [0, 0], [1, 2, 3]):
+        with pytest.raises(ValueError):
+            bag_weights(bad, 2)
+    with pytest.raises(ValueError, match="unknown bag weight scheme"):
+        bag_weights("cosine", 2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_bag_embeddings_match_loop_and_gradient(dtype):
+    gen = torch.Generator().manual_seed(2)
+    V, d, B, L, s = 17, 6, 2, 3, 4
+    weight = torch.randn(V, d, generator=gen).to(dtype).requires_grad_()
+    ids = torch.randint(0, V, (B, L, s), generator=gen)
+    out = bag_embeddings(weight, ids)
+    assert out.dtype == dtype and out.shape == (B, L, d)
+    ref = loop_bag_embeddings(weight.detach(), ids)
+    tol = 1e-6 if dtype == torch.float32 else 1e-2
+    torch.testing.assert_close(out.double(), ref.to(dtype).double(), rtol=tol, atol=tol)
+    # d(sum(out * g))/dweight[v] = sum over occurrences of v of g[b, j] / s
+    g = torch.randn(B, L, d, generator=gen)
+    (out.float() * g).sum().backward()
+    ref_grad = torch.zeros(V, d, dtype=torch.float64)
+    for b in range(B):
+        for j in range(L):
+            for i in range(s):
+                ref_grad[ids[b, j, i]] += g[b, j].double() / s
+    torch.testing.assert_close(weight.grad.double(), ref_grad.to(dtype).double(), rtol=tol * 10, atol=tol * 10)
+
+
+def test_bag_embeddings_s1_is_the_plain_lookup_and_accepts_module():
+    emb = torch.nn.Embedding(10, 4)
+    ids = torch.randint(0, 10, (2, 5, 1))
+    assert torch.equal(bag_embeddings(emb, ids), emb(ids[..., 0]))
+
+
+def test_bag_embeddings_sum_in_float32_for_bf16():
+    # 16 copies of a value that bf16 cannot accumulate exactly: the mean must still be the value.
+    weight = torch.full((2, 1), 1.0 + 2**-7, dtype=torch.bfloat16)
+    ids = torch.zeros(1, 1, 16, dtype=torch.long)
+    assert bag_embeddings(weight, ids).item() == weight[0, 0].item()
+
+
+def loop_windows(window, L, s, variant):
+    """Plain index arithmetic for each variant's (inputs, targets)."""
+    B = window.shape[0]
+    if variant == "both":
+        inp = [[[int(window[b, j * s + i]) for i in range(s)] for j in range(L)] for b in range(B)]
+        tgt = [[[int(window[b, (j + 1) * s + i]) for i in range(s)] for j in range(L)] for b in range(B)]
+    elif variant == "input":
+        inp = [[[int(window[b, j * s + i]) for i in range(s)] for j in range(L)] for b in range(B)]
+        tgt = [[[int(window[b, (j + 1) * s])] for j in range(L)] for b in range(B)]
+    else:
+        inp = [[int(window[b, t]) for t in range(L)] for b in range(B)]
+        tgt = [[[int(window[b, t + 1 + i]) for i in range(s)] for t in range(L)] for b in range(B)]
+    return torch.tensor(inp), torch.tensor(tgt)
+
+
+@pytest.mark.parametrize("variant", ["both", "input", "output"])
+@pytest.mark.parametrize("s", [2, 3, 4])
+def test_superposition_batch_matches_index_loop(variant, s):
+    L, B = 5, 2
+    stride, length = window_length(L, s, variant)
+    window = torch.randint(0, 1000, (B, length))
+    inputs, targets = superposition_batch(window, L, s, variant)
+    ref_in, ref_t = loop_windows(window, L, s, variant)
+    assert torch.equal(inputs, ref_in) and torch.equal(targets, ref_t)
+    # Every input token is one of the first `stride` tokens, each exactly once.
+    assert inputs.reshape(B, -1).shape[1] == stride
+
+
+@pytest.mark.parametrize("s", [2, 4, 8])
+def test_target_bag_never_overlaps_its_input_bag(s):
+    L = 6
+    _, length = window_length(L, s, "both")
+    positions = torch.arange(length).unsqueeze(0)  # the window holds its own positions
+    inputs, targets = superposition_batch(positions, L, s, "both")
+    for j in range(L):
+        assert set(inputs[0, j].tolist()).isdisjoint(targets[0, j].tolist())
+        assert min(targets[0, j].tolist()) > max(inputs[0, j].tolist())  # strictly in the future
+
+
+def test_next_token_batch_and_window_lengths():
+    window = torch.arange(12).reshape(2, 6)
+    inputs, targets = next_token_batch(window)
+    assert torch.equal(inputs, window[:, :5]) and torch.equal(targets[..., 0], window[:, 1:])
+    assert window_length(8, 4, "both") == (32, 36)
+    assert window_length(8, 4, "input") == (32, 33)
+    assert window_length(8, 4, "output") == (8, 12)
+    assert window_length(8, 4, None) == (8, 9) == window_length(8, 1, "both")
+    with pytest.raises(ValueError):
+        superposition_batch(torch.zeros(1, 7, dtype=torch.long), 8, 4, "both")

@@ -1,0 +1,168 @@
+"""End-to-end runs of the tiny preset: phases, accounting, resume, baseline equivalence, guards."""
+
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tstrain import train as train_mod
+from tstrain.config import ConfigError
+from tstrain.metrics import read_jsonl
+from tstrain.train import TrainingError, lr_at, train, wsd_lr
+
+TIMING_KEYS = {"wall_time", "tokens_per_s", "positions_per_s", "mfu"}
+
+
+def numbers(rows):
+    """Metrics rows without the wall-clock fields, which legitimately differ between runs."""
+    return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in rows]
+
+
+def train_rows(run):
+    return [r for r in read_jsonl(run / "metrics.jsonl") if "loss" in r]
+
+
+def test_two_phase_run_switches_at_the_right_step_and_accounts_tokens(tiny_cfg, tmp_path):
+    cfg = tiny_cfg(**{"tst.bag_size": 4, "tst.ratio": 0.5})
+    summary = train(cfg, tmp_path / "run")
+    rows = train_rows(tmp_path / "run")
+    assert [r["step"] for r in rows] == list(range(1, 25))
+    assert [r["phase"] for r in rows] == [1] * 12 + [2] * 12
+    B, L, s = cfg.train.batch_size, cfg.train.seq_len, 4
+    per_step = [b["data_tokens"] - a["data_tokens"] for a, b in zip([{"data_tokens": 0}] + rows, rows)]
+    assert per_step == [B * L * s] * 12 + [B * L] * 12  # phase 1 reads s times the text
+    assert summary.data_tokens == B * L * (s * 12 + 12)
+    flops = [b["flops"] - a["flops"] for a, b in zip(rows, rows[1:])]
+    assert max(flops) == min(flops) > 0  # equal FLOPs per step in both phases
+    losses = [r["loss"] for r in rows]
+    assert all(math.isfinite(x) for x in losses)
+    assert sum(losses[8:12]) < sum(losses[:4])  # phase 1 learns
+    val = [r for r in read_jsonl(tmp_path / "run" / "metrics.jsonl") if "val_loss" in r]
+    assert [r["step"] for r in val] == [0, 6, 12, 18, 24]
+    assert val[-1]["val_loss"] < val[0]["val_loss"]
+    ckpts = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
+    assert "step-00000012" in ckpts  # always written at the switch
+    assert (tmp_path / "run" / "final" / "model.safetensors").is_file()
+    assert (tmp_path / "run" / "config.toml").read_text().count("bag_size = 4") == 1
+
+
+@pytest.mark.parametrize("override", [{"tst.bag_size": 1, "tst.ratio": 0.5}, {"tst.bag_size": 4, "tst.ratio": 0.0}])
+def test_bag_size_1_and_ratio_0_reproduce_the_baseline_exactly(tiny_cfg, tmp_path, override):
+    steps = {"train.steps": 10, "train.eval_every": 5}
+    baseline = tiny_cfg(**steps, **{"tst.bag_size": 1, "tst.ratio": 0.0})
+    train(baseline, tmp_path / "base")
+    other = tiny_cfg(**steps, **override)
+    train(other, tmp_path / "other")
+    assert numbers(read_jsonl(tmp_path / "base" / "metrics.jsonl")) == numbers(read_jsonl(tmp_path / "other" / "metrics.jsonl"))
+    assert all(r["phase"] == 2 for r in train_rows(tmp_path / "other"))
+
+
+class Crash(Exception):
+    pass
+
+
+@pytest.mark.parametrize("crash_at", [8, 13, 17])  # phase 1 (resume crosses the switch), just after it, phase 2
+def test_resume_after_a_crash_reproduces_the_uninterrupted_run(tiny_cfg, tmp_path, monkeypatch, crash_at):
+    cfg = dict(**{"tst.bag_size": 4, "tst.ratio": 0.5, "train.checkpoint_every": 5})
+    train(tiny_cfg(**cfg), tmp_path / "whole")
+
+    original = train_mod.Progress.update
+    calls = {"n": 0}
+
+    def crashing_update(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == crash_at:
+            raise Crash()
+        return original(self, *a, **k)
+
+    monkeypatch.setattr(train_mod.Progress, "update", crashing_update)
+    with pytest.raises(Crash):
+        train(tiny_cfg(**cfg), tmp_path / "broken")
+    monkeypatch.setattr(train_mod.Progress, "update", original)
+    with pytest.raises(ConfigError, match="--resume"):
+        train(tiny_cfg(**cfg), tmp_path / "broken")  # never silently restarts over checkpoints
+    train(tiny_cfg(**cfg), tmp_path / "broken", resume=True)
+
+    whole = numbers(read_jsonl(tmp_path / "whole" / "metrics.jsonl"))
+    resumed = numbers(read_jsonl(tmp_path / "broken" / "metrics.jsonl"))
+    assert resumed == whole
+    a = load_file(tmp_path / "whole" / "final" / "model.safetensors")
+    b = load_file(tmp_path / "broken" / "final" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_refuses_a_different_config(tiny_cfg, tmp_path):
+    train(tiny_cfg(**{"train.steps": 6}), tmp_path / "run")
+    with pytest.raises(ConfigError, match="tst.bag_size"):
+        train(tiny_cfg(**{"train.steps": 6, "tst.bag_size": 2}), tmp_path / "run", resume=True)
+
+
+@pytest.mark.parametrize("variant", ["input", "output"])
+def test_one_sided_variants_train_and_read_the_right_amount(tiny_cfg, tmp_path, variant):
+    cfg = tiny_cfg(**{"train.steps": 8, "tst.ratio": 0.5, "tst.variant": variant, "tst.weights": "power"})
+    summary = train(cfg, tmp_path / variant)
+    B, L = cfg.train.batch_size, cfg.train.seq_len
+    per_phase1_step = B * L * 4 if variant == "input" else B * L  # output-only reads no extra data
+    assert summary.data_tokens == 4 * per_phase1_step + 4 * B * L
+    assert math.isfinite(summary.final_val_loss)
+
+
+def test_gradient_accumulation_matches_one_big_batch(tiny_cfg, tmp_path):
+    one = train(tiny_cfg(**{"train.steps": 6}), tmp_path / "one")
+    two = train(tiny_cfg(**{"train.steps": 6, "train.grad_accum": 2}), tmp_path / "two")
+    assert two.final_val_loss == pytest.approx(one.final_val_loss, rel=1e-4)
+
+
+def test_reset_optimizer_at_the_switch_changes_phase_2_only(tiny_cfg, tmp_path):
+    base = {"train.steps": 10, "tst.ratio": 0.5}
+    train(tiny_cfg(**base), tmp_path / "keep")
+    train(tiny_cfg(**base, **{"tst.reset_optimizer": True}), tmp_path / "reset")
+    keep, reset = train_rows(tmp_path / "keep"), train_rows(tmp_path / "reset")
+    assert numbers(keep[:5]) == numbers(reset[:5])
+    assert keep[5]["loss"] == reset[5]["loss"]  # the first phase-2 loss is computed before the update
+    assert keep[6]["loss"] != reset[6]["loss"]
+
+
+def test_wsd_schedule_shape():
+    lrs = [wsd_lr(t, 100, 1.0, 10, 0.2, 0.0) for t in range(100)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == 1.0
+    assert all(x == 1.0 for x in lrs[10:80])
+    assert lrs[80] < 1.0 and lrs[-1] == pytest.approx(0.0)
+    assert all(a >= b for a, b in zip(lrs[80:], lrs[81:]))
+
+
+def test_restart_schedule_warms_up_again_at_the_switch(tiny_cfg):
+    cfg = tiny_cfg(**{"train.steps": 40, "tst.ratio": 0.5, "tst.restart_schedule": True, "optim.warmup_steps": 5})
+    assert lr_at(cfg, 20) == pytest.approx(cfg.optim.lr / 5)
+    assert lr_at(cfg, 19) < cfg.optim.lr  # phase 1 decayed to its own end
+    cfg.tst.restart_schedule = False
+    assert lr_at(cfg, 20) == cfg.optim.lr
+
+
+def test_vocab_smaller_than_the_data_is_a_clear_error(tiny_cfg, tmp_path):
+    with pytest.raises(ConfigError, match="model.vocab_size=100 is smaller than the data's vocabulary"):
+        train(tiny_cfg(**{"model.vocab_size": 100}), tmp_path / "run")
+
+
+def test_non_finite_loss_stops_with_a_message_and_keeps_the_checkpoint(tiny_cfg, tmp_path, monkeypatch):
+    original = train_mod.phase_loss
+    count = {"n": 0}
+
+    def poisoned(parts, window, phase, cfg):
+        count["n"] += 1
+        loss = original(parts, window, phase, cfg)
+        return loss * float("nan") if count["n"] == 15 else loss
+
+    monkeypatch.setattr(train_mod, "phase_loss", poisoned)
+    with pytest.raises(TrainingError, match=r"non-finite loss \(nan\) at step 15 \(phase 2\)"):
+        train(tiny_cfg(**{"train.steps": 20, "tst.ratio": 0.5}), tmp_path / "run")
+    assert (tmp_path / "run" / "checkpoints" / "step-00000010" / "manifest.json").is_file()
+
+
+def test_corpus_too_small_for_phase_1_is_refused_before_training(tiny_cfg, tmp_path):
+    from tstrain.data import DataError
+
+    with pytest.raises(DataError, match="Phase 1 reads bag_size times"):
+        train(tiny_cfg(**{"train.steps": 400, "tst.bag_size": 16, "tst.ratio": 0.9, "train.batch_size": 64}), tmp_path / "r")
+    assert not (tmp_path / "r" / "checkpoints").exists()
