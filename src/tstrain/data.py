@@ -378,7 +378,8 @@ def check_appetite(reader: WindowReader, steps: int, max_epochs: float) -> float
 
 
 def validation_windows(tokens: np.ndarray, seq_len: int, count: int) -> torch.Tensor:
-    """Return up to ``count`` non-overlapping next-token windows ``(n, seq_len + 1)`` from the start."""
+    """Return ``count`` non-overlapping next-token windows ``(n, seq_len + 1)`` spread evenly
+    over the validation split, so every part of a mixed corpus is measured."""
     available = (len(tokens) - 1) // seq_len
     if available < 1:
         raise DataError(
@@ -388,5 +389,6 @@ def validation_windows(tokens: np.ndarray, seq_len: int, count: int) -> torch.Te
     if available < count:
         warnings.warn(f"validation split holds {available} windows of {seq_len + 1} tokens; using all of them, not {count}")
         count = available
-    idx = np.arange(count)[:, None] * seq_len + np.arange(seq_len + 1)[None, :]
+    slots = np.linspace(0, available - 1, count).round().astype(np.int64)
+    idx = slots[:, None] * seq_len + np.arange(seq_len + 1)[None, :]
     return torch.from_numpy(np.asarray(tokens[idx], dtype=np.int64))

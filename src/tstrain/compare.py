@@ -1,0 +1,204 @@
+"""Baseline vs TST side by side, in the paper's three views: equal FLOPs, equal loss, equal data.
+
+``compare`` trains the runs (skipping any already finished, so it resumes), then reads their
+``metrics.jsonl`` and writes ``comparison.json``, ``report.md`` and PNG plots of next-token
+validation loss against FLOPs, data tokens read and wall-clock time, with the switch marked.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .config import Config
+from .metrics import read_jsonl
+
+
+@dataclass
+class RunSpec:
+    name: str
+    label: str
+    config: Config
+
+
+def plan_runs(cfg: Config, equal_data: bool = False) -> list[RunSpec]:
+    """Return the runs of a comparison: baseline and TST at equal steps (equal FLOPs), and
+    optionally a baseline that reads as many tokens as TST does (equal data)."""
+    tst = copy.deepcopy(cfg)
+    base = copy.deepcopy(cfg)
+    base.tst.ratio = 0.0
+    s, r = tst.tst.bag_size, tst.tst.ratio
+    runs = [
+        RunSpec("baseline", f"baseline ({cfg.train.steps} steps)", base),
+        RunSpec("tst", f"TST s={s} r={r} ({cfg.train.steps} steps)", tst),
+    ]
+    if equal_data:
+        eq = copy.deepcopy(base)
+        p1 = cfg.switch_step
+        read = cfg.train.batch_size * cfg.train.seq_len * (s * p1 + cfg.train.steps - p1)  # TST's data tokens
+        eq.train.steps = round(read / (cfg.train.batch_size * cfg.train.seq_len))
+        runs.append(RunSpec("baseline-equal-data", f"baseline, equal data ({eq.train.steps} steps)", eq))
+    return runs
+
+
+def _val_rows(run_dir: Path) -> list[dict[str, Any]]:
+    return [r for r in read_jsonl(run_dir / "metrics.jsonl") if "val_loss" in r]
+
+
+def first_reaching(rows: list[dict[str, Any]], target: float, key: str) -> float | None:
+    """Return ``key`` (step, wall_time, ...) where val loss first reaches ``target``, linearly
+    interpolated between the two evaluations around the crossing; None if never reached."""
+    prev = None
+    for row in rows:
+        if row["val_loss"] <= target:
+            if prev is None or prev["val_loss"] == row["val_loss"]:
+                return float(row[key])
+            frac = (prev["val_loss"] - target) / (prev["val_loss"] - row["val_loss"])
+            return float(prev[key] + frac * (row[key] - prev[key]))
+        prev = row
+    return None
+
+
+def analyse(run_dirs: dict[str, Path], switch_step: int) -> dict[str, Any]:
+    """Return the comparison figures from finished runs (``baseline``, ``tst``, optional
+    ``baseline-equal-data``)."""
+    rows = {name: _val_rows(d) for name, d in run_dirs.items()}
+    summaries = {name: json.loads((d / "summary.json").read_text()) for name, d in run_dirs.items()}
+    base, tst = rows["baseline"], rows["tst"]
+    target = base[-1]["val_loss"]
+    out: dict[str, Any] = {"switch_step": switch_step, "runs": {}}
+    for name, r in rows.items():
+        out["runs"][name] = {
+            "final_val_loss": r[-1]["val_loss"],
+            "steps": summaries[name]["steps"],
+            "data_tokens": summaries[name]["data_tokens"],
+            "flops": summaries[name]["flops"],
+            "wall_time_s": summaries[name]["wall_time"],
+        }
+    out["equal_flops_delta"] = tst[-1]["val_loss"] - target  # negative: TST is better
+    b_step, t_step = first_reaching(base, target, "step"), first_reaching(tst, target, "step")
+    b_time, t_time = first_reaching(base, target, "wall_time"), first_reaching(tst, target, "wall_time")
+    out["equal_loss"] = {
+        "target_val_loss": target,
+        "baseline_steps": b_step,
+        "tst_steps": t_step,
+        "speedup_steps": (b_step / t_step) if t_step else None,
+        "baseline_time_s": b_time,
+        "tst_time_s": t_time,
+        "speedup_time": (b_time / t_time) if t_time else None,
+    }
+    at_switch = {r["step"]: r["val_loss"] for r in tst}
+    base_at = {r["step"]: r["val_loss"] for r in base}
+    if switch_step in at_switch and switch_step in base_at:
+        after = [r for r in tst if r["step"] > switch_step]
+        crossing = next((r["step"] for r in after if r["val_loss"] < base_at.get(r["step"], float("inf"))), None)
+        out["switch"] = {
+            "tst_val_loss_at_switch": at_switch[switch_step],
+            "baseline_val_loss_at_switch": base_at[switch_step],
+            "spike_vs_baseline": at_switch[switch_step] - base_at[switch_step],
+            "first_eval_below_baseline_after_switch": crossing,
+        }
+    if "baseline-equal-data" in rows:
+        out["equal_data_delta"] = tst[-1]["val_loss"] - rows["baseline-equal-data"][-1]["val_loss"]
+    return out
+
+
+def _fmt(x: float | None, spec: str) -> str:
+    return "not reached" if x is None else format(x, spec)
+
+
+def report_markdown(result: dict[str, Any], labels: dict[str, str], command: str) -> str:
+    """Return report.md: the table of runs and the three views."""
+    runs, eq = result["runs"], result["equal_loss"]
+    lines = ["# Baseline vs TST", "", f"Command: `{command}`", "",
+             "| run | steps | final val loss | data tokens | FLOPs | wall time (s) |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for name, r in runs.items():
+        lines.append(f"| {labels[name]} | {r['steps']} | {r['final_val_loss']:.4f} | {r['data_tokens']:,} | "
+                     f"{r['flops']:.3e} | {r['wall_time_s']:.0f} |")
+    lines += ["", "## Equal FLOPs (same steps)", "",
+              f"TST minus baseline final val loss: **{result['equal_flops_delta']:+.4f}** nats "
+              f"({'TST better' if result['equal_flops_delta'] < 0 else 'baseline better'}).", "",
+              "## Equal loss", "",
+              f"Target: the baseline's final val loss {eq['target_val_loss']:.4f}.", "",
+              "| | baseline | TST | speedup |", "| --- | --- | --- | --- |",
+              f"| steps to reach it | {_fmt(eq['baseline_steps'], '.0f')} | {_fmt(eq['tst_steps'], '.0f')} | "
+              f"{_fmt(eq['speedup_steps'], '.2f')}x |",
+              f"| wall time to reach it (s) | {_fmt(eq['baseline_time_s'], '.0f')} | {_fmt(eq['tst_time_s'], '.0f')} | "
+              f"{_fmt(eq['speedup_time'], '.2f')}x |", ""]
+    if "switch" in result:
+        sw = result["switch"]
+        lines += ["## The switch", "",
+                  f"At step {result['switch_step']} TST's next-token val loss is {sw['tst_val_loss_at_switch']:.4f} "
+                  f"against the baseline's {sw['baseline_val_loss_at_switch']:.4f} at the same step: a spike of "
+                  f"{sw['spike_vs_baseline']:+.4f} nats. First evaluation below the baseline after the switch: "
+                  f"step {sw['first_eval_below_baseline_after_switch'] or 'none'}.", ""]
+    if "equal_data_delta" in result:
+        lines += ["## Equal data", "",
+                  f"TST minus the equal-data baseline's final val loss: **{result['equal_data_delta']:+.4f}** nats "
+                  f"({'TST better' if result['equal_data_delta'] < 0 else 'baseline better'}; the paper finds the "
+                  "baseline wins this view).", ""]
+    lines += ["Plots: `val_loss_vs_flops.png`, `val_loss_vs_data_tokens.png`, `val_loss_vs_wall_time.png`.", ""]
+    return "\n".join(lines)
+
+
+def plot(run_dirs: dict[str, Path], labels: dict[str, str], switch_step: int, out: Path) -> list[Path]:
+    """Write val loss against FLOPs, data tokens and wall time; return the PNG paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = {name: _val_rows(d) for name, d in run_dirs.items()}
+    paths = []
+    for key, xlabel, fname in [("flops", "training FLOPs", "val_loss_vs_flops.png"),
+                               ("data_tokens", "data tokens read", "val_loss_vs_data_tokens.png"),
+                               ("wall_time", "wall-clock time (s)", "val_loss_vs_wall_time.png")]:
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for name, r in rows.items():
+            r = [x for x in r if x["step"] > 0]
+            ax.plot([x[key] for x in r], [x["val_loss"] for x in r], marker=".", label=labels[name])
+            if name == "tst":
+                sw = [x for x in r if x["step"] == switch_step]
+                if sw:
+                    ax.axvline(sw[0][key], color="grey", linestyle="--", linewidth=1)
+                    ax.annotate("switch", (sw[0][key], sw[0]["val_loss"]), textcoords="offset points", xytext=(4, 8))
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("next-token validation loss (nats)")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        path = out / fname
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def compare(cfg: Config, out_dir: str | Path, equal_data: bool = False, command: str = "tstrain compare") -> dict[str, Any]:
+    """Train (or reuse) the runs of a comparison and write report.md, comparison.json and plots."""
+    from .train import train
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    runs = plan_runs(cfg, equal_data)
+    dirs = {}
+    for spec in runs:
+        run_dir = out / spec.name
+        dirs[spec.name] = run_dir
+        if (run_dir / "summary.json").is_file():
+            print(f"{spec.name}: finished earlier, reusing {run_dir}")
+            continue
+        print(f"training {spec.label}")
+        has_checkpoints = (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir())
+        train(spec.config, run_dir, resume=has_checkpoints)
+    labels = {s.name: s.label for s in runs}
+    result = analyse(dirs, cfg.switch_step)
+    result["labels"] = labels
+    (out / "comparison.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / "report.md").write_text(report_markdown(result, labels, command))
+    plot(dirs, labels, cfg.switch_step, out)
+    return result

@@ -1,0 +1,71 @@
+"""compare: the three views computed from metrics, and one small end-to-end comparison."""
+
+import json
+
+import pytest
+
+from tstrain.compare import analyse, first_reaching, plan_runs
+from tstrain.config import load_config
+
+
+def write_run(d, val, steps, data_per_step, wall_per_step=1.0):
+    d.mkdir(parents=True)
+    rows = [{"step": s, "phase": 2, "val_loss": v, "data_tokens": s * data_per_step, "flops": s * 10.0,
+             "wall_time": s * wall_per_step} for s, v in val]
+    (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (d / "summary.json").write_text(json.dumps({"steps": steps, "data_tokens": steps * data_per_step,
+                                                "flops": steps * 10.0, "wall_time": steps * wall_per_step}))
+
+
+def test_first_reaching_interpolates_between_evaluations():
+    rows = [{"step": 0, "val_loss": 5.0}, {"step": 10, "val_loss": 4.0}, {"step": 20, "val_loss": 3.0}]
+    assert first_reaching(rows, 3.5, "step") == pytest.approx(15.0)
+    assert first_reaching(rows, 4.0, "step") == pytest.approx(10.0)
+    assert first_reaching(rows, 2.0, "step") is None
+
+
+def test_analyse_gives_the_three_views(tmp_path):
+    base = [(0, 6.0), (10, 5.0), (20, 4.5), (30, 4.2), (40, 4.0)]
+    tst = [(0, 6.0), (10, 4.8), (20, 4.9), (30, 4.0), (40, 3.8)]  # switch at 10, spike, then better
+    eq = [(0, 6.0), (40, 3.9), (70, 3.6)]
+    write_run(tmp_path / "baseline", base, 40, 100)
+    write_run(tmp_path / "tst", tst, 40, 200, wall_per_step=1.1)
+    write_run(tmp_path / "eq", eq, 70, 100)
+    r = analyse({"baseline": tmp_path / "baseline", "tst": tmp_path / "tst", "baseline-equal-data": tmp_path / "eq"}, 10)
+    assert r["equal_flops_delta"] == pytest.approx(-0.2)
+    assert r["equal_loss"]["target_val_loss"] == 4.0
+    assert r["equal_loss"]["baseline_steps"] == 40 and r["equal_loss"]["tst_steps"] == pytest.approx(30)
+    assert r["equal_loss"]["speedup_steps"] == pytest.approx(40 / 30)
+    assert r["equal_loss"]["speedup_time"] == pytest.approx(40 / 33)
+    assert r["switch"]["spike_vs_baseline"] == pytest.approx(-0.2)
+    assert r["switch"]["first_eval_below_baseline_after_switch"] == 30
+    assert r["equal_data_delta"] == pytest.approx(0.2)
+    assert r["runs"]["tst"]["data_tokens"] == 8000
+
+
+def test_plan_runs_equal_flops_and_equal_data():
+    cfg = load_config("tiny", overrides={"train.steps": 100, "tst.bag_size": 4, "tst.ratio": 0.3})
+    runs = {r.name: r.config for r in plan_runs(cfg, equal_data=True)}
+    assert runs["baseline"].switch_step == 0 and runs["tst"].switch_step == 30
+    assert runs["baseline"].train.steps == runs["tst"].train.steps == 100
+    assert runs["baseline-equal-data"].train.steps == 4 * 30 + 70  # reads what TST reads
+    assert runs["baseline"].model == runs["tst"].model and runs["baseline"].train.seed == runs["tst"].train.seed
+
+
+def test_compare_end_to_end_writes_report_json_and_plots(tiny_cfg, tmp_path):
+    from tstrain.compare import compare
+
+    cfg = tiny_cfg(**{"train.steps": 12, "tst.ratio": 0.5, "train.eval_every": 3})
+    result = compare(cfg, tmp_path / "cmp", command="test")
+    for name in ("report.md", "comparison.json", "val_loss_vs_flops.png", "val_loss_vs_data_tokens.png",
+                 "val_loss_vs_wall_time.png"):
+        assert (tmp_path / "cmp" / name).stat().st_size > 0
+    runs = result["runs"]
+    assert runs["baseline"]["flops"] == runs["tst"]["flops"]  # equal FLOPs
+    assert runs["tst"]["data_tokens"] == 8 * 32 * (4 * 6 + 6) and runs["baseline"]["data_tokens"] == 8 * 32 * 12
+    report = (tmp_path / "cmp" / "report.md").read_text()
+    assert f"{runs['tst']['final_val_loss']:.4f}" in report and "Equal loss" in report
+    # A second call reuses the finished runs instead of training again.
+    before = (tmp_path / "cmp" / "tst" / "summary.json").stat().st_mtime
+    compare(cfg, tmp_path / "cmp", command="test")
+    assert (tmp_path / "cmp" / "tst" / "summary.json").stat().st_mtime == before
