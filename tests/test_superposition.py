@@ -231,3 +231,41 @@ def test_next_token_batch_and_window_lengths():
     assert window_length(8, 4, None) == (8, 9) == window_length(8, 1, "both")
     with pytest.raises(ValueError):
         superposition_batch(torch.zeros(1, 7, dtype=torch.long), 8, 4, "both")
+
+
+@pytest.mark.parametrize("chunk", [1, 5, 1000])
+@pytest.mark.parametrize("s", [1, 4])
+def test_fused_head_and_mce_match_the_float64_loop_in_value_and_gradients(chunk, s):
+    from tstrain.superposition import linear_multi_hot_cross_entropy
+
+    gen = torch.Generator().manual_seed(11 + s)
+    B, L, d, V = 2, 7, 5, 19
+    hidden = torch.randn(B, L, d, generator=gen, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(V, d, generator=gen, dtype=torch.float64, requires_grad=True)
+    targets = random_targets((B, L, s), V, 0.3, gen)
+    w = bag_weights("power", s)
+    got = linear_multi_hot_cross_entropy(hidden, weight, targets, w, chunk_size=chunk)
+    (got * 2.5).backward()  # a non-unit upstream gradient must scale both gradients
+    logits = (hidden.detach() @ weight.detach().t())
+    assert got.item() == pytest.approx(loop_mce(logits, targets, w), rel=1e-6)
+    h2 = hidden.detach().clone().requires_grad_()
+    w2 = weight.detach().clone().requires_grad_()
+    ref = multi_hot_cross_entropy(h2 @ w2.t(), targets, w) * 2.5
+    ref.backward()
+    torch.testing.assert_close(hidden.grad, h2.grad, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(weight.grad, w2.grad, rtol=1e-5, atol=1e-6)
+
+
+def test_fused_head_and_mce_under_bf16_autocast():
+    from tstrain.superposition import linear_multi_hot_cross_entropy
+
+    gen = torch.Generator().manual_seed(4)
+    hidden = torch.randn(16, 8, generator=gen, requires_grad=True)
+    weight = torch.randn(40, 8, generator=gen, requires_grad=True)
+    targets = torch.randint(0, 40, (16, 3), generator=gen)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = linear_multi_hot_cross_entropy(hidden, weight, targets, chunk_size=6)
+    got.backward()
+    ref = multi_hot_cross_entropy(hidden.detach() @ weight.detach().t(), targets)
+    assert got.dtype == torch.float32 and got.item() == pytest.approx(ref.item(), rel=2e-2)
+    assert weight.grad.dtype == torch.float32 and torch.isfinite(weight.grad).all()

@@ -166,3 +166,11 @@ def test_corpus_too_small_for_phase_1_is_refused_before_training(tiny_cfg, tmp_p
     with pytest.raises(DataError, match="Phase 1 reads bag_size times"):
         train(tiny_cfg(**{"train.steps": 400, "tst.bag_size": 16, "tst.ratio": 0.9, "train.batch_size": 64}), tmp_path / "r")
     assert not (tmp_path / "r" / "checkpoints").exists()
+
+
+def test_fused_head_loss_trains_like_the_plain_path(tiny_cfg, tmp_path):
+    plain = train(tiny_cfg(**{"train.steps": 6, "train.fused_loss": "off"}), tmp_path / "plain")
+    fused = train(tiny_cfg(**{"train.steps": 6, "train.fused_loss": "on", "train.loss_chunk_size": 50}), tmp_path / "fused")
+    a, b = train_rows(tmp_path / "plain"), train_rows(tmp_path / "fused")
+    assert [r["loss"] for r in a] == pytest.approx([r["loss"] for r in b], rel=1e-4)
+    assert fused.final_val_loss == pytest.approx(plain.final_val_loss, rel=1e-4)

@@ -93,6 +93,8 @@ class TrainConfig:
     eval_batch_size: int = 16
     checkpoint_every: int = 0  # 0: only at the switch and at the end
     keep_checkpoints: int = 3  # newest kept, besides the one written at the switch
+    fused_loss: str = "auto"  # LM head + loss fused over position chunks: auto (vocab >= 32768) | on | off
+    loss_chunk_size: int = 2048  # positions per chunk of the fused head + loss
 
 
 @dataclass
@@ -218,6 +220,8 @@ def validate(cfg: Config) -> None:
          f"train.device must be auto, cpu or cuda[:N]; got {tr.device!r}"),
         (tr.precision in ("auto", "fp32", "bf16"), f"train.precision must be auto, fp32 or bf16; got {tr.precision!r}"),
         (tr.eval_every >= 0 and tr.checkpoint_every >= 0, "train.eval_every and train.checkpoint_every must be >= 0"),
+        (tr.fused_loss in ("auto", "on", "off"), f"train.fused_loss must be auto, on or off; got {tr.fused_loss!r}"),
+        (tr.loss_chunk_size >= 1, f"train.loss_chunk_size must be >= 1; got {tr.loss_chunk_size}"),
         (tr.keep_checkpoints >= 1, f"train.keep_checkpoints must be >= 1; got {tr.keep_checkpoints}"),
         (o.lr > 0, f"optim.lr must be positive; got {o.lr}"),
         (o.warmup_steps >= 0, f"optim.warmup_steps must be >= 0; got {o.warmup_steps}"),

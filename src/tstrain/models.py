@@ -65,6 +65,11 @@ class CausalLMParts:
             raise TypeError(f"{type(model).__name__} does not expose an input embedding, a base model and an output head")
 
     @property
+    def plain_linear_head(self) -> bool:
+        """Return whether the head is a bias-free linear map (so it can be fused with the loss)."""
+        return type(self.head) is nn.Linear and self.head.bias is None
+
+    @property
     def vocab_size(self) -> int:
         return self.embedding.weight.shape[0]
 

@@ -163,6 +163,18 @@ def target_scales(targets: torch.Tensor, weights: torch.Tensor, ignore_index: in
     return (valid * (weights.to(valid.device) / counts)).to(torch.float32)
 
 
+def _prepared_targets(targets2, vocab_size, weights, ignore_index, mi_exponent, device):
+    """Return ``(safe_targets, scales)`` for flattened targets ``(N, s)``, checking the ids."""
+    valid = targets2 != ignore_index
+    if valid.any():
+        lo, hi = int(targets2[valid].min()), int(targets2[valid].max())
+        if lo < 0 or hi >= vocab_size:
+            raise ValueError(f"target ids must lie in [0, {vocab_size}) (the vocabulary size of the logits); found {lo}..{hi}")
+    w = bag_weights(weights, targets2.shape[-1], mi_exponent=mi_exponent)
+    scales = target_scales(targets2, w, ignore_index).to(device)
+    return torch.where(valid, targets2, torch.zeros_like(targets2)), scales
+
+
 class _MultiHotCE(torch.autograd.Function):
     """``sum(scale * (lse(z) - z[y]))`` with one log-sum-exp per row and a hand-written backward.
 
@@ -207,17 +219,74 @@ def multi_hot_cross_entropy(
     if logits.shape[:-1] != targets.shape[:-1]:
         raise ValueError(f"logits {tuple(logits.shape)} and targets {tuple(targets.shape)} disagree on leading dims")
     V, s = logits.shape[-1], targets.shape[-1]
-    logits2 = logits.reshape(-1, V)
-    targets2 = targets.reshape(-1, s)
-    valid = targets2 != ignore_index
-    if valid.any():
-        lo, hi = int(targets2[valid].min()), int(targets2[valid].max())
-        if lo < 0 or hi >= V:
-            raise ValueError(f"target ids must lie in [0, {V}) (the vocabulary size of the logits); found {lo}..{hi}")
-    w = bag_weights(weights, s, mi_exponent=mi_exponent)
-    scales = target_scales(targets2, w, ignore_index).to(logits.device)
-    safe = torch.where(valid, targets2, torch.zeros_like(targets2))
-    return _MultiHotCE.apply(logits2, safe, scales)
+    safe, scales = _prepared_targets(targets.reshape(-1, s), V, weights, ignore_index, mi_exponent, logits.device)
+    return _MultiHotCE.apply(logits.reshape(-1, V), safe, scales)
+
+
+class _LinearMultiHotCE(torch.autograd.Function):
+    """The LM head and the MCE fused, chunk by chunk over positions.
+
+    Forward computes, for each chunk of positions, the logits ``h W^T``, the loss terms, and at
+    once the gradients w.r.t. ``h`` and ``W`` (the loss is a sum over positions, so each chunk's
+    gradient is final); backward only scales them. Peak memory is one ``(chunk, V)`` float32
+    block instead of the whole ``(N, V)`` logits and their gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, safe_targets, scales, chunk_size):
+        N = hidden.shape[0]
+        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        grad_h = torch.empty_like(hidden) if need_h else None
+        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
+        loss = hidden.new_zeros((), dtype=torch.float32)
+        for i in range(0, N, chunk_size):
+            h = hidden[i : i + chunk_size]
+            y, sc = safe_targets[i : i + chunk_size], scales[i : i + chunk_size]
+            z = (h @ weight.t()).float()  # (C, V)
+            lse = torch.logsumexp(z, dim=-1)
+            loss += (sc * (lse.unsqueeze(-1) - z.gather(-1, y))).sum()
+            if need_h or need_w:
+                z.sub_(lse.unsqueeze(-1)).exp_().mul_(sc.sum(dim=-1, keepdim=True))  # z becomes dloss/dlogits
+                z.scatter_add_(-1, y, -sc)
+                g = z.to(hidden.dtype)
+                if need_h:
+                    grad_h[i : i + chunk_size] = g @ weight
+                if need_w:
+                    grad_w.addmm_(g.t().float(), h.float())
+        ctx.save_for_backward(grad_h, grad_w)
+        ctx.has = (need_h, need_w)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        grad_h, grad_w = ctx.saved_tensors
+        need_h, need_w = ctx.has
+        gh = grad_h * grad_loss.to(grad_h.dtype) if need_h else None
+        gw = grad_w * grad_loss if need_w else None
+        return gh, gw, None, None, None
+
+
+def linear_multi_hot_cross_entropy(
+    hidden: torch.Tensor,
+    head_weight: torch.Tensor,
+    targets: torch.Tensor,
+    weights: Union[str, torch.Tensor, list, tuple] = "uniform",
+    ignore_index: int = IGNORE_INDEX,
+    *,
+    chunk_size: int = 1024,
+    mi_exponent: float = DCLM_MI_EXPONENT,
+) -> torch.Tensor:
+    """Return ``multi_hot_cross_entropy(hidden @ head_weight.T, targets, weights)`` without ever
+    holding the full logits: the head and the loss run fused over chunks of ``chunk_size``
+    positions. ``hidden`` is ``(..., d)``, ``head_weight`` ``(V, d)``, targets ``(..., s)``."""
+    d, s = hidden.shape[-1], targets.shape[-1]
+    V = head_weight.shape[0]
+    if hidden.shape[:-1] != targets.shape[:-1] or head_weight.shape[1] != d:
+        raise ValueError(f"hidden {tuple(hidden.shape)}, head {tuple(head_weight.shape)} and targets {tuple(targets.shape)} disagree")
+    safe, scales = _prepared_targets(targets.reshape(-1, s), V, weights, ignore_index, mi_exponent, hidden.device)
+    mixed = head_weight.dtype != hidden.dtype and not torch.is_autocast_enabled(hidden.device.type)
+    weight = head_weight.to(hidden.dtype) if mixed else head_weight
+    return _LinearMultiHotCE.apply(hidden.reshape(-1, d), weight, safe, scales, max(1, chunk_size))
 
 
 def reference_multi_hot_cross_entropy(

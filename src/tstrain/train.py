@@ -23,7 +23,14 @@ from .config import Config, ConfigError, validate
 from .data import TokenData, WindowReader, WindowSchedule, check_appetite, validation_windows
 from .metrics import MetricsLog, Progress, device_peak_flops
 from .models import CausalLMParts, build_model, flops_per_position, padded_vocab
-from .superposition import bag_embeddings, multi_hot_cross_entropy, next_token_batch, superposition_batch, window_length
+from .superposition import (
+    bag_embeddings,
+    linear_multi_hot_cross_entropy,
+    multi_hot_cross_entropy,
+    next_token_batch,
+    superposition_batch,
+    window_length,
+)
 
 
 class TrainingError(RuntimeError):
@@ -91,6 +98,22 @@ def phase_loss(parts: CausalLMParts, window: torch.Tensor, phase: int, cfg: Conf
         inputs, targets = next_token_batch(window)
         hidden = parts.hidden_states(input_ids=inputs)
         weights = "uniform"
+    return head_loss(parts, hidden, targets, weights, cfg)
+
+
+def uses_fused_loss(parts: CausalLMParts, cfg: Config) -> bool:
+    """Return whether the LM head and the loss run fused in chunks (large vocabularies)."""
+    mode = cfg.train.fused_loss
+    if mode == "off" or not parts.plain_linear_head:
+        return False
+    return mode == "on" or parts.vocab_size >= 32768
+
+
+def head_loss(parts: CausalLMParts, hidden: torch.Tensor, targets: torch.Tensor, weights, cfg: Config) -> torch.Tensor:
+    """Return the MCE of the head's logits against ``targets``, fused over chunks when configured."""
+    if uses_fused_loss(parts, cfg):
+        return linear_multi_hot_cross_entropy(hidden, parts.head.weight, targets, weights,
+                                              chunk_size=cfg.train.loss_chunk_size, mi_exponent=cfg.tst.mi_exponent)
     return multi_hot_cross_entropy(parts.logits(hidden), targets, weights, mi_exponent=cfg.tst.mi_exponent)
 
 
