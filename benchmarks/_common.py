@@ -1,0 +1,46 @@
+"""Shared set-up for the benchmark scripts: machine facts and timing helpers."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import statistics
+import time
+
+import torch
+
+
+def machine() -> str:
+    """Return a one-line description of where the figures were measured."""
+    if torch.cuda.is_available():
+        dev = torch.cuda.get_device_name(0)
+    else:
+        dev = f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
+    return f"{dev}; torch {torch.__version__}; {datetime.date.today().isoformat()}"
+
+
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def timed(fn) -> float:
+    """Return the seconds one call of ``fn`` takes (device synchronised)."""
+    sync()
+    t = time.perf_counter()
+    fn()
+    sync()
+    return time.perf_counter() - t
+
+
+def interleaved(fns: dict, repeats: int, warmup: int = 2) -> dict[str, float]:
+    """Return the median seconds of each function, timed A B C A B C ... so drift hits all alike."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            times[k].append(timed(fn))
+    return {k: statistics.median(v) for k, v in times.items()}

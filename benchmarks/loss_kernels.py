@@ -1,0 +1,139 @@
+"""Benchmark 2: forward + backward time and peak memory of the loss.
+
+Compares, on the same logits: plain next-token CE (``F.cross_entropy``, s = 1); our MCE (one
+log-sum-exp per position); the published formulation (``s`` calls of CE on the same logits);
+and our fused head + MCE (hidden states and head weight in, chunks of positions, never the
+whole logits). Times are interleaved medians; peak memory is measured per case in a fresh
+subprocess (peak RSS, or CUDA peak allocation, above what the inputs already hold).
+
+    python benchmarks/loss_kernels.py --vocabs 8192,32768,131072 --bag-sizes 4,16
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+
+import torch
+import torch.nn.functional as F
+
+from _common import interleaved, machine
+from tstrain.superposition import (
+    bag_weights,
+    linear_multi_hot_cross_entropy,
+    multi_hot_cross_entropy,
+    reference_multi_hot_cross_entropy,
+)
+
+METHODS = ("plain CE", "ours MCE", "published s x CE", "plain head+CE", "ours fused head+MCE")
+
+
+def make_case(method: str, N: int, V: int, d: int, s: int, device: str):
+    """Return (inputs to keep alive, a function running forward + backward once)."""
+    g = torch.Generator(device="cpu").manual_seed(0)
+    if method in ("plain head+CE", "ours fused head+MCE"):
+        hidden = torch.randn(N, d, generator=g).to(device).requires_grad_()
+        weight = (torch.randn(V, d, generator=g) * 0.02).to(device).requires_grad_()
+        targets = torch.randint(0, V, (N, s), generator=g).to(device)
+
+        def run():
+            hidden.grad = weight.grad = None
+            if method == "plain head+CE":
+                F.cross_entropy(hidden @ weight.t(), targets[:, 0]).backward()
+            else:
+                linear_multi_hot_cross_entropy(hidden, weight, targets).backward()
+
+        return (hidden, weight, targets), run
+    logits = torch.randn(N, V, generator=g).to(device).requires_grad_()
+    targets = torch.randint(0, V, (N, s), generator=g).to(device)
+    w = bag_weights("uniform", s)
+
+    def run():
+        logits.grad = None
+        if method == "plain CE":
+            F.cross_entropy(logits, targets[:, 0]).backward()
+        elif method == "ours MCE":
+            multi_hot_cross_entropy(logits, targets, w).backward()
+        else:
+            reference_multi_hot_cross_entropy(logits, targets, w).backward()
+
+    return (logits, targets), run
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize()
+
+
+def reset_peak_rss() -> None:
+    """Reset the kernel's peak-RSS mark (VmHWM) to the current RSS (Linux >= 4.0)."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def peak_rss_bytes() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
+def peak_memory_child(method: str, N: int, V: int, d: int, s: int, device: str) -> None:
+    """Print the peak extra bytes of one forward + backward (run in a fresh process)."""
+    keep, run = make_case(method, N, V, d, s, device)
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        run()
+        torch.cuda.synchronize()
+        print(json.dumps({"peak": torch.cuda.max_memory_allocated() - base}))
+    else:
+        reset_peak_rss()
+        base = rss_bytes()
+        run()
+        print(json.dumps({"peak": max(0, peak_rss_bytes() - base)}))
+
+
+def peak_memory(method, N, V, d, s, device) -> int:
+    out = subprocess.run([sys.executable, __file__, "--child", json.dumps([method, N, V, d, s, device])],
+                         capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])["peak"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--vocabs", default="8192,32768,131072")
+    ap.add_argument("--bag-sizes", default="4,16")
+    ap.add_argument("--positions", type=int, default=2048, help="N = B * L positions")
+    ap.add_argument("--hidden", type=int, default=576, help="d, for the fused head + MCE")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.child:
+        peak_memory_child(*json.loads(args.child))
+        return
+    N, d = args.positions, args.hidden
+    print(f"# loss forward + backward, N={N} positions, fused head d={d}; {machine()}")
+    print(f"# time: median of {args.repeats} interleaved runs; memory: peak above the inputs, fresh process per case")
+    print("# 'plain head+CE' and 'ours fused head+MCE' include the head matmuls (N x d x V); compare them with each other")
+    print("| V | s | method | time (ms) | vs plain CE | peak extra memory (MiB) | vs plain CE |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for V in (int(v) for v in args.vocabs.split(",")):
+        for s in (int(x) for x in args.bag_sizes.split(",")):
+            cases = {m: make_case(m, N, V, d, s, device) for m in METHODS}
+            med = interleaved({m: c[1] for m, c in cases.items()}, args.repeats, warmup=1)
+            del cases
+            mem = {m: peak_memory(m, N, V, d, s, device) for m in METHODS}
+            for m in METHODS:
+                print(f"| {V} | {s} | {m} | {med[m] * 1e3:.1f} | {med[m] / med['plain CE']:.2f}x | "
+                      f"{mem[m] / 2**20:.0f} | {mem[m] / max(mem['plain CE'], 1):.2f}x |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
