@@ -44,3 +44,16 @@ def interleaved(fns: dict, repeats: int, warmup: int = 2) -> dict[str, float]:
         for k, fn in fns.items():
             times[k].append(timed(fn))
     return {k: statistics.median(v) for k, v in times.items()}
+
+
+def training_setup(cfg, vocab: int):
+    """Return ``(model, parts, optimizer, device, autocast)`` for timing training steps of ``cfg``."""
+    from tstrain.models import CausalLMParts, build_model
+    from tstrain.train import autocast_for, make_optimizer, resolve_device
+
+    device = resolve_device(cfg)
+    if device.type == "cpu":
+        torch.set_flush_denormal(True)
+    torch.manual_seed(0)
+    model = build_model(cfg.model, vocab, cfg.train.seq_len).to(device)
+    return model, CausalLMParts(model), make_optimizer(model, cfg, device), device, autocast_for(cfg, device)

@@ -15,11 +15,11 @@ import argparse
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from _common import interleaved, machine
+from _common import interleaved, machine, training_setup
 from tstrain.config import load_config
 from tstrain.metrics import PEAK_BF16_FLOPS
-from tstrain.models import CausalLMParts, build_model, flops_per_position
-from tstrain.train import autocast_for, make_optimizer, phase_loss, resolve_device
+from tstrain.models import flops_per_position
+from tstrain.train import phase_loss
 
 
 def measured_peak(device: torch.device, n: int) -> float:
@@ -41,13 +41,7 @@ def main() -> None:
     args = ap.parse_args()
     overrides = dict(kv.split("=", 1) for kv in args.set)
     cfg = load_config(args.preset, overrides={**overrides, "tst.bag_size": args.bag_size})
-    device = resolve_device(cfg)
-    if device.type == "cpu":
-        torch.set_flush_denormal(True)
-    autocast = autocast_for(cfg, device)
-    torch.manual_seed(0)
-    model = build_model(cfg.model, args.vocab, cfg.train.seq_len).to(device)
-    parts, opt = CausalLMParts(model), make_optimizer(model, cfg, device)
+    model, parts, opt, device, autocast = training_setup(cfg, args.vocab)
     B, L, s = cfg.train.batch_size, cfg.train.seq_len, args.bag_size
     formula = flops_per_position(model, L) * B * L
     windows = {1: torch.randint(0, args.vocab, (B, L + 1), device=device),

@@ -12,11 +12,10 @@ import argparse
 
 import torch
 
-from _common import interleaved, machine
+from _common import interleaved, machine, training_setup
 from tstrain.config import load_config
-from tstrain.models import CausalLMParts, build_model
 from tstrain.superposition import window_length
-from tstrain.train import autocast_for, make_optimizer, phase_loss, resolve_device
+from tstrain.train import phase_loss
 
 
 def main() -> None:
@@ -30,13 +29,7 @@ def main() -> None:
     overrides = dict(kv.split("=", 1) for kv in args.set)
     cfg = load_config(args.preset, overrides=overrides)
     cfg.model.vocab_size = args.vocab
-    device = resolve_device(cfg)
-    if device.type == "cpu":
-        torch.set_flush_denormal(True)
-    autocast = autocast_for(cfg, device)
-    torch.manual_seed(0)
-    model = build_model(cfg.model, args.vocab, cfg.train.seq_len).to(device)
-    parts, opt = CausalLMParts(model), make_optimizer(model, cfg, device)
+    model, parts, opt, device, autocast = training_setup(cfg, args.vocab)
     B, L = cfg.train.batch_size, cfg.train.seq_len
     sizes = [int(x) for x in args.bag_sizes.split(",")]
 
