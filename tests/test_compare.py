@@ -17,6 +17,13 @@ def write_run(d, val, steps, data_per_step, wall_per_step=1.0):
                                                 "flops": steps * 10.0, "wall_time": steps * wall_per_step}))
 
 
+def test_value_at_interpolates_and_is_none_outside():
+    from tstrain.compare import value_at
+
+    rows = [{"step": 0, "val_loss": 5.0}, {"step": 10, "val_loss": 4.0}]
+    assert value_at(rows, 4) == pytest.approx(4.6) and value_at(rows, 10) == 4.0 and value_at(rows, 11) is None
+
+
 def test_first_reaching_interpolates_between_evaluations():
     rows = [{"step": 0, "val_loss": 5.0}, {"step": 10, "val_loss": 4.0}, {"step": 20, "val_loss": 3.0}]
     assert first_reaching(rows, 3.5, "step") == pytest.approx(15.0)
@@ -25,7 +32,7 @@ def test_first_reaching_interpolates_between_evaluations():
 
 
 def test_analyse_gives_the_three_views(tmp_path):
-    base = [(0, 6.0), (10, 5.0), (20, 4.5), (30, 4.2), (40, 4.0)]
+    base = [(0, 6.0), (5, 5.4), (20, 4.5), (30, 4.2), (40, 4.0)]  # no evaluation at the switch (10)
     tst = [(0, 6.0), (10, 4.8), (20, 4.9), (30, 4.0), (40, 3.8)]  # switch at 10, spike, then better
     eq = [(0, 6.0), (40, 3.9), (70, 3.6)]
     write_run(tmp_path / "baseline", base, 40, 100)
@@ -37,7 +44,8 @@ def test_analyse_gives_the_three_views(tmp_path):
     assert r["equal_loss"]["baseline_steps"] == 40 and r["equal_loss"]["tst_steps"] == pytest.approx(30)
     assert r["equal_loss"]["speedup_steps"] == pytest.approx(40 / 30)
     assert r["equal_loss"]["speedup_time"] == pytest.approx(40 / 33)
-    assert r["switch"]["spike_vs_baseline"] == pytest.approx(-0.2)
+    assert r["switch"]["baseline_val_loss_at_switch"] == pytest.approx(5.4 - 0.9 / 3)
+    assert r["switch"]["spike_vs_baseline"] == pytest.approx(4.8 - 5.1)
     assert r["switch"]["first_eval_below_baseline_after_switch"] == 30
     assert r["equal_data_delta"] == pytest.approx(0.2)
     assert r["runs"]["tst"]["data_tokens"] == 8000

@@ -62,6 +62,17 @@ def first_reaching(rows: list[dict[str, Any]], target: float, key: str) -> float
     return None
 
 
+def value_at(rows: list[dict[str, Any]], step: int) -> float | None:
+    """Return the val loss at ``step``, linearly interpolated between evaluations; None outside."""
+    for a, b in zip(rows, rows[1:]):
+        if a["step"] <= step <= b["step"]:
+            if b["step"] == a["step"]:
+                return float(a["val_loss"])
+            frac = (step - a["step"]) / (b["step"] - a["step"])
+            return float(a["val_loss"] + frac * (b["val_loss"] - a["val_loss"]))
+    return None
+
+
 def analyse(run_dirs: dict[str, Path], switch_step: int) -> dict[str, Any]:
     """Return the comparison figures from finished runs (``baseline``, ``tst``, optional
     ``baseline-equal-data``)."""
@@ -90,15 +101,14 @@ def analyse(run_dirs: dict[str, Path], switch_step: int) -> dict[str, Any]:
         "tst_time_s": t_time,
         "speedup_time": (b_time / t_time) if t_time else None,
     }
-    at_switch = {r["step"]: r["val_loss"] for r in tst}
-    base_at = {r["step"]: r["val_loss"] for r in base}
-    if switch_step in at_switch and switch_step in base_at:
+    tst_at, base_at = value_at(tst, switch_step), value_at(base, switch_step)
+    if tst_at is not None and base_at is not None:
         after = [r for r in tst if r["step"] > switch_step]
-        crossing = next((r["step"] for r in after if r["val_loss"] < base_at.get(r["step"], float("inf"))), None)
+        crossing = next((r["step"] for r in after if r["val_loss"] < (value_at(base, r["step"]) or float("inf"))), None)
         out["switch"] = {
-            "tst_val_loss_at_switch": at_switch[switch_step],
-            "baseline_val_loss_at_switch": base_at[switch_step],
-            "spike_vs_baseline": at_switch[switch_step] - base_at[switch_step],
+            "tst_val_loss_at_switch": tst_at,
+            "baseline_val_loss_at_switch": base_at,
+            "spike_vs_baseline": tst_at - base_at,
             "first_eval_below_baseline_after_switch": crossing,
         }
     if "baseline-equal-data" in rows:
@@ -106,8 +116,8 @@ def analyse(run_dirs: dict[str, Path], switch_step: int) -> dict[str, Any]:
     return out
 
 
-def _fmt(x: float | None, spec: str) -> str:
-    return "not reached" if x is None else format(x, spec)
+def _fmt(x: float | None, spec: str, suffix: str = "") -> str:
+    return "not reached" if x is None else format(x, spec) + suffix
 
 
 def report_markdown(result: dict[str, Any], labels: dict[str, str], command: str) -> str:
@@ -126,14 +136,15 @@ def report_markdown(result: dict[str, Any], labels: dict[str, str], command: str
               f"Target: the baseline's final val loss {eq['target_val_loss']:.4f}.", "",
               "| | baseline | TST | speedup |", "| --- | --- | --- | --- |",
               f"| steps to reach it | {_fmt(eq['baseline_steps'], '.0f')} | {_fmt(eq['tst_steps'], '.0f')} | "
-              f"{_fmt(eq['speedup_steps'], '.2f')}x |",
+              f"{_fmt(eq['speedup_steps'], '.2f', 'x')} |",
               f"| wall time to reach it (s) | {_fmt(eq['baseline_time_s'], '.0f')} | {_fmt(eq['tst_time_s'], '.0f')} | "
-              f"{_fmt(eq['speedup_time'], '.2f')}x |", ""]
+              f"{_fmt(eq['speedup_time'], '.2f', 'x')} |", ""]
     if "switch" in result:
         sw = result["switch"]
         lines += ["## The switch", "",
                   f"At step {result['switch_step']} TST's next-token val loss is {sw['tst_val_loss_at_switch']:.4f} "
-                  f"against the baseline's {sw['baseline_val_loss_at_switch']:.4f} at the same step: a spike of "
+                  f"against the baseline's {sw['baseline_val_loss_at_switch']:.4f} at the same step (interpolated "
+                  f"between its evaluations where needed): a spike of "
                   f"{sw['spike_vs_baseline']:+.4f} nats. First evaluation below the baseline after the switch: "
                   f"step {sw['first_eval_below_baseline_after_switch'] or 'none'}.", ""]
     if "equal_data_delta" in result:
