@@ -88,6 +88,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _short(n: float) -> str:
+    """Return a count in K, M or B with four significant digits."""
+    for scale, unit in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if n >= scale:
+            return f"{n / scale:.4g}{unit}"
+    return f"{n:g}"
+
+
 def _format_info(info: dict, vocab_note: str) -> str:
     p, mem = info["parameters"], info["memory_bytes"]
     gib = 2.0**30
@@ -95,8 +103,8 @@ def _format_info(info: dict, vocab_note: str) -> str:
     lines = [
         f"model        {info['model_type']}, {info['layers']} layers, d={info['hidden_size']}, "
         f"vocabulary {info['vocab_size']:,}{vocab_note}, {'tied' if info['tied_embeddings'] else 'untied'} embeddings{moe}",
-        f"parameters   {p['total']:,} total ({p['total'] / 1e9:.3f}B)"
-        + (f", {p['active']:,} active per token ({p['active'] / 1e9:.3f}B)" if p["active"] != p["total"] else "")
+        f"parameters   {p['total']:,} total ({_short(p['total'])})"
+        + (f", {p['active']:,} active per token ({_short(p['active'])})" if p["active"] != p["total"] else "")
         + f"; {p['embedding']:,} in embedding lookups",
         f"FLOPs/token  {info['flops_per_token']:.4g} to train at seq_len {info['seq_len']} "
         "(6 x active matmul params + 12 x layers x d_attn x seq_len; a third of it forward only)",
