@@ -140,12 +140,24 @@ def prune_checkpoints(root: Path, keep: int) -> None:
 
 
 def export_hf(model, out_dir: Path, tokenizer_file: Path | None = None, eos_token: str | None = None) -> Path:
-    """Write a Hugging Face model dir (config + safetensors, and tokenizer files when given)."""
+    """Write a Hugging Face model dir (config + safetensors, and tokenizer files when given).
+
+    The EOS token becomes the config's and generation config's ``eos_token_id`` (and pad id), so
+    ``generate`` stops at the end of a document; the KV cache is switched back on for inference.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out_dir, safe_serialization=True)
+    tok = None
     if tokenizer_file is not None and tokenizer_file.is_file():
         from transformers import PreTrainedTokenizerFast
 
         tok = PreTrainedTokenizerFast(tokenizer_file=str(tokenizer_file), eos_token=eos_token)
+        if tok.eos_token_id is not None:
+            model.config.eos_token_id = tok.eos_token_id
+            if getattr(model, "generation_config", None) is not None:
+                model.generation_config.eos_token_id = tok.eos_token_id
+                model.generation_config.pad_token_id = tok.eos_token_id
+    model.config.use_cache = True  # training passes use_cache=False explicitly; inference wants the cache
+    model.save_pretrained(out_dir, safe_serialization=True)
+    if tok is not None:
         tok.save_pretrained(out_dir)
     return out_dir

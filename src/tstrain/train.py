@@ -86,19 +86,24 @@ def window_schedule(cfg: Config) -> WindowSchedule:
 
 
 def phase_loss(parts: CausalLMParts, window: torch.Tensor, phase: int, cfg: Config) -> torch.Tensor:
-    """Return the training loss of token windows: the MCE in phase 1, next-token CE in phase 2."""
+    """Return the training loss of token windows: the MCE in phase 1, next-token CE in phase 2.
+
+    A mixture-of-experts model adds its router load-balancing loss in both phases, as in ordinary
+    training.
+    """
     if phase == 1:
         inputs, targets = superposition_batch(window, cfg.train.seq_len, cfg.tst.bag_size, cfg.tst.variant)
         if inputs.dim() == 3:  # bag inputs: averaged embeddings fed to the unchanged transformer
-            hidden = parts.hidden_states(inputs_embeds=bag_embeddings(parts.embedding.weight, inputs))
+            hidden, aux = parts.hidden_states_and_aux_loss(inputs_embeds=bag_embeddings(parts.embedding.weight, inputs))
         else:
-            hidden = parts.hidden_states(input_ids=inputs)
+            hidden, aux = parts.hidden_states_and_aux_loss(input_ids=inputs)
         weights = cfg.tst.weights if targets.shape[-1] > 1 else "uniform"
     else:
         inputs, targets = next_token_batch(window)
-        hidden = parts.hidden_states(input_ids=inputs)
+        hidden, aux = parts.hidden_states_and_aux_loss(input_ids=inputs)
         weights = "uniform"
-    return head_loss(parts, hidden, targets, weights, cfg)
+    loss = head_loss(parts, hidden, targets, weights, cfg)
+    return loss if aux is None else loss + aux
 
 
 def uses_fused_loss(parts: CausalLMParts, cfg: Config) -> bool:

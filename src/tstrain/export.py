@@ -1,0 +1,106 @@
+"""Turning a run, or any checkpoint of it, into a standalone Hugging Face model directory.
+
+TST leaves the architecture untouched, so the result is an ordinary ``transformers`` causal LM:
+``config.json``, ``model.safetensors``, ``generation_config.json`` and the training tokenizer
+(``tokenizer.json`` + ``tokenizer_config.json``), loadable with ``AutoModelForCausalLM`` and
+``AutoTokenizer`` and by every tool that reads them.
+
+Sources: a run dir (its ``final/`` model if the run finished, else its newest checkpoint that
+verifies), a checkpoint dir ``RUN/checkpoints/step-N`` (the model is rebuilt from
+``RUN/config.toml`` and its weights loaded from ``model.safetensors``), or a Hugging Face model
+dir such as ``RUN/final``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_model
+
+from . import checkpoint as ckpt
+from .checkpoint import CheckpointError
+from .config import Config, load_config
+from .data import MANIFEST as DATA_MANIFEST
+from .models import build_model
+
+RUN_CONFIG = "config.toml"
+
+
+def _is_hf_dir(path: Path) -> bool:
+    return (path / "config.json").is_file() and not (path / "state.json").is_file()
+
+
+def _run_config(run: Path) -> Config:
+    if not (run / RUN_CONFIG).is_file():
+        raise CheckpointError(f"{run} has no {RUN_CONFIG}: cannot tell which model the checkpoint belongs to")
+    return load_config(config_file=run / RUN_CONFIG)
+
+
+def _tokenizer_of(cfg: Config | None, model_dir: Path | None) -> tuple[Path | None, str | None]:
+    """Return the training tokenizer file and its EOS token: the run's data dir first, then ``model_dir``."""
+    if cfg is not None and cfg.data.path:
+        data = Path(cfg.data.path)
+        if (data / "tokenizer.json").is_file():
+            eos = None
+            if (data / DATA_MANIFEST).is_file():
+                eos = json.loads((data / DATA_MANIFEST).read_text()).get("eos_token")
+            return data / "tokenizer.json", eos
+    if model_dir is not None and (model_dir / "tokenizer.json").is_file():
+        eos = None
+        if (model_dir / "tokenizer_config.json").is_file():
+            eos = json.loads((model_dir / "tokenizer_config.json").read_text()).get("eos_token")
+        return model_dir / "tokenizer.json", eos if isinstance(eos, str) else None
+    return None, None
+
+
+def load_trained_model(source: str | Path) -> tuple[torch.nn.Module, Path | None, str | None]:
+    """Return ``(model, tokenizer.json, eos_token)`` for a run dir, a checkpoint dir or a Hugging Face model dir.
+
+    The model is in float32 on the CPU, in eval mode.
+    """
+    from transformers import AutoModelForCausalLM
+
+    path = Path(source)
+    if not path.is_dir():
+        raise CheckpointError(f"{path} does not exist; pass a run dir, RUN/checkpoints/step-N or a model dir")
+    if (path / RUN_CONFIG).is_file() and not _is_hf_dir(path):  # a run dir
+        if _is_hf_dir(path / "final"):
+            path = path / "final"
+        else:
+            found = ckpt.latest_good_checkpoint(path / "checkpoints")
+            if found is None:
+                raise CheckpointError(f"run {path} has neither final/ nor a checkpoint that verifies")
+            path = found[0]
+    if _is_hf_dir(path):
+        run = path.parent if (path.parent / RUN_CONFIG).is_file() else None
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        cfg = _run_config(run) if run is not None else None
+        tokenizer, eos = _tokenizer_of(cfg, path)
+    elif (path / "state.json").is_file():
+        ckpt.verify_checkpoint(path)
+        run = path.parent.parent
+        cfg = _run_config(run)
+        model = build_model(cfg.model, cfg.model.vocab_size, cfg.train.seq_len)
+        load_model(model, str(path / "model.safetensors"), strict=True)
+        tokenizer, eos = _tokenizer_of(cfg, run / "final")
+    else:
+        raise CheckpointError(
+            f"{path} is not a run dir (config.toml), a checkpoint (state.json) or a Hugging Face model dir (config.json)"
+        )
+    model.eval()
+    return model, tokenizer, eos
+
+
+def export(source: str | Path, out: str | Path) -> Path:
+    """Write the Hugging Face model dir of ``source`` (run, checkpoint or model dir) to ``out``; return ``out``."""
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise CheckpointError(f"{out} exists and is not empty; choose a new --out")
+    model, tokenizer, eos = load_trained_model(source)
+    if tokenizer is None:
+        raise CheckpointError(
+            f"no tokenizer found for {source}: the run's data dir (data.path) and its final/ hold no tokenizer.json"
+        )
+    return ckpt.export_hf(model, out, tokenizer, eos)
