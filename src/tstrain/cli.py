@@ -91,17 +91,40 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from .compare import compare
 
+    cfg = _config_with_data(args)
+    if cfg.switch_step == 0:
+        raise ConfigError("compare needs a TST run: give --bag-size > 1 and --ratio > 0")
+    command = "tstrain " + " ".join(sys.argv[1:]) if args.command is None else args.command
+    compare(cfg, args.out, equal_data=args.equal_data, command=command)
+    print((Path(args.out) / "report.md").read_text())
+    return 0
+
+
+def _config_with_data(args: argparse.Namespace):
     overrides = _overrides(args)
     if args.data:
         overrides["data.path"] = args.data
     cfg = load_config(args.preset, args.config, overrides)
     if args.no_progress:
         cfg.log.progress = False
-    if cfg.switch_step == 0:
-        raise ConfigError("compare needs a TST run: give --bag-size > 1 and --ratio > 0")
-    command = "tstrain " + " ".join(sys.argv[1:]) if args.command is None else args.command
-    compare(cfg, args.out, equal_data=args.equal_data, command=command)
-    print((Path(args.out) / "report.md").read_text())
+    return cfg
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from .sweep import sweep
+
+    cfg = _config_with_data(args)
+    sweep(cfg, args.out, [int(x) for x in args.bag_sizes.split(",")], [float(x) for x in args.ratios.split(",")])
+    print((Path(args.out) / "sweep.md").read_text())
+    return 0
+
+
+def cmd_ablate(args: argparse.Namespace) -> int:
+    from .sweep import ablate
+
+    cfg = _config_with_data(args)
+    ablate(cfg, args.out, args.runs.split(",") if args.runs else None)
+    print((Path(args.out) / "ablations.md").read_text())
     return 0
 
 
@@ -247,6 +270,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--command", help=argparse.SUPPRESS)
     _add_config_flags(p)
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("sweep", help="the s x r grid plus the baseline: a table of final val loss and plots")
+    p.add_argument("--data", help="prepared data dir (= --data.path)")
+    p.add_argument("--out", required=True, help="sweep dir: one run dir each, sweep.md, sweep.json, *.png")
+    p.add_argument("--bag-sizes", default="2,4,8", help="comma-separated s values")
+    p.add_argument("--ratios", default="0.2,0.3,0.4", help="comma-separated r values")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_config_flags(p)
+    p.set_defaults(func=cmd_sweep)
+
+    from .sweep import ABLATIONS
+
+    p = sub.add_parser("ablate", help="the paper's ablations at one (s, r), each against the baseline")
+    p.add_argument("--data", help="prepared data dir (= --data.path)")
+    p.add_argument("--out", required=True, help="ablation dir: one run dir each, ablations.md, ablations.json")
+    p.add_argument("--runs", help=f"comma-separated subset of: {', '.join(ABLATIONS)} (default: all)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_config_flags(p)
+    p.set_defaults(func=cmd_ablate)
 
     p = sub.add_parser("mi", help="mutual information between tokens at distance d, its power-law fit and bag weights",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)

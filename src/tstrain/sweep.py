@@ -1,0 +1,148 @@
+"""Grids of runs: the s x r sweep (plus the baseline once) and named ablations.
+
+Every run lives in its own directory under the sweep dir; a finished run (``summary.json``) is
+skipped and an interrupted one resumed, so a sweep can be stopped and restarted at will. The
+result is the paper's kind of table: final next-token validation loss per (s, r), with the
+baseline row, and plots (a heat map, and the loss against s at the best r: the U-shape).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+from .config import Config, apply_overrides, validate
+
+
+def run_or_reuse(cfg: Config, run_dir: Path) -> dict[str, Any]:
+    """Return the summary of the run in ``run_dir``, training (or resuming) it if unfinished."""
+    from .train import train
+
+    summary = run_dir / "summary.json"
+    if summary.is_file():
+        return json.loads(summary.read_text())
+    ckpts = run_dir / "checkpoints"
+    train(cfg, run_dir, resume=ckpts.is_dir() and any(ckpts.iterdir()))
+    return json.loads(summary.read_text())
+
+
+def grid_configs(cfg: Config, bag_sizes: list[int], ratios: list[float]) -> dict[str, Config]:
+    """Return ``{run name: config}`` for the baseline and every (s, r) of the grid."""
+    runs = {"baseline": apply_overrides(copy.deepcopy(cfg), {"tst.ratio": 0.0})}
+    for s in bag_sizes:
+        for r in ratios:
+            runs[f"s{s}-r{r:g}"] = apply_overrides(copy.deepcopy(cfg), {"tst.bag_size": s, "tst.ratio": r})
+    for c in runs.values():
+        validate(c)
+    return runs
+
+
+def sweep(cfg: Config, out_dir: str | Path, bag_sizes: list[int], ratios: list[float]) -> dict[str, Any]:
+    """Run the s x r grid and the baseline; write ``sweep.json``, ``sweep.md`` and plots."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    runs = grid_configs(cfg, bag_sizes, ratios)
+    results = {name: run_or_reuse(c, out / name)["final_val_loss"] for name, c in runs.items()}
+    table = {"baseline": results["baseline"], "bag_sizes": bag_sizes, "ratios": ratios,
+             "grid": {f"{s}": {f"{r:g}": results[f"s{s}-r{r:g}"] for r in ratios} for s in bag_sizes}}
+    (out / "sweep.json").write_text(json.dumps(table, indent=2) + "\n")
+    (out / "sweep.md").write_text(sweep_markdown(table, cfg))
+    plot_sweep(table, out)
+    return table
+
+
+def sweep_markdown(table: dict[str, Any], cfg: Config) -> str:
+    """Return the paper-style table: final val loss per s (rows) and r (columns), baseline first."""
+    rs = table["ratios"]
+    best = min((v, s, r) for s, row in table["grid"].items() for r, v in row.items())
+    lines = [f"Final next-token validation loss, {cfg.train.steps} steps, B={cfg.train.batch_size}, L={cfg.train.seq_len} "
+             f"(lower is better; baseline {table['baseline']:.4f}; best s={best[1]}, r={best[2]}: {best[0]:.4f}, "
+             f"{best[0] - table['baseline']:+.4f} vs baseline).", "",
+             "| s \\ r | " + " | ".join(f"{r:g}" for r in rs) + " |", "| --- |" + " --- |" * len(rs),
+             f"| baseline | " + " | ".join(f"{table['baseline']:.4f}" for _ in rs) + " |"]
+    for s, row in table["grid"].items():
+        lines.append(f"| {s} | " + " | ".join(f"{row[f'{r:g}']:.4f}" for r in rs) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_sweep(table: dict[str, Any], out: Path) -> None:
+    """Write ``sweep_heatmap.png`` (loss minus baseline per s, r) and ``sweep_bag_size.png``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    ss, rs = table["bag_sizes"], table["ratios"]
+    delta = np.array([[table["grid"][f"{s}"][f"{r:g}"] - table["baseline"] for r in rs] for s in ss])
+    fig, ax = plt.subplots(figsize=(1.6 + 1.1 * len(rs), 1.4 + 0.6 * len(ss)))
+    lim = float(np.abs(delta).max()) or 1.0
+    im = ax.imshow(delta, cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto")
+    ax.set_xticks(range(len(rs)), [f"{r:g}" for r in rs])
+    ax.set_yticks(range(len(ss)), [str(s) for s in ss])
+    ax.set_xlabel("ratio r")
+    ax.set_ylabel("bag size s")
+    for i in range(len(ss)):
+        for j in range(len(rs)):
+            ax.text(j, i, f"{delta[i, j]:+.3f}", ha="center", va="center", fontsize=8)
+    fig.colorbar(im, label="val loss minus baseline (nats)")
+    fig.tight_layout()
+    fig.savefig(out / "sweep_heatmap.png", dpi=120)
+    plt.close(fig)
+    best_r = rs[int(np.argmin(delta.min(axis=0)))]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(ss, [table["grid"][f"{s}"][f"{best_r:g}"] for s in ss], marker="o", label=f"TST, r={best_r:g}")
+    ax.axhline(table["baseline"], color="grey", linestyle="--", label="baseline")
+    ax.set_xlabel("bag size s")
+    ax.set_ylabel("final next-token val loss (nats)")
+    ax.set_xticks(ss)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "sweep_bag_size.png", dpi=120)
+    plt.close(fig)
+
+
+# Named ablations: each is a set of config overrides on top of the method at (s, r).
+ABLATIONS: dict[str, dict[str, Any]] = {
+    "method": {},
+    "input-only": {"tst.variant": "input"},
+    "output-only": {"tst.variant": "output"},
+    "reset-optimizer": {"tst.reset_optimizer": True},
+    "restart-schedule": {"tst.restart_schedule": True},
+    "weights-power": {"tst.weights": "power"},
+    "weights-exponential": {"tst.weights": "exponential"},
+    "weights-first": {"tst.weights": "first"},
+    "weights-mi": {"tst.weights": "mi"},
+}
+
+
+def ablate(cfg: Config, out_dir: str | Path, names: list[str] | None = None,
+           extra: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Run the baseline and each named ablation at the config's (s, r); write ``ablations.json/md``."""
+    table_of: dict[str, dict[str, Any]] = {**ABLATIONS, **(extra or {})}
+    names = names or list(table_of)
+    unknown = [n for n in names if n not in table_of]
+    if unknown:
+        raise ValueError(f"unknown ablation(s) {', '.join(unknown)}; known: {', '.join(table_of)}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    runs: dict[str, Config] = {"baseline": apply_overrides(copy.deepcopy(cfg), {"tst.ratio": 0.0})}
+    for n in names:
+        runs[n] = apply_overrides(copy.deepcopy(cfg), table_of[n])
+        validate(runs[n])
+    summaries = {n: run_or_reuse(c, out / n) for n, c in runs.items()}
+    result = {n: {"final_val_loss": s["final_val_loss"], "data_tokens": s["data_tokens"],
+                  "overrides": table_of.get(n, {"tst.ratio": 0.0})} for n, s in summaries.items()}
+    (out / "ablations.json").write_text(json.dumps(result, indent=2) + "\n")
+    base = result["baseline"]["final_val_loss"]
+    lines = [f"Ablations at s={cfg.tst.bag_size}, r={cfg.tst.ratio}, {cfg.train.steps} steps "
+             f"(final next-token val loss; lower is better).", "",
+             "| run | overrides | final val loss | vs baseline | data tokens |", "| --- | --- | --- | --- | --- |"]
+    for n, r in result.items():
+        ov = ", ".join(f"{k}={v}" for k, v in r["overrides"].items()) or "(the method)"
+        lines.append(f"| {n} | {ov} | {r['final_val_loss']:.4f} | {r['final_val_loss'] - base:+.4f} | {r['data_tokens']:,} |")
+    (out / "ablations.md").write_text("\n".join(lines) + "\n")
+    return result

@@ -1,0 +1,40 @@
+"""Sweeps and ablations: every grid cell is a real run, finished runs are reused."""
+
+import json
+
+import pytest
+
+from tstrain.sweep import ABLATIONS, ablate, sweep
+
+
+def test_sweep_runs_the_grid_and_the_baseline_once_and_resumes(tiny_cfg, tmp_path):
+    cfg = tiny_cfg(**{"train.steps": 8, "train.eval_every": 0})
+    table = sweep(cfg, tmp_path / "sw", [2, 4], [0.25, 0.5])
+    assert sorted(p.name for p in (tmp_path / "sw").iterdir() if p.is_dir()) == \
+        ["baseline", "s2-r0.25", "s2-r0.5", "s4-r0.25", "s4-r0.5"]
+    for s in (2, 4):
+        for r in (0.25, 0.5):
+            summary = json.loads((tmp_path / "sw" / f"s{s}-r{r:g}" / "summary.json").read_text())
+            assert table["grid"][str(s)][f"{r:g}"] == summary["final_val_loss"]
+            assert summary["switch_step"] == round(r * 8)
+    md = (tmp_path / "sw" / "sweep.md").read_text()
+    assert f"{table['baseline']:.4f}" in md and "| 4 |" in md
+    assert (tmp_path / "sw" / "sweep_heatmap.png").stat().st_size > 0
+    stamp = (tmp_path / "sw" / "s4-r0.5" / "summary.json").stat().st_mtime
+    assert sweep(cfg, tmp_path / "sw", [2, 4], [0.25, 0.5]) == table
+    assert (tmp_path / "sw" / "s4-r0.5" / "summary.json").stat().st_mtime == stamp
+
+
+def test_ablations_apply_their_overrides(tiny_cfg, tmp_path):
+    cfg = tiny_cfg(**{"train.steps": 8, "train.eval_every": 0, "tst.ratio": 0.5})
+    result = ablate(cfg, tmp_path / "ab", ["method", "output-only", "weights-power"])
+    B, L = cfg.train.batch_size, cfg.train.seq_len
+    assert result["method"]["data_tokens"] == B * L * (4 * 4 + 4)
+    assert result["output-only"]["data_tokens"] == B * L * 8  # output side only reads no extra data
+    assert result["baseline"]["data_tokens"] == B * L * 8
+    assert result["weights-power"]["final_val_loss"] != result["method"]["final_val_loss"]
+    saved = (tmp_path / "ab" / "weights-power" / "config.toml").read_text()
+    assert 'weights = "power"' in saved
+    with pytest.raises(ValueError, match="unknown ablation"):
+        ablate(cfg, tmp_path / "ab", ["nonsense"])
+    assert set(ABLATIONS) >= {"input-only", "output-only", "reset-optimizer", "restart-schedule", "weights-mi"}
