@@ -36,6 +36,14 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
                            help=f"(default: {default!r})")
 
 
+def _add_run_flags(p: argparse.ArgumentParser, out_help: str) -> None:
+    """Add what every training verb takes: --data, --out, --no-progress and the config flags."""
+    p.add_argument("--data", help="prepared data dir (= --data.path)")
+    p.add_argument("--out", required=True, help=out_help)
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_config_flags(p)
+
+
 def _overrides(args: argparse.Namespace) -> dict[str, object]:
     out: dict[str, object] = {}
     for key, value in vars(args).items():
@@ -255,39 +263,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_prepare_data)
 
     p = sub.add_parser("train", help="train through phase 1 (superposition) and phase 2 (next token)")
-    p.add_argument("--data", help="prepared data dir (= --data.path)")
-    p.add_argument("--out", required=True, help="run dir: config.toml, metrics.jsonl, checkpoints/, final/")
     p.add_argument("--resume", action="store_true", help="continue from the newest good checkpoint in --out")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    _add_config_flags(p)
+    _add_run_flags(p, "run dir: config.toml, metrics.jsonl, checkpoints/, final/")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("compare", help="train baseline and TST at equal FLOPs and write a report with plots")
-    p.add_argument("--data", help="prepared data dir (= --data.path)")
-    p.add_argument("--out", required=True, help="comparison dir: baseline/, tst/, report.md, comparison.json, *.png")
     p.add_argument("--equal-data", action="store_true", help="also train a baseline that reads as many tokens as TST")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--command", help=argparse.SUPPRESS)
-    _add_config_flags(p)
+    _add_run_flags(p, "comparison dir: baseline/, tst/, report.md, comparison.json, *.png")
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("sweep", help="the s x r grid plus the baseline: a table of final val loss and plots")
-    p.add_argument("--data", help="prepared data dir (= --data.path)")
-    p.add_argument("--out", required=True, help="sweep dir: one run dir each, sweep.md, sweep.json, *.png")
     p.add_argument("--bag-sizes", default="2,4,8", help="comma-separated s values")
     p.add_argument("--ratios", default="0.2,0.3,0.4", help="comma-separated r values")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    _add_config_flags(p)
+    _add_run_flags(p, "sweep dir: one run dir each, sweep.md, sweep.json, *.png")
     p.set_defaults(func=cmd_sweep)
 
     from .sweep import ABLATIONS
 
     p = sub.add_parser("ablate", help="the paper's ablations at one (s, r), each against the baseline")
-    p.add_argument("--data", help="prepared data dir (= --data.path)")
-    p.add_argument("--out", required=True, help="ablation dir: one run dir each, ablations.md, ablations.json")
     p.add_argument("--runs", help=f"comma-separated subset of: {', '.join(ABLATIONS)} (default: all)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    _add_config_flags(p)
+    _add_run_flags(p, "ablation dir: one run dir each, ablations.md, ablations.json")
     p.set_defaults(func=cmd_ablate)
 
     p = sub.add_parser("mi", help="mutual information between tokens at distance d, its power-law fit and bag weights",
