@@ -93,6 +93,7 @@ class TrainConfig:
     eval_batch_size: int = 16
     checkpoint_every: int = 0  # 0: only at the switch and at the end
     keep_checkpoints: int = 3  # newest kept, besides the one written at the switch
+    skip_nonfinite: bool = False  # skip a step with a non-finite loss or gradient (no update) instead of stopping
 
 
 @dataclass
