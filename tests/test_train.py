@@ -166,3 +166,29 @@ def test_corpus_too_small_for_phase_1_is_refused_before_training(tiny_cfg, tmp_p
     with pytest.raises(DataError, match="Phase 1 reads bag_size times"):
         train(tiny_cfg(**{"train.steps": 400, "tst.bag_size": 16, "tst.ratio": 0.9, "train.batch_size": 64}), tmp_path / "r")
     assert not (tmp_path / "r" / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("skip", [False, True])
+def test_non_finite_gradient_stops_naming_the_tensor_or_is_skipped(tiny_cfg, tmp_path, monkeypatch, skip):
+    from conftest import NanGrad
+
+    original = train_mod.phase_loss
+    count = {"n": 0}
+
+    def poisoned(parts, window, phase, cfg):
+        count["n"] += 1
+        loss = original(parts, window, phase, cfg)
+        return NanGrad.apply(loss) if count["n"] == 3 else loss
+
+    monkeypatch.setattr(train_mod, "phase_loss", poisoned)
+    cfg = tiny_cfg(**{"train.steps": 6, "tst.ratio": 0.5, "train.skip_nonfinite": skip})
+    if not skip:
+        with pytest.raises(TrainingError, match=r"non-finite gradient at step 3 \(phase 1\) in model.embed_tokens.weight"):
+            train(cfg, tmp_path / "run")
+        return
+    train(cfg, tmp_path / "run")
+    rows = train_rows(tmp_path / "run")
+    assert [r["skipped_steps"] for r in rows] == [0, 0, 1, 1, 1, 1]
+    assert all(math.isfinite(r["loss"]) for r in rows)
+    final = load_file(tmp_path / "run" / "final" / "model.safetensors")
+    assert all(torch.isfinite(t).all() for t in final.values())

@@ -105,7 +105,8 @@ class Distributed(Single):
             device = torch.device("cuda", local_rank)  # one GPU per process
             torch.cuda.set_device(device)
         super().__init__(device)
-        if not dist.is_initialized():
+        self.owns_group = not dist.is_initialized()  # a caller's own process group is left to the caller
+        if self.owns_group:
             dist.init_process_group("nccl" if device.type == "cuda" else "gloo", device_id=device if device.type == "cuda" else None)
         self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
         self.root: nn.Module | None = None
@@ -140,7 +141,7 @@ class Distributed(Single):
         self.dist.barrier()
 
     def close(self) -> None:
-        if self.dist.is_initialized():
+        if self.owns_group and self.dist.is_initialized():
             self.dist.destroy_process_group()
 
 

@@ -387,3 +387,28 @@ def _train(cfg: Config, run: Path, resume: bool, ctx: distributed.Single) -> Run
         ckpt.export_hf(model, run / "final", data.path / "tokenizer.json", data.manifest.get("eos_token"), weights)
         (run / "summary.json").write_text(json.dumps(summary.to_dict(), indent=2) + "\n")
     return summary
+
+
+def export_checkpoint(run_dir: str | Path, out_dir: str | Path, checkpoint: str | Path | None = None) -> Path:
+    """Write a Hugging Face model dir from a run's checkpoint (default: the newest that verifies); return it.
+
+    Works in one process for both forms: a sharded (DCP) checkpoint of a torchrun job is gathered
+    into whole tensors by DCP itself.
+    """
+    from .config import load_config
+
+    run = Path(run_dir)
+    cfg = load_config(config_file=run / "config.toml")
+    path = Path(checkpoint) if checkpoint else None
+    if path is None:
+        found = ckpt.latest_good_checkpoint(run / "checkpoints")
+        if found is None:
+            raise ckpt.CheckpointError(f"no checkpoint that verifies under {run / 'checkpoints'}")
+        path = found[0]
+    else:
+        ckpt.verify_checkpoint(path)
+    model = build_model(cfg.model, cfg.model.vocab_size, cfg.train.seq_len)
+    ckpt.load_checkpoint(path, model, None)
+    data = Path(cfg.data.path)
+    manifest = json.loads((data / "manifest.json").read_text()) if (data / "manifest.json").is_file() else {}
+    return ckpt.export_hf(model, Path(out_dir), data / "tokenizer.json", manifest.get("eos_token"))
