@@ -113,10 +113,11 @@ def save_sharded_checkpoint(root: Path, step: int, model, optimizer, state: dict
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
+    name = None
     if ctx.is_main:
         root.mkdir(parents=True, exist_ok=True)
-        tmp = _fresh_tmp(root, step, os.getpid())
-    tmp = Path(ctx.agree(str(tmp) if ctx.is_main else None))
+        name = str(_fresh_tmp(root, step, os.getpid()))
+    tmp = Path(ctx.agree(name))  # also a barrier: the directory exists before anyone writes into it
     model_sd, optim_sd = get_state_dict(model, optimizer)
     dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=tmp / DCP_DIR)
     torch.save(rng_state(), tmp / f"rng-{ctx.rank}.pt")
