@@ -54,10 +54,10 @@ RUN_FLAGS = {"train.steps": 24, "tst.ratio": 0.5, "train.eval_every": 6, "log.ev
              "train.keep_checkpoints": 2}
 
 
-def cli_args(data_dir, out, resume=False):
-    """Return the `tstrain train` arguments of the reference run (RUN_FLAGS) into ``out``."""
+def cli_args(data_dir, out, resume=False, **extra):
+    """Return the `tstrain train` arguments of the reference run (RUN_FLAGS, then ``extra``) into ``out``."""
     args = ["train", "--preset", "tiny", "--data", str(data_dir), "--out", str(out), "--no-progress"]
-    args += [f"--set={k}={v}" for k, v in RUN_FLAGS.items()]
+    args += [f"--set={k}={v}" for k, v in {**RUN_FLAGS, **extra}.items()]
     return args + (["--resume"] if resume else [])
 
 

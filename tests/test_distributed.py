@@ -14,10 +14,12 @@ from safetensors.torch import load_file
 from conftest import cli_args, launch
 from tstrain.checkpoint import latest_good_checkpoint, list_checkpoints, verify_checkpoint
 from tstrain.metrics import read_jsonl
-from tstrain.train import export_checkpoint, train
 from tstrain.config import load_config
+from tstrain.train import export_checkpoint, train
 
 TIMING_KEYS = {"wall_time", "tokens_per_s", "positions_per_s", "mfu"}
+# Each of the two processes reads 4 of the 8 sequences as two micro-batches of 2.
+ACCUM = {"train.grad_accum": 2}
 
 
 def numbers(run):
@@ -41,7 +43,7 @@ def close_curves(a, b, rel=1e-5):
 @pytest.fixture(scope="module")
 def two_process_run(data_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("two") / "run"
-    done = launch(cli_args(data_dir, out), processes=2)
+    done = launch(cli_args(data_dir, out, **ACCUM), processes=2)
     assert done.returncode == 0, done.stderr[-3000:]
     return out, done
 
@@ -62,6 +64,18 @@ def test_two_processes_give_the_one_process_loss_curve(two_process_run, referenc
     assert {"dcp/.metadata", "dcp/__0_0.distcp", "dcp/__1_0.distcp", "rng-0.pt", "rng-1.pt"} <= set(files)
 
 
+def test_a_corrupt_shard_is_detected_and_the_previous_checkpoint_used(two_process_run, tmp_path):
+    run, _ = two_process_run
+    root = tmp_path / "checkpoints"
+    shutil.copytree(run / "checkpoints", root)
+    shard = root / "step-00000024" / "dcp" / "__1_0.distcp"
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    with pytest.warns(UserWarning, match="skipping checkpoint step-00000024: .*__1_0.distcp does not match its SHA-256"):
+        assert latest_good_checkpoint(root)[0].name == "step-00000020"
+
+
 def test_export_of_a_sharded_checkpoint_equals_the_final_model(two_process_run, tmp_path):
     run, _ = two_process_run
     out = export_checkpoint(run, tmp_path / "hf", run / "checkpoints" / "step-00000024")
@@ -73,7 +87,7 @@ def test_export_of_a_sharded_checkpoint_equals_the_final_model(two_process_run, 
 def test_two_processes_killed_mid_checkpoint_and_in_phase_2_resume_bit_identically(data_dir, two_process_run, reference_run, tmp_path):
     whole, _ = two_process_run
     run = tmp_path / "run"
-    done = launch(cli_args(data_dir, run), processes=2, fault="save:12@1")  # rank 1 dies writing the switch checkpoint
+    done = launch(cli_args(data_dir, run, **ACCUM), processes=2, fault="save:12@1")  # rank 1 dies writing the switch checkpoint
     assert done.returncode != 0
     root = run / "checkpoints"
     assert list(root.glob(".tmp-step-00000012-*")) and latest_good_checkpoint(root)[0].name == "step-00000010"
@@ -84,9 +98,9 @@ def test_two_processes_killed_mid_checkpoint_and_in_phase_2_resume_bit_identical
     train(cfg, tmp_path / "one", resume=True)
     close_curves(reference_run, tmp_path / "one")
 
-    done = launch(cli_args(data_dir, run, resume=True), processes=2, fault="step:17@0")  # rank 0 dies in phase 2
+    done = launch(cli_args(data_dir, run, resume=True, **ACCUM), processes=2, fault="step:17@0")  # rank 0 dies in phase 2
     assert done.returncode != 0 and "resumed from" in done.stdout
-    done = launch(cli_args(data_dir, run, resume=True), processes=2)
+    done = launch(cli_args(data_dir, run, resume=True, **ACCUM), processes=2)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "step 15, phase 2" in done.stdout
     a, b = weights(whole), weights(run)
