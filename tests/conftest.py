@@ -2,6 +2,8 @@
 
 import random
 
+import torch
+
 import pytest
 
 from tstrain.config import load_config
@@ -44,3 +46,54 @@ def tiny_cfg(data_dir):
         base.update(overrides)
         return load_config("tiny", overrides=base)
     return make
+
+
+# The run the crash and multi-process tests reproduce: 24 tiny steps, switch at 12, a checkpoint
+# every 5 steps (5, 10, 12, 15, 20, 24), two kept besides the switch one.
+RUN_FLAGS = {"train.steps": 24, "tst.ratio": 0.5, "train.eval_every": 6, "log.every": 1, "train.checkpoint_every": 5,
+             "train.keep_checkpoints": 2}
+
+
+def cli_args(data_dir, out, resume=False, **extra):
+    """Return the `tstrain train` arguments of the reference run (RUN_FLAGS, then ``extra``) into ``out``."""
+    args = ["train", "--preset", "tiny", "--data", str(data_dir), "--out", str(out), "--no-progress"]
+    args += [f"--set={k}={v}" for k, v in {**RUN_FLAGS, **extra}.items()]
+    return args + (["--resume"] if resume else [])
+
+
+def launch(args, processes=1, fault=None, timeout=300):
+    """Run tstrain in a subprocess (under torchrun for processes > 1); return the CompletedProcess."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("TSTRAIN_FAULT", "WORLD_SIZE", "RANK", "LOCAL_RANK")}
+    if fault:
+        env["TSTRAIN_FAULT"] = fault
+    env["OMP_NUM_THREADS"] = "1"
+    cmd = [sys.executable, "-m", "tstrain"]
+    if processes > 1:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}", "-m", "tstrain"]
+    return subprocess.run(cmd + args, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def reference_run(data_dir, tmp_path_factory):
+    """The uninterrupted single-process run of RUN_FLAGS, trained in this process."""
+    from tstrain.train import train
+
+    out = tmp_path_factory.mktemp("reference") / "run"
+    train(load_config("tiny", overrides={"data.path": str(data_dir), "log.progress": False, **RUN_FLAGS}), out)
+    return out
+
+
+class NanGrad(torch.autograd.Function):
+    """Identity forward, NaN gradient backward: a finite loss whose every gradient is non-finite."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * float("nan")

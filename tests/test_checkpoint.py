@@ -68,3 +68,55 @@ def test_prune_keeps_the_newest_and_the_switch_checkpoint(tmp_path):
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step-00000002", "step-00000005", "step-00000006"]
     assert not list(tmp_path.glob(".tmp-*"))
     assert json.loads((tmp_path / "step-00000002" / "state.json").read_text())["at_switch"]
+
+
+class Payload:
+    """Unpickling this creates a file: the proof that loading ran code from the checkpoint."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def _reseal(path):
+    """Rewrite the manifest so tampered files still verify (an attacker can do that too)."""
+    from tstrain.data import sha256_file
+
+    manifest = json.loads((path / "manifest.json").read_text())
+    for name, meta in manifest["files"].items():
+        meta.update(bytes=(path / name).stat().st_size, sha256=sha256_file(path / name))
+    (path / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_a_malicious_pickle_in_optimizer_pt_is_refused_without_running_it(tmp_path):
+    import pickle
+
+    model, opt = model_and_optimizer()
+    path = save_checkpoint(tmp_path / "ckpts", 1, model, opt, {})
+    marker = tmp_path / "pwned"
+    (path / "optimizer.pt").write_bytes(pickle.dumps({"state": Payload(marker)}, protocol=2))
+    _reseal(path)
+    verify_checkpoint(path)
+    with pytest.raises(CheckpointError, match="refusing to load .*optimizer.pt.*could run code"):
+        load_checkpoint(path, model, opt)
+    assert not marker.exists()
+
+
+def test_a_malicious_dcp_metadata_is_refused_without_running_it(tmp_path):
+    import pickle
+
+    import torch.distributed.checkpoint as dcp
+
+    from tstrain.checkpoint import check_dcp_metadata
+
+    path = tmp_path / "dcp"
+    with pytest.warns(UserWarning):  # DCP warns when it saves without a process group
+        dcp.save({"w": torch.ones(3)}, checkpoint_id=path)
+    check_dcp_metadata(path)  # genuine metadata passes
+    marker = tmp_path / "pwned"
+    (path / ".metadata").write_bytes(pickle.dumps(Payload(marker)))
+    with pytest.raises(CheckpointError, match="refusing to load .*metadata"):
+        check_dcp_metadata(path)
+    assert not marker.exists()

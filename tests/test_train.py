@@ -174,3 +174,29 @@ def test_fused_head_loss_trains_like_the_plain_path(tiny_cfg, tmp_path):
     a, b = train_rows(tmp_path / "plain"), train_rows(tmp_path / "fused")
     assert [r["loss"] for r in a] == pytest.approx([r["loss"] for r in b], rel=1e-4)
     assert fused.final_val_loss == pytest.approx(plain.final_val_loss, rel=1e-4)
+
+
+@pytest.mark.parametrize("skip", [False, True])
+def test_non_finite_gradient_stops_naming_the_tensor_or_is_skipped(tiny_cfg, tmp_path, monkeypatch, skip):
+    from conftest import NanGrad
+
+    original = train_mod.phase_loss
+    count = {"n": 0}
+
+    def poisoned(parts, window, phase, cfg):
+        count["n"] += 1
+        loss = original(parts, window, phase, cfg)
+        return NanGrad.apply(loss) if count["n"] == 3 else loss
+
+    monkeypatch.setattr(train_mod, "phase_loss", poisoned)
+    cfg = tiny_cfg(**{"train.steps": 6, "tst.ratio": 0.5, "train.skip_nonfinite": skip})
+    if not skip:
+        with pytest.raises(TrainingError, match=r"non-finite gradient at step 3 \(phase 1\) in model.embed_tokens.weight"):
+            train(cfg, tmp_path / "run")
+        return
+    train(cfg, tmp_path / "run")
+    rows = train_rows(tmp_path / "run")
+    assert [r["skipped_steps"] for r in rows] == [0, 0, 1, 1, 1, 1]
+    assert all(math.isfinite(r["loss"]) for r in rows)
+    final = load_file(tmp_path / "run" / "final" / "model.safetensors")
+    assert all(torch.isfinite(t).all() for t in final.values())

@@ -5,12 +5,21 @@ A checkpoint is a directory ``step-NNNNNNNN`` holding ``model.safetensors``, ``o
 last. It is assembled under a temporary name, fsynced and renamed, so a crash mid-write leaves
 at most a ``.tmp-*`` directory that is never taken for a checkpoint. Loading never runs code from
 the files: safetensors for weights, ``torch.load(weights_only=True)`` for the rest.
+
+A job of several processes (torchrun) writes the sharded form instead: ``dcp/`` is a
+``torch.distributed.checkpoint`` directory (each process writes its shards of the model and the
+optimizer), ``rng-R.pt`` holds process R's RNG state; ``state.json`` and the manifest are as above
+and written by rank 0 once every process has finished. DCP re-shards on load, so a sharded
+checkpoint resumes on any number of processes, one included, and a single-process checkpoint
+resumes under torchrun. DCP's own ``.metadata`` is a pickle: it is checked with an allow-list of
+DCP's metadata classes before DCP reads it.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import pickle
 import shutil
 import warnings
 from pathlib import Path
@@ -20,9 +29,11 @@ import torch
 from safetensors.torch import load_model, save_model
 
 from .data import sha256_file
+from .faults import maybe_die
 
 PREFIX = "step-"
 MANIFEST = "manifest.json"
+DCP_DIR = "dcp"  # the torch.distributed.checkpoint directory of a sharded checkpoint
 
 
 class CheckpointError(RuntimeError):
@@ -58,26 +69,64 @@ def set_rng_state(state: dict[str, torch.Tensor]) -> None:
 def save_checkpoint(root: Path, step: int, model, optimizer, state: dict[str, Any]) -> Path:
     """Write the checkpoint for ``step`` completed steps atomically; return its directory."""
     root.mkdir(parents=True, exist_ok=True)
-    final = root / f"{PREFIX}{step:08d}"
-    tmp = root / f".tmp-{PREFIX}{step:08d}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
+    tmp = _fresh_tmp(root, step, os.getpid())
     save_model(model, str(tmp / "model.safetensors"))
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     torch.save(rng_state(), tmp / "rng.pt")
+    maybe_die("save", step)
+    return _complete(root, tmp, step, state)
+
+
+def _fresh_tmp(root: Path, step: int, tag: int) -> Path:
+    tmp = root / f".tmp-{PREFIX}{step:08d}-{tag}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    return tmp
+
+
+def _complete(root: Path, tmp: Path, step: int, state: dict[str, Any]) -> Path:
+    """Write state.json and the manifest into ``tmp``, fsync everything and rename it into place."""
+    final = root / f"{PREFIX}{step:08d}"
     (tmp / "state.json").write_text(json.dumps({**state, "step": step}, indent=2) + "\n")
     files = {}
-    for f in sorted(tmp.iterdir()):
+    for f in sorted(p for p in tmp.rglob("*") if p.is_file()):
         _fsync_file(f)
-        files[f.name] = {"bytes": f.stat().st_size, "sha256": sha256_file(f)}
+        files[f.relative_to(tmp).as_posix()] = {"bytes": f.stat().st_size, "sha256": sha256_file(f)}
     (tmp / MANIFEST).write_text(json.dumps({"step": step, "files": files}, indent=2) + "\n")
     _fsync_file(tmp / MANIFEST)
-    _fsync_dir(tmp)
+    for d in [p for p in tmp.rglob("*") if p.is_dir()] + [tmp]:
+        _fsync_dir(d)
     if final.exists():  # re-writing the same step (e.g. after a resume): replace it whole
         shutil.rmtree(final)
     os.replace(tmp, final)
     _fsync_dir(root)
+    return final
+
+
+def save_sharded_checkpoint(root: Path, step: int, model, optimizer, state: dict[str, Any], ctx) -> Path:
+    """Write the sharded checkpoint of ``step`` from every process of ``ctx``; return its directory.
+
+    All processes write into one temporary directory (named by rank 0); rank 0 completes it only
+    after a barrier, so a process killed mid-write leaves no manifest and no ``step-*`` name.
+    """
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    name = None
+    if ctx.is_main:
+        root.mkdir(parents=True, exist_ok=True)
+        name = str(_fresh_tmp(root, step, os.getpid()))
+    tmp = Path(ctx.agree(name))  # also a barrier: the directory exists before anyone writes into it
+    model_sd, optim_sd = get_state_dict(model, optimizer)
+    dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=tmp / DCP_DIR)
+    torch.save(rng_state(), tmp / f"rng-{ctx.rank}.pt")
+    maybe_die("save", step, ctx.rank)
+    ctx.barrier()
+    final = root / f"{PREFIX}{step:08d}"
+    if ctx.is_main:
+        _complete(root, tmp, step, {**state, "world_size": ctx.world_size})
+    ctx.barrier()
     return final
 
 
@@ -118,11 +167,126 @@ def latest_good_checkpoint(root: Path) -> tuple[Path, dict[str, Any]] | None:
     return None
 
 
-def load_checkpoint(path: Path, model, optimizer) -> None:
-    """Load weights, optimizer state and RNG state from a verified checkpoint directory."""
-    missing, unexpected = load_model(model, str(path / "model.safetensors"), strict=True)
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
-    set_rng_state(torch.load(path / "rng.pt", weights_only=True))
+def load_pickle(path: Path) -> Any:
+    """Return ``torch.load(path, weights_only=True)``, refusing with CheckpointError a file that would run code."""
+    try:
+        return torch.load(path, weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(
+            f"refusing to load {path}: it holds more than tensors and plain containers, and unpickling it could "
+            f"run code from the file ({str(e).splitlines()[0]}). Use a checkpoint written by tstrain; "
+            "delete this one if you did not write it"
+        ) from None
+
+
+_DCP_PATHS = {"PosixPath", "PurePosixPath", "WindowsPath", "PureWindowsPath"}
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    """Admits only the classes DCP's metadata is made of: its dataclasses and enums, sizes, dtypes, paths."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        import dataclasses
+        import enum
+
+        obj = super().find_class(module, name) if module.split(".")[0] in ("torch", "pathlib") else None
+        ok = (
+            (module.startswith("torch.distributed.checkpoint.") and isinstance(obj, type)
+             and (dataclasses.is_dataclass(obj) or issubclass(obj, enum.Enum)))
+            or (module == "torch" and (name == "Size" or isinstance(obj, torch.dtype)))
+            or (module, name) == ("torch.serialization", "_get_layout")
+            or (module == "pathlib" and name in _DCP_PATHS)
+        )
+        if not ok:
+            raise pickle.UnpicklingError(f"{module}.{name} is not part of DCP metadata")
+        return obj
+
+
+def check_dcp_metadata(path: Path) -> None:
+    """Raise CheckpointError unless ``path/.metadata`` unpickles with DCP's metadata classes alone."""
+    meta = path / ".metadata"
+    try:
+        with open(meta, "rb") as f:
+            _MetadataUnpickler(f).load()
+    except (pickle.UnpicklingError, EOFError, AttributeError, ImportError) as e:
+        raise CheckpointError(
+            f"refusing to load {meta}: it is not plain DCP metadata ({e}); loading it could run code from the file. "
+            "Use a checkpoint written by tstrain; delete this one if you did not write it"
+        ) from None
+
+
+def is_sharded(path: Path) -> bool:
+    return (path / DCP_DIR).is_dir()
+
+
+def load_checkpoint(path: Path, model, optimizer, rank: int = 0) -> None:
+    """Load weights, optimizer state and RNG state from a verified checkpoint directory.
+
+    ``model`` and ``optimizer`` may be plain or FSDP2-sharded, and the checkpoint either form: a
+    sharded checkpoint is re-sharded by DCP for this number of processes, a single-process one is
+    split up by ``set_state_dict``. ``optimizer`` may be None (weights only, e.g. for export).
+    """
+    sharded_model = any(hasattr(p, "to_local") for p in model.parameters())
+    if is_sharded(path):
+        _load_dcp(path / DCP_DIR, model, optimizer)
+        rng = next((path / n for n in (f"rng-{rank}.pt", "rng-0.pt") if (path / n).is_file()), None)
+    elif sharded_model:
+        _load_full_into_sharded(path, model, optimizer)
+        rng = path / "rng.pt"
+    else:
+        missing, unexpected = load_model(model, str(path / "model.safetensors"), strict=True)
+        if optimizer is not None:
+            optimizer.load_state_dict(load_pickle(path / "optimizer.pt"))
+        rng = path / "rng.pt"
+    if optimizer is not None and rng is not None:
+        set_rng_state(load_pickle(rng))
+
+
+def _load_dcp(path: Path, model, optimizer) -> None:
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_state_dict, set_model_state_dict, set_state_dict
+
+    check_dcp_metadata(path)
+    with warnings.catch_warnings():  # DCP warns when it loads without a process group: that is intended here
+        warnings.simplefilter("ignore", UserWarning)
+        if optimizer is None:
+            state = {"model": get_model_state_dict(model)}
+            dcp.load(state, checkpoint_id=path)
+            set_model_state_dict(model, state["model"])
+            return
+        model_sd, optim_sd = get_state_dict(model, optimizer)
+        state = {"model": model_sd, "optim": optim_sd}
+        dcp.load(state, checkpoint_id=path)
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+
+
+def _load_full_into_sharded(path: Path, model, optimizer) -> None:
+    """Load a single-process checkpoint into an FSDP2 model: each process keeps its shards."""
+    from safetensors.torch import load_file
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
+
+    full = StateDictOptions(full_state_dict=True)
+    set_model_state_dict(model, load_file(path / "model.safetensors"), options=full)
+    if optimizer is None:
+        return
+    saved = load_pickle(path / "optimizer.pt")
+    # optimizer.pt numbers parameters in param-group order; DCP's full form names them.
+    fqn = {id(p): name for name, p in model.named_parameters()}
+    names = [fqn[id(p)] for group in optimizer.param_groups for p in group["params"]]
+    by_name = {
+        "state": {names[i]: s for i, s in saved["state"].items()},
+        "param_groups": [{**g, "params": [names[i] for i in g["params"]]} for g in saved["param_groups"]],
+    }
+    set_optimizer_state_dict(model, optimizer, by_name, options=full)
+
+
+def full_model_state_dict(model) -> dict[str, torch.Tensor]:
+    """Return the whole model's weights on CPU in every process's hands (gathered shards if sharded)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    if not any(hasattr(p, "to_local") for p in model.parameters()):
+        return model.state_dict()
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
 def prune_checkpoints(root: Path, keep: int) -> None:
@@ -139,11 +303,13 @@ def prune_checkpoints(root: Path, keep: int) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def export_hf(model, out_dir: Path, tokenizer_file: Path | None = None, eos_token: str | None = None) -> Path:
+def export_hf(model, out_dir: Path, tokenizer_file: Path | None = None, eos_token: str | None = None,
+              state_dict: dict[str, torch.Tensor] | None = None) -> Path:
     """Write a Hugging Face model dir (config + safetensors, and tokenizer files when given).
 
     The EOS token becomes the config's and generation config's ``eos_token_id`` (and pad id), so
     ``generate`` stops at the end of a document; the KV cache is switched back on for inference.
+    ``state_dict`` overrides the model's own weights (the gathered weights of a sharded model).
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     tok = None
@@ -157,7 +323,7 @@ def export_hf(model, out_dir: Path, tokenizer_file: Path | None = None, eos_toke
                 model.generation_config.eos_token_id = tok.eos_token_id
                 model.generation_config.pad_token_id = tok.eos_token_id
     model.config.use_cache = True  # training passes use_cache=False explicitly; inference wants the cache
-    model.save_pretrained(out_dir, safe_serialization=True)
+    model.save_pretrained(out_dir, safe_serialization=True, state_dict=state_dict)
     if tok is not None:
         tok.save_pretrained(out_dir)
     return out_dir

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -92,7 +93,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.no_progress:
         cfg.log.progress = False
     summary = train(cfg, args.out, resume=args.resume)
-    print(json.dumps(summary.to_dict(), indent=2))
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, one summary, not one per process
+        print(json.dumps(summary.to_dict(), indent=2))
     return 0
 
 

@@ -104,6 +104,7 @@ class TrainConfig:
     keep_checkpoints: int = 3  # newest kept, besides the one written at the switch
     fused_loss: str = "auto"  # LM head + loss fused over position chunks: auto (vocab >= 32768) | on | off
     loss_chunk_size: int = 2048  # positions per chunk of the fused head + loss
+    skip_nonfinite: bool = False  # skip a step with a non-finite loss or gradient (no update) instead of stopping
 
 
 @dataclass

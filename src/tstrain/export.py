@@ -7,8 +7,8 @@ TST leaves the architecture untouched, so the result is an ordinary ``transforme
 
 Sources: a run dir (its ``final/`` model if the run finished, else its newest checkpoint that
 verifies), a checkpoint dir ``RUN/checkpoints/step-N`` (the model is rebuilt from
-``RUN/config.toml`` and its weights loaded from ``model.safetensors``), or a Hugging Face model
-dir such as ``RUN/final``.
+``RUN/config.toml`` and its weights loaded from ``model.safetensors``, or gathered by DCP from a
+sharded checkpoint of a torchrun job), or a Hugging Face model dir such as ``RUN/final``.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_model
 
 from . import checkpoint as ckpt
 from .checkpoint import CheckpointError
@@ -83,7 +82,7 @@ def load_trained_model(source: str | Path) -> tuple[torch.nn.Module, Path | None
         run = path.parent.parent
         cfg = _run_config(run)
         model = build_model(cfg.model, cfg.model.vocab_size, cfg.train.seq_len)
-        load_model(model, str(path / "model.safetensors"), strict=True)
+        ckpt.load_checkpoint(path, model, None)  # either form: single-process or sharded (DCP)
         tokenizer, eos = _tokenizer_of(cfg, run / "final")
     else:
         raise CheckpointError(

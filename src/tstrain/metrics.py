@@ -37,16 +37,27 @@ def device_peak_flops(device: torch.device, configured: float = 0.0) -> float:
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    """Return the rows of a JSONL file."""
+    """Return the rows of a JSONL file, without a partial last line that a killed writer may leave."""
     with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        lines = [line for line in f if line.strip()]
+    rows = []
+    for n, line in enumerate(lines):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if n < len(lines) - 1:
+                raise
+    return rows
 
 
 class MetricsLog:
     """Appends one JSON object per logged step to ``metrics.jsonl``; mirrors scalars to TensorBoard."""
 
-    def __init__(self, run_dir: Path, tensorboard: bool = False, resume_step: int | None = None):
+    def __init__(self, run_dir: Path, tensorboard: bool = False, resume_step: int | None = None, enabled: bool = True):
         self.path = run_dir / "metrics.jsonl"
+        self.file = self.tb = None
+        if not enabled:  # processes other than rank 0 of a torchrun job write nothing
+            return
         if resume_step is not None and self.path.exists():
             # Rows past the checkpoint are logged again by the resumed run: drop them.
             kept = [r for r in read_jsonl(self.path) if r["step"] <= resume_step]
@@ -54,13 +65,14 @@ class MetricsLog:
         elif resume_step is None and self.path.exists():
             self.path.unlink()
         self.file = open(self.path, "a")
-        self.tb = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
             self.tb = SummaryWriter(str(run_dir / "tensorboard"))
 
     def write(self, row: dict[str, Any]) -> None:
+        if self.file is None:
+            return
         self.file.write(json.dumps(row) + "\n")
         self.file.flush()
         if self.tb is not None:
@@ -69,7 +81,8 @@ class MetricsLog:
                     self.tb.add_scalar(key, value, row["step"])
 
     def close(self) -> None:
-        self.file.close()
+        if self.file is not None:
+            self.file.close()
         if self.tb is not None:
             self.tb.close()
 

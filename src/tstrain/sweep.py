@@ -61,7 +61,7 @@ def sweep_markdown(table: dict[str, Any], cfg: Config) -> str:
              f"(lower is better; baseline {table['baseline']:.4f}; best s={best[1]}, r={best[2]}: {best[0]:.4f}, "
              f"{best[0] - table['baseline']:+.4f} vs baseline).", "",
              "| s \\ r | " + " | ".join(f"{r:g}" for r in rs) + " |", "| --- |" + " --- |" * len(rs),
-             f"| baseline | " + " | ".join(f"{table['baseline']:.4f}" for _ in rs) + " |"]
+             "| baseline | " + " | ".join(f"{table['baseline']:.4f}" for _ in rs) + " |"]
     for s, row in table["grid"].items():
         lines.append(f"| {s} | " + " | ".join(f"{row[f'{r:g}']:.4f}" for r in rs) + " |")
     return "\n".join(lines) + "\n"

@@ -3,6 +3,8 @@
 One model, one AdamW, one Warmup-Stable-Decay schedule over all N steps. The loop asks the TST
 core for each phase's inputs and loss; everything it reads is a pure function of (seed, step), so
 a run resumed from any checkpoint, the one at the switch included, repeats the same numbers.
+Under torchrun the same loop runs in every process (see ``distributed``): each reads its own
+slice of every global batch, and only rank 0 writes files.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import time
 import tomllib
 from dataclasses import dataclass
@@ -19,8 +22,10 @@ from typing import Any
 import torch
 
 from . import checkpoint as ckpt
+from . import distributed
 from .config import Config, ConfigError, validate
 from .data import TokenData, WindowReader, WindowSchedule, check_appetite, validation_windows
+from .faults import maybe_die
 from .metrics import MetricsLog, Progress, device_peak_flops
 from .models import CausalLMParts, build_model, flops_per_position, padded_vocab
 from .superposition import (
@@ -38,7 +43,8 @@ class TrainingError(RuntimeError):
 
 
 # Fields that may differ between a run and its resumption: they do not change the numbers.
-RESUME_FREE = {"log", "train.device", "train.checkpoint_every", "train.keep_checkpoints", "train.eval_batch_size", "data.path"}
+RESUME_FREE = {"log", "train.device", "train.checkpoint_every", "train.keep_checkpoints", "train.eval_batch_size", "data.path",
+               "train.skip_nonfinite"}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -122,9 +128,17 @@ def head_loss(parts: CausalLMParts, hidden: torch.Tensor, targets: torch.Tensor,
     return multi_hot_cross_entropy(parts.logits(hidden), targets, weights, mi_exponent=cfg.tst.mi_exponent)
 
 
+def _next_token_logits(parts: CausalLMParts, inputs: torch.Tensor) -> torch.Tensor:
+    return parts.logits(parts.hidden_states(input_ids=inputs))
+
+
 @torch.no_grad()
-def validation_loss(parts: CausalLMParts, windows: torch.Tensor, batch_size: int, device, autocast) -> float:
-    """Return the mean next-token loss over fixed held-out windows (equal-length, so a plain mean)."""
+def validation_loss(parts: CausalLMParts, windows: torch.Tensor, batch_size: int, device, autocast, run=None) -> float:
+    """Return the mean next-token loss over fixed held-out windows (equal-length, so a plain mean).
+
+    ``run(fn, *args)`` calls the model (FSDP2's root unit when sharded; every process evaluates all windows).
+    """
+    run = run or (lambda fn, *args: fn(*args))
     was_training = parts.model.training
     parts.model.eval()
     total, count = 0.0, 0
@@ -132,7 +146,7 @@ def validation_loss(parts: CausalLMParts, windows: torch.Tensor, batch_size: int
         chunk = windows[i : i + batch_size].to(device)
         inputs, targets = next_token_batch(chunk)
         with autocast():
-            logits = parts.logits(parts.hidden_states(input_ids=inputs))
+            logits = run(_next_token_logits, parts, inputs)
         total += multi_hot_cross_entropy(logits, targets).item() * chunk.shape[0]
         count += chunk.shape[0]
     parts.model.train(was_training)
@@ -172,7 +186,7 @@ def autocast_for(cfg: Config, device: torch.device):
 
 def first_non_finite_grad(model: torch.nn.Module) -> str | None:
     for name, p in model.named_parameters():
-        if p.grad is not None and not torch.isfinite(p.grad).all():
+        if p.grad is not None and not torch.isfinite(distributed.local(p.grad)).all():
             return name
     return None
 
@@ -235,14 +249,23 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False) -> RunSummary:
     """Train through both phases into ``out_dir``; return the final summary.
 
     Writes ``config.toml``, ``metrics.jsonl``, ``checkpoints/`` and ``final/`` (a Hugging Face
-    model dir). With ``resume``, continues from the newest checkpoint that verifies.
+    model dir). With ``resume``, continues from the newest checkpoint that verifies. Under
+    torchrun every process calls this; they share the work of each step and rank 0 writes.
     """
-    run = Path(out_dir)
+    ctx = distributed.setup(resolve_device(cfg))
+    try:
+        return _train(cfg, Path(out_dir), resume, ctx)
+    finally:
+        ctx.close()
+
+
+def _train(cfg: Config, run: Path, resume: bool, ctx: distributed.Single) -> RunSummary:
     if not cfg.data.path:
         raise ConfigError("no data: pass --data DIR (a dir made by `tstrain prepare-data`) or set data.path")
     data = TokenData(cfg.data.path)
     resolve_for_data(cfg, data)
     validate(cfg)
+    distributed.check_batch(cfg.train.batch_size, cfg.train.grad_accum, ctx.world_size)
     ckpt_root = run / "checkpoints"
 
     found = None
@@ -250,15 +273,19 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False) -> RunSummary:
         saved_path = run / "config.toml"
         if saved_path.is_file():
             check_resume_config(tomllib.loads(saved_path.read_text()), cfg)
-        found = ckpt.latest_good_checkpoint(ckpt_root)
-        if found is None:
+        found = ctx.agree(ckpt.latest_good_checkpoint(ckpt_root) if ctx.is_main else None)
+        if found is None and ctx.is_main:
             print(f"no checkpoint under {ckpt_root}; starting from step 0")
     elif ckpt.list_checkpoints(ckpt_root):
         raise ConfigError(f"{run} already holds checkpoints; pass --resume to continue it or choose a new --out")
-    run.mkdir(parents=True, exist_ok=True)
-    (run / "config.toml").write_text(cfg.to_toml())
+    ctx.barrier()  # every process has read the run dir before rank 0 writes to it
+    if ctx.is_main:
+        run.mkdir(parents=True, exist_ok=True)
+        tmp = run / ".config.toml.tmp"  # atomic: a kill mid-write must not break the next --resume
+        tmp.write_text(cfg.to_toml())
+        os.replace(tmp, run / "config.toml")
 
-    device = resolve_device(cfg)
+    device = ctx.device
     autocast = autocast_for(cfg, device)
     if device.type == "cpu":
         # AdamW's second moments underflow into denormals, which x86 CPUs process ~100x slower:
@@ -268,6 +295,7 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False) -> RunSummary:
     model = build_model(cfg.model, cfg.model.vocab_size, cfg.train.seq_len).to(device)
     model.train()
     parts = CausalLMParts(model)
+    run_model = ctx.shard(model)  # run_model(fn, *args) calls fn where the weights are whole
     optimizer = make_optimizer(model, cfg, device)
 
     schedule = window_schedule(cfg)
@@ -276,17 +304,21 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False) -> RunSummary:
     val = validation_windows(data.val, cfg.train.seq_len, cfg.data.val_windows)
 
     N, switch, B, L = cfg.train.steps, cfg.switch_step, cfg.train.batch_size, cfg.train.seq_len
-    accum, micro = cfg.train.grad_accum, cfg.train.batch_size // cfg.train.grad_accum
+    accum = cfg.train.grad_accum
+    micro = B // ctx.world_size // accum  # this process reads sequences [first, first + accum * micro)
+    first = ctx.rank * micro * accum
     step_flops = flops_per_position(model, L) * B * L
     peak = device_peak_flops(device, cfg.log.peak_flops)
 
-    start, data_tokens, flops, wall_offset = 0, 0, 0.0, 0.0
+    start, data_tokens, flops, wall_offset, skipped = 0, 0, 0.0, 0.0, 0
     if found is not None:
         path, state = found
-        ckpt.load_checkpoint(path, model, optimizer)
+        ckpt.load_checkpoint(path, model, optimizer, ctx.rank)
         start, data_tokens, flops, wall_offset = state["step"], state["data_tokens"], state["flops"], state["wall_time"]
-        print(f"resumed from {path} (step {start}, phase {1 if start < switch else 2})")
-    log = MetricsLog(run, cfg.log.tensorboard, resume_step=start if found is not None else None)
+        skipped = state.get("skipped_steps", 0)
+        if ctx.is_main:
+            print(f"resumed from {path} (step {start}, phase {1 if start < switch else 2})")
+    log = MetricsLog(run, cfg.log.tensorboard, resume_step=start if found is not None else None, enabled=ctx.is_main)
     t0 = time.perf_counter()
 
     def elapsed() -> float:
@@ -295,19 +327,23 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False) -> RunSummary:
     def save(step: int) -> None:
         state = {"phase": 1 if step <= switch and switch > 0 else 2, "data_tokens": data_tokens, "flops": flops,
                  "wall_time": elapsed(), "at_switch": step == switch and switch > 0,
-                 "epochs": reader.epochs(step)}
-        ckpt.save_checkpoint(ckpt_root, step, model, optimizer, state)
-        ckpt.prune_checkpoints(ckpt_root, cfg.train.keep_checkpoints)
+                 "epochs": reader.epochs(step), "skipped_steps": skipped}
+        if ctx.distributed:
+            ckpt.save_sharded_checkpoint(ckpt_root, step, model, optimizer, state, ctx)
+        else:
+            ckpt.save_checkpoint(ckpt_root, step, model, optimizer, state)
+        if ctx.is_main:
+            ckpt.prune_checkpoints(ckpt_root, cfg.train.keep_checkpoints)
 
     def evaluate(step: int) -> float:
-        v = validation_loss(parts, val, cfg.train.eval_batch_size, device, autocast)
+        v = validation_loss(parts, val, cfg.train.eval_batch_size, device, autocast, run_model)
         log.write({"step": step, "phase": 1 if step <= switch and switch > 0 else 2, "val_loss": v, "data_tokens": data_tokens,
                    "flops": flops, "wall_time": elapsed()})
         return v
 
     if start == 0:
         evaluate(0)
-    progress = Progress(N, start, cfg.log.progress)
+    progress = Progress(N, start, cfg.log.progress and ctx.is_main)
     last_val = math.nan
     try:
         for step in range(start, N):
@@ -320,24 +356,33 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False) -> RunSummary:
             step_start = time.perf_counter()
             loss_sum = 0.0
             for k in range(accum):
-                window = reader.batch(step, k * micro, micro).to(device, non_blocking=True)
+                window = reader.batch(step, first + k * micro, micro).to(device, non_blocking=True)
+                ctx.grad_sync(k == accum - 1)  # reduce gradients across processes once, after the last micro-batch
                 with autocast():
-                    loss = phase_loss(parts, window, phase, cfg)
+                    loss = run_model(phase_loss, parts, window, phase, cfg)
                 (loss / accum).backward()
                 loss_sum += loss.item() / accum
+            loss_sum = ctx.mean(loss_sum)  # every process holds the same global loss, so all agree below
+            grad_norm, problem = math.nan, None
             if not math.isfinite(loss_sum):
+                problem = f"non-finite loss ({loss_sum}) at step {step + 1} (phase {phase})"
+            else:
+                clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
+                grad_norm = distributed.full_value(torch.nn.utils.clip_grad_norm_(model.parameters(), clip))
+                if not math.isfinite(grad_norm):
+                    where = next((n for n in ctx.gather(first_non_finite_grad(model)) if n), "an unknown parameter")
+                    problem = f"non-finite gradient at step {step + 1} (phase {phase}) in {where}"
+            if problem is None:
+                optimizer.step()
+            elif cfg.train.skip_nonfinite:
+                skipped += 1
+                if ctx.is_main:
+                    print(f"skipping step {step + 1}: {problem} (train.skip_nonfinite); no update, {skipped} skipped so far")
+            else:
                 raise TrainingError(
-                    f"non-finite loss ({loss_sum}) at step {step + 1} (phase {phase}); the last good checkpoint "
-                    f"under {ckpt_root} is kept. Lower optim.lr, raise optim.warmup_steps or check the data"
+                    f"{problem}; the last good checkpoint under {ckpt_root} is kept. Lower optim.lr, raise "
+                    "optim.warmup_steps or check the data; train.skip_nonfinite=true skips such steps instead"
                 )
-            clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), clip))
-            if not math.isfinite(grad_norm):
-                raise TrainingError(
-                    f"non-finite gradient at step {step + 1} (phase {phase}) in {first_non_finite_grad(model)}; "
-                    f"the last good checkpoint under {ckpt_root} is kept. Lower optim.lr or check the data"
-                )
-            optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             stride = schedule.window(step)[0]
             data_tokens += B * stride
@@ -348,7 +393,8 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False) -> RunSummary:
             if done % cfg.log.every == 0 or done in (switch, switch + 1, N):
                 row = {"step": done, "phase": phase, "loss": loss_sum, "lr": lr, "grad_norm": grad_norm,
                        "data_tokens": data_tokens, "flops": flops, "wall_time": elapsed(),
-                       "tokens_per_s": B * stride / dt, "positions_per_s": B * L / dt, "epoch": reader.epochs(done)}
+                       "tokens_per_s": B * stride / dt, "positions_per_s": B * L / dt, "epoch": reader.epochs(done),
+                       "skipped_steps": skipped}
                 if peak > 0:
                     row["mfu"] = step_flops / dt / peak
                 log.write(row)
@@ -356,13 +402,16 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False) -> RunSummary:
                 last_val = evaluate(done)
             if done == switch or done == N or (cfg.train.checkpoint_every and done % cfg.train.checkpoint_every == 0):
                 save(done)
+            maybe_die("step", done, ctx.rank)
     finally:
         progress.close()
         log.close()
 
     if math.isnan(last_val):  # resumed from the final checkpoint: nothing left to run
-        last_val = validation_loss(parts, val, cfg.train.eval_batch_size, device, autocast)
-    ckpt.export_hf(model, run / "final", data.path / "tokenizer.json", data.manifest.get("eos_token"))
+        last_val = validation_loss(parts, val, cfg.train.eval_batch_size, device, autocast, run_model)
+    weights = ckpt.full_model_state_dict(model) if ctx.distributed else None  # gathered from every process
     summary = RunSummary(run, last_val, N, switch, data_tokens, flops, elapsed())
-    (run / "summary.json").write_text(json.dumps(summary.to_dict(), indent=2) + "\n")
+    if ctx.is_main:
+        ckpt.export_hf(model, run / "final", data.path / "tokenizer.json", data.manifest.get("eos_token"), weights)
+        (run / "summary.json").write_text(json.dumps(summary.to_dict(), indent=2) + "\n")
     return summary

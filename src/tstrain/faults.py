@@ -1,0 +1,41 @@
+"""Fault injection for the crash tests: ``TSTRAIN_FAULT`` makes a process kill itself with SIGKILL.
+
+Off unless the environment variable is set; the check is one dictionary lookup. The value is
+``POINT:STEP`` or ``POINT:STEP@RANK`` (only that rank of a torchrun job dies), where POINT is
+
+- ``step``: at the end of optimizer step STEP (counted from 1), after its metrics, evaluation and
+  checkpoint. ``step:SWITCH`` with SWITCH = round(ratio * steps) dies right after the switch
+  checkpoint, so the resumed run starts exactly at the first phase-2 step.
+- ``save``: in the middle of writing the checkpoint of step STEP: its data files are on disk, its
+  manifest is not and it has not been renamed into place.
+
+SIGKILL runs no ``finally`` and no ``atexit``: what is left on disk is what a power cut or the
+OOM killer would leave.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+ENV = "TSTRAIN_FAULT"
+POINTS = ("step", "save")
+
+
+def parse(spec: str) -> tuple[str, int, int | None]:
+    """Return ``(point, step, rank or None)`` of a ``POINT:STEP[@RANK]`` spec."""
+    point, _, rest = spec.partition(":")
+    step, _, rank = rest.partition("@")
+    if point not in POINTS or not step.isdigit() or (rank and not rank.isdigit()):
+        raise ValueError(f"{ENV}={spec!r}: expected POINT:STEP or POINT:STEP@RANK with POINT in {POINTS}")
+    return point, int(step), int(rank) if rank else None
+
+
+def maybe_die(point: str, step: int, rank: int = 0) -> None:
+    """Kill this process with SIGKILL if ``TSTRAIN_FAULT`` names this point, step and rank."""
+    spec = os.environ.get(ENV)
+    if not spec:
+        return
+    want_point, want_step, want_rank = parse(spec)
+    if want_point == point and want_step == step and want_rank in (None, rank):
+        os.kill(os.getpid(), signal.SIGKILL)
