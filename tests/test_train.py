@@ -200,3 +200,30 @@ def test_non_finite_gradient_stops_naming_the_tensor_or_is_skipped(tiny_cfg, tmp
     assert all(math.isfinite(r["loss"]) for r in rows)
     final = load_file(tmp_path / "run" / "final" / "model.safetensors")
     assert all(torch.isfinite(t).all() for t in final.values())
+
+
+def test_reinit_embeddings_at_the_switch_redraws_them_and_resumes_exactly(tiny_cfg, tmp_path, monkeypatch):
+
+    cfg = {"train.steps": 10, "tst.ratio": 0.5, "tst.reinit_embeddings": True}
+    train(tiny_cfg(**{"train.steps": 10, "tst.ratio": 0.5}), tmp_path / "keep")
+    train(tiny_cfg(**cfg), tmp_path / "reinit")
+    keep, reinit = train_rows(tmp_path / "keep"), train_rows(tmp_path / "reinit")
+    assert numbers(keep[:5]) == numbers(reinit[:5])  # phase 1 is untouched
+    assert reinit[5]["loss"] > keep[5]["loss"] + 0.5  # a fresh embedding and head start near log(V)
+    assert abs(reinit[5]["loss"] - math.log(384)) < 0.5  # vocabulary 320 padded to 384
+    # Crash right after the switch checkpoint; the resumed run redraws the same weights.
+    original = train_mod.Progress.update
+    calls = {"n": 0}
+
+    def crash(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 7:
+            raise Crash()
+        return original(self, *a, **k)
+
+    monkeypatch.setattr(train_mod.Progress, "update", crash)
+    with pytest.raises(Crash):
+        train(tiny_cfg(**cfg), tmp_path / "broken")
+    monkeypatch.setattr(train_mod.Progress, "update", original)
+    train(tiny_cfg(**cfg), tmp_path / "broken", resume=True)
+    assert numbers(read_jsonl(tmp_path / "broken" / "metrics.jsonl")) == numbers(read_jsonl(tmp_path / "reinit" / "metrics.jsonl"))

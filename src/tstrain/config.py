@@ -61,6 +61,7 @@ class TSTConfig:
     variant: str = "both"  # both | input | output
     reset_optimizer: bool = False  # at the switch: clear AdamW moments
     restart_schedule: bool = False  # at the switch: start the LR schedule again for phase 2
+    reinit_embeddings: bool = False  # at the switch: re-initialise embedding and LM head (the paper's negative control)
 
 
 @dataclass

@@ -112,6 +112,7 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "output-only": {"tst.variant": "output"},
     "reset-optimizer": {"tst.reset_optimizer": True},
     "restart-schedule": {"tst.restart_schedule": True},
+    "reinit-embeddings": {"tst.reinit_embeddings": True},
     "weights-power": {"tst.weights": "power"},
     "weights-exponential": {"tst.weights": "exponential"},
     "weights-first": {"tst.weights": "first"},

@@ -184,6 +184,20 @@ def autocast_for(cfg: Config, device: torch.device):
     return contextlib.nullcontext
 
 
+@torch.no_grad()
+def reinitialise_embeddings(parts: CausalLMParts, optimizer: torch.optim.Optimizer, cfg: Config) -> None:
+    """Redraw the input embedding and LM head from N(0, init_std) and drop their AdamW state.
+
+    The paper's negative control at the switch. The draw is seeded by (seed, switch step), so a
+    run resumed from the switch checkpoint redraws the same weights.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.train.seed * 1_000_003 + cfg.switch_step)
+        for p in {id(p): p for p in (parts.embedding.weight, parts.head.weight)}.values():
+            p.normal_(0.0, cfg.model.init_std)
+            optimizer.state.pop(p, None)
+
+
 def first_non_finite_grad(model: torch.nn.Module) -> str | None:
     for name, p in model.named_parameters():
         if p.grad is not None and not torch.isfinite(distributed.local(p.grad)).all():
@@ -350,6 +364,8 @@ def _train(cfg: Config, run: Path, resume: bool, ctx: distributed.Single) -> Run
             phase = 1 if step < switch else 2
             if step == switch and switch > 0 and cfg.tst.reset_optimizer:
                 optimizer.state.clear()
+            if step == switch and switch > 0 and cfg.tst.reinit_embeddings:
+                reinitialise_embeddings(parts, optimizer, cfg)
             lr = lr_at(cfg, step)
             for group in optimizer.param_groups:
                 group["lr"] = lr
