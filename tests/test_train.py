@@ -227,3 +227,26 @@ def test_reinit_embeddings_at_the_switch_redraws_them_and_resumes_exactly(tiny_c
     monkeypatch.setattr(train_mod.Progress, "update", original)
     train(tiny_cfg(**cfg), tmp_path / "broken", resume=True)
     assert numbers(read_jsonl(tmp_path / "broken" / "metrics.jsonl")) == numbers(read_jsonl(tmp_path / "reinit" / "metrics.jsonl"))
+
+
+def test_batch_expansion_reads_s_times_the_windows_of_l_over_s_positions(tiny_cfg, tmp_path, monkeypatch):
+    from tstrain.superposition import superposition_batch as real
+
+    shapes = []
+
+    def spy(window, seq_len, bag_size, variant="both"):
+        shapes.append((tuple(window.shape), seq_len))
+        return real(window, seq_len, bag_size, variant)
+
+    monkeypatch.setattr(train_mod, "superposition_batch", spy)
+    cfg = tiny_cfg(**{"train.steps": 8, "tst.ratio": 0.5, "tst.expand": "batch", "train.grad_accum": 2})
+    summary = train(cfg, tmp_path / "run")
+    B, L, s = cfg.train.batch_size, cfg.train.seq_len, 4
+    assert set(shapes) == {((B * s // 2, (L // s + 1) * s), L // s)}  # micro-batches of the B*s sequences
+    rows = train_rows(tmp_path / "run")
+    assert [r["data_tokens"] for r in rows][:4] == [B * L * s * k for k in range(1, 5)]  # same text as TST
+    assert summary.data_tokens == B * L * (s * 4 + 4) and math.isfinite(summary.final_val_loss)
+    flops = [b["flops"] - a["flops"] for a, b in zip(rows, rows[1:])]
+    assert flops[0] < flops[-1]  # phase 1 attends over L/s positions: fewer attention FLOPs
+    with pytest.raises(ConfigError, match="tst.expand=batch needs"):
+        tiny_cfg(**{"tst.expand": "batch", "train.seq_len": 30})

@@ -61,6 +61,7 @@ class TSTConfig:
     variant: str = "both"  # both | input | output
     reset_optimizer: bool = False  # at the switch: clear AdamW moments
     restart_schedule: bool = False  # at the switch: start the LR schedule again for phase 2
+    expand: str = "length"  # phase 1 reads s x the text as longer windows (length) or s x the windows of L/s bags (batch)
     reinit_embeddings: bool = False  # at the switch: re-initialise embedding and LM head (the paper's negative control)
 
 
@@ -223,6 +224,10 @@ def validate(cfg: Config) -> None:
         (t.bag_size >= 1, f"tst.bag_size must be an integer >= 1 (1 is the baseline); got {t.bag_size}"),
         (0.0 <= t.ratio < 1.0, f"tst.ratio must be in [0, 1): phase 2 needs at least one step; got {t.ratio}"),
         (t.variant in VARIANTS, f"tst.variant must be one of {VARIANTS}; got {t.variant!r}"),
+        (t.expand in ("length", "batch"), f"tst.expand must be length or batch; got {t.expand!r}"),
+        (t.expand == "length" or (t.variant != "output" and tr.seq_len % t.bag_size == 0),
+         f"tst.expand=batch needs bag inputs (tst.variant both or input) and train.seq_len ({tr.seq_len}) divisible "
+         f"by tst.bag_size ({t.bag_size}): phase 1 then sees seq_len / bag_size positions per sequence"),
         (t.weights in WEIGHT_SCHEMES, f"tst.weights must be one of {WEIGHT_SCHEMES}; got {t.weights!r}"),
         (tr.steps >= 1, f"train.steps must be >= 1; got {tr.steps}"),
         (tr.seq_len >= 1, f"train.seq_len must be positive; got {tr.seq_len}"),

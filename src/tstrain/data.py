@@ -297,6 +297,13 @@ class WindowSchedule:
     phase1_window: int
     phase2_stride: int
     phase2_window: int
+    phase1_batch_size: int = 0  # 0: batch_size (batch expansion reads s times the sequences)
+
+    def sequences(self, step: int) -> int:
+        """Return the number of sequences the whole batch of ``step`` holds."""
+        if step < self.switch_step and self.phase1_batch_size:
+            return self.phase1_batch_size
+        return self.batch_size
 
     def window(self, step: int) -> tuple[int, int]:
         """Return ``(stride, window)`` of each sequence read at ``step``."""
@@ -307,7 +314,8 @@ class WindowSchedule:
     def offset(self, step: int) -> int:
         """Return the stream position (tokens consumed as inputs) before ``step``."""
         p1 = min(step, self.switch_step)
-        return self.batch_size * (self.phase1_stride * p1 + self.phase2_stride * (step - p1))
+        b1 = self.phase1_batch_size or self.batch_size
+        return b1 * self.phase1_stride * p1 + self.batch_size * self.phase2_stride * (step - p1)
 
     @property
     def block_size(self) -> int:
@@ -350,7 +358,7 @@ class WindowReader:
     def batch(self, step: int, start: int = 0, count: int | None = None) -> torch.Tensor:
         """Return sequences ``[start, start+count)`` of step ``step``'s batch, ``(count, window)`` int64."""
         stride, window = self.schedule.window(step)
-        count = self.schedule.batch_size - start if count is None else count
+        count = self.schedule.sequences(step) - start if count is None else count
         base = self.schedule.offset(step)
         rows = np.empty((count, window), dtype=np.int64)
         for i in range(count):

@@ -113,6 +113,7 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "reset-optimizer": {"tst.reset_optimizer": True},
     "restart-schedule": {"tst.restart_schedule": True},
     "reinit-embeddings": {"tst.reinit_embeddings": True},
+    "batch-expansion": {"tst.expand": "batch"},
     "weights-power": {"tst.weights": "power"},
     "weights-exponential": {"tst.weights": "exponential"},
     "weights-first": {"tst.weights": "first"},

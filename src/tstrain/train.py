@@ -83,12 +83,24 @@ def lr_at(cfg: Config, step: int) -> float:
 # ----------------------------------------------------------------------------------------------
 
 
+def phase1_geometry(cfg: Config) -> tuple[int, int]:
+    """Return phase 1's ``(sequences per step, positions per sequence)``.
+
+    ``tst.expand = "length"`` (the paper): B sequences of L positions, each a bag of s tokens.
+    ``"batch"``: B*s sequences of L/s positions, so the data windows keep their L tokens; same
+    positions and data tokens per step, shorter attention context.
+    """
+    B, L, s = cfg.train.batch_size, cfg.train.seq_len, cfg.tst.bag_size
+    return (B * s, L // s) if cfg.tst.expand == "batch" else (B, L)
+
+
 def window_schedule(cfg: Config) -> WindowSchedule:
     """Return the per-step window geometry of the run."""
     L, s = cfg.train.seq_len, cfg.tst.bag_size
-    p1 = window_length(L, s, cfg.tst.variant)
+    batch1, length1 = phase1_geometry(cfg)
+    p1 = window_length(length1, s, cfg.tst.variant)
     p2 = window_length(L, s, None)
-    return WindowSchedule(cfg.train.batch_size, cfg.switch_step, p1[0], p1[1], p2[0], p2[1])
+    return WindowSchedule(cfg.train.batch_size, cfg.switch_step, p1[0], p1[1], p2[0], p2[1], batch1)
 
 
 def phase_loss(parts: CausalLMParts, window: torch.Tensor, phase: int, cfg: Config) -> torch.Tensor:
@@ -98,7 +110,7 @@ def phase_loss(parts: CausalLMParts, window: torch.Tensor, phase: int, cfg: Conf
     training.
     """
     if phase == 1:
-        inputs, targets = superposition_batch(window, cfg.train.seq_len, cfg.tst.bag_size, cfg.tst.variant)
+        inputs, targets = superposition_batch(window, phase1_geometry(cfg)[1], cfg.tst.bag_size, cfg.tst.variant)
         if inputs.dim() == 3:  # bag inputs: averaged embeddings fed to the unchanged transformer
             hidden, aux = parts.hidden_states_and_aux_loss(inputs_embeds=bag_embeddings(parts.embedding.weight, inputs))
         else:
@@ -280,6 +292,7 @@ def _train(cfg: Config, run: Path, resume: bool, ctx: distributed.Single) -> Run
     resolve_for_data(cfg, data)
     validate(cfg)
     distributed.check_batch(cfg.train.batch_size, cfg.train.grad_accum, ctx.world_size)
+    batch1, length1 = phase1_geometry(cfg)
     ckpt_root = run / "checkpoints"
 
     found = None
@@ -319,9 +332,10 @@ def _train(cfg: Config, run: Path, resume: bool, ctx: distributed.Single) -> Run
 
     N, switch, B, L = cfg.train.steps, cfg.switch_step, cfg.train.batch_size, cfg.train.seq_len
     accum = cfg.train.grad_accum
-    micro = B // ctx.world_size // accum  # this process reads sequences [first, first + accum * micro)
-    first = ctx.rank * micro * accum
-    step_flops = flops_per_position(model, L) * B * L
+    # Per phase: this process reads sequences [first, first + accum * micro) of each global batch.
+    micro = {1: batch1 // ctx.world_size // accum, 2: B // ctx.world_size // accum}
+    first = {p: ctx.rank * m * accum for p, m in micro.items()}
+    step_flops = {1: flops_per_position(model, length1) * batch1 * length1, 2: flops_per_position(model, L) * B * L}
     peak = device_peak_flops(device, cfg.log.peak_flops)
 
     start, data_tokens, flops, wall_offset, skipped = 0, 0, 0.0, 0.0, 0
@@ -372,7 +386,7 @@ def _train(cfg: Config, run: Path, resume: bool, ctx: distributed.Single) -> Run
             step_start = time.perf_counter()
             loss_sum = 0.0
             for k in range(accum):
-                window = reader.batch(step, first + k * micro, micro).to(device, non_blocking=True)
+                window = reader.batch(step, first[phase] + k * micro[phase], micro[phase]).to(device, non_blocking=True)
                 ctx.grad_sync(k == accum - 1)  # reduce gradients across processes once, after the last micro-batch
                 with autocast():
                     loss = run_model(phase_loss, parts, window, phase, cfg)
@@ -401,18 +415,19 @@ def _train(cfg: Config, run: Path, resume: bool, ctx: distributed.Single) -> Run
                 )
             optimizer.zero_grad(set_to_none=True)
             stride = schedule.window(step)[0]
-            data_tokens += B * stride
-            flops += step_flops
+            read = schedule.sequences(step) * stride  # data tokens this step consumed as inputs
+            data_tokens += read
+            flops += step_flops[phase]
             dt = time.perf_counter() - step_start
             done = step + 1
-            progress.update(phase, loss_sum, B * stride / dt)
+            progress.update(phase, loss_sum, read / dt)
             if done % cfg.log.every == 0 or done in (switch, switch + 1, N):
                 row = {"step": done, "phase": phase, "loss": loss_sum, "lr": lr, "grad_norm": grad_norm,
                        "data_tokens": data_tokens, "flops": flops, "wall_time": elapsed(),
-                       "tokens_per_s": B * stride / dt, "positions_per_s": B * L / dt, "epoch": reader.epochs(done),
+                       "tokens_per_s": read / dt, "positions_per_s": B * L / dt, "epoch": reader.epochs(done),
                        "skipped_steps": skipped}
                 if peak > 0:
-                    row["mfu"] = step_flops / dt / peak
+                    row["mfu"] = step_flops[phase] / dt / peak
                 log.write(row)
             if done == switch or (cfg.train.eval_every and done % cfg.train.eval_every == 0) or done == N:
                 last_val = evaluate(done)
