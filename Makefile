@@ -9,6 +9,8 @@ CORPUS  := data/corpus
 QRAW    := data/raw-quick
 QCORPUS := data/quick
 
+SHELL   := /bin/bash
+
 .PHONY: venv test demo demo-quick bench clean
 
 venv: $(VENV)/.installed
@@ -46,7 +48,7 @@ $(QCORPUS)/manifest.json: | venv
 BENCH := step_throughput loss_kernels embedding mfu peer_loop
 bench: venv $(CORPUS)/manifest.json
 	mkdir -p benchmarks/results
-	for b in $(BENCH); do \
+	set -o pipefail; for b in $(BENCH); do \
 		echo "\`$(BIN)/python benchmarks/$$b.py\`" > benchmarks/results/$$b.md; echo >> benchmarks/results/$$b.md; \
 		$(BIN)/python benchmarks/$$b.py | tee -a benchmarks/results/$$b.md || exit 1; \
 	done

@@ -250,3 +250,13 @@ def test_batch_expansion_reads_s_times_the_windows_of_l_over_s_positions(tiny_cf
     assert flops[0] < flops[-1]  # phase 1 attends over L/s positions: fewer attention FLOPs
     with pytest.raises(ConfigError, match="tst.expand=batch needs"):
         tiny_cfg(**{"tst.expand": "batch", "train.seq_len": 30})
+
+
+def test_compiled_layers_train_like_eager_and_keep_their_names(tiny_cfg, tmp_path):
+    eager = train(tiny_cfg(**{"train.steps": 4, "train.compile": "off"}), tmp_path / "eager")
+    compiled = train(tiny_cfg(**{"train.steps": 4, "train.compile": "on", "tst.ratio": 0.3}), tmp_path / "compiled")
+    a, b = train_rows(tmp_path / "eager"), train_rows(tmp_path / "compiled")
+    assert [r["loss"] for r in a] == pytest.approx([r["loss"] for r in b], rel=1e-3)
+    assert compiled.final_val_loss == pytest.approx(eager.final_val_loss, rel=1e-3)
+    assert load_file(tmp_path / "eager" / "final" / "model.safetensors").keys() == \
+        load_file(tmp_path / "compiled" / "final" / "model.safetensors").keys()

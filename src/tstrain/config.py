@@ -104,6 +104,7 @@ class TrainConfig:
     eval_batch_size: int = 16
     checkpoint_every: int = 0  # 0: only at the switch and at the end
     keep_checkpoints: int = 3  # newest kept, besides the one written at the switch
+    compile: str = "auto"  # torch.compile each decoder layer: auto (on CUDA) | on | off
     fused_loss: str = "auto"  # LM head + loss fused over position chunks: auto (vocab >= 32768) | on | off
     loss_chunk_size: int = 2048  # positions per chunk of the fused head + loss
     skip_nonfinite: bool = False  # skip a step with a non-finite loss or gradient (no update) instead of stopping
@@ -238,6 +239,7 @@ def validate(cfg: Config) -> None:
          f"train.device must be auto, cpu or cuda[:N]; got {tr.device!r}"),
         (tr.precision in ("auto", "fp32", "bf16"), f"train.precision must be auto, fp32 or bf16; got {tr.precision!r}"),
         (tr.eval_every >= 0 and tr.checkpoint_every >= 0, "train.eval_every and train.checkpoint_every must be >= 0"),
+        (tr.compile in ("auto", "on", "off"), f"train.compile must be auto, on or off; got {tr.compile!r}"),
         (tr.fused_loss in ("auto", "on", "off"), f"train.fused_loss must be auto, on or off; got {tr.fused_loss!r}"),
         (tr.loss_chunk_size >= 1, f"train.loss_chunk_size must be >= 1; got {tr.loss_chunk_size}"),
         (tr.keep_checkpoints >= 1, f"train.keep_checkpoints must be >= 1; got {tr.keep_checkpoints}"),

@@ -322,6 +322,9 @@ def _train(cfg: Config, run: Path, resume: bool, ctx: distributed.Single) -> Run
     model = build_model(cfg.model, cfg.model.vocab_size, cfg.train.seq_len).to(device)
     model.train()
     parts = CausalLMParts(model)
+    if cfg.train.compile == "on" or (cfg.train.compile == "auto" and device.type == "cuda"):
+        for layer in distributed.decoder_layers(model):
+            layer.compile()  # in place, per block (as TorchTitan does): names and state-dict keys unchanged
     run_model = ctx.shard(model)  # run_model(fn, *args) calls fn where the weights are whole
     optimizer = make_optimizer(model, cfg, device)
 
