@@ -62,24 +62,31 @@ class Crash(Exception):
     pass
 
 
-@pytest.mark.parametrize("crash_at", [8, 13, 17])  # phase 1 (resume crosses the switch), just after it, phase 2
-def test_resume_after_a_crash_reproduces_the_uninterrupted_run(tiny_cfg, tmp_path, monkeypatch, crash_at):
-    cfg = dict(**{"tst.bag_size": 4, "tst.ratio": 0.5, "train.checkpoint_every": 5})
-    train(tiny_cfg(**cfg), tmp_path / "whole")
-
+def train_crashing_at(update: int, cfg, run_dir, monkeypatch) -> None:
+    """Train until the ``update``-th progress update (a step in progress), then raise Crash."""
     original = train_mod.Progress.update
     calls = {"n": 0}
 
     def crashing_update(self, *a, **k):
         calls["n"] += 1
-        if calls["n"] == crash_at:
+        if calls["n"] == update:
             raise Crash()
         return original(self, *a, **k)
 
     monkeypatch.setattr(train_mod.Progress, "update", crashing_update)
-    with pytest.raises(Crash):
-        train(tiny_cfg(**cfg), tmp_path / "broken")
-    monkeypatch.setattr(train_mod.Progress, "update", original)
+    try:
+        with pytest.raises(Crash):
+            train(cfg, run_dir)
+    finally:
+        monkeypatch.setattr(train_mod.Progress, "update", original)
+
+
+@pytest.mark.parametrize("crash_at", [8, 13, 17])  # phase 1 (resume crosses the switch), just after it, phase 2
+def test_resume_after_a_crash_reproduces_the_uninterrupted_run(tiny_cfg, tmp_path, monkeypatch, crash_at):
+    cfg = dict(**{"tst.bag_size": 4, "tst.ratio": 0.5, "train.checkpoint_every": 5})
+    train(tiny_cfg(**cfg), tmp_path / "whole")
+
+    train_crashing_at(crash_at, tiny_cfg(**cfg), tmp_path / "broken", monkeypatch)
     with pytest.raises(ConfigError, match="--resume"):
         train(tiny_cfg(**cfg), tmp_path / "broken")  # never silently restarts over checkpoints
     train(tiny_cfg(**cfg), tmp_path / "broken", resume=True)
@@ -168,12 +175,18 @@ def test_corpus_too_small_for_phase_1_is_refused_before_training(tiny_cfg, tmp_p
     assert not (tmp_path / "r" / "checkpoints").exists()
 
 
+def assert_trains_alike(tiny_cfg, tmp_path, reference: dict, other: dict, rel: float) -> None:
+    """Train twice and check the per-step losses and the final val loss agree to ``rel``."""
+    ref = train(tiny_cfg(**reference), tmp_path / "reference")
+    got = train(tiny_cfg(**other), tmp_path / "other")
+    a, b = train_rows(tmp_path / "reference"), train_rows(tmp_path / "other")
+    assert [r["loss"] for r in a] == pytest.approx([r["loss"] for r in b], rel=rel)
+    assert got.final_val_loss == pytest.approx(ref.final_val_loss, rel=rel)
+
+
 def test_fused_head_loss_trains_like_the_plain_path(tiny_cfg, tmp_path):
-    plain = train(tiny_cfg(**{"train.steps": 6, "train.fused_loss": "off"}), tmp_path / "plain")
-    fused = train(tiny_cfg(**{"train.steps": 6, "train.fused_loss": "on", "train.loss_chunk_size": 50}), tmp_path / "fused")
-    a, b = train_rows(tmp_path / "plain"), train_rows(tmp_path / "fused")
-    assert [r["loss"] for r in a] == pytest.approx([r["loss"] for r in b], rel=1e-4)
-    assert fused.final_val_loss == pytest.approx(plain.final_val_loss, rel=1e-4)
+    assert_trains_alike(tiny_cfg, tmp_path, {"train.steps": 6, "train.fused_loss": "off"},
+                        {"train.steps": 6, "train.fused_loss": "on", "train.loss_chunk_size": 50}, rel=1e-4)
 
 
 @pytest.mark.parametrize("skip", [False, True])
@@ -212,19 +225,7 @@ def test_reinit_embeddings_at_the_switch_redraws_them_and_resumes_exactly(tiny_c
     assert reinit[5]["loss"] > keep[5]["loss"] + 0.5  # a fresh embedding and head start near log(V)
     assert abs(reinit[5]["loss"] - math.log(384)) < 0.5  # vocabulary 320 padded to 384
     # Crash right after the switch checkpoint; the resumed run redraws the same weights.
-    original = train_mod.Progress.update
-    calls = {"n": 0}
-
-    def crash(self, *a, **k):
-        calls["n"] += 1
-        if calls["n"] == 7:
-            raise Crash()
-        return original(self, *a, **k)
-
-    monkeypatch.setattr(train_mod.Progress, "update", crash)
-    with pytest.raises(Crash):
-        train(tiny_cfg(**cfg), tmp_path / "broken")
-    monkeypatch.setattr(train_mod.Progress, "update", original)
+    train_crashing_at(7, tiny_cfg(**cfg), tmp_path / "broken", monkeypatch)
     train(tiny_cfg(**cfg), tmp_path / "broken", resume=True)
     assert numbers(read_jsonl(tmp_path / "broken" / "metrics.jsonl")) == numbers(read_jsonl(tmp_path / "reinit" / "metrics.jsonl"))
 
@@ -253,10 +254,7 @@ def test_batch_expansion_reads_s_times_the_windows_of_l_over_s_positions(tiny_cf
 
 
 def test_compiled_layers_train_like_eager_and_keep_their_names(tiny_cfg, tmp_path):
-    eager = train(tiny_cfg(**{"train.steps": 4, "train.compile": "off"}), tmp_path / "eager")
-    compiled = train(tiny_cfg(**{"train.steps": 4, "train.compile": "on", "tst.ratio": 0.3}), tmp_path / "compiled")
-    a, b = train_rows(tmp_path / "eager"), train_rows(tmp_path / "compiled")
-    assert [r["loss"] for r in a] == pytest.approx([r["loss"] for r in b], rel=1e-3)
-    assert compiled.final_val_loss == pytest.approx(eager.final_val_loss, rel=1e-3)
-    assert load_file(tmp_path / "eager" / "final" / "model.safetensors").keys() == \
-        load_file(tmp_path / "compiled" / "final" / "model.safetensors").keys()
+    assert_trains_alike(tiny_cfg, tmp_path, {"train.steps": 4, "train.compile": "off"},
+                        {"train.steps": 4, "train.compile": "on"}, rel=1e-3)
+    assert load_file(tmp_path / "reference" / "final" / "model.safetensors").keys() == \
+        load_file(tmp_path / "other" / "final" / "model.safetensors").keys()
