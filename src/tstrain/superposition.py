@@ -166,10 +166,9 @@ def target_scales(targets: torch.Tensor, weights: torch.Tensor, ignore_index: in
 def _prepared_targets(targets2, vocab_size, weights, ignore_index, mi_exponent, device):
     """Return ``(safe_targets, scales)`` for flattened targets ``(N, s)``, checking the ids."""
     valid = targets2 != ignore_index
-    if valid.any():
+    if (valid & ((targets2 < 0) | (targets2 >= vocab_size))).any():  # one check (one device sync) per call
         lo, hi = int(targets2[valid].min()), int(targets2[valid].max())
-        if lo < 0 or hi >= vocab_size:
-            raise ValueError(f"target ids must lie in [0, {vocab_size}) (the vocabulary size of the logits); found {lo}..{hi}")
+        raise ValueError(f"target ids must lie in [0, {vocab_size}) (the vocabulary size of the logits); found {lo}..{hi}")
     w = bag_weights(weights, targets2.shape[-1], mi_exponent=mi_exponent)
     scales = target_scales(targets2, w, ignore_index).to(device)
     return torch.where(valid, targets2, torch.zeros_like(targets2)), scales
