@@ -15,7 +15,7 @@ from tstrain.train import TrainingError, train
 
 data, out = sys.argv[1:3]
 rank = int(os.environ["RANK"])
-original = train_mod.phase_loss
+original = train_mod.step_loss
 calls = {"n": 0}
 
 
@@ -25,7 +25,7 @@ def poisoned(*args):
     return NanGrad.apply(loss) if calls["n"] == 3 and rank == 1 else loss
 
 
-train_mod.phase_loss = poisoned
+train_mod.step_loss = poisoned
 dist.init_process_group("gloo")  # one group for both runs: train() leaves a caller's group open
 for skip in (False, True):
     calls["n"] = 0

@@ -10,6 +10,7 @@ from tstrain.data import (
     DataError,
     TokenData,
     WindowReader,
+    WindowGroup,
     WindowSchedule,
     check_appetite,
     iter_documents,
@@ -100,8 +101,14 @@ def test_truncated_shard_and_out_of_range_ids_are_detected(data_dir, tmp_path):
         TokenData(d)
 
 
+def two_phase(B, switch, stride1, window1, stride2, window2, steps=100):
+    """The hard switch: ``switch`` steps of bag windows, then next-token windows."""
+    bags, tokens = WindowGroup(4, B, stride1, window1), WindowGroup(1, B, stride2, window2)
+    return WindowSchedule(lambda t: (bags,) if t < switch else (tokens,), steps)
+
+
 def schedule(B=4, switch=3, L=8, s=4):
-    return WindowSchedule(B, switch, L * s, (L + 1) * s, L, L + 1)
+    return two_phase(B, switch, L * s, (L + 1) * s, L, L + 1)
 
 
 def test_reader_is_deterministic_and_visits_each_block_once_per_epoch():
@@ -115,7 +122,7 @@ def test_reader_is_deterministic_and_visits_each_block_once_per_epoch():
     w = r1.batch(1).numpy()
     assert (np.diff(w, axis=1) == 1).all() and (w[:, 0] % sch.block_size == 0).all()
     # Over one epoch, phase-2 inputs tile the usable corpus exactly once.
-    sch2 = WindowSchedule(4, 0, 8, 9, 8, 9)
+    sch2 = two_phase(4, 0, 8, 9, 8, 9, steps=300)
     r = WindowReader(tokens[: 300 * 32 + 1], sch2, seed=1)  # exactly 300 steps of 4 x 8 inputs
     steps_per_epoch = r.epoch_tokens // (4 * 8)
     seen = np.concatenate([r.batch(t).numpy()[:, :8].ravel() for t in range(steps_per_epoch)])

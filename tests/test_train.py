@@ -153,15 +153,15 @@ def test_vocab_smaller_than_the_data_is_a_clear_error(tiny_cfg, tmp_path):
 
 
 def test_non_finite_loss_stops_with_a_message_and_keeps_the_checkpoint(tiny_cfg, tmp_path, monkeypatch):
-    original = train_mod.phase_loss
+    original = train_mod.step_loss
     count = {"n": 0}
 
-    def poisoned(parts, window, phase, cfg):
+    def poisoned(parts, pieces, cfg):
         count["n"] += 1
-        loss = original(parts, window, phase, cfg)
+        loss = original(parts, pieces, cfg)
         return loss * float("nan") if count["n"] == 15 else loss
 
-    monkeypatch.setattr(train_mod, "phase_loss", poisoned)
+    monkeypatch.setattr(train_mod, "step_loss", poisoned)
     with pytest.raises(TrainingError, match=r"non-finite loss \(nan\) at step 15 \(phase 2\)"):
         train(tiny_cfg(**{"train.steps": 20, "tst.ratio": 0.5}), tmp_path / "run")
     assert (tmp_path / "run" / "checkpoints" / "step-00000010" / "manifest.json").is_file()
@@ -193,15 +193,15 @@ def test_fused_head_loss_trains_like_the_plain_path(tiny_cfg, tmp_path):
 def test_non_finite_gradient_stops_naming_the_tensor_or_is_skipped(tiny_cfg, tmp_path, monkeypatch, skip):
     from conftest import NanGrad
 
-    original = train_mod.phase_loss
+    original = train_mod.step_loss
     count = {"n": 0}
 
-    def poisoned(parts, window, phase, cfg):
+    def poisoned(parts, pieces, cfg):
         count["n"] += 1
-        loss = original(parts, window, phase, cfg)
+        loss = original(parts, pieces, cfg)
         return NanGrad.apply(loss) if count["n"] == 3 else loss
 
-    monkeypatch.setattr(train_mod, "phase_loss", poisoned)
+    monkeypatch.setattr(train_mod, "step_loss", poisoned)
     cfg = tiny_cfg(**{"train.steps": 6, "tst.ratio": 0.5, "train.skip_nonfinite": skip})
     if not skip:
         with pytest.raises(TrainingError, match=r"non-finite gradient at step 3 \(phase 1\) in model.embed_tokens.weight"):

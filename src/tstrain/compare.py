@@ -15,6 +15,7 @@ from typing import Any
 
 from .config import Config
 from .metrics import read_jsonl
+from .phases import window_schedule
 
 
 @dataclass
@@ -37,8 +38,8 @@ def plan_runs(cfg: Config, equal_data: bool = False) -> list[RunSpec]:
     ]
     if equal_data:
         eq = copy.deepcopy(base)
-        p1 = cfg.switch_step
-        read = cfg.train.batch_size * cfg.train.seq_len * (s * p1 + cfg.train.steps - p1)  # TST's data tokens
+        sched = window_schedule(cfg)
+        read = sum(sched.tokens_read(t) for t in range(cfg.train.steps))  # TST's data tokens
         eq.train.steps = round(read / (cfg.train.batch_size * cfg.train.seq_len))
         runs.append(RunSpec("baseline-equal-data", f"baseline, equal data ({eq.train.steps} steps)", eq))
     return runs

@@ -3,7 +3,7 @@
 On disk a prepared data dir holds ``train.bin`` and ``val.bin`` (raw uint16/uint32 token ids,
 documents joined with EOS, read by memory map), ``tokenizer.json`` and ``manifest.json``.
 
-Reading order: the training tokens are cut into blocks of ``block_size`` tokens (the phase-1
+Reading order: the training tokens are cut into blocks of ``block_size`` tokens (the largest
 stride, ``L*s``), and every epoch visits the blocks in a fresh permutation drawn from
 ``(seed, epoch)``. A run is a stream over that order: step ``t`` starts at a token offset that is a
 pure function of ``t`` (phase-1 steps consume ``B*L*s`` tokens, phase-2 steps ``B*L``), and a
@@ -21,7 +21,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -288,43 +288,68 @@ class TokenData:
 
 
 @dataclass(frozen=True)
-class WindowSchedule:
-    """Which windows step ``t`` reads: phase 1 before ``switch_step``, phase 2 from there on."""
+class WindowGroup:
+    """``count`` sequences of one kind in a step's batch: each consumes ``stride`` tokens as
+    inputs and reads ``window`` tokens (inputs plus targets); ``bag_size`` 1 is next-token."""
 
-    batch_size: int
-    switch_step: int
-    phase1_stride: int
-    phase1_window: int
-    phase2_stride: int
-    phase2_window: int
-    phase1_batch_size: int = 0  # 0: batch_size (batch expansion reads s times the sequences)
+    bag_size: int
+    count: int
+    stride: int
+    window: int
+
+
+StepPlan = tuple[WindowGroup, ...]
+
+
+class WindowSchedule:
+    """Which windows each step reads: a step's batch is one or more groups laid end to end.
+
+    Usually one group per step (phase-1 bags, or phase-2 sequences); a blended transition mixes
+    both in one batch. Each group starts on a multiple of its stride, so no window straddles two
+    blocks of the reader's permutation (for the hard switch and the step-down this never skips a
+    token; a blended step may skip less than one bag window).
+    """
+
+    def __init__(self, plan: Callable[[int], StepPlan], steps: int):
+        self.plan = plan
+        self.steps = steps
+        self._starts: list[tuple[int, ...]] = []  # per step: stream offset of each group
+        self._offsets: list[int] = [0]  # stream offset before each step
+        strides = {g.stride for t in range(max(steps, 1)) for g in plan(t)}
+        self.block_size = math.lcm(*strides)
+        self.tail = max(g.window - g.stride for t in range(max(steps, 1)) for g in plan(t))
+        self._extend(steps)
+
+    def _extend(self, step: int) -> None:
+        while len(self._starts) <= step:
+            pos, starts = self._offsets[-1], []
+            for g in self.plan(len(self._starts)):
+                pos = -(-pos // g.stride) * g.stride
+                starts.append(pos)
+                pos += g.count * g.stride
+            self._starts.append(tuple(starts))
+            self._offsets.append(pos)
+
+    def groups(self, step: int) -> StepPlan:
+        """Return the groups of sequences step ``step`` trains on, in batch order."""
+        return self.plan(step)
 
     def sequences(self, step: int) -> int:
         """Return the number of sequences the whole batch of ``step`` holds."""
-        if step < self.switch_step and self.phase1_batch_size:
-            return self.phase1_batch_size
-        return self.batch_size
+        return sum(g.count for g in self.plan(step))
 
-    def window(self, step: int) -> tuple[int, int]:
-        """Return ``(stride, window)`` of each sequence read at ``step``."""
-        if step < self.switch_step:
-            return self.phase1_stride, self.phase1_window
-        return self.phase2_stride, self.phase2_window
+    def tokens_read(self, step: int) -> int:
+        """Return the data tokens step ``step`` consumes as inputs."""
+        return sum(g.count * g.stride for g in self.plan(step))
 
     def offset(self, step: int) -> int:
-        """Return the stream position (tokens consumed as inputs) before ``step``."""
-        p1 = min(step, self.switch_step)
-        b1 = self.phase1_batch_size or self.batch_size
-        return b1 * self.phase1_stride * p1 + self.batch_size * self.phase2_stride * (step - p1)
+        """Return the stream position before ``step`` (tokens consumed or skipped by earlier steps)."""
+        self._extend(step)
+        return self._offsets[step]
 
-    @property
-    def block_size(self) -> int:
-        return self.phase1_stride if self.switch_step > 0 else self.phase2_stride
-
-    @property
-    def tail(self) -> int:
-        """Return the most target tokens any sequence reads past its inputs."""
-        return max(self.phase1_window - self.phase1_stride, self.phase2_window - self.phase2_stride)
+    def group_starts(self, step: int) -> tuple[int, ...]:
+        self._extend(step)
+        return self._starts[step]
 
 
 class WindowReader:
@@ -355,18 +380,33 @@ class WindowReader:
             self._perms[epoch] = np.random.default_rng([self.seed, epoch]).permutation(self.num_blocks)
         return self._perms[epoch]
 
-    def batch(self, step: int, start: int = 0, count: int | None = None) -> torch.Tensor:
-        """Return sequences ``[start, start+count)`` of step ``step``'s batch, ``(count, window)`` int64."""
-        stride, window = self.schedule.window(step)
-        count = self.schedule.sequences(step) - start if count is None else count
-        base = self.schedule.offset(step)
+    def _rows(self, base: int, stride: int, window: int, first_index: int, count: int) -> torch.Tensor:
         rows = np.empty((count, window), dtype=np.int64)
         for i in range(count):
-            epoch, pos = divmod(base + (start + i) * stride, self.epoch_tokens)
+            epoch, pos = divmod(base + (first_index + i) * stride, self.epoch_tokens)
             block, inner = divmod(pos, self.block_size)
             first = int(self._perm(epoch)[block]) * self.block_size + inner
             rows[i] = self.tokens[first : first + window]
         return torch.from_numpy(rows)
+
+    def pieces(self, step: int, start: int = 0, count: int | None = None) -> list[tuple[int, torch.Tensor]]:
+        """Return sequences ``[start, start+count)`` of step ``step``'s batch as ``(bag_size, (n, window) int64)``
+        pieces, one per group they fall in, in batch order."""
+        count = self.schedule.sequences(step) - start if count is None else count
+        out, first = [], 0
+        for g, base in zip(self.schedule.groups(step), self.schedule.group_starts(step)):
+            lo, hi = max(start, first), min(start + count, first + g.count)
+            if lo < hi:
+                out.append((g.bag_size, self._rows(base, g.stride, g.window, lo - first, hi - lo)))
+            first += g.count
+        return out
+
+    def batch(self, step: int, start: int = 0, count: int | None = None) -> torch.Tensor:
+        """Return sequences ``[start, start+count)`` of a single-group step, ``(count, window)`` int64."""
+        pieces = self.pieces(step, start, count)
+        if len(pieces) != 1:
+            raise ValueError(f"step {step} mixes {len(pieces)} kinds of sequences; read it with pieces()")
+        return pieces[0][1]
 
 
 def check_appetite(reader: WindowReader, steps: int, max_epochs: float) -> float:

@@ -118,6 +118,8 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "weights-exponential": {"tst.weights": "exponential"},
     "weights-first": {"tst.weights": "first"},
     "weights-mi": {"tst.weights": "mi"},
+    "step-down": {"tst.transition": "step-down"},
+    "blend": {"tst.transition": "blend"},
 }
 
 

@@ -28,13 +28,13 @@ from .data import TokenData, WindowReader, WindowSchedule, check_appetite, valid
 from .faults import maybe_die
 from .metrics import MetricsLog, Progress, device_peak_flops
 from .models import CausalLMParts, build_model, flops_per_position, padded_vocab
+from .phases import bag_share, positions, window_schedule
 from .superposition import (
     bag_embeddings,
     linear_multi_hot_cross_entropy,
     multi_hot_cross_entropy,
     next_token_batch,
     superposition_batch,
-    window_length,
 )
 
 
@@ -83,34 +83,14 @@ def lr_at(cfg: Config, step: int) -> float:
 # ----------------------------------------------------------------------------------------------
 
 
-def phase1_geometry(cfg: Config) -> tuple[int, int]:
-    """Return phase 1's ``(sequences per step, positions per sequence)``.
-
-    ``tst.expand = "length"`` (the paper): B sequences of L positions, each a bag of s tokens.
-    ``"batch"``: B*s sequences of L/s positions, so the data windows keep their L tokens; same
-    positions and data tokens per step, shorter attention context.
-    """
-    B, L, s = cfg.train.batch_size, cfg.train.seq_len, cfg.tst.bag_size
-    return (B * s, L // s) if cfg.tst.expand == "batch" else (B, L)
-
-
-def window_schedule(cfg: Config) -> WindowSchedule:
-    """Return the per-step window geometry of the run."""
-    L, s = cfg.train.seq_len, cfg.tst.bag_size
-    batch1, length1 = phase1_geometry(cfg)
-    p1 = window_length(length1, s, cfg.tst.variant)
-    p2 = window_length(L, s, None)
-    return WindowSchedule(cfg.train.batch_size, cfg.switch_step, p1[0], p1[1], p2[0], p2[1], batch1)
-
-
-def phase_loss(parts: CausalLMParts, window: torch.Tensor, phase: int, cfg: Config) -> torch.Tensor:
-    """Return the training loss of token windows: the MCE in phase 1, next-token CE in phase 2.
+def bag_loss(parts: CausalLMParts, window: torch.Tensor, bag_size: int, cfg: Config) -> torch.Tensor:
+    """Return the loss of token windows read for bags of ``bag_size``: the MCE, or next-token CE at 1.
 
     A mixture-of-experts model adds its router load-balancing loss in both phases, as in ordinary
     training.
     """
-    if phase == 1:
-        inputs, targets = superposition_batch(window, phase1_geometry(cfg)[1], cfg.tst.bag_size, cfg.tst.variant)
+    if bag_size > 1:
+        inputs, targets = superposition_batch(window, positions(cfg, bag_size), bag_size, cfg.tst.variant)
         if inputs.dim() == 3:  # bag inputs: averaged embeddings fed to the unchanged transformer
             hidden, aux = parts.hidden_states_and_aux_loss(inputs_embeds=bag_embeddings(parts.embedding.weight, inputs))
         else:
@@ -122,6 +102,22 @@ def phase_loss(parts: CausalLMParts, window: torch.Tensor, phase: int, cfg: Conf
         weights = "uniform"
     loss = head_loss(parts, hidden, targets, weights, cfg)
     return loss if aux is None else loss + aux
+
+
+def phase_loss(parts: CausalLMParts, window: torch.Tensor, phase: int, cfg: Config) -> torch.Tensor:
+    """Return the loss of a phase-1 (bags of ``tst.bag_size``) or phase-2 (next-token) batch."""
+    return bag_loss(parts, window, cfg.tst.bag_size if phase == 1 else 1, cfg)
+
+
+def step_loss(parts: CausalLMParts, pieces: list[tuple[int, torch.Tensor]], cfg: Config) -> torch.Tensor:
+    """Return the mean loss over a micro-batch's sequences, which may mix bag sizes (a blend).
+
+    Each piece's loss is a mean over its sequences, so pieces are weighted by their sequence count.
+    """
+    if len(pieces) == 1:
+        return bag_loss(parts, pieces[0][1], pieces[0][0], cfg)
+    total = sum(window.shape[0] for _, window in pieces)
+    return sum(bag_loss(parts, window, size, cfg) * (window.shape[0] / total) for size, window in pieces)
 
 
 def uses_fused_loss(parts: CausalLMParts, cfg: Config) -> bool:
@@ -292,7 +288,6 @@ def _train(cfg: Config, run: Path, resume: bool, ctx: distributed.Single) -> Run
     resolve_for_data(cfg, data)
     validate(cfg)
     distributed.check_batch(cfg.train.batch_size, cfg.train.grad_accum, ctx.world_size)
-    batch1, length1 = phase1_geometry(cfg)
     ckpt_root = run / "checkpoints"
 
     found = None
@@ -335,10 +330,16 @@ def _train(cfg: Config, run: Path, resume: bool, ctx: distributed.Single) -> Run
 
     N, switch, B, L = cfg.train.steps, cfg.switch_step, cfg.train.batch_size, cfg.train.seq_len
     accum = cfg.train.grad_accum
-    # Per phase: this process reads sequences [first, first + accum * micro) of each global batch.
-    micro = {1: batch1 // ctx.world_size // accum, 2: B // ctx.world_size // accum}
-    first = {p: ctx.rank * m * accum for p, m in micro.items()}
-    step_flops = {1: flops_per_position(model, length1) * batch1 * length1, 2: flops_per_position(model, L) * B * L}
+    per_position: dict[int, float] = {}  # flops_per_position by sequence length (it walks the model)
+
+    def step_flops(step: int) -> float:
+        total = 0.0
+        for g in schedule.groups(step):
+            n = positions(cfg, g.bag_size)
+            if n not in per_position:
+                per_position[n] = flops_per_position(model, n)
+            total += per_position[n] * g.count * n
+        return total
     peak = device_peak_flops(device, cfg.log.peak_flops)
 
     start, data_tokens, flops, wall_offset, skipped = 0, 0, 0.0, 0.0, 0
@@ -388,11 +389,14 @@ def _train(cfg: Config, run: Path, resume: bool, ctx: distributed.Single) -> Run
                 group["lr"] = lr
             step_start = time.perf_counter()
             loss_sum = 0.0
+            # This process reads sequences [first, first + accum * micro) of the step's global batch.
+            micro = schedule.sequences(step) // ctx.world_size // accum
+            first = ctx.rank * micro * accum
             for k in range(accum):
-                window = reader.batch(step, first[phase] + k * micro[phase], micro[phase]).to(device, non_blocking=True)
+                pieces = [(size, w.to(device, non_blocking=True)) for size, w in reader.pieces(step, first + k * micro, micro)]
                 ctx.grad_sync(k == accum - 1)  # reduce gradients across processes once, after the last micro-batch
                 with autocast():
-                    loss = run_model(phase_loss, parts, window, phase, cfg)
+                    loss = run_model(step_loss, parts, pieces, cfg)
                 (loss / accum).backward()
                 loss_sum += loss.item() / accum
             loss_sum = ctx.mean(loss_sum)  # every process holds the same global loss, so all agree below
@@ -417,10 +421,9 @@ def _train(cfg: Config, run: Path, resume: bool, ctx: distributed.Single) -> Run
                     "optim.warmup_steps or check the data; train.skip_nonfinite=true skips such steps instead"
                 )
             optimizer.zero_grad(set_to_none=True)
-            stride = schedule.window(step)[0]
-            read = schedule.sequences(step) * stride  # data tokens this step consumed as inputs
+            read = schedule.tokens_read(step)  # data tokens this step consumed as inputs
             data_tokens += read
-            flops += step_flops[phase]
+            flops += step_flops(step)
             dt = time.perf_counter() - step_start
             done = step + 1
             progress.update(phase, loss_sum, read / dt)
@@ -428,9 +431,10 @@ def _train(cfg: Config, run: Path, resume: bool, ctx: distributed.Single) -> Run
                 row = {"step": done, "phase": phase, "loss": loss_sum, "lr": lr, "grad_norm": grad_norm,
                        "data_tokens": data_tokens, "flops": flops, "wall_time": elapsed(),
                        "tokens_per_s": read / dt, "positions_per_s": B * L / dt, "epoch": reader.epochs(done),
-                       "skipped_steps": skipped}
+                       "skipped_steps": skipped, "bag_size": max(g.bag_size for g in schedule.groups(step)),
+                       "bag_share": bag_share(cfg, step)}
                 if peak > 0:
-                    row["mfu"] = step_flops[phase] / dt / peak
+                    row["mfu"] = step_flops(step) / dt / peak
                 log.write(row)
             if done == switch or (cfg.train.eval_every and done % cfg.train.eval_every == 0) or done == N:
                 last_val = evaluate(done)

@@ -1,0 +1,98 @@
+"""Which bag size each step trains with: phase 1, the switch to next-token, and its smooth variants.
+
+``tst.transition`` picks how phase 1 hands over to phase 2 (``S`` = ``round(ratio * steps)``):
+
+- ``hard`` (the paper): bags of ``s`` for steps ``[0, S)``, next-token from ``S`` on.
+- ``step-down``: phase 1's ``S`` steps are split evenly over bag sizes ``s, s/2, s/4, ...`` down to
+  the last one above 1 (4 -> 2 -> 1, 8 -> 4 -> 2 -> 1), so the bag size falls in steps.
+- ``blend``: over ``transition_steps`` steps (default ``S/2``) centred on ``S``, the share of each batch's sequences
+  that are bags of ``s`` falls linearly from 1 to 0; the loss is the mean over sequences, so the
+  bag loss's weight falls with it while the next-token loss's rises.
+
+Both keep the hard switch's number of bag-sequence steps (exactly for step-down, to rounding for
+blend), so they compare at equal compute. The TST core knows none of this: it is the trainer's
+plan, a pure function of the step, so resumption is exact anywhere in a transition.
+"""
+
+from __future__ import annotations
+
+from .config import TRANSITIONS, Config
+from .data import StepPlan, WindowGroup, WindowSchedule
+from .superposition import window_length
+
+__all__ = ["TRANSITIONS", "phase1_geometry", "step_plan", "window_schedule"]
+
+
+def phase1_geometry(cfg: Config) -> tuple[int, int]:
+    """Return phase 1's ``(sequences per step, positions per sequence)``.
+
+    ``tst.expand = "length"`` (the paper): B sequences of L positions, each a bag of s tokens.
+    ``"batch"``: B*s sequences of L/s positions, so the data windows keep their L tokens; same
+    positions and data tokens per step, shorter attention context.
+    """
+    B, L, s = cfg.train.batch_size, cfg.train.seq_len, cfg.tst.bag_size
+    return (B * s, L // s) if cfg.tst.expand == "batch" else (B, L)
+
+
+def step_down_sizes(bag_size: int) -> list[int]:
+    """Return the bag sizes of a step-down phase 1: ``s`` halved while it stays a whole number above 1."""
+    sizes = [bag_size]
+    while sizes[-1] % 2 == 0 and sizes[-1] // 2 > 1:
+        sizes.append(sizes[-1] // 2)
+    return sizes
+
+
+def blend_window(cfg: Config) -> tuple[int, int]:
+    """Return the blend's ``[first, end)`` steps: ``cfg.blend_steps`` steps centred on the switch."""
+    width = cfg.blend_steps
+    first = cfg.switch_step - width // 2
+    return first, first + width
+
+
+def bag_share(cfg: Config, step: int) -> float:
+    """Return the share of ``step``'s sequences that are bags (1 in phase 1, 0 in phase 2)."""
+    S = cfg.switch_step
+    if cfg.tst.transition != "blend" or S == 0:
+        return 1.0 if step < S else 0.0
+    first, end = blend_window(cfg)
+    if step < first:
+        return 1.0
+    if step >= end:
+        return 0.0
+    return 1.0 - (step - first + 0.5) / (end - first)
+
+
+def step_mix(cfg: Config, step: int) -> tuple[tuple[int, int], ...]:
+    """Return ``((bag_size, sequences), ...)`` of ``step``'s batch; bag size 1 is next-token."""
+    B, S, s = cfg.train.batch_size, cfg.switch_step, cfg.tst.bag_size
+    if cfg.tst.transition == "blend" and S > 0:
+        bags = round(B * bag_share(cfg, step))
+        return tuple((size, n) for size, n in ((s, bags), (1, B - bags)) if n > 0)
+    if step >= S:
+        return ((1, B),)
+    if cfg.tst.transition == "step-down":
+        sizes = step_down_sizes(s)
+        stage = min(step * len(sizes) // S, len(sizes) - 1)
+        return ((sizes[stage], B),)
+    return ((s, phase1_geometry(cfg)[0]),)
+
+
+def positions(cfg: Config, bag_size: int) -> int:
+    """Return the positions per sequence of a group of ``bag_size`` (L, or L/s under batch expansion)."""
+    if bag_size > 1 and cfg.tst.expand == "batch":
+        return cfg.train.seq_len // bag_size
+    return cfg.train.seq_len
+
+
+def step_plan(cfg: Config, step: int) -> StepPlan:
+    """Return the window groups ``step`` reads."""
+    groups = []
+    for size, count in step_mix(cfg, step):
+        stride, window = window_length(positions(cfg, size), size, cfg.tst.variant if size > 1 else None)
+        groups.append(WindowGroup(size, count, stride, window))
+    return tuple(groups)
+
+
+def window_schedule(cfg: Config) -> WindowSchedule:
+    """Return the per-step window geometry of the run."""
+    return WindowSchedule(lambda step: step_plan(cfg, step), cfg.train.steps)
