@@ -10,6 +10,7 @@ from tstrain.superposition import (
     IGNORE_INDEX,
     bag_embeddings,
     bag_weights,
+    linear_multi_hot_cross_entropy,
     multi_hot_cross_entropy,
     next_token_batch,
     reference_multi_hot_cross_entropy,
@@ -128,6 +129,23 @@ def test_mce_bf16_logits_give_float32_loss_and_bf16_grad():
 def test_mce_rejects_out_of_range_targets():
     with pytest.raises(ValueError, match="target ids must lie in"):
         multi_hot_cross_entropy(torch.zeros(2, 5), torch.tensor([[1, 5], [0, 0]]))
+    with pytest.raises(ValueError, match="target ids must lie in"):
+        linear_multi_hot_cross_entropy(torch.zeros(2, 3), torch.zeros(5, 3), torch.tensor([[1, 5], [0, 0]]))
+
+
+def test_unchecked_ids_give_the_same_loss_and_gradients():
+    gen = torch.Generator().manual_seed(5)
+    hidden = torch.randn(12, 6, generator=gen, requires_grad=True)
+    head = torch.randn(40, 6, generator=gen, requires_grad=True)
+    targets = torch.randint(0, 40, (12, 3), generator=gen)
+    targets[2, 1] = targets[7, 0] = IGNORE_INDEX
+    for fn in (lambda check: multi_hot_cross_entropy(hidden @ head.t(), targets, "power", check_ids=check),
+               lambda check: linear_multi_hot_cross_entropy(hidden, head, targets, "power", chunk_size=5, check_ids=check)):
+        grads = []
+        for check in (True, False):
+            loss = fn(check)
+            grads.append((loss.detach(), *torch.autograd.grad(loss, (hidden, head))))
+        assert all(torch.equal(a, b) for a, b in zip(*grads))
 
 
 def test_bag_weights_schemes():

@@ -258,3 +258,29 @@ def test_compiled_layers_train_like_eager_and_keep_their_names(tiny_cfg, tmp_pat
                         {"train.steps": 4, "train.compile": "on"}, rel=1e-3)
     assert load_file(tmp_path / "reference" / "final" / "model.safetensors").keys() == \
         load_file(tmp_path / "other" / "final" / "model.safetensors").keys()
+
+
+def test_validation_split_over_processes_gives_the_one_process_mean():
+    from tstrain.config import load_config
+    from tstrain.models import CausalLMParts, build_model
+
+    class Recorder:
+        """One process of ``world``: records what it would reduce instead of reducing it."""
+
+        def __init__(self, rank, world):
+            self.rank, self.world_size, self.sent = rank, world, []
+
+        def mean(self, value):
+            self.sent.append(value)
+            return value
+
+    torch.manual_seed(0)
+    parts = CausalLMParts(build_model(load_config("tiny").model, 320, 16))
+    windows = torch.randint(0, 320, (11, 17))  # 11 windows, batches of 2, 3 processes: uneven last round
+    one = train_mod.validation_loss(parts, windows, 2, "cpu", lambda: torch.no_grad())
+    ranks = [Recorder(r, 3) for r in range(3)]
+    for ctx in ranks:
+        train_mod.validation_loss(parts, windows, 2, "cpu", lambda: torch.no_grad(), ctx=ctx)
+    total, count = sum(c.sent[0] for c in ranks), sum(c.sent[1] for c in ranks)
+    assert count == 11 and [c.sent[1] for c in ranks] == [4, 4, 3]
+    assert total / count == pytest.approx(one, rel=1e-6)

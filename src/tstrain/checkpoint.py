@@ -85,14 +85,25 @@ def _fresh_tmp(root: Path, step: int, tag: int) -> Path:
     return tmp
 
 
-def _complete(root: Path, tmp: Path, step: int, state: dict[str, Any]) -> Path:
-    """Write state.json and the manifest into ``tmp``, fsync everything and rename it into place."""
+def _file_entries(tmp: Path, paths: list[Path]) -> dict[str, dict[str, Any]]:
+    """Return the manifest entries (size, SHA-256) of ``paths`` inside ``tmp``, fsyncing each file."""
+    entries = {}
+    for f in paths:
+        _fsync_file(f)
+        entries[f.relative_to(tmp).as_posix()] = {"bytes": f.stat().st_size, "sha256": sha256_file(f)}
+    return entries
+
+
+def _complete(root: Path, tmp: Path, step: int, state: dict[str, Any], hashed: dict[str, Any] | None = None) -> Path:
+    """Write state.json and the manifest into ``tmp``, fsync everything and rename it into place.
+
+    ``hashed`` holds entries other processes already computed (and fsynced); the rest are done here.
+    """
     final = root / f"{PREFIX}{step:08d}"
     (tmp / "state.json").write_text(json.dumps({**state, "step": step}, indent=2) + "\n")
-    files = {}
-    for f in sorted(p for p in tmp.rglob("*") if p.is_file()):
-        _fsync_file(f)
-        files[f.relative_to(tmp).as_posix()] = {"bytes": f.stat().st_size, "sha256": sha256_file(f)}
+    hashed = hashed or {}
+    rest = [p for p in sorted(tmp.rglob("*")) if p.is_file() and p.relative_to(tmp).as_posix() not in hashed]
+    files = dict(sorted({**hashed, **_file_entries(tmp, rest)}.items()))
     (tmp / MANIFEST).write_text(json.dumps({"step": step, "files": files}, indent=2) + "\n")
     _fsync_file(tmp / MANIFEST)
     for d in [p for p in tmp.rglob("*") if p.is_dir()] + [tmp]:
@@ -122,10 +133,13 @@ def save_sharded_checkpoint(root: Path, step: int, model, optimizer, state: dict
     dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=tmp / DCP_DIR)
     torch.save(rng_state(), tmp / f"rng-{ctx.rank}.pt")
     maybe_die("save", step, ctx.rank)
-    ctx.barrier()
+    # Each process fsyncs and hashes the files it wrote (its DCP shards, its RNG state), so the
+    # manifest of a large checkpoint costs one shard's hashing, not the whole model's, on rank 0.
+    own = [tmp / f"rng-{ctx.rank}.pt", *sorted((tmp / DCP_DIR).glob(f"__{ctx.rank}_*"))]
+    hashed = ctx.gather(_file_entries(tmp, own))  # also the barrier: every process has finished writing
     final = root / f"{PREFIX}{step:08d}"
     if ctx.is_main:
-        _complete(root, tmp, step, {**state, "world_size": ctx.world_size})
+        _complete(root, tmp, step, {**state, "world_size": ctx.world_size}, {k: v for d in hashed for k, v in d.items()})
     ctx.barrier()
     return final
 

@@ -163,10 +163,10 @@ def target_scales(targets: torch.Tensor, weights: torch.Tensor, ignore_index: in
     return (valid * (weights.to(valid.device) / counts)).to(torch.float32)
 
 
-def _prepared_targets(targets2, vocab_size, weights, ignore_index, mi_exponent, device):
-    """Return ``(safe_targets, scales)`` for flattened targets ``(N, s)``, checking the ids."""
+def _prepared_targets(targets2, vocab_size, weights, ignore_index, mi_exponent, device, check_ids=True):
+    """Return ``(safe_targets, scales)`` for flattened targets ``(N, s)``, checking the ids unless told not to."""
     valid = targets2 != ignore_index
-    if (valid & ((targets2 < 0) | (targets2 >= vocab_size))).any():  # one check (one device sync) per call
+    if check_ids and (valid & ((targets2 < 0) | (targets2 >= vocab_size))).any():  # one device sync per call
         lo, hi = int(targets2[valid].min()), int(targets2[valid].max())
         raise ValueError(f"target ids must lie in [0, {vocab_size}) (the vocabulary size of the logits); found {lo}..{hi}")
     w = bag_weights(weights, targets2.shape[-1], mi_exponent=mi_exponent)
@@ -208,18 +208,21 @@ def multi_hot_cross_entropy(
     ignore_index: int = IGNORE_INDEX,
     *,
     mi_exponent: float = DCLM_MI_EXPONENT,
+    check_ids: bool = True,
 ) -> torch.Tensor:
     """Return the multi-hot cross entropy (a float32 scalar) of logits against bags of targets.
 
     ``logits`` is ``(..., V)`` and ``targets`` ``(..., s)`` with the same leading shape.
     ``loss = sum_i w_i * mean_n CE(z_n, y_{n,i})``, computed as ``lse(z) - sum_i w_i z[y_i]``:
     one log-sum-exp per position instead of ``s`` full softmaxes. With ``s = 1`` it is the
-    ordinary mean next-token cross entropy.
+    ordinary mean next-token cross entropy. ``check_ids=False`` skips the range check of the
+    target ids (its device sync) for callers whose ids are already known to be in range; an
+    out-of-range id is then undefined behaviour, as in an unchecked gather.
     """
     if logits.shape[:-1] != targets.shape[:-1]:
         raise ValueError(f"logits {tuple(logits.shape)} and targets {tuple(targets.shape)} disagree on leading dims")
     V, s = logits.shape[-1], targets.shape[-1]
-    safe, scales = _prepared_targets(targets.reshape(-1, s), V, weights, ignore_index, mi_exponent, logits.device)
+    safe, scales = _prepared_targets(targets.reshape(-1, s), V, weights, ignore_index, mi_exponent, logits.device, check_ids)
     return _MultiHotCE.apply(logits.reshape(-1, V), safe, scales)
 
 
@@ -274,15 +277,17 @@ def linear_multi_hot_cross_entropy(
     *,
     chunk_size: int = 1024,
     mi_exponent: float = DCLM_MI_EXPONENT,
+    check_ids: bool = True,
 ) -> torch.Tensor:
     """Return ``multi_hot_cross_entropy(hidden @ head_weight.T, targets, weights)`` without ever
     holding the full logits: the head and the loss run fused over chunks of ``chunk_size``
-    positions. ``hidden`` is ``(..., d)``, ``head_weight`` ``(V, d)``, targets ``(..., s)``."""
+    positions. ``hidden`` is ``(..., d)``, ``head_weight`` ``(V, d)``, targets ``(..., s)``;
+    ``check_ids`` as there."""
     d, s = hidden.shape[-1], targets.shape[-1]
     V = head_weight.shape[0]
     if hidden.shape[:-1] != targets.shape[:-1] or head_weight.shape[1] != d:
         raise ValueError(f"hidden {tuple(hidden.shape)}, head {tuple(head_weight.shape)} and targets {tuple(targets.shape)} disagree")
-    safe, scales = _prepared_targets(targets.reshape(-1, s), V, weights, ignore_index, mi_exponent, hidden.device)
+    safe, scales = _prepared_targets(targets.reshape(-1, s), V, weights, ignore_index, mi_exponent, hidden.device, check_ids)
     mixed = head_weight.dtype != hidden.dtype and not torch.is_autocast_enabled(hidden.device.type)
     weight = head_weight.to(hidden.dtype) if mixed else head_weight
     return _LinearMultiHotCE.apply(hidden.reshape(-1, d), weight, safe, scales, max(1, chunk_size))

@@ -129,11 +129,15 @@ def uses_fused_loss(parts: CausalLMParts, cfg: Config) -> bool:
 
 
 def head_loss(parts: CausalLMParts, hidden: torch.Tensor, targets: torch.Tensor, weights, cfg: Config) -> torch.Tensor:
-    """Return the MCE of the head's logits against ``targets``, fused over chunks when configured."""
+    """Return the MCE of the head's logits against ``targets``, fused over chunks when configured.
+
+    Target ids are not checked here (no device sync per micro-batch): ``TokenData`` checked every
+    id against the tokenizer at load, and ``resolve_for_data`` the model's vocabulary against it.
+    """
     if uses_fused_loss(parts, cfg):
-        return linear_multi_hot_cross_entropy(hidden, parts.head.weight, targets, weights,
-                                              chunk_size=cfg.train.loss_chunk_size, mi_exponent=cfg.tst.mi_exponent)
-    return multi_hot_cross_entropy(parts.logits(hidden), targets, weights, mi_exponent=cfg.tst.mi_exponent)
+        return linear_multi_hot_cross_entropy(hidden, parts.head.weight, targets, weights, chunk_size=cfg.train.loss_chunk_size,
+                                              mi_exponent=cfg.tst.mi_exponent, check_ids=False)
+    return multi_hot_cross_entropy(parts.logits(hidden), targets, weights, mi_exponent=cfg.tst.mi_exponent, check_ids=False)
 
 
 def _next_token_logits(parts: CausalLMParts, inputs: torch.Tensor) -> torch.Tensor:
@@ -141,23 +145,33 @@ def _next_token_logits(parts: CausalLMParts, inputs: torch.Tensor) -> torch.Tens
 
 
 @torch.no_grad()
-def validation_loss(parts: CausalLMParts, windows: torch.Tensor, batch_size: int, device, autocast, run=None) -> float:
+def validation_loss(parts: CausalLMParts, windows: torch.Tensor, batch_size: int, device, autocast, run=None,
+                    ctx: distributed.Single | None = None) -> float:
     """Return the mean next-token loss over fixed held-out windows (equal-length, so a plain mean).
 
-    ``run(fn, *args)`` calls the model (FSDP2's root unit when sharded; every process evaluates all windows).
+    ``run(fn, *args)`` calls the model (FSDP2's root unit when sharded). Under torchrun (``ctx``)
+    each process evaluates its share of every round of ``world_size`` batches and the sums are
+    reduced; a process with no windows left in the last round runs one window at weight 0, since
+    every process must take part in each sharded forward.
     """
     run = run or (lambda fn, *args: fn(*args))
+    rank, world = (ctx.rank, ctx.world_size) if ctx is not None else (0, 1)
     was_training = parts.model.training
     parts.model.eval()
     total, count = 0.0, 0
-    for i in range(0, windows.shape[0], batch_size):
-        chunk = windows[i : i + batch_size].to(device)
-        inputs, targets = next_token_batch(chunk)
+    for i in range(0, windows.shape[0], batch_size * world):
+        chunk = windows[i + rank * batch_size : i + (rank + 1) * batch_size]
+        weight = chunk.shape[0]
+        if weight == 0:
+            chunk = windows[:1]
+        inputs, targets = next_token_batch(chunk.to(device))
         with autocast():
             logits = run(_next_token_logits, parts, inputs)
-        total += multi_hot_cross_entropy(logits, targets).item() * chunk.shape[0]
-        count += chunk.shape[0]
+        total += multi_hot_cross_entropy(logits, targets).item() * weight
+        count += weight
     parts.model.train(was_training)
+    if world > 1:
+        return ctx.mean(total) / ctx.mean(float(count))
     return total / count
 
 
@@ -368,7 +382,7 @@ def _train(cfg: Config, run: Path, resume: bool, ctx: distributed.Single) -> Run
             ckpt.prune_checkpoints(ckpt_root, cfg.train.keep_checkpoints)
 
     def evaluate(step: int) -> float:
-        v = validation_loss(parts, val, cfg.train.eval_batch_size, device, autocast, run_model)
+        v = validation_loss(parts, val, cfg.train.eval_batch_size, device, autocast, run_model, ctx)
         log.write({"step": step, "phase": 1 if step <= switch and switch > 0 else 2, "val_loss": v, "data_tokens": data_tokens,
                    "flops": flops, "wall_time": elapsed()})
         return v
@@ -446,7 +460,7 @@ def _train(cfg: Config, run: Path, resume: bool, ctx: distributed.Single) -> Run
         log.close()
 
     if math.isnan(last_val):  # resumed from the final checkpoint: nothing left to run
-        last_val = validation_loss(parts, val, cfg.train.eval_batch_size, device, autocast, run_model)
+        last_val = validation_loss(parts, val, cfg.train.eval_batch_size, device, autocast, run_model, ctx)
     weights = ckpt.full_model_state_dict(model) if ctx.distributed else None  # gathered from every process
     summary = RunSummary(run, last_val, N, switch, data_tokens, flops, elapsed())
     if ctx.is_main:
