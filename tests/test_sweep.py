@@ -27,14 +27,18 @@ def test_sweep_runs_the_grid_and_the_baseline_once_and_resumes(tiny_cfg, tmp_pat
 
 def test_ablations_apply_their_overrides(tiny_cfg, tmp_path):
     cfg = tiny_cfg(**{"train.steps": 8, "train.eval_every": 0, "tst.ratio": 0.5})
-    result = ablate(cfg, tmp_path / "ab", ["method", "output-only", "weights-power"])
+    result = ablate(cfg, tmp_path / "ab", ["method", "output-only", "weights-power", "step-down"])
     B, L = cfg.train.batch_size, cfg.train.seq_len
     assert result["method"]["data_tokens"] == B * L * (4 * 4 + 4)
     assert result["output-only"]["data_tokens"] == B * L * 8  # output side only reads no extra data
     assert result["baseline"]["data_tokens"] == B * L * 8
+    assert result["step-down"]["data_tokens"] == B * L * (4 * 2 + 2 * 2 + 4)  # 2 steps at s=4, 2 at s=2, 4 next-token
     assert result["weights-power"]["final_val_loss"] != result["method"]["final_val_loss"]
+    assert result["method"]["val_loss_at_switch"] is not None and (tmp_path / "ab" / "ablations.png").is_file()
+    assert "| method | (the method) |" in (tmp_path / "ab" / "ablations.md").read_text()
     saved = (tmp_path / "ab" / "weights-power" / "config.toml").read_text()
     assert 'weights = "power"' in saved
     with pytest.raises(ValueError, match="unknown ablation"):
         ablate(cfg, tmp_path / "ab", ["nonsense"])
-    assert set(ABLATIONS) >= {"input-only", "output-only", "reset-optimizer", "restart-schedule", "weights-mi"}
+    assert set(ABLATIONS) >= {"input-only", "output-only", "reset-optimizer", "restart-schedule", "weights-mi",
+                              "step-down", "blend", "reinit-embeddings", "batch-expansion"}

@@ -13,7 +13,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from .compare import value_at
 from .config import Config, apply_overrides, validate
+from .metrics import read_jsonl
 
 
 def run_or_reuse(cfg: Config, run_dir: Path) -> dict[str, Any]:
@@ -138,15 +140,46 @@ def ablate(cfg: Config, out_dir: str | Path, names: list[str] | None = None,
         runs[n] = apply_overrides(copy.deepcopy(cfg), table_of[n])
         validate(runs[n])
     summaries = {n: run_or_reuse(c, out / n) for n, c in runs.items()}
-    result = {n: {"final_val_loss": s["final_val_loss"], "data_tokens": s["data_tokens"],
-                  "overrides": table_of.get(n, {"tst.ratio": 0.0})} for n, s in summaries.items()}
+    switch = cfg.switch_step
+    vals = {n: [r for r in read_jsonl(out / n / "metrics.jsonl") if "val_loss" in r] for n in runs}
+    result = {n: {"final_val_loss": s["final_val_loss"], "val_loss_at_switch": value_at(vals[n], switch),
+                  "data_tokens": s["data_tokens"], "overrides": table_of.get(n, {"tst.ratio": 0.0})}
+              for n, s in summaries.items()}
     (out / "ablations.json").write_text(json.dumps(result, indent=2) + "\n")
     base = result["baseline"]["final_val_loss"]
-    lines = [f"Ablations at s={cfg.tst.bag_size}, r={cfg.tst.ratio}, {cfg.train.steps} steps "
-             f"(final next-token val loss; lower is better).", "",
-             "| run | overrides | final val loss | vs baseline | data tokens |", "| --- | --- | --- | --- | --- |"]
+    lines = [f"Ablations at s={cfg.tst.bag_size}, r={cfg.tst.ratio}, {cfg.train.steps} steps, switch at step {switch} "
+             f"(next-token val loss; lower is better).", "",
+             f"| run | overrides | val loss at step {switch} | final val loss | vs baseline | data tokens |",
+             "| --- | --- | --- | --- | --- | --- |"]
     for n, r in result.items():
         ov = ", ".join(f"{k}={v}" for k, v in r["overrides"].items()) or "(the method)"
-        lines.append(f"| {n} | {ov} | {r['final_val_loss']:.4f} | {r['final_val_loss'] - base:+.4f} | {r['data_tokens']:,} |")
+        at = "" if r["val_loss_at_switch"] is None else f"{r['val_loss_at_switch']:.4f}"
+        lines.append(f"| {n} | {ov} | {at} | {r['final_val_loss']:.4f} | {r['final_val_loss'] - base:+.4f} | {r['data_tokens']:,} |")
     (out / "ablations.md").write_text("\n".join(lines) + "\n")
+    plot_ablations(vals, switch, out / "ablations.png")
     return result
+
+
+def plot_ablations(vals: dict[str, list[dict[str, Any]]], switch: int, path: Path) -> None:
+    """Write the val-loss curves of every ablation run: the whole run, and the steps after the switch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5))
+    for ax, first in zip(axes, (1, switch)):
+        for n, rows in vals.items():
+            rows = [r for r in rows if r["step"] >= first]
+            style = {"color": "black", "linewidth": 2} if n == "baseline" else {}
+            ax.plot([r["step"] for r in rows], [r["val_loss"] for r in rows], label=n, **style)
+        ax.axvline(switch, color="grey", linestyle="--", linewidth=1)
+        ax.set_xlabel("step")
+        ax.set_ylabel("next-token val loss (nats)")
+        ax.grid(alpha=0.3)
+    axes[0].set_title("whole run")
+    axes[1].set_title(f"from the switch (step {switch})")
+    axes[1].legend(fontsize=8, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
