@@ -168,10 +168,11 @@ def plot_ablations(vals: dict[str, list[dict[str, Any]]], switch: int, path: Pat
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(13, 5))
+    colours = plt.get_cmap("tab20").colors  # distinct colours for up to 20 runs
     for ax, first in zip(axes, (1, switch)):
-        for n, rows in vals.items():
+        for i, (n, rows) in enumerate(vals.items()):
             rows = [r for r in rows if r["step"] >= first]
-            style = {"color": "black", "linewidth": 2} if n == "baseline" else {}
+            style = {"color": "black", "linewidth": 2} if n == "baseline" else {"color": colours[i % 20]}
             ax.plot([r["step"] for r in rows], [r["val_loss"] for r in rows], label=n, **style)
         ax.axvline(switch, color="grey", linestyle="--", linewidth=1)
         ax.set_xlabel("step")
