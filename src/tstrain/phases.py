@@ -5,12 +5,13 @@
 - ``hard`` (the paper): bags of ``s`` for steps ``[0, S)``, next-token from ``S`` on.
 - ``step-down``: phase 1's ``S`` steps are split evenly over bag sizes ``s, s/2, s/4, ...`` down to
   the last one above 1 (4 -> 2 -> 1, 8 -> 4 -> 2 -> 1), so the bag size falls in steps.
-- ``blend``: over ``transition_steps`` steps (default ``S/2``) centred on ``S``, the share of each batch's sequences
-  that are bags of ``s`` falls linearly from 1 to 0; the loss is the mean over sequences, so the
-  bag loss's weight falls with it while the next-token loss's rises.
+- ``blend``: over ``transition_steps`` steps (default ``S/2``) centred on ``S``, the share of each
+  batch's sequences that are bags of ``s`` falls linearly from 1 to 0; the loss is the mean over
+  sequences, so the bag loss's weight falls with it while the next-token loss's rises.
 
-Both keep the hard switch's number of bag-sequence steps (exactly for step-down, to rounding for
-blend), so they compare at equal compute. The TST core knows none of this: it is the trainer's
+Both keep the hard switch's number of bag-sequence steps (exactly for step-down; for blend exactly
+when the window and the batch are even, else to rounding) and ``B*L`` positions per step, so they
+compare at equal FLOPs. The TST core knows none of this: it is the trainer's
 plan, a pure function of the step, so resumption is exact anywhere in a transition.
 """
 
