@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import cli_args, launch
+from conftest import RUN_FLAGS, cli_args, launch
 from tstrain.checkpoint import latest_good_checkpoint, list_checkpoints, verify_checkpoint
 from tstrain.metrics import read_jsonl
 from tstrain.config import load_config
@@ -118,3 +118,16 @@ def test_a_non_finite_gradient_on_one_rank_stops_or_skips_on_all(data_dir, tmp_p
         assert f"rank {rank} finished skip=True" in done.stdout
     rows = [r for r in read_jsonl(tmp_path / "skip-True" / "metrics.jsonl") if "loss" in r]
     assert [r["skipped_steps"] for r in rows] == [0, 0, 1, 1, 1, 1]
+
+
+def test_a_blended_transition_under_two_processes_matches_one(data_dir, tmp_path):
+    # Mixed micro-batches (bags and next-token sequences in one forward of the FSDP2 root) with
+    # gradient accumulation: process 1's slice of a blended step may hold both kinds.
+    blend = {"tst.transition": "blend", "tst.transition_steps": 8, **ACCUM}
+    done = launch(cli_args(data_dir, tmp_path / "two", **blend), processes=2)
+    assert done.returncode == 0, done.stderr[-3000:]
+    train(load_config("tiny", overrides={"data.path": str(data_dir), "log.progress": False, **RUN_FLAGS, **blend}),
+          tmp_path / "one")
+    close_curves(tmp_path / "one", tmp_path / "two")
+    shares = [r["bag_share"] for r in read_jsonl(tmp_path / "two" / "metrics.jsonl") if "loss" in r]
+    assert any(0 < x < 1 for x in shares)
