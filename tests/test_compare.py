@@ -58,6 +58,11 @@ def test_plan_runs_equal_flops_and_equal_data():
     assert runs["baseline"].train.steps == runs["tst"].train.steps == 100
     assert runs["baseline-equal-data"].train.steps == 4 * 30 + 70  # reads what TST reads
     assert runs["baseline"].model == runs["tst"].model and runs["baseline"].train.seed == runs["tst"].train.seed
+    # With a step-down (15 steps at s=4, 15 at s=2) the equal-data baseline follows what TST reads.
+    step_down = load_config("tiny", overrides={"train.steps": 100, "tst.ratio": 0.3, "tst.transition": "step-down"})
+    specs = {r.name: r for r in plan_runs(step_down, equal_data=True)}
+    assert specs["baseline-equal-data"].config.train.steps == 4 * 15 + 2 * 15 + 70
+    assert "transition=step-down" in specs["tst"].label
 
 
 def test_compare_end_to_end_writes_report_json_and_plots(tiny_cfg, tmp_path):

@@ -25,6 +25,13 @@ class RunSpec:
     config: Config
 
 
+def _variant_label(cfg: Config) -> str:
+    """Return the TST settings that differ from the paper's default, for plot and report labels."""
+    t, default = cfg.tst, type(cfg.tst)()
+    parts = [f"{k}={getattr(t, k)}" for k in ("variant", "weights", "expand", "transition") if getattr(t, k) != getattr(default, k)]
+    return (", " + ", ".join(parts)) if parts else ""
+
+
 def plan_runs(cfg: Config, equal_data: bool = False) -> list[RunSpec]:
     """Return the runs of a comparison: baseline and TST at equal steps (equal FLOPs), and
     optionally a baseline that reads as many tokens as TST does (equal data)."""
@@ -34,7 +41,7 @@ def plan_runs(cfg: Config, equal_data: bool = False) -> list[RunSpec]:
     s, r = tst.tst.bag_size, tst.tst.ratio
     runs = [
         RunSpec("baseline", f"baseline ({cfg.train.steps} steps)", base),
-        RunSpec("tst", f"TST s={s} r={r} ({cfg.train.steps} steps)", tst),
+        RunSpec("tst", f"TST s={s} r={r}{_variant_label(cfg)} ({cfg.train.steps} steps)", tst),
     ]
     if equal_data:
         eq = copy.deepcopy(base)
