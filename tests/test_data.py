@@ -150,3 +150,21 @@ def test_appetite_check_and_validation_windows():
     assert v[-1, 0] == (available - 1) * 8 and v[1, 0] == round((available - 1) / 2) * 8  # spread evenly
     with pytest.raises(DataError, match="validation split has 5 tokens"):
         validation_windows(tokens[:5], 8, 3)
+
+
+def test_a_mixed_layout_that_does_not_repeat_is_laid_out_step_by_step():
+    # Next-token sequences first, then bags: the bags' alignment depends on the step, so the
+    # schedule keeps each step's layout; group starts stay aligned and no input token repeats.
+    tokens, bags = WindowGroup(1, 3, 8, 9), WindowGroup(4, 2, 32, 36)
+    plan = lambda t: (tokens, bags) if t < 5 else (tokens,)  # noqa: E731
+    sch = WindowSchedule(plan, 8, changes=[5])
+    assert sch.block_size == 32
+    spans = []
+    for t in range(8):
+        for g, start in zip(plan(t), sch.group_starts(t)):
+            assert start % g.stride == 0 and start >= sch.offset(t)
+            spans += [(start + i * g.stride, g.stride) for i in range(g.count)]
+    seen = np.concatenate([np.arange(a, a + n) for a, n in spans])
+    assert len(np.unique(seen)) == len(seen)
+    with pytest.raises(ValueError, match="last segment"):
+        WindowSchedule(lambda t: (tokens, bags), 4, changes=[])

@@ -148,3 +148,24 @@ def test_blend_loss_differs_from_the_hard_switch_only_inside_the_window(tiny_cfg
     hard, blend = train_rows(tmp_path / "hard"), train_rows(tmp_path / "blend")
     assert [r["loss"] for r in hard[:8]] == [r["loss"] for r in blend[:8]]  # same steps before the window
     assert [r["loss"] for r in hard[8:16]] != [r["loss"] for r in blend[8:16]]
+
+
+@pytest.mark.parametrize("overrides", [
+    {}, {"tst.ratio": 0.0}, {"tst.expand": "batch"}, {"tst.variant": "output"},
+    {"tst.transition": "step-down", "tst.bag_size": 8, "train.steps": 47},  # S = 24 over 3 stages
+    {"tst.transition": "step-down", "tst.bag_size": 6, "train.steps": 45},
+    {"tst.transition": "blend", "tst.transition_steps": 7},
+])
+def test_the_declared_plan_changes_give_the_per_step_layout(overrides):
+    from tstrain.data import WindowSchedule
+    from tstrain.phases import plan_changes, step_plan
+
+    cfg = cfg_of(**overrides)
+    N, changes = cfg.train.steps, set(plan_changes(cfg))
+    assert all(step_plan(cfg, t) == step_plan(cfg, t - 1) for t in range(1, N) if t not in changes)
+    fast = window_schedule(cfg)
+    slow = WindowSchedule(lambda t: step_plan(cfg, t), N)  # every step its own segment
+    assert [fast.offset(t) for t in range(N + 1)] == [slow.offset(t) for t in range(N + 1)]
+    assert [fast.group_starts(t) for t in range(N)] == [slow.group_starts(t) for t in range(N)]
+    assert (fast.block_size, fast.tail) == (slow.block_size, slow.tail)
+    assert fast.offset(N + 5) == fast.offset(N) + 5 * fast.tokens_read(N)  # next-token steps past the end

@@ -14,6 +14,7 @@ The extra target tokens past a sequence's inputs come from the corpus right afte
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 import math
@@ -310,25 +311,54 @@ class WindowSchedule:
     token; a blended step may skip less than one bag window).
     """
 
-    def __init__(self, plan: Callable[[int], StepPlan], steps: int):
+    def __init__(self, plan: Callable[[int], StepPlan], steps: int, changes: Iterable[int] | None = None):
+        """``plan(t)`` gives step ``t``'s groups; ``changes`` the steps where it may differ from the step
+        before (default: any step). Between changes the stream advances linearly, so a long run costs
+        one entry per change, not per step."""
         self.plan = plan
         self.steps = steps
-        self._starts: list[tuple[int, ...]] = []  # per step: stream offset of each group
-        self._offsets: list[int] = [0]  # stream offset before each step
-        strides = {g.stride for t in range(max(steps, 1)) for g in plan(t)}
-        self.block_size = math.lcm(*strides)
-        self.tail = max(g.window - g.stride for t in range(max(steps, 1)) for g in plan(t))
-        self._extend(steps)
+        wanted = range(max(steps, 1)) if changes is None else changes
+        self._firsts = sorted({0, *(c for c in wanted if 0 <= c < max(steps, 1))})
+        # Per segment of constant plan: the stream position before its first step, then either
+        # ("periodic", first group's start, group starts relative to it, end relative to it,
+        # advance per step) or ("steps", [(position before, group starts)]) for each step.
+        self._segments: list[tuple[int, tuple]] = []
+        pos = 0
+        for i, first in enumerate(self._firsts):
+            end = self._firsts[i + 1] if i + 1 < len(self._firsts) else None
+            groups = plan(first)
+            lead = groups[0].stride
+            if all(lead % g.stride == 0 for g in groups):
+                # The first group starts on a multiple of every stride, so each step repeats the layout.
+                start = -(-pos // lead) * lead
+                rel, cur = [], 0
+                for g in groups:
+                    cur = -(-cur // g.stride) * g.stride
+                    rel.append(cur)
+                    cur += g.count * g.stride
+                advance = -(-cur // lead) * lead
+                self._segments.append((pos, ("periodic", start, tuple(rel), cur, advance)))
+                if end is not None:
+                    pos = start + (end - first - 1) * advance + cur
+                continue
+            if end is None:
+                raise ValueError("a schedule's last segment must repeat one layout (next-token training)")
+            rows = []
+            for t in range(first, end):
+                before, starts = pos, []
+                for g in plan(t):
+                    pos = -(-pos // g.stride) * g.stride
+                    starts.append(pos)
+                    pos += g.count * g.stride
+                rows.append((before, tuple(starts)))
+            self._segments.append((rows[0][0], ("steps", rows)))
+        kinds = [plan(first) for first in self._firsts]
+        self.block_size = math.lcm(*{g.stride for groups in kinds for g in groups})
+        self.tail = max(g.window - g.stride for groups in kinds for g in groups)
 
-    def _extend(self, step: int) -> None:
-        while len(self._starts) <= step:
-            pos, starts = self._offsets[-1], []
-            for g in self.plan(len(self._starts)):
-                pos = -(-pos // g.stride) * g.stride
-                starts.append(pos)
-                pos += g.count * g.stride
-            self._starts.append(tuple(starts))
-            self._offsets.append(pos)
+    def _locate(self, step: int) -> tuple[int, int, tuple]:
+        i = bisect.bisect_right(self._firsts, step) - 1
+        return self._firsts[i], *self._segments[i]
 
     def groups(self, step: int) -> StepPlan:
         """Return the groups of sequences step ``step`` trains on, in batch order."""
@@ -344,12 +374,21 @@ class WindowSchedule:
 
     def offset(self, step: int) -> int:
         """Return the stream position before ``step`` (tokens consumed or skipped by earlier steps)."""
-        self._extend(step)
-        return self._offsets[step]
+        first, before, layout = self._locate(step)
+        if step == first:
+            return before
+        if layout[0] == "periodic":
+            _, start, _, end, advance = layout
+            return start + (step - first - 1) * advance + end
+        return layout[1][step - first][0]
 
     def group_starts(self, step: int) -> tuple[int, ...]:
-        self._extend(step)
-        return self._starts[step]
+        """Return the stream position of each group of ``step``, in batch order."""
+        first, _, layout = self._locate(step)
+        if layout[0] == "periodic":
+            _, start, rel, _, advance = layout
+            return tuple(start + (step - first) * advance + r for r in rel)
+        return layout[1][step - first][1]
 
 
 class WindowReader:

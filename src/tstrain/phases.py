@@ -94,6 +94,21 @@ def step_plan(cfg: Config, step: int) -> StepPlan:
     return tuple(groups)
 
 
+def plan_changes(cfg: Config) -> list[int]:
+    """Return the steps whose batch differs from the step before: the switch, the step-down's
+    stages, the blend's steps where the mix changes."""
+    S = cfg.switch_step
+    if S == 0:
+        return []
+    if cfg.tst.transition == "blend":
+        first, end = blend_window(cfg)
+        return [t for t in range(first, end + 1) if step_mix(cfg, t) != step_mix(cfg, t - 1)]
+    if cfg.tst.transition == "step-down":
+        m = len(step_down_sizes(cfg.tst.bag_size))
+        return [-(-i * S // m) for i in range(1, m)] + [S]
+    return [S]
+
+
 def window_schedule(cfg: Config) -> WindowSchedule:
     """Return the per-step window geometry of the run."""
-    return WindowSchedule(lambda step: step_plan(cfg, step), cfg.train.steps)
+    return WindowSchedule(lambda step: step_plan(cfg, step), cfg.train.steps, plan_changes(cfg))
