@@ -23,7 +23,6 @@ class ConfigError(ValueError):
 
 
 MODEL_FAMILIES = ("llama", "qwen3", "qwen3_moe", "mistral", "gpt2")
-TRANSITIONS = ("hard", "step-down", "blend")  # how phase 1 hands over to phase 2 (see ``phases``)
 
 
 @dataclass
@@ -292,35 +291,9 @@ def validate(cfg: Config) -> None:
             f"tst.ratio={t.ratio} of {tr.steps} steps rounds to no phase-1 step; raise the ratio or the steps, "
             "or set tst.ratio=0 for the baseline"
         )
+    from .phases import validate_transition  # phases builds on this module; imported late to avoid a cycle
+
     validate_transition(cfg)
-
-
-def validate_transition(cfg: Config) -> None:
-    """Raise ConfigError if the smooth-transition settings do not fit the run."""
-    t, S, N = cfg.tst, cfg.switch_step, cfg.train.steps
-    if t.transition not in TRANSITIONS:
-        raise ConfigError(f"tst.transition must be one of {TRANSITIONS}; got {t.transition!r}")
-    if t.transition_steps < 0:
-        raise ConfigError(f"tst.transition_steps must be >= 0; got {t.transition_steps}")
-    if t.transition == "hard" or S == 0:
-        return
-    if t.expand != "length":
-        raise ConfigError(f"tst.transition={t.transition} works with tst.expand=length only; use the hard switch with batch expansion")
-    if t.transition == "step-down":
-        stages = 1
-        while t.bag_size % 2 ** stages == 0 and t.bag_size // 2 ** stages > 1:
-            stages += 1
-        if stages == 1:
-            raise ConfigError(f"tst.transition=step-down halves the bag size within phase 1 (4 -> 2 -> 1) and needs an "
-                              f"even tst.bag_size above 2; got {t.bag_size}. Use transition=blend or hard")
-        if S < stages:
-            raise ConfigError(f"tst.transition=step-down needs at least one phase-1 step per bag size ({stages}); "
-                              f"phase 1 has {S}. Raise tst.ratio or train.steps")
-        return
-    W = cfg.blend_steps
-    if W < 2 or W // 2 > S or S + W - W // 2 > N:
-        raise ConfigError(f"tst.transition=blend needs tst.transition_steps between 2 and {min(2 * S, 2 * (N - S))}: the blend "
-                          f"window is centred on the switch (step {S} of {N}) and must fit inside the run; got {W}")
 
 
 def field_help() -> list[tuple[str, Any, type, str]]:

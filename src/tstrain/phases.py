@@ -17,11 +17,11 @@ plan, a pure function of the step, so resumption is exact anywhere in a transiti
 
 from __future__ import annotations
 
-from .config import TRANSITIONS, Config
+from .config import Config, ConfigError
 from .data import StepPlan, WindowGroup, WindowSchedule
 from .superposition import window_length
 
-__all__ = ["TRANSITIONS", "phase1_geometry", "step_plan", "window_schedule"]
+TRANSITIONS = ("hard", "step-down", "blend")
 
 
 def phase1_geometry(cfg: Config) -> tuple[int, int]:
@@ -112,3 +112,29 @@ def plan_changes(cfg: Config) -> list[int]:
 def window_schedule(cfg: Config) -> WindowSchedule:
     """Return the per-step window geometry of the run."""
     return WindowSchedule(lambda step: step_plan(cfg, step), cfg.train.steps, plan_changes(cfg))
+
+
+def validate_transition(cfg: Config) -> None:
+    """Raise ConfigError if the transition settings do not fit the run (called by ``config.validate``)."""
+    t, S, N = cfg.tst, cfg.switch_step, cfg.train.steps
+    if t.transition not in TRANSITIONS:
+        raise ConfigError(f"tst.transition must be one of {TRANSITIONS}; got {t.transition!r}")
+    if t.transition_steps < 0:
+        raise ConfigError(f"tst.transition_steps must be >= 0; got {t.transition_steps}")
+    if t.transition == "hard" or S == 0:
+        return
+    if t.expand != "length":
+        raise ConfigError(f"tst.transition={t.transition} works with tst.expand=length only; use the hard switch with batch expansion")
+    if t.transition == "step-down":
+        stages = len(step_down_sizes(t.bag_size))
+        if stages == 1:
+            raise ConfigError(f"tst.transition=step-down halves the bag size within phase 1 (4 -> 2 -> 1) and needs an "
+                              f"even tst.bag_size above 2; got {t.bag_size}. Use transition=blend or hard")
+        if S < stages:
+            raise ConfigError(f"tst.transition=step-down needs at least one phase-1 step per bag size ({stages}); "
+                              f"phase 1 has {S}. Raise tst.ratio or train.steps")
+        return
+    first, end = blend_window(cfg)
+    if end - first < 2 or first < 0 or end > N:
+        raise ConfigError(f"tst.transition=blend needs tst.transition_steps between 2 and {min(2 * S, 2 * (N - S))}: the blend "
+                          f"window is centred on the switch (step {S} of {N}) and must fit inside the run; got {end - first}")
