@@ -316,13 +316,12 @@ class WindowSchedule:
         before (default: any step). Between changes the stream advances linearly, so a long run costs
         one entry per change, not per step."""
         self.plan = plan
-        self.steps = steps
         wanted = range(max(steps, 1)) if changes is None else changes
         self._firsts = sorted({0, *(c for c in wanted if 0 <= c < max(steps, 1))})
-        # Per segment of constant plan: the stream position before its first step, then either
-        # ("periodic", first group's start, group starts relative to it, end relative to it,
-        # advance per step) or ("steps", [(position before, group starts)]) for each step.
-        self._segments: list[tuple[int, tuple]] = []
+        # Per segment of constant plan: its groups, the stream position before its first step,
+        # then either ("periodic", first group's start, group starts relative to it, end relative
+        # to it, advance per step) or ("steps", [(position before, group starts)]) for each step.
+        self._segments: list[tuple[StepPlan, int, tuple]] = []
         pos = 0
         for i, first in enumerate(self._firsts):
             end = self._firsts[i + 1] if i + 1 < len(self._firsts) else None
@@ -337,7 +336,7 @@ class WindowSchedule:
                     rel.append(cur)
                     cur += g.count * g.stride
                 advance = -(-cur // lead) * lead
-                self._segments.append((pos, ("periodic", start, tuple(rel), cur, advance)))
+                self._segments.append((groups, pos, ("periodic", start, tuple(rel), cur, advance)))
                 if end is not None:
                     pos = start + (end - first - 1) * advance + cur
                 continue
@@ -351,30 +350,31 @@ class WindowSchedule:
                     starts.append(pos)
                     pos += g.count * g.stride
                 rows.append((before, tuple(starts)))
-            self._segments.append((rows[0][0], ("steps", rows)))
-        kinds = [plan(first) for first in self._firsts]
+            self._segments.append((groups, rows[0][0], ("steps", rows)))
+        kinds = [segment[0] for segment in self._segments]
         self.block_size = math.lcm(*{g.stride for groups in kinds for g in groups})
         self.tail = max(g.window - g.stride for groups in kinds for g in groups)
 
-    def _locate(self, step: int) -> tuple[int, int, tuple]:
+    def _locate(self, step: int) -> tuple[int, StepPlan, int, tuple]:
         i = bisect.bisect_right(self._firsts, step) - 1
         return self._firsts[i], *self._segments[i]
 
     def groups(self, step: int) -> StepPlan:
         """Return the groups of sequences step ``step`` trains on, in batch order."""
-        return self.plan(step)
+        first, groups, _, layout = self._locate(step)
+        return groups if step == first or layout[0] == "periodic" else self.plan(step)
 
     def sequences(self, step: int) -> int:
         """Return the number of sequences the whole batch of ``step`` holds."""
-        return sum(g.count for g in self.plan(step))
+        return sum(g.count for g in self.groups(step))
 
     def tokens_read(self, step: int) -> int:
         """Return the data tokens step ``step`` consumes as inputs."""
-        return sum(g.count * g.stride for g in self.plan(step))
+        return sum(g.count * g.stride for g in self.groups(step))
 
     def offset(self, step: int) -> int:
         """Return the stream position before ``step`` (tokens consumed or skipped by earlier steps)."""
-        first, before, layout = self._locate(step)
+        first, _, before, layout = self._locate(step)
         if step == first:
             return before
         if layout[0] == "periodic":
@@ -384,7 +384,7 @@ class WindowSchedule:
 
     def group_starts(self, step: int) -> tuple[int, ...]:
         """Return the stream position of each group of ``step``, in batch order."""
-        first, _, layout = self._locate(step)
+        first, _, _, layout = self._locate(step)
         if layout[0] == "periodic":
             _, start, rel, _, advance = layout
             return tuple(start + (step - first) * advance + r for r in rel)

@@ -346,9 +346,9 @@ def _train(cfg: Config, run: Path, resume: bool, ctx: distributed.Single) -> Run
     accum = cfg.train.grad_accum
     per_position: dict[int, float] = {}  # flops_per_position by sequence length (it walks the model)
 
-    def step_flops(step: int) -> float:
+    def step_flops(groups) -> float:
         total = 0.0
-        for g in schedule.groups(step):
+        for g in groups:
             n = positions(cfg, g.bag_size)
             if n not in per_position:
                 per_position[n] = flops_per_position(model, n)
@@ -403,8 +403,9 @@ def _train(cfg: Config, run: Path, resume: bool, ctx: distributed.Single) -> Run
                 group["lr"] = lr
             step_start = time.perf_counter()
             loss_sum = 0.0
+            groups = schedule.groups(step)
             # This process reads sequences [first, first + accum * micro) of the step's global batch.
-            micro = schedule.sequences(step) // ctx.world_size // accum
+            micro = sum(g.count for g in groups) // ctx.world_size // accum
             first = ctx.rank * micro * accum
             for k in range(accum):
                 pieces = [(size, w.to(device, non_blocking=True)) for size, w in reader.pieces(step, first + k * micro, micro)]
@@ -437,7 +438,8 @@ def _train(cfg: Config, run: Path, resume: bool, ctx: distributed.Single) -> Run
             optimizer.zero_grad(set_to_none=True)
             read = schedule.tokens_read(step)  # data tokens this step consumed as inputs
             data_tokens += read
-            flops += step_flops(step)
+            work = step_flops(groups)
+            flops += work
             dt = time.perf_counter() - step_start
             done = step + 1
             progress.update(phase, loss_sum, read / dt)
@@ -445,10 +447,10 @@ def _train(cfg: Config, run: Path, resume: bool, ctx: distributed.Single) -> Run
                 row = {"step": done, "phase": phase, "loss": loss_sum, "lr": lr, "grad_norm": grad_norm,
                        "data_tokens": data_tokens, "flops": flops, "wall_time": elapsed(),
                        "tokens_per_s": read / dt, "positions_per_s": B * L / dt, "epoch": reader.epochs(done),
-                       "skipped_steps": skipped, "bag_size": max(g.bag_size for g in schedule.groups(step)),
+                       "skipped_steps": skipped, "bag_size": max(g.bag_size for g in groups),
                        "bag_share": bag_share(cfg, step)}
                 if peak > 0:
-                    row["mfu"] = step_flops(step) / dt / peak
+                    row["mfu"] = work / dt / peak
                 log.write(row)
             if done == switch or (cfg.train.eval_every and done % cfg.train.eval_every == 0) or done == N:
                 last_val = evaluate(done)
