@@ -43,3 +43,30 @@ def test_errors_are_one_line_with_the_fix(tmp_path, capsys):
     assert "error: data dir" in err and "prepare-data" in err
     assert main(["train", "--preset", "tiny", "--bag-size", "0", "--out", str(tmp_path / "r")]) == 2
     assert "tst.bag_size must be an integer >= 1" in capsys.readouterr().err
+
+
+def test_batch_shows_what_a_step_reads(data_dir, tmp_path, capsys):
+    flags = ["--preset", "tiny", "--data", str(data_dir), "--steps", "20", "--ratio", "0.5", "--batch-size", "8",
+             "--seq-len", "16"]
+    assert main(["batch", *flags, "--step", "3", "--json"]) == 0
+    phase1 = json.loads(capsys.readouterr().out)
+    assert [r["phase"] for r in phase1["sequences"]] == [1] * 8 and phase1["data_tokens"] == 8 * 16 * 4
+    assert all(r["bag_size"] == 4 and r["input_tokens"] == 64 and r["window_tokens"] == 68 for r in phase1["sequences"])
+    assert main(["batch", *flags, "--step", "12", "--json"]) == 0
+    phase2 = json.loads(capsys.readouterr().out)
+    offsets = [r["offset"] for r in phase2["sequences"]]
+    assert [r["phase"] for r in phase2["sequences"]] == [2] * 8 and len(set(offsets)) == 8
+    assert phase2["continuing_pairs"] == sum(o + 16 in set(offsets) for o in offsets)
+    # A run dir gives the same layout from its saved config; --text adds the decoded start.
+    run = tmp_path / "run"
+    run.mkdir()
+    from tstrain.config import load_config
+
+    cfg = load_config("tiny", overrides={"data.path": str(data_dir), "train.steps": 20, "tst.ratio": 0.5,
+                                         "train.batch_size": 8, "train.seq_len": 16})
+    (run / "config.toml").write_text(cfg.to_toml())
+    assert main(["batch", str(run), "--step", "12", "--text"]) == 0
+    text = capsys.readouterr().out
+    assert f"{offsets[0]:,}" in text and "'" in text.splitlines()[2]
+    assert main(["batch", str(run), "--step", "20"]) == 2
+    assert "--step must be in [0, 20)" in capsys.readouterr().err

@@ -8,7 +8,7 @@ import torch
 
 from tstrain import train as train_mod
 from tstrain.config import ConfigError, load_config
-from tstrain.data import WindowReader
+from tstrain.reader import WindowReader
 from tstrain.metrics import read_jsonl
 from tstrain.models import CausalLMParts, build_model
 from tstrain.phases import bag_share, step_down_sizes, step_mix, window_schedule
@@ -157,7 +157,7 @@ def test_blend_loss_differs_from_the_hard_switch_only_inside_the_window(tiny_cfg
     {"tst.transition": "blend", "tst.transition_steps": 7},
 ])
 def test_the_declared_plan_changes_give_the_per_step_layout(overrides):
-    from tstrain.data import WindowSchedule
+    from tstrain.reader import WindowSchedule
     from tstrain.phases import plan_changes, step_plan
 
     cfg = cfg_of(**overrides)

@@ -138,6 +138,29 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_batch(args: argparse.Namespace) -> int:
+    from .batch_layout import format_layout, step_layout
+    from .data import TokenData
+
+    overrides = _overrides(args)
+    if args.data:
+        overrides["data.path"] = args.data
+    config_file = args.config
+    if args.run:
+        saved = Path(args.run) / "config.toml"
+        if not saved.is_file():
+            raise ConfigError(f"{args.run} is not a run dir (no config.toml); give a run dir or --preset NAME --data DIR")
+        config_file = saved
+    elif not args.preset and not args.config:
+        raise ConfigError("give a run dir, or --preset NAME (or --config FILE) with --data DIR")
+    cfg = load_config(args.preset, config_file, overrides)
+    if not cfg.data.path:
+        raise ConfigError("no data: pass --data DIR (a dir made by `tstrain prepare-data`)")
+    layout = step_layout(cfg, TokenData(cfg.data.path), args.step, text_chars=60 if args.text else 0)
+    print(json.dumps(layout, indent=2) if args.json else format_layout(layout))
+    return 0
+
+
 def cmd_fetch_corpus(args: argparse.Namespace) -> int:
     from .corpus import fetch_corpus
 
@@ -287,6 +310,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", help=f"comma-separated subset of: {', '.join(ABLATIONS)} (default: all)")
     _add_run_flags(p, "ablation dir: one run dir each, ablations.md, ablations.json")
     p.set_defaults(func=cmd_ablate)
+
+    p = sub.add_parser("batch", help="what one training step reads: each sequence's offset in train.bin, tokens, bag size, phase")
+    p.add_argument("run", nargs="?", help="a run dir (its config.toml); or give --preset / --config with --data")
+    p.add_argument("--step", type=int, required=True, help="the step to show (0-based)")
+    p.add_argument("--data", help="prepared data dir (default: the run's data.path)")
+    p.add_argument("--json", action="store_true", help="print the layout as JSON")
+    p.add_argument("--text", action="store_true", help="add the decoded start of each sequence")
+    _add_config_flags(p)
+    p.set_defaults(func=cmd_batch)
 
     p = sub.add_parser("mi", help="mutual information between tokens at distance d, its power-law fit and bag weights",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)

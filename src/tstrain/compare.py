@@ -81,9 +81,44 @@ def value_at(rows: list[dict[str, Any]], step: int) -> float | None:
     return None
 
 
-def analyse(run_dirs: dict[str, Path], switch_step: int) -> dict[str, Any]:
+def decay_start(cfg: Config) -> int:
+    """Return the first step of the run's LR decay (the end of the stable phase of its WSD schedule)."""
+    return cfg.train.steps - round(cfg.optim.decay_fraction * cfg.train.steps)
+
+
+def phase1_step_value(base: list[dict[str, Any]], tst: list[dict[str, Any]], switch: int, decay: int) -> dict[str, Any]:
+    """Return what one phase-1 step buys, in baseline steps, from the two val-loss curves.
+
+    For each TST evaluation at step ``t`` in phase 2 before the LR decay: the baseline step ``b``
+    with the same val loss (interpolated), less the ``t - switch`` phase-2 steps TST has done,
+    over its ``switch`` phase-1 steps. 1.0 is break-even at equal FLOPs, above 1 TST saves
+    compute, 0 means phase 1 bought nothing. The value reported is the last such evaluation's
+    (the most recovered); ``value`` is None with a ``reason`` when it cannot be measured.
+    """
+    if switch == 0:
+        return {"value": None, "reason": "the run has no phase 1", "points": []}
+    evals = [r for r in tst if switch < r["step"] <= decay]
+    if not evals:
+        return {"value": None, "points": [], "reason": f"no TST evaluation between the switch (step {switch}) and "
+                f"the LR decay (step {decay}); evaluate more often (train.eval_every)"}
+    points, reason = [], None
+    for r in evals:
+        b = first_reaching([x for x in base if x["step"] <= decay], r["val_loss"], "step")
+        if b is None:
+            bound = (decay - (r["step"] - switch)) / switch
+            reason = (f"at step {r['step']} TST's val loss {r['val_loss']:.4f} is below anything the baseline reaches "
+                      f"before its LR decay: a phase-1 step is worth more than {bound:.2f} baseline steps")
+            continue
+        points.append({"step": r["step"], "val_loss": r["val_loss"], "baseline_step": b,
+                       "value": (b - (r["step"] - switch)) / switch})
+    last_measured = bool(points) and points[-1]["step"] == evals[-1]["step"]
+    return {"value": points[-1]["value"] if last_measured else None, "reason": None if last_measured else reason,
+            "points": points}
+
+
+def analyse(run_dirs: dict[str, Path], switch_step: int, decay: int) -> dict[str, Any]:
     """Return the comparison figures from finished runs (``baseline``, ``tst``, optional
-    ``baseline-equal-data``)."""
+    ``baseline-equal-data``); ``decay`` is the first step of the LR decay."""
     rows = {name: _val_rows(d) for name, d in run_dirs.items()}
     summaries = {name: json.loads((d / "summary.json").read_text()) for name, d in run_dirs.items()}
     base, tst = rows["baseline"], rows["tst"]
@@ -119,6 +154,9 @@ def analyse(run_dirs: dict[str, Path], switch_step: int) -> dict[str, Any]:
             "spike_vs_baseline": tst_at - base_at,
             "first_eval_below_baseline_after_switch": crossing,
         }
+    step_value = phase1_step_value(base, tst, switch_step, decay)
+    out["phase1_step_value"] = step_value["value"]
+    out["phase1_step_value_detail"] = step_value
     if "baseline-equal-data" in rows:
         out["equal_data_delta"] = tst[-1]["val_loss"] - rows["baseline-equal-data"][-1]["val_loss"]
     return out
@@ -147,6 +185,7 @@ def report_markdown(result: dict[str, Any], labels: dict[str, str], command: str
               f"{_fmt(eq['speedup_steps'], '.2f', 'x')} |",
               f"| wall time to reach it (s) | {_fmt(eq['baseline_time_s'], '.0f')} | {_fmt(eq['tst_time_s'], '.0f')} | "
               f"{_fmt(eq['speedup_time'], '.2f', 'x')} |", ""]
+    lines += phase1_value_lines(result["phase1_step_value_detail"], result["switch_step"])
     if "switch" in result:
         sw = result["switch"]
         lines += ["## The switch", "",
@@ -162,6 +201,20 @@ def report_markdown(result: dict[str, Any], labels: dict[str, str], command: str
                   "baseline wins this view).", ""]
     lines += ["Plots: `val_loss_vs_flops.png`, `val_loss_vs_data_tokens.png`, `val_loss_vs_wall_time.png`.", ""]
     return "\n".join(lines)
+
+
+def phase1_value_lines(detail: dict[str, Any], switch: int) -> list[str]:
+    """Return report.md's section on what a phase-1 step buys."""
+    lines = ["## What a phase-1 step buys", ""]
+    if detail["value"] is None:
+        return lines + [f"Not measured: {detail['reason']}.", ""]
+    p = detail["points"][-1]
+    return lines + [
+        f"Phase-1 step value: **{detail['value']:.2f}** baseline steps per phase-1 step. At step {p['step']} "
+        f"(the last evaluation before the LR decay) TST's val loss {p['val_loss']:.4f} is the baseline's at step "
+        f"{p['baseline_step']:.0f}; less TST's {p['step'] - switch} phase-2 steps, its {switch} phase-1 steps bought "
+        f"{p['baseline_step'] - (p['step'] - switch):.0f} baseline steps. 1.00 is break-even at equal FLOPs, above 1 "
+        "TST saves compute, 0 means phase 1 bought nothing.", ""]
 
 
 def plot(run_dirs: dict[str, Path], labels: dict[str, str], switch_step: int, out: Path) -> list[Path]:
@@ -215,7 +268,7 @@ def compare(cfg: Config, out_dir: str | Path, equal_data: bool = False, command:
         has_checkpoints = (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir())
         train(spec.config, run_dir, resume=has_checkpoints)
     labels = {s.name: s.label for s in runs}
-    result = analyse(dirs, cfg.switch_step)
+    result = analyse(dirs, cfg.switch_step, decay_start(cfg))
     result["labels"] = labels
     (out / "comparison.json").write_text(json.dumps(result, indent=2) + "\n")
     (out / "report.md").write_text(report_markdown(result, labels, command))

@@ -1,31 +1,19 @@
-"""Tokenizing text into packed token files, and the deterministic windowed reader.
+"""Tokenizing text into packed token files, and opening them.
 
 On disk a prepared data dir holds ``train.bin`` and ``val.bin`` (raw uint16/uint32 token ids,
-documents joined with EOS, read by memory map), ``tokenizer.json`` and ``manifest.json``.
-
-Reading order: the training tokens are cut into blocks of ``block_size`` tokens (the largest
-stride, ``L*s``), and every epoch visits the blocks in a fresh permutation drawn from
-``(seed, epoch)``. A run is a stream over that order: step ``t`` starts at a token offset that is a
-pure function of ``t`` (phase-1 steps consume ``B*L*s`` tokens, phase-2 steps ``B*L``), and a
-phase-2 sequence reads an ``L``-token slice of a block. So a resumed run reads exactly what an
-uninterrupted one would, no block is read twice within an epoch, and the switch needs no state.
-The extra target tokens past a sequence's inputs come from the corpus right after it.
+documents joined with EOS, read by memory map), ``tokenizer.json`` and ``manifest.json``. Which
+windows of ``train.bin`` a run reads is the reader's business (``reader.py``).
 """
 
 from __future__ import annotations
 
-import bisect
 import hashlib
 import json
-import math
 import os
-import warnings
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
-import torch
 
 MANIFEST = "manifest.json"
 FORMAT = "tstrain-tokens-v1"
@@ -286,196 +274,3 @@ class TokenData:
                 "the file is corrupt or was made with another tokenizer; re-run `tstrain prepare-data`"
             )
         return tokens
-
-
-@dataclass(frozen=True)
-class WindowGroup:
-    """``count`` sequences of one kind in a step's batch: each consumes ``stride`` tokens as
-    inputs and reads ``window`` tokens (inputs plus targets); ``bag_size`` 1 is next-token."""
-
-    bag_size: int
-    count: int
-    stride: int
-    window: int
-
-
-StepPlan = tuple[WindowGroup, ...]
-
-
-class WindowSchedule:
-    """Which windows each step reads: a step's batch is one or more groups laid end to end.
-
-    Usually one group per step (phase-1 bags, or phase-2 sequences); a blended transition mixes
-    both in one batch. Each group starts on a multiple of its stride, so no window straddles two
-    blocks of the reader's permutation (for the hard switch and the step-down this never skips a
-    token; a blended step may skip less than one bag window).
-    """
-
-    def __init__(self, plan: Callable[[int], StepPlan], steps: int, changes: Iterable[int] | None = None):
-        """``plan(t)`` gives step ``t``'s groups; ``changes`` the steps where it may differ from the step
-        before (default: any step). Between changes the stream advances linearly, so a long run costs
-        one entry per change, not per step."""
-        self.plan = plan
-        wanted = range(max(steps, 1)) if changes is None else changes
-        self._firsts = sorted({0, *(c for c in wanted if 0 <= c < max(steps, 1))})
-        # Per segment of constant plan: its groups, the stream position before its first step,
-        # then either ("periodic", first group's start, group starts relative to it, end relative
-        # to it, advance per step) or ("steps", [(position before, group starts)]) for each step.
-        self._segments: list[tuple[StepPlan, int, tuple]] = []
-        pos = 0
-        for i, first in enumerate(self._firsts):
-            end = self._firsts[i + 1] if i + 1 < len(self._firsts) else None
-            groups = plan(first)
-            lead = groups[0].stride
-            if all(lead % g.stride == 0 for g in groups):
-                # The first group starts on a multiple of every stride, so each step repeats the layout.
-                start = -(-pos // lead) * lead
-                rel, cur = [], 0
-                for g in groups:
-                    cur = -(-cur // g.stride) * g.stride
-                    rel.append(cur)
-                    cur += g.count * g.stride
-                advance = -(-cur // lead) * lead
-                self._segments.append((groups, pos, ("periodic", start, tuple(rel), cur, advance)))
-                if end is not None:
-                    pos = start + (end - first - 1) * advance + cur
-                continue
-            if end is None:
-                raise ValueError("a schedule's last segment must repeat one layout (next-token training)")
-            rows = []
-            for t in range(first, end):
-                before, starts = pos, []
-                for g in plan(t):
-                    pos = -(-pos // g.stride) * g.stride
-                    starts.append(pos)
-                    pos += g.count * g.stride
-                rows.append((before, tuple(starts)))
-            self._segments.append((groups, rows[0][0], ("steps", rows)))
-        kinds = [segment[0] for segment in self._segments]
-        self.block_size = math.lcm(*{g.stride for groups in kinds for g in groups})
-        self.tail = max(g.window - g.stride for groups in kinds for g in groups)
-
-    def _locate(self, step: int) -> tuple[int, StepPlan, int, tuple]:
-        i = bisect.bisect_right(self._firsts, step) - 1
-        return self._firsts[i], *self._segments[i]
-
-    def groups(self, step: int) -> StepPlan:
-        """Return the groups of sequences step ``step`` trains on, in batch order."""
-        first, groups, _, layout = self._locate(step)
-        return groups if step == first or layout[0] == "periodic" else self.plan(step)
-
-    def sequences(self, step: int) -> int:
-        """Return the number of sequences the whole batch of ``step`` holds."""
-        return sum(g.count for g in self.groups(step))
-
-    def tokens_read(self, step: int) -> int:
-        """Return the data tokens step ``step`` consumes as inputs."""
-        return sum(g.count * g.stride for g in self.groups(step))
-
-    def offset(self, step: int) -> int:
-        """Return the stream position before ``step`` (tokens consumed or skipped by earlier steps)."""
-        first, _, before, layout = self._locate(step)
-        if step == first:
-            return before
-        if layout[0] == "periodic":
-            _, start, _, end, advance = layout
-            return start + (step - first - 1) * advance + end
-        return layout[1][step - first][0]
-
-    def group_starts(self, step: int) -> tuple[int, ...]:
-        """Return the stream position of each group of ``step``, in batch order."""
-        first, _, _, layout = self._locate(step)
-        if layout[0] == "periodic":
-            _, start, rel, _, advance = layout
-            return tuple(start + (step - first) * advance + r for r in rel)
-        return layout[1][step - first][1]
-
-
-class WindowReader:
-    """Deterministic training windows: block order permuted per epoch from ``(seed, epoch)``."""
-
-    def __init__(self, tokens: np.ndarray, schedule: WindowSchedule, seed: int):
-        self.tokens = tokens
-        self.schedule = schedule
-        self.seed = seed
-        self.block_size = schedule.block_size
-        self.num_blocks = (len(tokens) - schedule.tail) // self.block_size
-        if self.num_blocks < 1:
-            raise DataError(
-                f"the training split has {len(tokens)} tokens, fewer than one window of "
-                f"{self.block_size + schedule.tail}; use more data or a smaller seq_len / bag_size"
-            )
-        self.epoch_tokens = self.num_blocks * self.block_size
-        self._perms: dict[int, np.ndarray] = {}
-
-    def epochs(self, step: int) -> float:
-        """Return how many passes over the corpus the steps before ``step`` made."""
-        return self.schedule.offset(step) / self.epoch_tokens
-
-    def _perm(self, epoch: int) -> np.ndarray:
-        if epoch not in self._perms:
-            if len(self._perms) > 2:
-                self._perms.clear()
-            self._perms[epoch] = np.random.default_rng([self.seed, epoch]).permutation(self.num_blocks)
-        return self._perms[epoch]
-
-    def _rows(self, base: int, stride: int, window: int, first_index: int, count: int) -> torch.Tensor:
-        rows = np.empty((count, window), dtype=np.int64)
-        for i in range(count):
-            epoch, pos = divmod(base + (first_index + i) * stride, self.epoch_tokens)
-            block, inner = divmod(pos, self.block_size)
-            first = int(self._perm(epoch)[block]) * self.block_size + inner
-            rows[i] = self.tokens[first : first + window]
-        return torch.from_numpy(rows)
-
-    def pieces(self, step: int, start: int = 0, count: int | None = None) -> list[tuple[int, torch.Tensor]]:
-        """Return sequences ``[start, start+count)`` of step ``step``'s batch as ``(bag_size, (n, window) int64)``
-        pieces, one per group they fall in, in batch order."""
-        count = self.schedule.sequences(step) - start if count is None else count
-        out, first = [], 0
-        for g, base in zip(self.schedule.groups(step), self.schedule.group_starts(step)):
-            lo, hi = max(start, first), min(start + count, first + g.count)
-            if lo < hi:
-                out.append((g.bag_size, self._rows(base, g.stride, g.window, lo - first, hi - lo)))
-            first += g.count
-        return out
-
-    def batch(self, step: int, start: int = 0, count: int | None = None) -> torch.Tensor:
-        """Return sequences ``[start, start+count)`` of a single-group step, ``(count, window)`` int64."""
-        pieces = self.pieces(step, start, count)
-        if len(pieces) != 1:
-            raise ValueError(f"step {step} mixes {len(pieces)} kinds of sequences; read it with pieces()")
-        return pieces[0][1]
-
-
-def check_appetite(reader: WindowReader, steps: int, max_epochs: float) -> float:
-    """Return the epochs a run of ``steps`` reads; raise DataError past ``max_epochs``, warn past 1."""
-    need = reader.schedule.offset(steps)
-    epochs = need / reader.epoch_tokens
-    if epochs > max_epochs:
-        raise DataError(
-            f"the run reads {need:,} tokens but the training split holds {reader.epoch_tokens:,} usable tokens: "
-            f"{epochs:.2f} epochs, over data.max_epochs={max_epochs}. Phase 1 reads bag_size times the tokens "
-            "of a baseline step. Fix: more data, fewer steps, a smaller tst.bag_size or tst.ratio, "
-            "or raise data.max_epochs if the reuse is intended"
-        )
-    if epochs > 1.0:
-        warnings.warn(f"the run reads the training split {epochs:.2f} times (each token up to {math.ceil(epochs)} times)")
-    return epochs
-
-
-def validation_windows(tokens: np.ndarray, seq_len: int, count: int) -> torch.Tensor:
-    """Return ``count`` non-overlapping next-token windows ``(n, seq_len + 1)`` spread evenly
-    over the validation split, so every part of a mixed corpus is measured."""
-    available = (len(tokens) - 1) // seq_len
-    if available < 1:
-        raise DataError(
-            f"the validation split has {len(tokens)} tokens, fewer than one window of {seq_len + 1}; "
-            "prepare the data with a larger --val-fraction or lower train.seq_len"
-        )
-    if available < count:
-        warnings.warn(f"validation split holds {available} windows of {seq_len + 1} tokens; using all of them, not {count}")
-        count = available
-    slots = np.linspace(0, available - 1, count).round().astype(np.int64)
-    idx = slots[:, None] * seq_len + np.arange(seq_len + 1)[None, :]
-    return torch.from_numpy(np.asarray(tokens[idx], dtype=np.int64))

@@ -14,7 +14,8 @@ import torch
 
 from .checkpoint import CheckpointError
 from .config import ConfigError
-from .data import DataError, TokenData, validation_windows
+from .data import DataError, TokenData
+from .reader import validation_windows
 from .models import CausalLMParts
 from .train import validation_loss
 

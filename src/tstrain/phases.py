@@ -18,7 +18,7 @@ plan, a pure function of the step, so resumption is exact anywhere in a transiti
 from __future__ import annotations
 
 from .config import Config, ConfigError
-from .data import StepPlan, WindowGroup, WindowSchedule
+from .reader import StepPlan, WindowGroup, WindowSchedule
 from .superposition import window_length
 
 TRANSITIONS = ("hard", "step-down", "blend")

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .compare import value_at
+from .compare import decay_start, phase1_step_value, value_at
 from .config import Config, apply_overrides, validate
 from .metrics import read_jsonl
 
@@ -47,12 +47,30 @@ def sweep(cfg: Config, out_dir: str | Path, bag_sizes: list[int], ratios: list[f
     out.mkdir(parents=True, exist_ok=True)
     runs = grid_configs(cfg, bag_sizes, ratios)
     results = {name: run_or_reuse(c, out / name)["final_val_loss"] for name, c in runs.items()}
+    values = step_values(runs, out)
     table = {"baseline": results["baseline"], "bag_sizes": bag_sizes, "ratios": ratios,
-             "grid": {f"{s}": {f"{r:g}": results[f"s{s}-r{r:g}"] for r in ratios} for s in bag_sizes}}
+             "grid": {f"{s}": {f"{r:g}": results[f"s{s}-r{r:g}"] for r in ratios} for s in bag_sizes},
+             "phase1_step_value": {f"{s}": {f"{r:g}": values[f"s{s}-r{r:g}"] for r in ratios} for s in bag_sizes}}
     (out / "sweep.json").write_text(json.dumps(table, indent=2) + "\n")
     (out / "sweep.md").write_text(sweep_markdown(table, cfg))
     plot_sweep(table, out)
     return table
+
+
+def val_rows(run_dir: Path) -> list[dict[str, Any]]:
+    """Return a run's evaluation rows (step, val loss, ...) from its metrics log."""
+    return [r for r in read_jsonl(run_dir / "metrics.jsonl") if "val_loss" in r]
+
+
+def step_values(runs: dict[str, Config], out: Path) -> dict[str, float | None]:
+    """Return each TST run's phase-1 step value against the ``baseline`` run of the same dir."""
+    base = val_rows(out / "baseline")
+    return {name: phase1_step_value(base, val_rows(out / name), c.switch_step, decay_start(c))["value"]
+            for name, c in runs.items() if name != "baseline"}
+
+
+def _value(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.2f}"
 
 
 def sweep_markdown(table: dict[str, Any], cfg: Config) -> str:
@@ -66,6 +84,11 @@ def sweep_markdown(table: dict[str, Any], cfg: Config) -> str:
              "| baseline | " + " | ".join(f"{table['baseline']:.4f}" for _ in rs) + " |"]
     for s, row in table["grid"].items():
         lines.append(f"| {s} | " + " | ".join(f"{row[f'{r:g}']:.4f}" for r in rs) + " |")
+    lines += ["", "Phase-1 step value (baseline steps a phase-1 step buys, at the last evaluation before the LR decay; "
+              "1 is break-even at equal FLOPs; n/a: not measurable, see each run's curves):", "",
+              "| s \\ r | " + " | ".join(f"{r:g}" for r in rs) + " |", "| --- |" + " --- |" * len(rs)]
+    for s, row in table["phase1_step_value"].items():
+        lines.append(f"| {s} | " + " | ".join(_value(row[f"{r:g}"]) for r in rs) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -141,20 +164,24 @@ def ablate(cfg: Config, out_dir: str | Path, names: list[str] | None = None,
         validate(runs[n])
     summaries = {n: run_or_reuse(c, out / n) for n, c in runs.items()}
     switch = cfg.switch_step
-    vals = {n: [r for r in read_jsonl(out / n / "metrics.jsonl") if "val_loss" in r] for n in runs}
+    vals = {n: val_rows(out / n) for n in runs}
+    values = step_values(runs, out)
     result = {n: {"final_val_loss": s["final_val_loss"], "val_loss_at_switch": value_at(vals[n], switch),
-                  "data_tokens": s["data_tokens"], "overrides": table_of.get(n, {"tst.ratio": 0.0})}
+                  "phase1_step_value": values.get(n), "data_tokens": s["data_tokens"],
+                  "overrides": table_of.get(n, {"tst.ratio": 0.0})}
               for n, s in summaries.items()}
     (out / "ablations.json").write_text(json.dumps(result, indent=2) + "\n")
     base = result["baseline"]["final_val_loss"]
     lines = [f"Ablations at s={cfg.tst.bag_size}, r={cfg.tst.ratio}, {cfg.train.steps} steps, switch at step {switch} "
              f"(next-token val loss; lower is better).", "",
-             f"| run | overrides | val loss at step {switch} | final val loss | vs baseline | data tokens |",
-             "| --- | --- | --- | --- | --- | --- |"]
+             f"| run | overrides | val loss at step {switch} | final val loss | vs baseline | phase-1 step value | data tokens |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
     for n, r in result.items():
         ov = ", ".join(f"{k}={v}" for k, v in r["overrides"].items()) or "(the method)"
         at = "" if r["val_loss_at_switch"] is None else f"{r['val_loss_at_switch']:.4f}"
-        lines.append(f"| {n} | {ov} | {at} | {r['final_val_loss']:.4f} | {r['final_val_loss'] - base:+.4f} | {r['data_tokens']:,} |")
+        value = "" if n == "baseline" else _value(r["phase1_step_value"])
+        lines.append(f"| {n} | {ov} | {at} | {r['final_val_loss']:.4f} | {r['final_val_loss'] - base:+.4f} | {value} | "
+                     f"{r['data_tokens']:,} |")
     (out / "ablations.md").write_text("\n".join(lines) + "\n")
     plot_ablations(vals, switch, out / "ablations.png")
     return result

@@ -24,7 +24,8 @@ import torch
 from . import checkpoint as ckpt
 from . import distributed
 from .config import Config, ConfigError, validate
-from .data import TokenData, WindowReader, WindowSchedule, check_appetite, validation_windows
+from .data import TokenData
+from .reader import WindowReader, check_appetite, validation_windows
 from .faults import maybe_die
 from .metrics import MetricsLog, Progress, device_peak_flops
 from .models import CausalLMParts, build_model, flops_per_position, padded_vocab
