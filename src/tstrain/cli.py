@@ -161,6 +161,29 @@ def cmd_batch(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pairs(text: str) -> list[tuple[int, float]]:
+    try:
+        return [(int(s), float(r)) for s, r in (item.split(":") for item in text.split(","))]
+    except ValueError:
+        raise ConfigError(f"--arms takes S:R pairs, e.g. 4:0.3,2:0.2; got {text!r}") from None
+
+
+def cmd_scale(args: argparse.Namespace) -> int:
+    from .scale import scale_study
+
+    overrides = _overrides(args)
+    if args.no_progress:
+        overrides["log.progress"] = False
+    unknown = [s for s in args.sizes.split(",") if s not in preset_names()]
+    if unknown:
+        raise ConfigError(f"--sizes takes preset names; unknown: {', '.join(unknown)} (presets: {', '.join(preset_names())})")
+    scale_study(args.data, args.out, args.sizes.split(","), [int(n) for n in args.steps.split(",")], _pairs(args.arms),
+                [int(x) for x in args.seeds.split(",")], [float(x) for x in args.lrs.split(",")] if args.lrs else None,
+                args.tune_steps, overrides, args.repeat_within)
+    print((Path(args.out) / "scale.md").read_text())
+    return 0
+
+
 def cmd_fetch_corpus(args: argparse.Namespace) -> int:
     from .corpus import fetch_corpus
 
@@ -319,6 +342,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text", action="store_true", help="add the decoded start of each sequence")
     _add_config_flags(p)
     p.set_defaults(func=cmd_batch)
+
+    p = sub.add_parser("scale", help="baseline vs TST over run lengths and model sizes: where TST starts to pay",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--data", required=True, help="prepared data dir")
+    p.add_argument("--out", required=True, help="study dir: one run dir per cell, scale.md, scale.json, scale_gap.png")
+    p.add_argument("--sizes", default="cpu-micro,cpu-mini", help="comma-separated presets, one per model size")
+    p.add_argument("--steps", default="600,2000,6000", help="comma-separated run lengths")
+    p.add_argument("--arms", default="4:0.3", help="TST settings as S:R pairs, each against the baseline")
+    p.add_argument("--seeds", default="0,1", help="seeds; cells after the first run only where a gap is within --repeat-within")
+    p.add_argument("--repeat-within", type=float, default=0.05, help="repeat a cell on every seed when a gap is this close")
+    p.add_argument("--lrs", help="tune each size's LR on its baseline over these values first (default: the preset's)")
+    p.add_argument("--tune-steps", type=int, default=2000, help="steps of the LR-tuning baseline runs")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE", help="set a config field in every run")
+    p.set_defaults(func=cmd_scale)
 
     p = sub.add_parser("mi", help="mutual information between tokens at distance d, its power-law fit and bag weights",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
