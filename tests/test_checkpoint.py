@@ -82,7 +82,7 @@ class Payload:
 
 def _reseal(path):
     """Rewrite the manifest so tampered files still verify (an attacker can do that too)."""
-    from tstrain.data import sha256_file
+    from tstrain.fileio import sha256_file
 
     manifest = json.loads((path / "manifest.json").read_text())
     for name, meta in manifest["files"].items():

@@ -14,8 +14,8 @@ def test_train_help_lists_every_option_with_its_default(capsys):
     text = capsys.readouterr().out
     for flag in ("--steps", "--bag-size", "--ratio", "--seed", "--batch-size", "--seq-len", "--lr", "--resume", "--set"):
         assert flag in text
-    for key, default, _, _ in field_help():
-        assert f"--{key}" in text
+    for f in field_help():
+        assert f"--{f['key']}" in text
     assert "(default: 0.3)" in text  # tst.ratio
 
 

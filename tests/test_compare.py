@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from tstrain.compare import analyse, first_reaching, plan_runs
+from tstrain.compare import analyse, plan_runs
+from tstrain.experiments import first_reaching
 from tstrain.config import load_config
 
 
@@ -18,7 +19,7 @@ def write_run(d, val, steps, data_per_step, wall_per_step=1.0):
 
 
 def test_value_at_interpolates_and_is_none_outside():
-    from tstrain.compare import value_at
+    from tstrain.experiments import value_at
 
     rows = [{"step": 0, "val_loss": 5.0}, {"step": 10, "val_loss": 4.0}]
     assert value_at(rows, 4) == pytest.approx(4.6) and value_at(rows, 10) == 4.0 and value_at(rows, 11) is None
@@ -54,7 +55,7 @@ def test_analyse_gives_the_three_views(tmp_path):
 
 
 def test_phase1_step_value_counts_the_baseline_steps_a_phase_1_step_buys():
-    from tstrain.compare import phase1_step_value
+    from tstrain.experiments import phase1_step_value
 
     base = [{"step": s, "val_loss": 6.0 - 0.01 * s} for s in range(0, 101, 10)]  # 0.01 nats a step
     # Switch at 20; at step 60 TST has done 40 phase-2 steps and stands where the baseline was at step 50.

@@ -14,7 +14,7 @@ from conftest import RUN_FLAGS, cli_args, launch
 from tstrain.checkpoint import latest_good_checkpoint, list_checkpoints, verify_checkpoint
 from tstrain.metrics import read_jsonl
 from tstrain.config import load_config
-from tstrain.export import export
+from tstrain.model_io import export
 from tstrain.train import train
 
 TIMING_KEYS = {"wall_time", "tokens_per_s", "positions_per_s", "mfu"}

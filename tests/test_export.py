@@ -10,8 +10,9 @@ from safetensors.torch import load_model
 from tstrain.checkpoint import CheckpointError, list_checkpoints
 from tstrain.cli import main
 from tstrain.config import load_config
-from tstrain.export import export
-from tstrain.inference import evaluate, generate
+from tstrain.model_io import export
+from tstrain.evaluation import evaluate
+from tstrain.inference import generate
 from tstrain.models import build_model
 from tstrain.train import train
 
@@ -23,7 +24,7 @@ def run(data_dir, tmp_path_factory):
                                                "train.eval_every": 4, "train.checkpoint_every": 2})
     out = tmp_path_factory.mktemp("export") / "run"
     summary = train(cfg, out)
-    return out, cfg, summary
+    return out, load_config(config_file=out / "config.toml"), summary  # the resolved config the run saved
 
 
 def checkpoint_logits(cfg, checkpoint, ids):
@@ -104,7 +105,7 @@ def smoke_task_accuracy(model_dir):
     """The smoke task's accuracy computed directly: the choice with the highest summed log-likelihood."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from tstrain.harness import TASKS_DIR
+    from tstrain.evaluation import TASKS_DIR
 
     model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
     tok = AutoTokenizer.from_pretrained(model_dir)
@@ -124,7 +125,7 @@ def smoke_task_accuracy(model_dir):
 
 def test_lm_eval_bridge_runs_the_local_task_offline(run, tmp_path, monkeypatch, capsys):
     pytest.importorskip("lm_eval", reason="lm-eval is an optional extra: pip install -e '.[eval]'")
-    from tstrain.harness import run_lm_eval
+    from tstrain.evaluation import run_lm_eval
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
@@ -138,7 +139,7 @@ def test_lm_eval_bridge_runs_the_local_task_offline(run, tmp_path, monkeypatch, 
     assert 0.0 <= metrics["acc_norm,none"] <= 1.0
     assert results["n-shot"]["tstrain_smoke_mc"] == 0
     # The command line, with the task given as a local YAML file and the results written as JSON.
-    from tstrain.harness import TASKS_DIR
+    from tstrain.evaluation import TASKS_DIR
 
     assert main(["lm-eval", str(model_dir), "--tasks", str(TASKS_DIR / "tstrain_smoke_mc.yaml"), "--local-only",
                  "--limit", "6", "--out", str(tmp_path / "r.json")]) == 0

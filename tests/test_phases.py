@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from tstrain import train as train_mod
 from tstrain.config import ConfigError, load_config
 from tstrain.reader import WindowReader
 from tstrain.metrics import read_jsonl
 from tstrain.models import CausalLMParts, build_model
-from tstrain.phases import bag_share, step_down_sizes, step_mix, window_schedule
+from tstrain.config import step_down_sizes
+from tstrain.phases import bag_share, step_mix, window_schedule
 from tstrain.train import phase_loss, step_loss, train
 
 
@@ -121,7 +121,7 @@ def test_step_down_run_reads_each_stage_s_times_the_text(tiny_cfg, tmp_path):
     assert summary.data_tokens == B * L * (4 * 6 + 2 * 6 + 12) and math.isfinite(summary.final_val_loss)
 
 
-def test_blend_run_mixes_batches_and_resumes_exactly_mid_blend(tiny_cfg, tmp_path, monkeypatch):
+def test_blend_run_mixes_batches_and_resumes_exactly_mid_blend(tiny_cfg, tmp_path):
     from test_train import numbers, train_crashing_at
 
     flags = {"tst.ratio": 0.5, "tst.transition": "blend", "tst.transition_steps": 8, "train.checkpoint_every": 5,
@@ -137,7 +137,7 @@ def test_blend_run_mixes_batches_and_resumes_exactly_mid_blend(tiny_cfg, tmp_pat
     assert per_step == [L * (4 * k + (B - k)) for k in bags]
     assert all(math.isfinite(r["loss"]) for r in rows)
     # Crash at step 13 (in the blend, after the switch checkpoint at 12), resume: the same run.
-    train_crashing_at(13, tiny_cfg(**flags), tmp_path / "broken", monkeypatch)
+    train_crashing_at(13, tiny_cfg(**flags), tmp_path / "broken")
     train(tiny_cfg(**flags), tmp_path / "broken", resume=True)
     assert numbers(read_jsonl(tmp_path / "broken" / "metrics.jsonl")) == numbers(read_jsonl(tmp_path / "whole" / "metrics.jsonl"))
 

@@ -7,7 +7,8 @@ import pytest
 
 from tstrain.config import load_config
 from tstrain.phases import step_mix, window_schedule
-from tstrain.reader import DataError, WindowGroup, WindowReader, WindowSchedule, check_appetite, validation_windows
+from tstrain.errors import DataError
+from tstrain.reader import WindowGroup, WindowReader, WindowSchedule, check_appetite, validation_windows
 
 
 def two_phase(B, switch, stride1, window1, stride2, window2, steps=100):

@@ -20,8 +20,8 @@ def test_sweep_runs_the_grid_and_the_baseline_once_and_resumes(tiny_cfg, tmp_pat
     md = (tmp_path / "sw" / "sweep.md").read_text()
     assert f"{table['baseline']:.4f}" in md and "| 4 |" in md and "Phase-1 step value" in md
     # s=2, r=0.25: switch at 2, decay from step 6 (the preset's 20%): measured from the two curves.
-    from tstrain.compare import phase1_step_value
-    from tstrain.sweep import val_rows
+    from tstrain.experiments import phase1_step_value
+    from tstrain.experiments import val_rows
 
     measured = phase1_step_value(val_rows(tmp_path / "sw" / "baseline"), val_rows(tmp_path / "sw" / "s2-r0.25"), 2, 6)
     assert {p["step"] for p in measured["points"]} <= {4, 6} and (measured["value"] is None) == (measured["reason"] is not None)

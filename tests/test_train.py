@@ -1,15 +1,18 @@
 """End-to-end runs of the tiny preset: phases, accounting, resume, baseline equivalence, guards."""
 
+import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from tstrain import train as train_mod
 from tstrain.config import ConfigError
+from tstrain.errors import TrainingError
+from tstrain.evaluation import validation_loss
 from tstrain.metrics import read_jsonl
-from tstrain.train import TrainingError, lr_at, train, wsd_lr
+from tstrain.train import lr_at, step_loss, train, wsd_lr
 
 TIMING_KEYS = {"wall_time", "tokens_per_s", "positions_per_s", "mfu"}
 
@@ -62,31 +65,26 @@ class Crash(Exception):
     pass
 
 
-def train_crashing_at(update: int, cfg, run_dir, monkeypatch) -> None:
-    """Train until the ``update``-th progress update (a step in progress), then raise Crash."""
-    original = train_mod.Progress.update
+def train_crashing_at(update: int, cfg, run_dir) -> None:
+    """Train until the ``update``-th optimizer step of this call is done (before its metrics,
+    evaluation and checkpoint), then raise Crash: the trainer's ``on_step`` seam."""
     calls = {"n": 0}
 
-    def crashing_update(self, *a, **k):
+    def crash(done):
         calls["n"] += 1
         if calls["n"] == update:
             raise Crash()
-        return original(self, *a, **k)
 
-    monkeypatch.setattr(train_mod.Progress, "update", crashing_update)
-    try:
-        with pytest.raises(Crash):
-            train(cfg, run_dir)
-    finally:
-        monkeypatch.setattr(train_mod.Progress, "update", original)
+    with pytest.raises(Crash):
+        train(cfg, run_dir, on_step=crash)
 
 
 @pytest.mark.parametrize("crash_at", [8, 13, 17])  # phase 1 (resume crosses the switch), just after it, phase 2
-def test_resume_after_a_crash_reproduces_the_uninterrupted_run(tiny_cfg, tmp_path, monkeypatch, crash_at):
+def test_resume_after_a_crash_reproduces_the_uninterrupted_run(tiny_cfg, tmp_path, crash_at):
     cfg = dict(**{"tst.bag_size": 4, "tst.ratio": 0.5, "train.checkpoint_every": 5})
     train(tiny_cfg(**cfg), tmp_path / "whole")
 
-    train_crashing_at(crash_at, tiny_cfg(**cfg), tmp_path / "broken", monkeypatch)
+    train_crashing_at(crash_at, tiny_cfg(**cfg), tmp_path / "broken")
     with pytest.raises(ConfigError, match="--resume"):
         train(tiny_cfg(**cfg), tmp_path / "broken")  # never silently restarts over checkpoints
     train(tiny_cfg(**cfg), tmp_path / "broken", resume=True)
@@ -152,18 +150,16 @@ def test_vocab_smaller_than_the_data_is_a_clear_error(tiny_cfg, tmp_path):
         train(tiny_cfg(**{"model.vocab_size": 100}), tmp_path / "run")
 
 
-def test_non_finite_loss_stops_with_a_message_and_keeps_the_checkpoint(tiny_cfg, tmp_path, monkeypatch):
-    original = train_mod.step_loss
+def test_non_finite_loss_stops_with_a_message_and_keeps_the_checkpoint(tiny_cfg, tmp_path):
     count = {"n": 0}
 
     def poisoned(parts, pieces, cfg):
         count["n"] += 1
-        loss = original(parts, pieces, cfg)
+        loss = step_loss(parts, pieces, cfg)
         return loss * float("nan") if count["n"] == 15 else loss
 
-    monkeypatch.setattr(train_mod, "step_loss", poisoned)
     with pytest.raises(TrainingError, match=r"non-finite loss \(nan\) at step 15 \(phase 2\)"):
-        train(tiny_cfg(**{"train.steps": 20, "tst.ratio": 0.5}), tmp_path / "run")
+        train(tiny_cfg(**{"train.steps": 20, "tst.ratio": 0.5}), tmp_path / "run", loss_fn=poisoned)
     assert (tmp_path / "run" / "checkpoints" / "step-00000010" / "manifest.json").is_file()
 
 
@@ -190,24 +186,22 @@ def test_fused_head_loss_trains_like_the_plain_path(tiny_cfg, tmp_path):
 
 
 @pytest.mark.parametrize("skip", [False, True])
-def test_non_finite_gradient_stops_naming_the_tensor_or_is_skipped(tiny_cfg, tmp_path, monkeypatch, skip):
+def test_non_finite_gradient_stops_naming_the_tensor_or_is_skipped(tiny_cfg, tmp_path, skip):
     from conftest import NanGrad
 
-    original = train_mod.step_loss
     count = {"n": 0}
 
     def poisoned(parts, pieces, cfg):
         count["n"] += 1
-        loss = original(parts, pieces, cfg)
+        loss = step_loss(parts, pieces, cfg)
         return NanGrad.apply(loss) if count["n"] == 3 else loss
 
-    monkeypatch.setattr(train_mod, "step_loss", poisoned)
     cfg = tiny_cfg(**{"train.steps": 6, "tst.ratio": 0.5, "train.skip_nonfinite": skip})
     if not skip:
         with pytest.raises(TrainingError, match=r"non-finite gradient at step 3 \(phase 1\) in model.embed_tokens.weight"):
-            train(cfg, tmp_path / "run")
+            train(cfg, tmp_path / "run", loss_fn=poisoned)
         return
-    train(cfg, tmp_path / "run")
+    train(cfg, tmp_path / "run", loss_fn=poisoned)
     rows = train_rows(tmp_path / "run")
     assert [r["skipped_steps"] for r in rows] == [0, 0, 1, 1, 1, 1]
     assert all(math.isfinite(r["loss"]) for r in rows)
@@ -215,7 +209,7 @@ def test_non_finite_gradient_stops_naming_the_tensor_or_is_skipped(tiny_cfg, tmp
     assert all(torch.isfinite(t).all() for t in final.values())
 
 
-def test_reinit_embeddings_at_the_switch_redraws_them_and_resumes_exactly(tiny_cfg, tmp_path, monkeypatch):
+def test_reinit_embeddings_at_the_switch_redraws_them_and_resumes_exactly(tiny_cfg, tmp_path):
 
     cfg = {"train.steps": 10, "tst.ratio": 0.5, "tst.reinit_embeddings": True}
     train(tiny_cfg(**{"train.steps": 10, "tst.ratio": 0.5}), tmp_path / "keep")
@@ -225,25 +219,25 @@ def test_reinit_embeddings_at_the_switch_redraws_them_and_resumes_exactly(tiny_c
     assert reinit[5]["loss"] > keep[5]["loss"] + 0.5  # a fresh embedding and head start near log(V)
     assert abs(reinit[5]["loss"] - math.log(384)) < 0.5  # vocabulary 320 padded to 384
     # Crash right after the switch checkpoint; the resumed run redraws the same weights.
-    train_crashing_at(7, tiny_cfg(**cfg), tmp_path / "broken", monkeypatch)
+    train_crashing_at(7, tiny_cfg(**cfg), tmp_path / "broken")
     train(tiny_cfg(**cfg), tmp_path / "broken", resume=True)
     assert numbers(read_jsonl(tmp_path / "broken" / "metrics.jsonl")) == numbers(read_jsonl(tmp_path / "reinit" / "metrics.jsonl"))
 
 
-def test_batch_expansion_reads_s_times_the_windows_of_l_over_s_positions(tiny_cfg, tmp_path, monkeypatch):
-    from tstrain.superposition import superposition_batch as real
+def test_batch_expansion_reads_s_times_the_windows_of_l_over_s_positions(tiny_cfg, tmp_path):
+    from tstrain.phases import positions
 
     shapes = []
 
-    def spy(window, seq_len, bag_size, variant="both"):
-        shapes.append((tuple(window.shape), seq_len))
-        return real(window, seq_len, bag_size, variant)
+    def spy(parts, pieces, cfg):
+        shapes.extend((size, tuple(window.shape), positions(cfg, size)) for size, window in pieces)
+        return step_loss(parts, pieces, cfg)
 
-    monkeypatch.setattr(train_mod, "superposition_batch", spy)
     cfg = tiny_cfg(**{"train.steps": 8, "tst.ratio": 0.5, "tst.expand": "batch", "train.grad_accum": 2})
-    summary = train(cfg, tmp_path / "run")
+    summary = train(cfg, tmp_path / "run", loss_fn=spy)
     B, L, s = cfg.train.batch_size, cfg.train.seq_len, 4
-    assert set(shapes) == {((B * s // 2, (L // s + 1) * s), L // s)}  # micro-batches of the B*s sequences
+    bag_shapes = {shape[1:] for shape in shapes if shape[0] == s}
+    assert bag_shapes == {((B * s // 2, (L // s + 1) * s), L // s)}  # micro-batches of the B*s sequences
     rows = train_rows(tmp_path / "run")
     assert [r["data_tokens"] for r in rows][:4] == [B * L * s * k for k in range(1, 5)]  # same text as TST
     assert summary.data_tokens == B * L * (s * 4 + 4) and math.isfinite(summary.final_val_loss)
@@ -277,10 +271,52 @@ def test_validation_split_over_processes_gives_the_one_process_mean():
     torch.manual_seed(0)
     parts = CausalLMParts(build_model(load_config("tiny").model, 320, 16))
     windows = torch.randint(0, 320, (11, 17))  # 11 windows, batches of 2, 3 processes: uneven last round
-    one = train_mod.validation_loss(parts, windows, 2, "cpu", lambda: torch.no_grad())
+    one = validation_loss(parts, windows, 2, "cpu", lambda: torch.no_grad())
     ranks = [Recorder(r, 3) for r in range(3)]
     for ctx in ranks:
-        train_mod.validation_loss(parts, windows, 2, "cpu", lambda: torch.no_grad(), ctx=ctx)
+        validation_loss(parts, windows, 2, "cpu", lambda: torch.no_grad(), ctx=ctx)
     total, count = sum(c.sent[0] for c in ranks), sum(c.sent[1] for c in ranks)
     assert count == 11 and [c.sent[1] for c in ranks] == [4, 4, 3]
     assert total / count == pytest.approx(one, rel=1e-6)
+
+
+PINNED = json.loads((Path(__file__).parent / "data" / "pinned_tiny_runs.json").read_text())
+PINNED_FLAGS = {"hard": {}, "blend": {"tst.transition": "blend", "tst.transition_steps": 8, "train.grad_accum": 2}}
+
+
+@pytest.mark.parametrize("name", PINNED_FLAGS)
+def test_a_short_tiny_run_repeats_the_pinned_numbers(tiny_cfg, tmp_path, name):
+    # Pinned from the trainer before it became a Trainer class (bit-identical there, on this
+    # project's 2-core x86 CPU); losses to 1e-4 here so another CPU's float rounding may pass,
+    # while any change of what is read, counted or scheduled cannot.
+    train(tiny_cfg(**{"tst.ratio": 0.5, **PINNED_FLAGS[name]}), tmp_path / name)
+    got, want = numbers(read_jsonl(tmp_path / name / "metrics.jsonl")), PINNED[name]
+    assert [sorted(r) for r in got] == [sorted(r) for r in want]
+    exact = {"step", "phase", "data_tokens", "flops", "epoch", "skipped_steps", "bag_size", "bag_share", "lr"}
+    for g, w in zip(got, want):
+        assert {k: g[k] for k in exact & g.keys()} == {k: w[k] for k in exact & w.keys()}
+        for key in ("loss", "val_loss", "grad_norm"):
+            if key in w:
+                assert g[key] == pytest.approx(w[key], rel=1e-4), (g["step"], key)
+
+
+def test_checkpoints_from_before_train_state_resume_and_newer_ones_are_refused(tiny_cfg, tmp_path):
+    from tstrain.errors import CheckpointError
+    from tstrain.fileio import sha256_file
+    from tstrain.train import TrainState
+
+    flags = {"tst.ratio": 0.5, "train.checkpoint_every": 5}
+    train(tiny_cfg(**flags), tmp_path / "whole")
+    train_crashing_at(8, tiny_cfg(**flags), tmp_path / "old")
+    ckpt = tmp_path / "old" / "checkpoints" / "step-00000005"
+    state = json.loads((ckpt / "state.json").read_text())
+    old = {k: v for k, v in state.items() if k not in ("version", "epoch")} | {"epochs": state["epoch"]}
+    (ckpt / "state.json").write_text(json.dumps(old))  # the unversioned layout of earlier releases
+    manifest = json.loads((ckpt / "manifest.json").read_text())
+    manifest["files"]["state.json"] = {"bytes": (ckpt / "state.json").stat().st_size, "sha256": sha256_file(ckpt / "state.json")}
+    (ckpt / "manifest.json").write_text(json.dumps(manifest))
+    train(tiny_cfg(**flags), tmp_path / "old", resume=True)
+    assert numbers(read_jsonl(tmp_path / "old" / "metrics.jsonl")) == numbers(read_jsonl(tmp_path / "whole" / "metrics.jsonl"))
+    assert TrainState.from_dict(old).epoch == state["epoch"] and TrainState.from_dict(old).step == 5
+    with pytest.raises(CheckpointError, match="newer than this tstrain"):
+        TrainState.from_dict({**state, "version": TrainState.VERSION + 1})

@@ -1,4 +1,4 @@
-"""Checkpoints that survive crashes, resume exactly, and export to a Hugging Face model dir.
+"""Checkpoints that survive crashes and resume exactly.
 
 A checkpoint is a directory ``step-NNNNNNNN`` holding ``model.safetensors``, ``optimizer.pt``,
 ``rng.pt`` and ``state.json``, plus ``manifest.json`` (each file's size and SHA-256) written
@@ -28,16 +28,13 @@ from typing import Any
 import torch
 from safetensors.torch import load_model, save_model
 
-from .data import sha256_file
+from .errors import CheckpointError
+from .fileio import sha256_file
 from .faults import maybe_die
 
 PREFIX = "step-"
 MANIFEST = "manifest.json"
 DCP_DIR = "dcp"  # the torch.distributed.checkpoint directory of a sharded checkpoint
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint is missing, incomplete or corrupt."""
 
 
 def _fsync_dir(path: Path) -> None:
@@ -315,29 +312,3 @@ def prune_checkpoints(root: Path, keep: int) -> None:
             shutil.rmtree(path, ignore_errors=True)
     for tmp in root.glob(f".tmp-{PREFIX}*"):
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def export_hf(model, out_dir: Path, tokenizer_file: Path | None = None, eos_token: str | None = None,
-              state_dict: dict[str, torch.Tensor] | None = None) -> Path:
-    """Write a Hugging Face model dir (config + safetensors, and tokenizer files when given).
-
-    The EOS token becomes the config's and generation config's ``eos_token_id`` (and pad id), so
-    ``generate`` stops at the end of a document; the KV cache is switched back on for inference.
-    ``state_dict`` overrides the model's own weights (the gathered weights of a sharded model).
-    """
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tok = None
-    if tokenizer_file is not None and tokenizer_file.is_file():
-        from transformers import PreTrainedTokenizerFast
-
-        tok = PreTrainedTokenizerFast(tokenizer_file=str(tokenizer_file), eos_token=eos_token)
-        if tok.eos_token_id is not None:
-            model.config.eos_token_id = tok.eos_token_id
-            if getattr(model, "generation_config", None) is not None:
-                model.generation_config.eos_token_id = tok.eos_token_id
-                model.generation_config.pad_token_id = tok.eos_token_id
-    model.config.use_cache = True  # training passes use_cache=False explicitly; inference wants the cache
-    model.save_pretrained(out_dir, safe_serialization=True, state_dict=state_dict)
-    if tok is not None:
-        tok.save_pretrained(out_dir)
-    return out_dir

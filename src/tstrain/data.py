@@ -15,13 +15,12 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
+from .errors import DataError
+from .fileio import sha256_file
+
 MANIFEST = "manifest.json"
 FORMAT = "tstrain-tokens-v1"
 EOS_CANDIDATES = ("<|endoftext|>", "</s>", "<|end_of_text|>", "<eos>", "<|im_end|>")
-
-
-class DataError(ValueError):
-    """The data cannot serve the run; the message names the problem and the fix."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -105,14 +104,6 @@ def find_eos(tokenizer, eos_token: str | None) -> tuple[str, int]:
     raise DataError(f"the tokenizer has none of {EOS_CANDIDATES}; pass its end-of-text token with --eos-token")
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 # ----------------------------------------------------------------------------------------------
 # prepare-data
 # ----------------------------------------------------------------------------------------------
@@ -140,9 +131,6 @@ def prepare_data(
     Give an existing ``tokenizer`` (a tokenizer.json) or ``train_tokenizer=VOCAB`` to train a
     byte-level BPE on the training documents first. Returns the manifest.
     """
-    from tokenizers import Tokenizer
-    from tqdm import tqdm
-
     if not inputs:
         raise DataError("give at least one input file")
     if (tokenizer is None) == (not train_tokenizer):
@@ -160,15 +148,55 @@ def prepare_data(
     if train_tokenizer:
         tok = train_bpe_tokenizer(split_docs(False), train_tokenizer, eos_token or EOS_CANDIDATES[0], progress)
     else:
-        if not Path(tokenizer).is_file():
-            raise DataError(f"tokenizer file {tokenizer} does not exist")
-        tok = Tokenizer.from_file(str(tokenizer))
+        tok = _load_tokenizer(tokenizer)
     eos_name, eos_id = find_eos(tok, eos_token)
     vocab_size = tok.get_vocab_size(with_added_tokens=True)
-    dtype = token_dtype(vocab_size)
     tok.save(str(out / "tokenizer.json"))
-
+    docs = ((("val" if is_validation_doc(i, val_fraction, seed) else "train"), doc)
+            for i, doc in enumerate(iter_documents(inputs, doc_separator)))
     total_bytes = sum(Path(p).stat().st_size for p in inputs)
+    counts, max_id = _write_splits(out, tok, docs, eos_id, token_dtype(vocab_size), total_bytes, progress, batch_docs)
+    if counts["train"][0] == 0 or counts["val"][0] == 0:
+        raise DataError(
+            f"the split left {counts['train'][1]} training and {counts['val'][1]} validation documents; "
+            "give more documents (or a .txt --doc-separator) or change --val-fraction"
+        )
+    manifest = {
+        "format": FORMAT,
+        "dtype": token_dtype(vocab_size).name,
+        "vocab_size": vocab_size,
+        "eos_token": eos_name,
+        "eos_id": eos_id,
+        "max_token_id": max_id,
+        "train_tokens": counts["train"][0],
+        "val_tokens": counts["val"][0],
+        "train_documents": counts["train"][1],
+        "val_documents": counts["val"][1],
+        "val_fraction": val_fraction,
+        "seed": seed,
+        "tokenizer_sha256": sha256_file(out / "tokenizer.json"),
+        "sources": [{"path": str(p), "bytes": Path(p).stat().st_size} for p in inputs],
+    }
+    tmp = out / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+    os.replace(tmp, out / MANIFEST)
+    return manifest
+
+
+def _load_tokenizer(path: str | Path):
+    from tokenizers import Tokenizer
+
+    if not Path(path).is_file():
+        raise DataError(f"tokenizer file {path} does not exist")
+    return Tokenizer.from_file(str(path))
+
+
+def _write_splits(out: Path, tok, docs: Iterable[tuple[str, str]], eos_id: int, dtype: np.dtype, total_bytes: int,
+                  progress: bool, batch_docs: int) -> tuple[dict[str, list[int]], int]:
+    """Encode ``(split, document)`` pairs in batches into ``train.bin`` / ``val.bin``, each document
+    followed by EOS; return ``({split: [tokens, documents]}, largest token id)``."""
+    from tqdm import tqdm
+
     counts = {"train": [0, 0], "val": [0, 0]}  # tokens, documents
     max_id = 0
     files = {name: open(out / f"{name}.bin.tmp", "wb") for name in ("train", "val")}
@@ -188,8 +216,8 @@ def prepare_data(
                 bar.update(len(doc.encode("utf-8", errors="replace")))
             pending.clear()
 
-        for i, doc in enumerate(iter_documents(inputs, doc_separator)):
-            pending.append(("val" if is_validation_doc(i, val_fraction, seed) else "train", doc))
+        for item in docs:
+            pending.append(item)
             if len(pending) >= batch_docs:
                 flush()
         flush()
@@ -201,31 +229,7 @@ def prepare_data(
             f.close()
     for name in ("train", "val"):
         os.replace(out / f"{name}.bin.tmp", out / f"{name}.bin")
-    if counts["train"][0] == 0 or counts["val"][0] == 0:
-        raise DataError(
-            f"the split left {counts['train'][1]} training and {counts['val'][1]} validation documents; "
-            "give more documents (or a .txt --doc-separator) or change --val-fraction"
-        )
-    manifest = {
-        "format": FORMAT,
-        "dtype": dtype.name,
-        "vocab_size": vocab_size,
-        "eos_token": eos_name,
-        "eos_id": eos_id,
-        "max_token_id": max_id,
-        "train_tokens": counts["train"][0],
-        "val_tokens": counts["val"][0],
-        "train_documents": counts["train"][1],
-        "val_documents": counts["val"][1],
-        "val_fraction": val_fraction,
-        "seed": seed,
-        "tokenizer_sha256": sha256_file(out / "tokenizer.json"),
-        "sources": [{"path": str(p), "bytes": Path(p).stat().st_size} for p in inputs],
-    }
-    tmp = out / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    os.replace(tmp, out / MANIFEST)
-    return manifest
+    return counts, max_id
 
 
 # ----------------------------------------------------------------------------------------------

@@ -22,6 +22,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from .errors import ConfigError
+
 
 def launched_by_torchrun() -> bool:
     """Return whether this process is one of several started by torchrun."""
@@ -152,8 +154,6 @@ def setup(device: torch.device) -> Single:
 
 def check_batch(batch_size: int, grad_accum: int, world_size: int) -> None:
     """Raise ConfigError unless the global batch splits evenly over processes and micro-batches."""
-    from .config import ConfigError
-
     if batch_size % (world_size * grad_accum):
         raise ConfigError(
             f"train.batch_size ({batch_size}) must be a multiple of processes ({world_size}) x train.grad_accum "

@@ -15,13 +15,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .config import MODEL_FAMILIES, ConfigError, ModelConfig
-
-
-def padded_vocab(vocab_size: int, multiple: int) -> int:
-    """Return ``vocab_size`` rounded up to a multiple (matmul-friendly head shapes)."""
-    multiple = max(1, multiple)
-    return -(-vocab_size // multiple) * multiple
+from .config import ModelConfig
+from .errors import ConfigError
 
 
 def _rope_family_kwargs(cfg: ModelConfig, vocab_size: int, seq_len: int) -> dict:
@@ -115,7 +110,7 @@ def hf_config(cfg: ModelConfig, vocab_size: int, seq_len: int):
             router_aux_loss_coef=cfg.router_aux_loss_coef, norm_topk_prob=True, decoder_sparse_step=1,
             mlp_only_layers=[],
         )
-    raise ConfigError(f"unsupported model.family {cfg.family!r}; choose one of {MODEL_FAMILIES}")
+    raise ConfigError(f"unsupported model.family {cfg.family!r}; set model.config_file to a config.json")
 
 
 def build_model(cfg: ModelConfig, vocab_size: int, seq_len: int, device: str | torch.device | None = None) -> nn.Module:

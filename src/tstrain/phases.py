@@ -17,11 +17,24 @@ plan, a pure function of the step, so resumption is exact anywhere in a transiti
 
 from __future__ import annotations
 
-from .config import Config, ConfigError
+from .config import Config
 from .reader import StepPlan, WindowGroup, WindowSchedule
 from .superposition import window_length
 
-TRANSITIONS = ("hard", "step-down", "blend")
+
+def phase_of(cfg: Config, step: int) -> int:
+    """Return the phase step ``step`` (0-based) trains in: 1 before the switch, else 2 (the baseline: 2)."""
+    return 1 if step < cfg.switch_step else 2
+
+
+def phase_after(cfg: Config, done: int) -> int:
+    """Return the phase of the last of ``done`` completed steps (a run at step 0 is in its first phase)."""
+    return phase_of(cfg, max(done - 1, 0))
+
+
+def is_switch(cfg: Config, step: int) -> bool:
+    """Return whether ``step`` is the switch: the first phase-2 step of a run that has a phase 1."""
+    return step == cfg.switch_step > 0
 
 
 def phase1_geometry(cfg: Config) -> tuple[int, int]:
@@ -35,27 +48,12 @@ def phase1_geometry(cfg: Config) -> tuple[int, int]:
     return (B * s, L // s) if cfg.tst.expand == "batch" else (B, L)
 
 
-def step_down_sizes(bag_size: int) -> list[int]:
-    """Return the bag sizes of a step-down phase 1: ``s`` halved while it stays a whole number above 1."""
-    sizes = [bag_size]
-    while sizes[-1] % 2 == 0 and sizes[-1] // 2 > 1:
-        sizes.append(sizes[-1] // 2)
-    return sizes
-
-
-def blend_window(cfg: Config) -> tuple[int, int]:
-    """Return the blend's ``[first, end)`` steps: ``cfg.blend_steps`` steps centred on the switch."""
-    width = cfg.blend_steps
-    first = cfg.switch_step - width // 2
-    return first, first + width
-
-
 def bag_share(cfg: Config, step: int) -> float:
     """Return the share of ``step``'s sequences that are bags (1 in phase 1, 0 in phase 2)."""
     S = cfg.switch_step
     if cfg.tst.transition != "blend" or S == 0:
         return 1.0 if step < S else 0.0
-    first, end = blend_window(cfg)
+    first, end = cfg.blend_window()
     if step < first:
         return 1.0
     if step >= end:
@@ -72,7 +70,7 @@ def step_mix(cfg: Config, step: int) -> tuple[tuple[int, int], ...]:
     if step >= S:
         return ((1, B),)
     if cfg.tst.transition == "step-down":
-        sizes = step_down_sizes(s)
+        sizes = cfg.step_down_sizes()
         stage = min(step * len(sizes) // S, len(sizes) - 1)
         return ((sizes[stage], B),)
     return ((s, phase1_geometry(cfg)[0]),)
@@ -101,10 +99,10 @@ def plan_changes(cfg: Config) -> list[int]:
     if S == 0:
         return []
     if cfg.tst.transition == "blend":
-        first, end = blend_window(cfg)
+        first, end = cfg.blend_window()
         return [t for t in range(first, end + 1) if step_mix(cfg, t) != step_mix(cfg, t - 1)]
     if cfg.tst.transition == "step-down":
-        m = len(step_down_sizes(cfg.tst.bag_size))
+        m = len(cfg.step_down_sizes())
         return [-(-i * S // m) for i in range(1, m)] + [S]
     return [S]
 
@@ -112,29 +110,3 @@ def plan_changes(cfg: Config) -> list[int]:
 def window_schedule(cfg: Config) -> WindowSchedule:
     """Return the per-step window geometry of the run."""
     return WindowSchedule(lambda step: step_plan(cfg, step), cfg.train.steps, plan_changes(cfg))
-
-
-def validate_transition(cfg: Config) -> None:
-    """Raise ConfigError if the transition settings do not fit the run (called by ``config.validate``)."""
-    t, S, N = cfg.tst, cfg.switch_step, cfg.train.steps
-    if t.transition not in TRANSITIONS:
-        raise ConfigError(f"tst.transition must be one of {TRANSITIONS}; got {t.transition!r}")
-    if t.transition_steps < 0:
-        raise ConfigError(f"tst.transition_steps must be >= 0; got {t.transition_steps}")
-    if t.transition == "hard" or S == 0:
-        return
-    if t.expand != "length":
-        raise ConfigError(f"tst.transition={t.transition} works with tst.expand=length only; use the hard switch with batch expansion")
-    if t.transition == "step-down":
-        stages = len(step_down_sizes(t.bag_size))
-        if stages == 1:
-            raise ConfigError(f"tst.transition=step-down halves the bag size within phase 1 (4 -> 2 -> 1) and needs an "
-                              f"even tst.bag_size above 2; got {t.bag_size}. Use transition=blend or hard")
-        if S < stages:
-            raise ConfigError(f"tst.transition=step-down needs at least one phase-1 step per bag size ({stages}); "
-                              f"phase 1 has {S}. Raise tst.ratio or train.steps")
-        return
-    first, end = blend_window(cfg)
-    if end - first < 2 or first < 0 or end > N:
-        raise ConfigError(f"tst.transition=blend needs tst.transition_steps between 2 and {min(2 * S, 2 * (N - S))}: the blend "
-                          f"window is centred on the switch (step {S} of {N}) and must fit inside the run; got {end - first}")

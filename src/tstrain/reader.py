@@ -27,7 +27,7 @@ from typing import Callable, Iterable
 import numpy as np
 import torch
 
-from .data import DataError
+from .errors import DataError
 
 
 @dataclass(frozen=True)

@@ -10,25 +10,22 @@ say where the trend crosses zero. Runs are reused when finished and resumed when
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 from pathlib import Path
 from typing import Any
 
-from .compare import decay_start, phase1_step_value, value_at
-from .config import Config, apply_overrides, load_config, validate
+from .config import Config, load_config, padded_vocab
 from .data import TokenData
-from .models import model_info, padded_vocab
-from .sweep import run_or_reuse, val_rows
+from .experiments import baseline_of, decay_start, phase1_step_value, run_or_reuse, val_rows, value_at
+from .models import model_info
 
 
 def tune_lr(cfg: Config, out: Path, lrs: list[float], steps: int) -> tuple[float, dict[str, float]]:
     """Return the LR whose baseline run of ``steps`` ends lowest, and every LR's final val loss."""
     finals = {}
     for lr in lrs:
-        c = apply_overrides(copy.deepcopy(cfg), {"tst.ratio": 0.0, "optim.lr": lr, "train.steps": steps})
-        validate(c)
+        c = baseline_of(cfg).with_values({"optim.lr": lr, "train.steps": steps})
         finals[f"{lr:g}"] = run_or_reuse(c, out / f"lr{lr:g}")["final_val_loss"]
     best = min(lrs, key=lambda lr: finals[f"{lr:g}"])
     return best, finals
@@ -74,12 +71,10 @@ def arm_name(bag_size: int, ratio: float) -> str:
 
 def run_cell(cfg: Config, out: Path, arms: list[tuple[int, float]], params: int) -> dict[str, Any]:
     """Train (or reuse) one cell's baseline and TST arms; return each arm's figures."""
-    base_cfg = apply_overrides(copy.deepcopy(cfg), {"tst.ratio": 0.0})
-    run_or_reuse(base_cfg, out / "baseline")
+    run_or_reuse(baseline_of(cfg), out / "baseline")
     figures = {}
     for s, r in arms:
-        c = apply_overrides(copy.deepcopy(cfg), {"tst.bag_size": s, "tst.ratio": r})
-        validate(c)
+        c = cfg.with_values({"tst.bag_size": s, "tst.ratio": r})
         run_or_reuse(c, out / arm_name(s, r))
         figures[arm_name(s, r)] = cell_figures(out / "baseline", out / arm_name(s, r), c, params)
     return figures
@@ -127,12 +122,12 @@ def scale_study(data: str, out_dir: str | Path, sizes: list[str], steps: list[in
         entry: dict[str, Any] = {"parameters": params, "lr": cfg.optim.lr, "cells": {}}
         if lrs:
             entry["lr"], entry["lr_tuning"] = tune_lr(cfg, out / size / "lr-tuning", lrs, tune_steps)
-            cfg = apply_overrides(cfg, {"optim.lr": entry["lr"]})
+            cfg = cfg.with_values({"optim.lr": entry["lr"]})
         for n in steps:
-            cell_cfg = apply_overrides(copy.deepcopy(cfg), {"train.steps": n})
+            cell_cfg = cfg.with_values({"train.steps": n})
             per_seed = {}
             for i, seed in enumerate(seeds):
-                seeded = apply_overrides(copy.deepcopy(cell_cfg), {"train.seed": seed})
+                seeded = cell_cfg.with_values({"train.seed": seed})
                 if i > 0 and all(abs(f["gap"]) > repeat_within for f in per_seed[seeds[0]].values()):
                     break
                 per_seed[seed] = run_cell(seeded, out / size / f"steps{n}" / f"seed{seed}", arms, params)

@@ -8,36 +8,20 @@ baseline row, and plots (a heat map, and the loss against s at the best r: the U
 
 from __future__ import annotations
 
-import copy
 import json
 from pathlib import Path
 from typing import Any
 
-from .compare import decay_start, phase1_step_value, value_at
-from .config import Config, apply_overrides, validate
-from .metrics import read_jsonl
-
-
-def run_or_reuse(cfg: Config, run_dir: Path) -> dict[str, Any]:
-    """Return the summary of the run in ``run_dir``, training (or resuming) it if unfinished."""
-    from .train import train
-
-    summary = run_dir / "summary.json"
-    if summary.is_file():
-        return json.loads(summary.read_text())
-    ckpts = run_dir / "checkpoints"
-    train(cfg, run_dir, resume=ckpts.is_dir() and any(ckpts.iterdir()))
-    return json.loads(summary.read_text())
+from .config import Config
+from .experiments import baseline_of, decay_start, phase1_step_value, run_or_reuse, val_rows, value_at
 
 
 def grid_configs(cfg: Config, bag_sizes: list[int], ratios: list[float]) -> dict[str, Config]:
     """Return ``{run name: config}`` for the baseline and every (s, r) of the grid."""
-    runs = {"baseline": apply_overrides(copy.deepcopy(cfg), {"tst.ratio": 0.0})}
+    runs = {"baseline": baseline_of(cfg)}
     for s in bag_sizes:
         for r in ratios:
-            runs[f"s{s}-r{r:g}"] = apply_overrides(copy.deepcopy(cfg), {"tst.bag_size": s, "tst.ratio": r})
-    for c in runs.values():
-        validate(c)
+            runs[f"s{s}-r{r:g}"] = cfg.with_values({"tst.bag_size": s, "tst.ratio": r})
     return runs
 
 
@@ -55,11 +39,6 @@ def sweep(cfg: Config, out_dir: str | Path, bag_sizes: list[int], ratios: list[f
     (out / "sweep.md").write_text(sweep_markdown(table, cfg))
     plot_sweep(table, out)
     return table
-
-
-def val_rows(run_dir: Path) -> list[dict[str, Any]]:
-    """Return a run's evaluation rows (step, val loss, ...) from its metrics log."""
-    return [r for r in read_jsonl(run_dir / "metrics.jsonl") if "val_loss" in r]
 
 
 def step_values(runs: dict[str, Config], out: Path) -> dict[str, float | None]:
@@ -158,10 +137,9 @@ def ablate(cfg: Config, out_dir: str | Path, names: list[str] | None = None,
         raise ValueError(f"unknown ablation(s) {', '.join(unknown)}; known: {', '.join(table_of)}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    runs: dict[str, Config] = {"baseline": apply_overrides(copy.deepcopy(cfg), {"tst.ratio": 0.0})}
+    runs: dict[str, Config] = {"baseline": baseline_of(cfg)}
     for n in names:
-        runs[n] = apply_overrides(copy.deepcopy(cfg), table_of[n])
-        validate(runs[n])
+        runs[n] = cfg.with_values(table_of[n])
     summaries = {n: run_or_reuse(c, out / n) for n, c in runs.items()}
     switch = cfg.switch_step
     vals = {n: val_rows(out / n) for n in runs}

@@ -1,35 +1,40 @@
 """The training loop: phase 1 (superposition) for round(r*N) steps, then next-token phase 2.
 
-One model, one AdamW, one Warmup-Stable-Decay schedule over all N steps. The loop asks the TST
-core for each phase's inputs and loss; everything it reads is a pure function of (seed, step), so
-a run resumed from any checkpoint, the one at the switch included, repeats the same numbers.
-Under torchrun the same loop runs in every process (see ``distributed``): each reads its own
-slice of every global batch, and only rank 0 writes files.
+One model, one AdamW, one Warmup-Stable-Decay schedule over all N steps. The ``Trainer`` asks the
+TST core for each phase's inputs and loss; everything it reads is a pure function of (seed, step),
+so a run resumed from any checkpoint, the one at the switch included, repeats the same numbers.
+Its counters live in one ``TrainState``, the thing a checkpoint restores besides weights,
+optimizer and RNG. Under torchrun the same loop runs in every process (see ``distributed``): each
+reads its own slice of every global batch, and only rank 0 writes files.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
-import os
 import time
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, ClassVar
 
 import torch
 
 from . import checkpoint as ckpt
 from . import distributed
-from .config import Config, ConfigError, validate
+from .config import Config, resume_differences
 from .data import TokenData
-from .reader import WindowReader, check_appetite, validation_windows
+from .errors import CheckpointError, ConfigError, TrainingError
+from .evaluation import validation_loss
 from .faults import maybe_die
+from .fileio import write_text_atomic
 from .metrics import MetricsLog, Progress, device_peak_flops
-from .models import CausalLMParts, build_model, flops_per_position, padded_vocab
-from .phases import bag_share, positions, window_schedule
+from .model_io import export_hf
+from .models import CausalLMParts, build_model, flops_per_position
+from .phases import bag_share, is_switch, phase_after, phase_of, positions, window_schedule
+from .reader import WindowGroup, WindowReader, check_appetite, validation_windows
 from .superposition import (
     bag_embeddings,
     linear_multi_hot_cross_entropy,
@@ -37,16 +42,6 @@ from .superposition import (
     next_token_batch,
     superposition_batch,
 )
-
-
-class TrainingError(RuntimeError):
-    """Training cannot go on (a non-finite loss or gradient); the last good checkpoint is kept."""
-
-
-# Fields that may differ between a run and its resumption: they do not change the numbers.
-RESUME_FREE = {"log", "train.device", "train.checkpoint_every", "train.keep_checkpoints", "train.eval_batch_size", "data.path",
-               "train.skip_nonfinite"}
-
 
 # ----------------------------------------------------------------------------------------------
 # Schedule
@@ -80,7 +75,7 @@ def lr_at(cfg: Config, step: int) -> float:
 
 
 # ----------------------------------------------------------------------------------------------
-# Pieces of a step
+# Losses of a step
 # ----------------------------------------------------------------------------------------------
 
 
@@ -133,7 +128,7 @@ def head_loss(parts: CausalLMParts, hidden: torch.Tensor, targets: torch.Tensor,
     """Return the MCE of the head's logits against ``targets``, fused over chunks when configured.
 
     Target ids are not checked here (no device sync per micro-batch): ``TokenData`` checked every
-    id against the tokenizer at load, and ``resolve_for_data`` the model's vocabulary against it.
+    id against the tokenizer at load, and ``Config.resolved_for`` the model's vocabulary against it.
     """
     if uses_fused_loss(parts, cfg):
         return linear_multi_hot_cross_entropy(hidden, parts.head.weight, targets, weights, chunk_size=cfg.train.loss_chunk_size,
@@ -141,39 +136,9 @@ def head_loss(parts: CausalLMParts, hidden: torch.Tensor, targets: torch.Tensor,
     return multi_hot_cross_entropy(parts.logits(hidden), targets, weights, mi_exponent=cfg.tst.mi_exponent, check_ids=False)
 
 
-def _next_token_logits(parts: CausalLMParts, inputs: torch.Tensor) -> torch.Tensor:
-    return parts.logits(parts.hidden_states(input_ids=inputs))
-
-
-@torch.no_grad()
-def validation_loss(parts: CausalLMParts, windows: torch.Tensor, batch_size: int, device, autocast, run=None,
-                    ctx: distributed.Single | None = None) -> float:
-    """Return the mean next-token loss over fixed held-out windows (equal-length, so a plain mean).
-
-    ``run(fn, *args)`` calls the model (FSDP2's root unit when sharded). Under torchrun (``ctx``)
-    each process evaluates its share of every round of ``world_size`` batches and the sums are
-    reduced; a process with no windows left in the last round runs one window at weight 0, since
-    every process must take part in each sharded forward.
-    """
-    run = run or (lambda fn, *args: fn(*args))
-    rank, world = (ctx.rank, ctx.world_size) if ctx is not None else (0, 1)
-    was_training = parts.model.training
-    parts.model.eval()
-    total, count = 0.0, 0
-    for i in range(0, windows.shape[0], batch_size * world):
-        chunk = windows[i + rank * batch_size : i + (rank + 1) * batch_size]
-        weight = chunk.shape[0]
-        if weight == 0:
-            chunk = windows[:1]
-        inputs, targets = next_token_batch(chunk.to(device))
-        with autocast():
-            logits = run(_next_token_logits, parts, inputs)
-        total += multi_hot_cross_entropy(logits, targets).item() * weight
-        count += weight
-    parts.model.train(was_training)
-    if world > 1:
-        return ctx.mean(total) / ctx.mean(float(count))
-    return total / count
+# ----------------------------------------------------------------------------------------------
+# Set-up helpers
+# ----------------------------------------------------------------------------------------------
 
 
 def make_optimizer(model: torch.nn.Module, cfg: Config, device: torch.device) -> torch.optim.AdamW:
@@ -230,17 +195,7 @@ def first_non_finite_grad(model: torch.nn.Module) -> str | None:
 
 def check_resume_config(saved: dict[str, Any], cfg: Config) -> None:
     """Raise ConfigError if ``cfg`` differs from the run's saved config in a field that matters."""
-    now = cfg.to_dict()
-    diffs = []
-    for section, values in saved.items():
-        if section in RESUME_FREE:
-            continue
-        for key, old in values.items():
-            if f"{section}.{key}" in RESUME_FREE:
-                continue
-            new = now.get(section, {}).get(key)
-            if new != old:
-                diffs.append(f"{section}.{key}: saved {old!r}, now {new!r}")
+    diffs = resume_differences(saved, cfg)
     if diffs:
         raise ConfigError(
             "cannot resume with a different config (" + "; ".join(diffs) + "). "
@@ -250,8 +205,42 @@ def check_resume_config(saved: dict[str, Any], cfg: Config) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
-# The run
+# State and summary
 # ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainState:
+    """The run's counters after ``step`` completed steps: what a checkpoint restores besides the
+    weights, the optimizer and the RNG (``state.json``)."""
+
+    VERSION: ClassVar[int] = 1
+    step: int = 0
+    data_tokens: int = 0
+    flops: float = 0.0
+    wall_time: float = 0.0
+    skipped_steps: int = 0
+    phase: int = 1  # the phase of the last completed step
+    epoch: float = 0.0  # passes over the training split so far
+    at_switch: bool = False  # written at the switch: kept when older checkpoints are pruned
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"version": self.VERSION, **dataclasses.asdict(self)}
+
+    @classmethod
+    def from_dict(cls, saved: dict[str, Any]) -> TrainState:
+        """Return the state of a checkpoint's ``state.json`` (this version's, or the unversioned one before it)."""
+        version = saved.get("version", 0)
+        if version > cls.VERSION:
+            raise CheckpointError(f"the checkpoint's state is version {version}, newer than this tstrain's "
+                                  f"{cls.VERSION}: resume it with the tstrain that wrote it")
+        if version == 0:  # before TrainState: the same counters, ``epochs`` for ``epoch``
+            saved = {**saved, "epoch": saved.get("epochs", 0.0)}
+        names = {f.name for f in dataclasses.fields(cls)}
+        try:
+            return cls(**{k: v for k, v in saved.items() if k in names})
+        except TypeError as e:
+            raise CheckpointError(f"the checkpoint's state.json is not a tstrain state ({e})") from None
 
 
 @dataclass
@@ -268,205 +257,282 @@ class RunSummary:
         return {**self.__dict__, "run_dir": str(self.run_dir)}
 
 
-def resolve_for_data(cfg: Config, data: TokenData) -> None:
-    """Fill the config fields that follow the data (vocab size, max positions), checking them."""
-    m = cfg.model
-    if m.vocab_size == 0:
-        m.vocab_size = padded_vocab(data.vocab_size, m.pad_vocab_multiple)
-    elif m.vocab_size < data.vocab_size:
-        raise ConfigError(
-            f"model.vocab_size={m.vocab_size} is smaller than the data's vocabulary of {data.vocab_size} "
-            f"(tokenizer of {data.path}); set model.vocab_size >= {data.vocab_size} or 0 to follow the data"
-        )
-    if m.max_position_embeddings == 0:
-        m.max_position_embeddings = cfg.train.seq_len
+@dataclass
+class StepResult:
+    """What one optimizer step did: its mean loss, grad norm, why it was not applied (if so), cost."""
+
+    loss: float
+    grad_norm: float
+    problem: str | None
+    lr: float
+    groups: tuple[WindowGroup, ...]
+    seconds: float
 
 
-def train(cfg: Config, out_dir: str | Path, resume: bool = False) -> RunSummary:
+# ----------------------------------------------------------------------------------------------
+# The trainer
+# ----------------------------------------------------------------------------------------------
+
+
+class Trainer:
+    """Trains one run through both phases: ``fit()`` is set-up, then ``train_step`` per step with
+    its cadence of logging, evaluation and checkpoints (``after_step``), then ``finish``.
+
+    Seams for tests and callers: ``loss_fn(parts, pieces, cfg)`` computes a micro-batch's loss
+    (``step_loss``), and ``on_step(done)`` is called after each optimizer step, before its
+    metrics, evaluation and checkpoint.
+    """
+
+    def __init__(self, cfg: Config, run_dir: str | Path, resume: bool = False, ctx: distributed.Single | None = None,
+                 loss_fn: Callable[..., torch.Tensor] = step_loss, on_step: Callable[[int], None] | None = None):
+        self.ctx = ctx or distributed.Single(resolve_device(cfg))
+        self.run = Path(run_dir)
+        self.resume = resume
+        self.loss_fn = loss_fn
+        self.on_step = on_step
+        if not cfg.data.path:
+            raise ConfigError("no data: pass --data DIR (a dir made by `tstrain prepare-data`) or set data.path")
+        self.data = TokenData(cfg.data.path)
+        self.cfg = cfg.resolved_for(self.data.vocab_size)
+        distributed.check_batch(self.cfg.train.batch_size, self.cfg.train.grad_accum, self.ctx.world_size)
+        self.ckpt_root = self.run / "checkpoints"
+        self.state = TrainState(phase=phase_after(self.cfg, 0))
+        self._flops_per_position: dict[int, float] = {}  # by sequence length: it walks the model
+
+    # -- set-up ------------------------------------------------------------------------------
+
+    def find_checkpoint(self) -> tuple[Path, dict[str, Any]] | None:
+        """Return the checkpoint to resume from (None: start at step 0), refusing what must not run."""
+        if not self.resume:
+            if ckpt.list_checkpoints(self.ckpt_root):
+                raise ConfigError(f"{self.run} already holds checkpoints; pass --resume to continue it or choose a new --out")
+            return None
+        saved = self.run / "config.toml"
+        if saved.is_file():
+            check_resume_config(tomllib.loads(saved.read_text()), self.cfg)
+        found = self.ctx.agree(ckpt.latest_good_checkpoint(self.ckpt_root) if self.ctx.is_main else None)
+        if found is None and self.ctx.is_main:
+            print(f"no checkpoint under {self.ckpt_root}; starting from step 0")
+        return found
+
+    def build(self) -> None:
+        """Make the model, its optimizer, the data reader and the validation windows."""
+        cfg, device = self.cfg, self.ctx.device
+        self.autocast = autocast_for(cfg, device)
+        if device.type == "cpu":
+            # AdamW's second moments underflow into denormals, which x86 CPUs process ~100x slower:
+            # a 3x slower tiny run without this. Flushing them changes no loss we could measure.
+            torch.set_flush_denormal(True)
+        torch.manual_seed(cfg.train.seed)
+        self.model = build_model(cfg.model, cfg.model.vocab_size, cfg.train.seq_len).to(device)
+        self.model.train()
+        self.parts = CausalLMParts(self.model)
+        if cfg.train.compile == "on" or (cfg.train.compile == "auto" and device.type == "cuda"):
+            for layer in distributed.decoder_layers(self.model):
+                layer.compile()  # in place, per block (as TorchTitan does): names and state-dict keys unchanged
+        self.run_model = self.ctx.shard(self.model)  # run_model(fn, *args) calls fn where the weights are whole
+        self.optimizer = make_optimizer(self.model, cfg, device)
+        self.schedule = window_schedule(cfg)
+        self.reader = WindowReader(self.data.train, self.schedule, cfg.train.seed)
+        check_appetite(self.reader, cfg.train.steps, cfg.data.max_epochs)
+        self.val = validation_windows(self.data.val, cfg.train.seq_len, cfg.data.val_windows)
+        self.peak = device_peak_flops(device, cfg.log.peak_flops)
+
+    def setup(self) -> None:
+        """Check the run dir, write its config, build everything and restore the newest checkpoint."""
+        found = self.find_checkpoint()
+        self.ctx.barrier()  # every process has read the run dir before rank 0 writes to it
+        if self.ctx.is_main:
+            self.run.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(self.run / "config.toml", self.cfg.to_toml())  # a kill mid-write must not break --resume
+        self.build()
+        if found is not None:
+            path, saved = found
+            ckpt.load_checkpoint(path, self.model, self.optimizer, self.ctx.rank)
+            self.state = TrainState.from_dict(saved)
+            if self.ctx.is_main:
+                print(f"resumed from {path} (step {self.state.step}, phase {phase_of(self.cfg, self.state.step)})")
+        self.log = MetricsLog(self.run, self.cfg.log.tensorboard, resume_step=self.state.step if found else None,
+                              enabled=self.ctx.is_main)
+        self._wall_offset, self._t0 = self.state.wall_time, time.perf_counter()
+
+    # -- one step ----------------------------------------------------------------------------
+
+    def elapsed(self) -> float:
+        return self._wall_offset + time.perf_counter() - self._t0
+
+    def step_flops(self, groups: tuple[WindowGroup, ...]) -> float:
+        """Return the model FLOPs of a step's groups (positions the transformer sees, fwd + bwd)."""
+        total = 0.0
+        for g in groups:
+            n = positions(self.cfg, g.bag_size)
+            if n not in self._flops_per_position:
+                self._flops_per_position[n] = flops_per_position(self.model, n)
+            total += self._flops_per_position[n] * g.count * n
+        return total
+
+    def at_switch(self, step: int) -> None:
+        """Apply the switch's options: clear AdamW moments, re-initialise embedding and head."""
+        if is_switch(self.cfg, step) and self.cfg.tst.reset_optimizer:
+            self.optimizer.state.clear()
+        if is_switch(self.cfg, step) and self.cfg.tst.reinit_embeddings:
+            reinitialise_embeddings(self.parts, self.optimizer, self.cfg)
+
+    def forward_backward(self, step: int) -> float:
+        """Run this process's micro-batches of ``step``, accumulating gradients; return the global mean loss."""
+        ctx, accum = self.ctx, self.cfg.train.grad_accum
+        # This process reads sequences [first, first + accum * micro) of the step's global batch.
+        micro = self.schedule.sequences(step) // ctx.world_size // accum
+        first = ctx.rank * micro * accum
+        loss_sum = 0.0
+        for k in range(accum):
+            pieces = [(size, w.to(ctx.device, non_blocking=True)) for size, w in self.reader.pieces(step, first + k * micro, micro)]
+            ctx.grad_sync(k == accum - 1)  # reduce gradients across processes once, after the last micro-batch
+            with self.autocast():
+                loss = self.run_model(self.loss_fn, self.parts, pieces, self.cfg)
+            (loss / accum).backward()
+            loss_sum += loss.item() / accum
+        return ctx.mean(loss_sum)  # every process holds the same global loss, so all agree on what follows
+
+    def check_finite(self, step: int, loss: float) -> tuple[float, str | None]:
+        """Return ``(grad norm after clipping, problem)``: problem names a non-finite loss or gradient."""
+        phase = phase_of(self.cfg, step)
+        if not math.isfinite(loss):
+            return math.nan, f"non-finite loss ({loss}) at step {step + 1} (phase {phase})"
+        clip = self.cfg.optim.grad_clip if self.cfg.optim.grad_clip > 0 else math.inf
+        grad_norm = distributed.full_value(torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip))
+        if not math.isfinite(grad_norm):
+            where = next((n for n in self.ctx.gather(first_non_finite_grad(self.model)) if n), "an unknown parameter")
+            return grad_norm, f"non-finite gradient at step {step + 1} (phase {phase}) in {where}"
+        return grad_norm, None
+
+    def train_step(self, step: int) -> StepResult:
+        """Run optimizer step ``step`` (0-based) and account it in ``self.state``."""
+        self.at_switch(step)
+        lr = lr_at(self.cfg, step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        start = time.perf_counter()
+        loss = self.forward_backward(step)
+        grad_norm, problem = self.check_finite(step, loss)
+        if problem is None:
+            self.optimizer.step()
+        elif self.cfg.train.skip_nonfinite:
+            self.state.skipped_steps += 1
+            if self.ctx.is_main:
+                print(f"skipping step {step + 1}: {problem} (train.skip_nonfinite); no update, "
+                      f"{self.state.skipped_steps} skipped so far")
+        else:
+            raise TrainingError(
+                f"{problem}; the last good checkpoint under {self.ckpt_root} is kept. Lower optim.lr, raise "
+                "optim.warmup_steps or check the data; train.skip_nonfinite=true skips such steps instead"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        groups = self.schedule.groups(step)
+        self.state.step = step + 1
+        self.state.phase = phase_of(self.cfg, step)
+        self.state.data_tokens += self.schedule.tokens_read(step)  # data tokens this step consumed as inputs
+        self.state.flops += self.step_flops(groups)
+        return StepResult(loss, grad_norm, problem, lr, groups, time.perf_counter() - start)
+
+    # -- cadence -----------------------------------------------------------------------------
+
+    def log_step(self, step: int, result: StepResult) -> None:
+        """Write the metrics row of completed step ``step + 1``."""
+        s, read = self.state, self.schedule.tokens_read(step)
+        row = {"step": s.step, "phase": s.phase, "loss": result.loss, "lr": result.lr, "grad_norm": result.grad_norm,
+               "data_tokens": s.data_tokens, "flops": s.flops, "wall_time": self.elapsed(),
+               "tokens_per_s": read / result.seconds,
+               "positions_per_s": self.cfg.train.batch_size * self.cfg.train.seq_len / result.seconds,
+               "epoch": self.reader.epochs(s.step), "skipped_steps": s.skipped_steps,
+               "bag_size": max(g.bag_size for g in result.groups), "bag_share": bag_share(self.cfg, step)}
+        if self.peak > 0:
+            row["mfu"] = self.step_flops(result.groups) / result.seconds / self.peak
+        self.log.write(row)
+
+    def evaluate(self) -> float:
+        """Measure and log the next-token validation loss after ``state.step`` steps."""
+        v = validation_loss(self.parts, self.val, self.cfg.train.eval_batch_size, self.ctx.device, self.autocast,
+                            self.run_model, self.ctx)
+        s = self.state
+        self.log.write({"step": s.step, "phase": phase_after(self.cfg, s.step), "val_loss": v, "data_tokens": s.data_tokens,
+                        "flops": s.flops, "wall_time": self.elapsed()})
+        return v
+
+    def save(self) -> None:
+        """Write the checkpoint of ``state.step`` completed steps and prune older ones."""
+        s = self.state
+        s.phase, s.wall_time = phase_after(self.cfg, s.step), self.elapsed()
+        s.epoch, s.at_switch = self.reader.epochs(s.step), is_switch(self.cfg, s.step)
+        if self.ctx.distributed:
+            ckpt.save_sharded_checkpoint(self.ckpt_root, s.step, self.model, self.optimizer, s.to_dict(), self.ctx)
+        else:
+            ckpt.save_checkpoint(self.ckpt_root, s.step, self.model, self.optimizer, s.to_dict())
+        if self.ctx.is_main:
+            ckpt.prune_checkpoints(self.ckpt_root, self.cfg.train.keep_checkpoints)
+
+    def after_step(self, step: int, result: StepResult) -> float | None:
+        """Log, evaluate and checkpoint as the cadence asks; return the val loss if one was measured."""
+        done, N, tr, S = self.state.step, self.cfg.train.steps, self.cfg.train, self.cfg.switch_step
+        switched = is_switch(self.cfg, done)
+        if done % self.cfg.log.every == 0 or done in (S, S + 1, N):  # the steps around the switch always
+            self.log_step(step, result)
+        val = None
+        if switched or (tr.eval_every and done % tr.eval_every == 0) or done == N:
+            val = self.evaluate()
+        if switched or done == N or (tr.checkpoint_every and done % tr.checkpoint_every == 0):
+            self.save()
+        maybe_die("step", done, self.ctx.rank)
+        return val
+
+    # -- the run -----------------------------------------------------------------------------
+
+    def fit(self) -> RunSummary:
+        """Train from the restored step to the end; return the summary (and write the final model)."""
+        self.setup()
+        if self.state.step == 0:
+            self.evaluate()
+        progress = Progress(self.cfg.train.steps, self.state.step, self.cfg.log.progress and self.ctx.is_main)
+        last_val = math.nan
+        try:
+            for step in range(self.state.step, self.cfg.train.steps):
+                result = self.train_step(step)
+                progress.update(self.state.phase, result.loss, self.schedule.tokens_read(step) / result.seconds)
+                if self.on_step is not None:
+                    self.on_step(self.state.step)
+                val = self.after_step(step, result)
+                last_val = last_val if val is None else val
+        finally:
+            progress.close()
+            self.log.close()
+        return self.finish(last_val)
+
+    def finish(self, last_val: float) -> RunSummary:
+        """Write ``final/`` (a Hugging Face model dir) and ``summary.json``; return the summary."""
+        if math.isnan(last_val):  # resumed from the final checkpoint: nothing left to run
+            last_val = validation_loss(self.parts, self.val, self.cfg.train.eval_batch_size, self.ctx.device,
+                                       self.autocast, self.run_model, self.ctx)
+        weights = ckpt.full_model_state_dict(self.model) if self.ctx.distributed else None  # gathered from every process
+        s = self.state
+        summary = RunSummary(self.run, last_val, self.cfg.train.steps, self.cfg.switch_step, s.data_tokens, s.flops,
+                             self.elapsed())
+        if self.ctx.is_main:
+            export_hf(self.model, self.run / "final", self.data.path / "tokenizer.json", self.data.manifest.get("eos_token"),
+                      weights)
+            (self.run / "summary.json").write_text(json.dumps(summary.to_dict(), indent=2) + "\n")
+        return summary
+
+
+def train(cfg: Config, out_dir: str | Path, resume: bool = False, **seams: Any) -> RunSummary:
     """Train through both phases into ``out_dir``; return the final summary.
 
     Writes ``config.toml``, ``metrics.jsonl``, ``checkpoints/`` and ``final/`` (a Hugging Face
     model dir). With ``resume``, continues from the newest checkpoint that verifies. Under
     torchrun every process calls this; they share the work of each step and rank 0 writes.
+    ``seams`` go to the ``Trainer`` (``loss_fn``, ``on_step``).
     """
     ctx = distributed.setup(resolve_device(cfg))
     try:
-        return _train(cfg, Path(out_dir), resume, ctx)
+        return Trainer(cfg, out_dir, resume, ctx, **seams).fit()
     finally:
         ctx.close()
-
-
-def _train(cfg: Config, run: Path, resume: bool, ctx: distributed.Single) -> RunSummary:
-    if not cfg.data.path:
-        raise ConfigError("no data: pass --data DIR (a dir made by `tstrain prepare-data`) or set data.path")
-    data = TokenData(cfg.data.path)
-    resolve_for_data(cfg, data)
-    validate(cfg)
-    distributed.check_batch(cfg.train.batch_size, cfg.train.grad_accum, ctx.world_size)
-    ckpt_root = run / "checkpoints"
-
-    found = None
-    if resume:
-        saved_path = run / "config.toml"
-        if saved_path.is_file():
-            check_resume_config(tomllib.loads(saved_path.read_text()), cfg)
-        found = ctx.agree(ckpt.latest_good_checkpoint(ckpt_root) if ctx.is_main else None)
-        if found is None and ctx.is_main:
-            print(f"no checkpoint under {ckpt_root}; starting from step 0")
-    elif ckpt.list_checkpoints(ckpt_root):
-        raise ConfigError(f"{run} already holds checkpoints; pass --resume to continue it or choose a new --out")
-    ctx.barrier()  # every process has read the run dir before rank 0 writes to it
-    if ctx.is_main:
-        run.mkdir(parents=True, exist_ok=True)
-        tmp = run / ".config.toml.tmp"  # atomic: a kill mid-write must not break the next --resume
-        tmp.write_text(cfg.to_toml())
-        os.replace(tmp, run / "config.toml")
-
-    device = ctx.device
-    autocast = autocast_for(cfg, device)
-    if device.type == "cpu":
-        # AdamW's second moments underflow into denormals, which x86 CPUs process ~100x slower:
-        # a 3x slower tiny run without this. Flushing them changes no loss we could measure.
-        torch.set_flush_denormal(True)
-    torch.manual_seed(cfg.train.seed)
-    model = build_model(cfg.model, cfg.model.vocab_size, cfg.train.seq_len).to(device)
-    model.train()
-    parts = CausalLMParts(model)
-    if cfg.train.compile == "on" or (cfg.train.compile == "auto" and device.type == "cuda"):
-        for layer in distributed.decoder_layers(model):
-            layer.compile()  # in place, per block (as TorchTitan does): names and state-dict keys unchanged
-    run_model = ctx.shard(model)  # run_model(fn, *args) calls fn where the weights are whole
-    optimizer = make_optimizer(model, cfg, device)
-
-    schedule = window_schedule(cfg)
-    reader = WindowReader(data.train, schedule, cfg.train.seed)
-    check_appetite(reader, cfg.train.steps, cfg.data.max_epochs)
-    val = validation_windows(data.val, cfg.train.seq_len, cfg.data.val_windows)
-
-    N, switch, B, L = cfg.train.steps, cfg.switch_step, cfg.train.batch_size, cfg.train.seq_len
-    accum = cfg.train.grad_accum
-    per_position: dict[int, float] = {}  # flops_per_position by sequence length (it walks the model)
-
-    def step_flops(groups) -> float:
-        total = 0.0
-        for g in groups:
-            n = positions(cfg, g.bag_size)
-            if n not in per_position:
-                per_position[n] = flops_per_position(model, n)
-            total += per_position[n] * g.count * n
-        return total
-    peak = device_peak_flops(device, cfg.log.peak_flops)
-
-    start, data_tokens, flops, wall_offset, skipped = 0, 0, 0.0, 0.0, 0
-    if found is not None:
-        path, state = found
-        ckpt.load_checkpoint(path, model, optimizer, ctx.rank)
-        start, data_tokens, flops, wall_offset = state["step"], state["data_tokens"], state["flops"], state["wall_time"]
-        skipped = state.get("skipped_steps", 0)
-        if ctx.is_main:
-            print(f"resumed from {path} (step {start}, phase {1 if start < switch else 2})")
-    log = MetricsLog(run, cfg.log.tensorboard, resume_step=start if found is not None else None, enabled=ctx.is_main)
-    t0 = time.perf_counter()
-
-    def elapsed() -> float:
-        return wall_offset + time.perf_counter() - t0
-
-    def save(step: int) -> None:
-        state = {"phase": 1 if step <= switch and switch > 0 else 2, "data_tokens": data_tokens, "flops": flops,
-                 "wall_time": elapsed(), "at_switch": step == switch and switch > 0,
-                 "epochs": reader.epochs(step), "skipped_steps": skipped}
-        if ctx.distributed:
-            ckpt.save_sharded_checkpoint(ckpt_root, step, model, optimizer, state, ctx)
-        else:
-            ckpt.save_checkpoint(ckpt_root, step, model, optimizer, state)
-        if ctx.is_main:
-            ckpt.prune_checkpoints(ckpt_root, cfg.train.keep_checkpoints)
-
-    def evaluate(step: int) -> float:
-        v = validation_loss(parts, val, cfg.train.eval_batch_size, device, autocast, run_model, ctx)
-        log.write({"step": step, "phase": 1 if step <= switch and switch > 0 else 2, "val_loss": v, "data_tokens": data_tokens,
-                   "flops": flops, "wall_time": elapsed()})
-        return v
-
-    if start == 0:
-        evaluate(0)
-    progress = Progress(N, start, cfg.log.progress and ctx.is_main)
-    last_val = math.nan
-    try:
-        for step in range(start, N):
-            phase = 1 if step < switch else 2
-            if step == switch and switch > 0 and cfg.tst.reset_optimizer:
-                optimizer.state.clear()
-            if step == switch and switch > 0 and cfg.tst.reinit_embeddings:
-                reinitialise_embeddings(parts, optimizer, cfg)
-            lr = lr_at(cfg, step)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            step_start = time.perf_counter()
-            loss_sum = 0.0
-            groups = schedule.groups(step)
-            # This process reads sequences [first, first + accum * micro) of the step's global batch.
-            micro = sum(g.count for g in groups) // ctx.world_size // accum
-            first = ctx.rank * micro * accum
-            for k in range(accum):
-                pieces = [(size, w.to(device, non_blocking=True)) for size, w in reader.pieces(step, first + k * micro, micro)]
-                ctx.grad_sync(k == accum - 1)  # reduce gradients across processes once, after the last micro-batch
-                with autocast():
-                    loss = run_model(step_loss, parts, pieces, cfg)
-                (loss / accum).backward()
-                loss_sum += loss.item() / accum
-            loss_sum = ctx.mean(loss_sum)  # every process holds the same global loss, so all agree below
-            grad_norm, problem = math.nan, None
-            if not math.isfinite(loss_sum):
-                problem = f"non-finite loss ({loss_sum}) at step {step + 1} (phase {phase})"
-            else:
-                clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
-                grad_norm = distributed.full_value(torch.nn.utils.clip_grad_norm_(model.parameters(), clip))
-                if not math.isfinite(grad_norm):
-                    where = next((n for n in ctx.gather(first_non_finite_grad(model)) if n), "an unknown parameter")
-                    problem = f"non-finite gradient at step {step + 1} (phase {phase}) in {where}"
-            if problem is None:
-                optimizer.step()
-            elif cfg.train.skip_nonfinite:
-                skipped += 1
-                if ctx.is_main:
-                    print(f"skipping step {step + 1}: {problem} (train.skip_nonfinite); no update, {skipped} skipped so far")
-            else:
-                raise TrainingError(
-                    f"{problem}; the last good checkpoint under {ckpt_root} is kept. Lower optim.lr, raise "
-                    "optim.warmup_steps or check the data; train.skip_nonfinite=true skips such steps instead"
-                )
-            optimizer.zero_grad(set_to_none=True)
-            read = schedule.tokens_read(step)  # data tokens this step consumed as inputs
-            data_tokens += read
-            work = step_flops(groups)
-            flops += work
-            dt = time.perf_counter() - step_start
-            done = step + 1
-            progress.update(phase, loss_sum, read / dt)
-            if done % cfg.log.every == 0 or done in (switch, switch + 1, N):
-                row = {"step": done, "phase": phase, "loss": loss_sum, "lr": lr, "grad_norm": grad_norm,
-                       "data_tokens": data_tokens, "flops": flops, "wall_time": elapsed(),
-                       "tokens_per_s": read / dt, "positions_per_s": B * L / dt, "epoch": reader.epochs(done),
-                       "skipped_steps": skipped, "bag_size": max(g.bag_size for g in groups),
-                       "bag_share": bag_share(cfg, step)}
-                if peak > 0:
-                    row["mfu"] = work / dt / peak
-                log.write(row)
-            if done == switch or (cfg.train.eval_every and done % cfg.train.eval_every == 0) or done == N:
-                last_val = evaluate(done)
-            if done == switch or done == N or (cfg.train.checkpoint_every and done % cfg.train.checkpoint_every == 0):
-                save(done)
-            maybe_die("step", done, ctx.rank)
-    finally:
-        progress.close()
-        log.close()
-
-    if math.isnan(last_val):  # resumed from the final checkpoint: nothing left to run
-        last_val = validation_loss(parts, val, cfg.train.eval_batch_size, device, autocast, run_model, ctx)
-    weights = ckpt.full_model_state_dict(model) if ctx.distributed else None  # gathered from every process
-    summary = RunSummary(run, last_val, N, switch, data_tokens, flops, elapsed())
-    if ctx.is_main:
-        ckpt.export_hf(model, run / "final", data.path / "tokenizer.json", data.manifest.get("eos_token"), weights)
-        (run / "summary.json").write_text(json.dumps(summary.to_dict(), indent=2) + "\n")
-    return summary

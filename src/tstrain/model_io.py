@@ -1,4 +1,4 @@
-"""Turning a run, or any checkpoint of it, into a standalone Hugging Face model directory.
+"""Trained models in and out: loading a run, a checkpoint or a model dir, and writing Hugging Face model dirs.
 
 TST leaves the architecture untouched, so the result is an ordinary ``transformers`` causal LM:
 ``config.json``, ``model.safetensors``, ``generation_config.json`` and the training tokenizer
@@ -19,9 +19,9 @@ from pathlib import Path
 import torch
 
 from . import checkpoint as ckpt
-from .checkpoint import CheckpointError
 from .config import Config, load_config
 from .data import MANIFEST as DATA_MANIFEST
+from .errors import CheckpointError
 from .models import build_model
 
 RUN_CONFIG = "config.toml"
@@ -102,4 +102,47 @@ def export(source: str | Path, out: str | Path) -> Path:
         raise CheckpointError(
             f"no tokenizer found for {source}: the run's data dir (data.path) and its final/ hold no tokenizer.json"
         )
-    return ckpt.export_hf(model, out, tokenizer, eos)
+    return export_hf(model, out, tokenizer, eos)
+
+
+def export_hf(model, out_dir: Path, tokenizer_file: Path | None = None, eos_token: str | None = None,
+              state_dict: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write a Hugging Face model dir (config + safetensors, and tokenizer files when given).
+
+    The EOS token becomes the config's and generation config's ``eos_token_id`` (and pad id), so
+    ``generate`` stops at the end of a document; the KV cache is switched back on for inference.
+    ``state_dict`` overrides the model's own weights (the gathered weights of a sharded model).
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tok = None
+    if tokenizer_file is not None and tokenizer_file.is_file():
+        from transformers import PreTrainedTokenizerFast
+
+        tok = PreTrainedTokenizerFast(tokenizer_file=str(tokenizer_file), eos_token=eos_token)
+        if tok.eos_token_id is not None:
+            model.config.eos_token_id = tok.eos_token_id
+            if getattr(model, "generation_config", None) is not None:
+                model.generation_config.eos_token_id = tok.eos_token_id
+                model.generation_config.pad_token_id = tok.eos_token_id
+    model.config.use_cache = True  # training passes use_cache=False explicitly; inference wants the cache
+    model.save_pretrained(out_dir, safe_serialization=True, state_dict=state_dict)
+    if tok is not None:
+        tok.save_pretrained(out_dir)
+    return out_dir
+
+
+def load_model_dir(source: str | Path, device: str = "cpu", with_tokenizer: bool = True):
+    """Return ``(model, tokenizer)`` of a model dir, a run dir or a checkpoint, in float32 and eval mode.
+
+    The tokenizer is the training tokenizer (``transformers``' fast tokenizer over its
+    ``tokenizer.json``, with the run's EOS token); None when ``with_tokenizer`` is false.
+    """
+    model, tokenizer_file, eos = load_trained_model(source)
+    tokenizer = None
+    if with_tokenizer:
+        if tokenizer_file is None:
+            raise CheckpointError(f"{source} has no tokenizer files; re-export it with `tstrain export`")
+        from transformers import PreTrainedTokenizerFast
+
+        tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(tokenizer_file), eos_token=eos)
+    return model.to(device), tokenizer

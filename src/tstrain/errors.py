@@ -1,0 +1,31 @@
+"""The errors tstrain raises for a problem a person can fix: each message names it and the fix.
+
+The command line catches ``TstrainError`` once and prints its message as one line (exit code 2);
+anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class TstrainError(Exception):
+    """A problem with the user's input, data, files or run; the message says how to fix it."""
+
+
+class ConfigError(TstrainError, ValueError):
+    """A configuration value is wrong; the message says which and how to fix it."""
+
+
+class DataError(TstrainError, ValueError):
+    """The data cannot serve the run; the message names the problem and the fix."""
+
+
+class CheckpointError(TstrainError, RuntimeError):
+    """A checkpoint is missing, incomplete or corrupt."""
+
+
+class TrainingError(TstrainError, RuntimeError):
+    """Training cannot go on (a non-finite loss or gradient); the last good checkpoint is kept."""
+
+
+class CorpusError(TstrainError, RuntimeError):
+    """The default corpus cannot be installed or read."""

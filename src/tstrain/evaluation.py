@@ -1,0 +1,149 @@
+"""Measuring a model: next-token loss on held-out windows, and downstream tasks through lm-eval-harness.
+
+The trainer's ``val_loss`` and ``tstrain eval`` use the same windows and the same loss, so a run's
+logged value and a later evaluation of its exported model agree.
+
+Downstream tasks use lm-eval-harness (EleutherAI), an optional extra (``pip install 'tstrain[eval]'``).
+The exported model is an ordinary Hugging Face checkpoint, so lm-eval's own ``hf`` backend runs
+it, the way the paper's zero-shot HellaSwag / ARC / MMLU / PIQA figures were produced. Tasks are
+lm-eval's built-in ones (their datasets download from the Hugging Face hub on first use), YAML
+files or folders of YAML files given with ``include_paths``, and the project's own offline smoke
+task ``tstrain_smoke_mc`` (``src/tstrain/evaltasks/``), which needs no download.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from .data import TokenData
+from .errors import CheckpointError, ConfigError, DataError
+from .model_io import load_model_dir
+from .models import CausalLMParts
+from .reader import validation_windows
+from .superposition import multi_hot_cross_entropy, next_token_batch
+
+
+def _next_token_logits(parts: CausalLMParts, inputs: torch.Tensor) -> torch.Tensor:
+    return parts.logits(parts.hidden_states(input_ids=inputs))
+
+
+@torch.no_grad()
+def validation_loss(parts: CausalLMParts, windows: torch.Tensor, batch_size: int, device, autocast, run=None,
+                    ctx=None) -> float:
+    """Return the mean next-token loss over fixed held-out windows (equal-length, so a plain mean).
+
+    ``run(fn, *args)`` calls the model (FSDP2's root unit when sharded). Under torchrun (``ctx``)
+    each process evaluates its share of every round of ``world_size`` batches and the sums are
+    reduced; a process with no windows left in the last round runs one window at weight 0, since
+    every process must take part in each sharded forward.
+    """
+    run = run or (lambda fn, *args: fn(*args))
+    rank, world = (ctx.rank, ctx.world_size) if ctx is not None else (0, 1)
+    was_training = parts.model.training
+    parts.model.eval()
+    total, count = 0.0, 0
+    for i in range(0, windows.shape[0], batch_size * world):
+        chunk = windows[i + rank * batch_size : i + (rank + 1) * batch_size]
+        weight = chunk.shape[0]
+        if weight == 0:
+            chunk = windows[:1]
+        inputs, targets = next_token_batch(chunk.to(device))
+        with autocast():
+            logits = run(_next_token_logits, parts, inputs)
+        total += multi_hot_cross_entropy(logits, targets).item() * weight
+        count += weight
+    parts.model.train(was_training)
+    if world > 1:
+        return ctx.mean(total) / ctx.mean(float(count))
+    return total / count
+
+
+def evaluate(model_dir: str | Path, data_dir: str | Path, seq_len: int = 0, windows: int = 64, batch_size: int = 16,
+             device: str = "cpu") -> dict[str, float]:
+    """Return the next-token ``loss`` (nats) and ``perplexity`` of a model dir on a data dir's validation split.
+
+    The same fixed windows of ``seq_len + 1`` tokens and the same loss as the trainer's
+    ``val_loss`` (``seq_len`` 0: the model's ``max_position_embeddings``).
+    """
+    model, _ = load_model_dir(model_dir, device, with_tokenizer=False)
+    data = TokenData(data_dir)
+    parts = CausalLMParts(model)
+    if data.vocab_size > parts.vocab_size:
+        raise DataError(
+            f"{data_dir} uses a vocabulary of {data.vocab_size} tokens but the model has {parts.vocab_size}: "
+            "the data was prepared with another tokenizer; prepare it with the model's tokenizer.json"
+        )
+    positions = getattr(model.config, "max_position_embeddings", None)
+    seq_len = seq_len or positions or 0
+    if seq_len < 1:
+        raise ConfigError("the model config gives no max_position_embeddings; pass seq_len")
+    if positions and seq_len > positions:
+        raise ConfigError(f"seq_len {seq_len} exceeds the model's {positions} positions; lower it")
+    val = validation_windows(data.val, seq_len, windows)
+    loss = validation_loss(parts, val, batch_size, torch.device(device), contextlib.nullcontext)
+    return {"loss": loss, "perplexity": math.exp(loss), "windows": int(val.shape[0]), "seq_len": seq_len,
+            "tokens": int(val.shape[0] * seq_len)}
+
+
+TASKS_DIR = Path(__file__).with_name("evaltasks")
+
+
+def run_lm_eval(
+    model_dir: str | Path,
+    tasks: Sequence[str],
+    include_paths: Sequence[str | Path] = (),
+    num_fewshot: int | None = None,
+    batch_size: int = 8,
+    limit: float | None = None,
+    device: str = "cpu",
+    standard_tasks: bool = True,
+) -> dict[str, Any]:
+    """Return lm-eval's results for ``tasks`` on the model dir: ``{"results": {task: {metric: value}}, ...}``.
+
+    ``standard_tasks=False`` skips indexing lm-eval's few hundred built-in task folders (faster
+    when every task is local). ``limit`` caps the documents per task (a count, or a fraction < 1).
+    """
+    try:
+        from lm_eval import simple_evaluate
+        from lm_eval.tasks import TaskManager
+    except ImportError:
+        raise ImportError(
+            "lm-eval-harness is not installed; install the optional extra with `pip install -e '.[eval]'` "
+            "(or `pip install lm-eval`)"
+        ) from None
+    path = Path(model_dir)
+    if not (path / "config.json").is_file():
+        raise CheckpointError(f"{path} is not a Hugging Face model dir; make one with `tstrain export RUN --out DIR`")
+    if not tasks:
+        raise ValueError("no tasks given; e.g. --tasks tstrain_smoke_mc or --tasks hellaswag,arc_easy")
+    manager = TaskManager(include_path=[str(TASKS_DIR), *map(str, include_paths)], include_defaults=standard_tasks)
+    out = simple_evaluate(
+        model="hf",
+        model_args={"pretrained": str(path), "dtype": "float32"},
+        tasks=list(tasks),
+        num_fewshot=num_fewshot,
+        batch_size=batch_size,
+        device=device,
+        limit=limit,
+        task_manager=manager,
+        log_samples=False,
+    )
+    return {key: out[key] for key in ("results", "n-shot", "versions") if key in out}
+
+
+def result_rows(results: dict[str, Any]) -> list[tuple[str, str, float, float | None]]:
+    """Return ``(task, metric, value, stderr)`` rows of ``run_lm_eval``'s results, for printing."""
+    rows = []
+    for task, metrics in results["results"].items():
+        for key, value in metrics.items():
+            metric, comma, filter_name = key.partition(",")  # metrics are keyed "acc,none"
+            if not comma or metric.endswith("_stderr") or not isinstance(value, (int, float)):
+                continue
+            stderr = metrics.get(f"{metric}_stderr,{filter_name}")
+            rows.append((task, metric, float(value), float(stderr) if isinstance(stderr, (int, float)) else None))
+    return rows

@@ -1,0 +1,71 @@
+"""The house's floors: the method imports nothing of ours, the reader and config sit low, no circles."""
+
+import ast
+import typing
+from pathlib import Path
+
+import tstrain
+from tstrain.config import ModelConfig, TSTConfig
+
+PACKAGE = Path(tstrain.__file__).parent
+
+
+def imports_of(module: Path) -> set[str]:
+    """Return the tstrain modules a module imports (at any depth of its code)."""
+    found = set()
+    for node in ast.walk(ast.parse(module.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level == 1:
+            if node.module:
+                found.add(node.module.split(".")[0])
+            else:
+                found.update(alias.name for alias in node.names)
+    return found
+
+
+def graph() -> dict[str, set[str]]:
+    return {p.stem: imports_of(p) for p in PACKAGE.glob("*.py")}
+
+
+def test_the_method_and_the_reader_import_nothing_above_them():
+    g = graph()
+    assert g["superposition"] == set()  # torch only: the method alone in one file
+    assert g["reader"] <= {"errors"} and g["config"] <= {"errors"}
+    below_trainer = {"superposition", "reader", "config", "data", "phases", "models", "checkpoint", "evaluation", "model_io"}
+    assert not any("train" in g[m] or "experiments" in g[m] for m in below_trainer)
+
+
+def test_no_module_imports_itself_through_others():
+    g = graph()
+
+    def reaches(start: str, target: str, seen: set[str]) -> bool:
+        for nxt in g.get(start, ()):
+            if nxt == target or (nxt not in seen and reaches(nxt, target, seen | {nxt})):
+                return True
+        return False
+
+    circles = [m for m in g if reaches(m, m, {m})]
+    assert circles == []
+
+
+def test_config_choices_are_the_ones_the_core_and_models_accept():
+    from tstrain.superposition import VARIANTS, WEIGHT_SCHEMES
+
+    hints = typing.get_type_hints(TSTConfig)
+    assert typing.get_args(hints["variant"]) == VARIANTS
+    assert typing.get_args(hints["weights"]) == WEIGHT_SCHEMES
+    families = typing.get_args(typing.get_type_hints(ModelConfig)["family"])
+    from tstrain.models import hf_config
+    from tstrain.config import ModelConfig as M
+
+    for family in families:  # every family the config admits builds
+        hf_config(M(family=family, num_kv_heads=4 if family == "gpt2" else 2, num_experts=2, num_experts_per_tok=1,
+                    moe_intermediate_size=8), 64, 16)
+
+
+def test_no_function_is_longer_than_80_lines():
+    long = []
+    for p in PACKAGE.glob("*.py"):
+        for node in ast.walk(ast.parse(p.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > 80:
+                long.append(f"{p.stem}.{node.name}: {node.end_lineno - node.lineno + 1} lines")
+    assert long == []
