@@ -11,7 +11,7 @@ QCORPUS := data/quick
 
 SHELL   := /bin/bash
 
-.PHONY: venv test demo demo-quick bench clean
+.PHONY: venv test lint demo demo-quick bench clean
 
 venv: $(VENV)/.installed
 
@@ -25,6 +25,10 @@ $(VENV)/.installed: pyproject.toml
 
 test: venv
 	$(BIN)/python -m pytest tests
+
+# ruff, configured in pyproject.toml (line length 120, import order, the usual bug rules).
+lint: venv
+	$(BIN)/ruff check src tests benchmarks
 
 # The main job: the default English corpus from package registries, a local 8192-token BPE,
 # then baseline vs TST (s=4, r=0.3) on cpu-small at equal FLOPs. About 20 minutes on 2 cores.

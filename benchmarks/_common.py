@@ -16,7 +16,8 @@ def machine() -> str:
     if torch.cuda.is_available():
         dev = torch.cuda.get_device_name(0)
     else:
-        dev = f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
+        dev = (f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+               f"{torch.get_num_threads()} torch threads")
     return f"{dev}; torch {torch.__version__}; {datetime.date.today().isoformat()}"
 
 

@@ -36,14 +36,15 @@ def main() -> None:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = getattr(torch, args.dtype)
     weight = (torch.randn(args.vocab, args.dim) * 0.02).to(device, dtype).requires_grad_()
-    print(f"# bag embedding forward + backward, V={args.vocab}, d={args.dim}, {args.positions} positions, {args.dtype}; {machine()}")
+    print(f"# bag embedding forward + backward, V={args.vocab}, d={args.dim}, {args.positions} positions, "
+          f"{args.dtype}; {machine()}")
     print("| s | ours (ms) | s lookups (ms) | ours / lookups | max abs difference |")
     print("| --- | --- | --- | --- | --- |")
     for s in (int(x) for x in args.bag_sizes.split(",")):
         ids = torch.randint(0, args.vocab, (1, args.positions, s), device=device)
         grad = torch.randn(1, args.positions, args.dim, device=device, dtype=dtype)
 
-        def run(fn):
+        def run(fn, ids=ids, grad=grad):
             def go():
                 weight.grad = None
                 fn(weight, ids).backward(grad)
@@ -51,7 +52,8 @@ def main() -> None:
 
         med = interleaved({"ours": run(bag_embeddings), "lookups": run(separate_lookups)}, args.repeats)
         diff = (bag_embeddings(weight, ids) - separate_lookups(weight, ids)).abs().max().item()
-        print(f"| {s} | {med['ours'] * 1e3:.2f} | {med['lookups'] * 1e3:.2f} | {med['ours'] / med['lookups']:.2f}x | {diff:.1e} |")
+        print(f"| {s} | {med['ours'] * 1e3:.2f} | {med['lookups'] * 1e3:.2f} | "
+              f"{med['ours'] / med['lookups']:.2f}x | {diff:.1e} |")
 
 
 if __name__ == "__main__":

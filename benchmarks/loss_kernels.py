@@ -132,14 +132,16 @@ def main() -> None:
     N, d = args.positions, args.hidden
     print(f"# loss forward + backward, N={N} positions, fused head d={d}; {machine()}")
     print(f"# time: median of {args.repeats} interleaved runs; memory: peak above the inputs, fresh process per case")
-    print("# 'plain head+CE' and 'ours fused head+MCE' include the head matmuls (N x d x V); compare them with each other")
+    print("# 'plain head+CE' and 'ours fused head+MCE' include the head matmuls (N x d x V); "
+          "compare them with each other")
     print("| V | s | method | time (ms) | vs plain CE | peak extra memory (MiB) | vs plain CE |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for V in (int(v) for v in args.vocabs.split(",")):
         for s in (int(x) for x in args.bag_sizes.split(",")):
             # All cases stay alive while interleaved: leave out one that cannot fit beside the others.
             budget = 0.6 * (torch.cuda.get_device_properties(0).total_memory if device == "cuda" else ram_bytes())
-            fits = [m for m in METHODS if sum(estimated_bytes(x, N, V, s) for x in METHODS if x == m or x == "plain CE") < budget]
+            fits = [m for m in METHODS
+                    if sum(estimated_bytes(x, N, V, s) for x in METHODS if x == m or x == "plain CE") < budget]
             methods = [m for m in METHODS if m in fits]
             cases = {m: make_case(m, N, V, d, s, device) for m in methods}
             med = interleaved({m: c[1] for m, c in cases.items()}, args.repeats, warmup=1)
@@ -147,8 +149,8 @@ def main() -> None:
             mem = {m: peak_memory(m, N, V, d, s, device) for m in methods}
             for m in METHODS:
                 if m not in methods:
-                    print(f"| {V} | {s} | {m} | not run: keeps ~{estimated_bytes(m, N, V, s) / 2**30:.0f} GiB of float32 "
-                          f"(N, V) buffers, over this machine's budget | | | |", flush=True)
+                    print(f"| {V} | {s} | {m} | not run: keeps ~{estimated_bytes(m, N, V, s) / 2**30:.0f} GiB "
+                          f"of float32 (N, V) buffers, over this machine's budget | | | |", flush=True)
                     continue
                 print(f"| {V} | {s} | {m} | {med[m] * 1e3:.1f} | {med[m] / med['plain CE']:.2f}x | "
                       f"{mem[m] / 2**20:.0f} | {mem[m] / max(mem['plain CE'], 1):.2f}x |", flush=True)

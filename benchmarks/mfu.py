@@ -64,7 +64,8 @@ def main() -> None:
             loss.backward()
         opt.zero_grad(set_to_none=True)
         counted[phase] = counter.get_total_flops()
-        by_op[phase] = {str(k).split(".")[-1] if "." in str(k) else str(k): v for k, v in counter.get_flop_counts()["Global"].items()}
+        by_op[phase] = {str(k).split(".")[-1] if "." in str(k) else str(k): v
+                        for k, v in counter.get_flop_counts()["Global"].items()}
     med = interleaved({2: step(2), 1: step(1)}, args.repeats)
     n = args.matmul_size or (8192 if device.type == "cuda" else 2048)
     peak = measured_peak(device, n)
@@ -76,7 +77,8 @@ def main() -> None:
     for phase in (2, 1):
         ops = ", ".join(f"{k} {v:.3e}" for k, v in sorted(by_op[phase].items()))
         print(f"FlopCounterMode, phase {phase} step (forward + backward): {counted[phase]:.4e} "
-              f"= {counted[phase] / formula:.3f} x formula, {counted[phase] / (formula - attention):.3f} x its matmul term; by op: {ops}")
+              f"= {counted[phase] / formula:.3f} x formula, "
+              f"{counted[phase] / (formula - attention):.3f} x its matmul term; by op: {ops}")
     print(f"measured peak ({n}x{n} {'bf16' if device.type == 'cuda' else 'fp32'} matmul): {peak / 1e9:,.1f} GFLOP/s")
     if device.type == "cuda":
         name = torch.cuda.get_device_name(0)

@@ -51,7 +51,8 @@ def peer_step_times(cfg, data: TokenData, steps: int, device) -> list[float]:
 
 def ours_step_times(cfg, steps: int) -> list[float]:
     with tempfile.TemporaryDirectory() as tmp:
-        run_cfg = load_config(overrides={**{f"{sec}.{k}": v for sec, vals in cfg.to_dict().items() for k, v in vals.items()},
+        run_cfg = load_config(overrides={**{f"{sec}.{k}": v for sec, vals in cfg.to_dict().items()
+                                            for k, v in vals.items()},
                                          "train.steps": steps, "tst.ratio": 0.0, "log.every": 1, "log.progress": False,
                                          "train.eval_every": 0, "data.val_windows": 1})
         train(run_cfg, tmp)
@@ -80,7 +81,8 @@ def main() -> None:
         peer += peer_step_times(cfg, data, args.steps, device)[2:]
     B, L = cfg.train.batch_size, cfg.train.seq_len
     mo, mp = statistics.median(ours), statistics.median(peer)
-    print(f"# baseline tokens/s: tstrain vs a minimal next-token loop, preset {args.preset} (B={B}, L={L}); {machine()}")
+    print(f"# baseline tokens/s: tstrain vs a minimal next-token loop, preset {args.preset} "
+          f"(B={B}, L={L}); {machine()}")
     print(f"# medians over {len(ours)} and {len(peer)} steps, {args.rounds} alternating rounds")
     print("| loop | step time (s) | tokens/s | vs peer |")
     print("| --- | --- | --- | --- |")

@@ -36,7 +36,8 @@ FLAGS = {"train.steps": STEPS, "tst.ratio": 0.5, "train.checkpoint_every": 5, "t
 def command(processes: int, data: Path, out: Path, resume: bool) -> list[str]:
     cmd = [sys.executable, "-m", "tstrain"]
     if processes > 1:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}", "-m", "tstrain"]
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
+               "-m", "tstrain"]
     cmd += ["train", "--preset", "tiny", "--data", str(data), "--out", str(out), "--no-progress"]
     cmd += [f"--set={k}={v}" for k, v in FLAGS.items()]
     return cmd + (["--resume"] if resume else [])
@@ -82,7 +83,6 @@ def same_weights(a: Path, b: Path) -> bool:
 def prepared_data(work: Path) -> Path:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     from conftest import make_corpus  # the test suite's toy corpus
-
     from tstrain.data import prepare_data
 
     out = work / "data"

@@ -2,9 +2,8 @@
 
 import random
 
-import torch
-
 import pytest
+import torch
 
 from tstrain.config import load_config
 from tstrain.data import prepare_data
@@ -23,7 +22,9 @@ def make_corpus(path, docs=1500, seed=0):
             sentences = []
             for _ in range(rng.randint(2, 6)):
                 subject = f"the {rng.choice(WORDS[5:19])} {rng.choice(['cat', 'dog', 'bird'])}"
-                sentences.append(f"{subject} {rng.choice(['sat', 'ran', 'flew', 'saw'])} {rng.choice(['on', 'under', 'over', 'near'])} the {rng.choice(['mat', 'tree', 'house', 'garden', 'river'])}.")
+                sentences.append(f"{subject} {rng.choice(['sat', 'ran', 'flew', 'saw'])} "
+                                 f"{rng.choice(['on', 'under', 'over', 'near'])} "
+                                 f"the {rng.choice(['mat', 'tree', 'house', 'garden', 'river'])}.")
             f.write(" ".join(sentences) + "\n\n\n")
     return path
 
@@ -73,7 +74,8 @@ def launch(args, processes=1, fault=None, timeout=300):
     env["OMP_NUM_THREADS"] = "1"
     cmd = [sys.executable, "-m", "tstrain"]
     if processes > 1:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}", "-m", "tstrain"]
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
+               "-m", "tstrain"]
     return subprocess.run(cmd + args, env=env, capture_output=True, text=True, timeout=timeout)
 
 

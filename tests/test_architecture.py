@@ -30,7 +30,8 @@ def test_the_method_and_the_reader_import_nothing_above_them():
     g = graph()
     assert g["superposition"] == set()  # torch only: the method alone in one file
     assert g["reader"] <= {"errors"} and g["config"] <= {"errors"}
-    below_trainer = {"superposition", "reader", "config", "data", "phases", "models", "checkpoint", "evaluation", "model_io"}
+    below_trainer = {"superposition", "reader", "config", "data", "phases", "models", "checkpoint", "evaluation",
+                     "model_io"}
     assert not any("train" in g[m] or "experiments" in g[m] for m in below_trainer)
 
 
@@ -54,8 +55,8 @@ def test_config_choices_are_the_ones_the_core_and_models_accept():
     assert typing.get_args(hints["variant"]) == VARIANTS
     assert typing.get_args(hints["weights"]) == WEIGHT_SCHEMES
     families = typing.get_args(typing.get_type_hints(ModelConfig)["family"])
-    from tstrain.models import hf_config
     from tstrain.config import ModelConfig as M
+    from tstrain.models import hf_config
 
     for family in families:  # every family the config admits builds
         hf_config(M(family=family, num_kv_heads=4 if family == "gpt2" else 2, num_experts=2, num_experts_per_tok=1,

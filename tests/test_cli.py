@@ -12,7 +12,8 @@ def test_train_help_lists_every_option_with_its_default(capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args(["train", "--help"])
     text = capsys.readouterr().out
-    for flag in ("--steps", "--bag-size", "--ratio", "--seed", "--batch-size", "--seq-len", "--lr", "--resume", "--set"):
+    for flag in ("--steps", "--bag-size", "--ratio", "--seed", "--batch-size", "--seq-len", "--lr", "--resume",
+                 "--set"):
         assert flag in text
     for f in field_help():
         assert f"--{f['key']}" in text

@@ -5,8 +5,8 @@ import json
 import pytest
 
 from tstrain.compare import analyse, plan_runs
-from tstrain.experiments import first_reaching
 from tstrain.config import load_config
+from tstrain.experiments import first_reaching
 
 
 def write_run(d, val, steps, data_per_step, wall_per_step=1.0):
@@ -39,7 +39,8 @@ def test_analyse_gives_the_three_views(tmp_path):
     write_run(tmp_path / "baseline", base, 40, 100)
     write_run(tmp_path / "tst", tst, 40, 200, wall_per_step=1.1)
     write_run(tmp_path / "eq", eq, 70, 100)
-    r = analyse({"baseline": tmp_path / "baseline", "tst": tmp_path / "tst", "baseline-equal-data": tmp_path / "eq"}, 10, 36)
+    r = analyse({"baseline": tmp_path / "baseline", "tst": tmp_path / "tst", "baseline-equal-data": tmp_path / "eq"},
+                10, 36)
     assert r["equal_flops_delta"] == pytest.approx(-0.2)
     assert r["equal_loss"]["target_val_loss"] == 4.0
     assert r["equal_loss"]["baseline_steps"] == 40 and r["equal_loss"]["tst_steps"] == pytest.approx(30)
@@ -51,7 +52,8 @@ def test_analyse_gives_the_three_views(tmp_path):
     assert r["equal_data_delta"] == pytest.approx(0.2)
     assert r["runs"]["tst"]["data_tokens"] == 8000
     # At step 30 (before the decay at 36) TST's 4.0 is the baseline's at step 40: past its decay.
-    assert r["phase1_step_value"] is None and "below anything the baseline reaches" in r["phase1_step_value_detail"]["reason"]
+    assert (r["phase1_step_value"] is None
+            and "below anything the baseline reaches" in r["phase1_step_value_detail"]["reason"])
 
 
 def test_phase1_step_value_counts_the_baseline_steps_a_phase_1_step_buys():

@@ -48,8 +48,10 @@ def test_prepare_data_reads_parquet_and_reuses_a_tokenizer(data_dir, tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    pq.write_table(pa.table({"text": [f"the cat sat on mat {i}" for i in range(200)], "id": list(range(200))}), tmp_path / "t.parquet")
-    m = prepare_data([tmp_path / "t.parquet"], tmp_path / "out", tokenizer=data_dir / "tokenizer.json", val_fraction=0.1, progress=False)
+    pq.write_table(pa.table({"text": [f"the cat sat on mat {i}" for i in range(200)], "id": list(range(200))}),
+                   tmp_path / "t.parquet")
+    m = prepare_data([tmp_path / "t.parquet"], tmp_path / "out", tokenizer=data_dir / "tokenizer.json",
+                     val_fraction=0.1, progress=False)
     assert m["tokenizer_sha256"] == json.loads((data_dir / "manifest.json").read_text())["tokenizer_sha256"]
     assert m["train_documents"] + m["val_documents"] == 200
 

@@ -12,8 +12,8 @@ from safetensors.torch import load_file
 
 from conftest import RUN_FLAGS, cli_args, launch
 from tstrain.checkpoint import latest_good_checkpoint, list_checkpoints, verify_checkpoint
-from tstrain.metrics import read_jsonl
 from tstrain.config import load_config
+from tstrain.metrics import read_jsonl
 from tstrain.model_io import export
 from tstrain.train import train
 
@@ -33,7 +33,8 @@ def weights(run):
 def close_curves(a, b, rel=1e-5):
     """Assert two metrics files log the same steps and accounting, with losses equal to float tolerance."""
     ra, rb = read_jsonl(a / "metrics.jsonl"), read_jsonl(b / "metrics.jsonl")
-    assert [(r["step"], r["phase"], r.get("data_tokens")) for r in ra] == [(r["step"], r["phase"], r.get("data_tokens")) for r in rb]
+    assert ([(r["step"], r["phase"], r.get("data_tokens")) for r in ra]
+            == [(r["step"], r["phase"], r.get("data_tokens")) for r in rb])
     for x, y in zip(ra, rb):
         for key in ("loss", "val_loss", "grad_norm"):
             if key in x:
@@ -54,7 +55,8 @@ def test_two_processes_give_the_one_process_loss_curve(two_process_run, referenc
     assert done.stdout.count('"final_val_loss"') == 1  # one summary, from rank 0
     a, b = weights(reference_run), weights(run)
     assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-5) for k in a)
-    assert json.loads((run / "summary.json").read_text())["data_tokens"] == json.loads((reference_run / "summary.json").read_text())["data_tokens"]
+    assert (json.loads((run / "summary.json").read_text())["data_tokens"]
+            == json.loads((reference_run / "summary.json").read_text())["data_tokens"])
     # sharded checkpoints, the newest keep_checkpoints=2 plus the switch one
     root = run / "checkpoints"
     assert [p.name for p in list_checkpoints(root)] == ["step-00000012", "step-00000020", "step-00000024"]
@@ -72,7 +74,8 @@ def test_a_corrupt_shard_is_detected_and_the_previous_checkpoint_used(two_proces
     data = bytearray(shard.read_bytes())
     data[len(data) // 2] ^= 0xFF
     shard.write_bytes(bytes(data))
-    with pytest.warns(UserWarning, match="skipping checkpoint step-00000024: .*__1_0.distcp does not match its SHA-256"):
+    with pytest.warns(UserWarning,
+                      match="skipping checkpoint step-00000024: .*__1_0.distcp does not match its SHA-256"):
         assert latest_good_checkpoint(root)[0].name == "step-00000020"
 
 
@@ -84,21 +87,26 @@ def test_export_of_a_sharded_checkpoint_equals_the_final_model(two_process_run, 
     assert (out / "config.json").is_file() and (out / "tokenizer.json").is_file()
 
 
-def test_two_processes_killed_mid_checkpoint_and_in_phase_2_resume_bit_identically(data_dir, two_process_run, reference_run, tmp_path):
+def test_two_processes_killed_mid_checkpoint_and_in_phase_2_resume_bit_identically(
+    data_dir, two_process_run, reference_run, tmp_path
+):
     whole, _ = two_process_run
     run = tmp_path / "run"
-    done = launch(cli_args(data_dir, run, **ACCUM), processes=2, fault="save:12@1")  # rank 1 dies writing the switch checkpoint
+    # rank 1 dies writing the switch checkpoint
+    done = launch(cli_args(data_dir, run, **ACCUM), processes=2, fault="save:12@1")
     assert done.returncode != 0
     root = run / "checkpoints"
     assert list(root.glob(".tmp-step-00000012-*")) and latest_good_checkpoint(root)[0].name == "step-00000010"
 
     # world size 2 -> 1: a copy of the run resumes in one plain process from the sharded checkpoint
     shutil.copytree(run, tmp_path / "one")
-    cfg = load_config(config_file=tmp_path / "one" / "config.toml", overrides={"data.path": str(data_dir), "log.progress": False})
+    cfg = load_config(config_file=tmp_path / "one" / "config.toml",
+                      overrides={"data.path": str(data_dir), "log.progress": False})
     train(cfg, tmp_path / "one", resume=True)
     close_curves(reference_run, tmp_path / "one")
 
-    done = launch(cli_args(data_dir, run, resume=True, **ACCUM), processes=2, fault="step:17@0")  # rank 0 dies in phase 2
+    # rank 0 dies in phase 2
+    done = launch(cli_args(data_dir, run, resume=True, **ACCUM), processes=2, fault="step:17@0")
     assert done.returncode != 0 and "resumed from" in done.stdout
     done = launch(cli_args(data_dir, run, resume=True, **ACCUM), processes=2)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -110,11 +118,13 @@ def test_two_processes_killed_mid_checkpoint_and_in_phase_2_resume_bit_identical
 
 def test_a_non_finite_gradient_on_one_rank_stops_or_skips_on_all(data_dir, tmp_path):
     script = Path(__file__).with_name("dist_nonfinite.py")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script), str(data_dir), str(tmp_path)]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
+           str(data_dir), str(tmp_path)]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=script.parent)
     assert done.returncode == 0, done.stderr[-3000:]
     for rank in (0, 1):
-        assert f"rank {rank} stopped skip=False: non-finite gradient at step 3 (phase 1) in model.embed_tokens.weight" in done.stdout
+        assert (f"rank {rank} stopped skip=False: non-finite gradient at step 3 (phase 1) "
+                "in model.embed_tokens.weight" in done.stdout)
         assert f"rank {rank} finished skip=True" in done.stdout
     rows = [r for r in read_jsonl(tmp_path / "skip-True" / "metrics.jsonl") if "loss" in r]
     assert [r["skipped_steps"] for r in rows] == [0, 0, 1, 1, 1, 1]

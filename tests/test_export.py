@@ -10,9 +10,9 @@ from safetensors.torch import load_model
 from tstrain.checkpoint import CheckpointError, list_checkpoints
 from tstrain.cli import main
 from tstrain.config import load_config
-from tstrain.model_io import export
 from tstrain.evaluation import evaluate
 from tstrain.inference import generate
+from tstrain.model_io import export
 from tstrain.models import build_model
 from tstrain.train import train
 
@@ -179,4 +179,5 @@ def test_any_causal_lm_config_trains_through_both_phases_and_exports(family, dat
     exported = json.loads((run / "final" / "config.json").read_text())
     assert exported["model_type"] == family and exported["vocab_size"] == cfg.model.vocab_size
     ids = torch.randint(0, 300, (1, 16))
-    assert torch.equal(hf_logits(run / "final", ids), checkpoint_logits(cfg, list_checkpoints(run / "checkpoints")[-1], ids))
+    assert torch.equal(hf_logits(run / "final", ids),
+                       checkpoint_logits(cfg, list_checkpoints(run / "checkpoints")[-1], ids))

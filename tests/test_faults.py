@@ -30,7 +30,9 @@ def test_fault_spec_parsing():
         parse("switch")
 
 
-def test_killed_in_phase_1_at_the_switch_mid_checkpoint_and_in_phase_2_resumes_bit_identically(data_dir, reference_run, tmp_path):
+def test_killed_in_phase_1_at_the_switch_mid_checkpoint_and_in_phase_2_resumes_bit_identically(
+    data_dir, reference_run, tmp_path
+):
     run, root = tmp_path / "run", tmp_path / "run" / "checkpoints"
     # phase 1; mid-write of the switch checkpoint (step 12); right after the switch checkpoint; phase 2
     for n, fault in enumerate(["step:7", "save:12", "step:12", "step:17"]):

@@ -103,11 +103,13 @@ def test_config_file_defines_the_architecture_and_the_data_the_vocabulary(tmp_pa
     from transformers import MistralConfig
 
     path = tmp_path / "config.json"
-    MistralConfig(hidden_size=48, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
-                  max_position_embeddings=64, vocab_size=1000, eos_token_id=999).to_json_file(path)
+    MistralConfig(hidden_size=48, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=64, vocab_size=1000,
+                  eos_token_id=999).to_json_file(path)
     m = load_config("tiny", overrides={"model.config_file": str(path)}).model
     config = hf_config(m, 320, 32)
-    assert (config.model_type, config.hidden_size, config.num_hidden_layers, config.vocab_size) == ("mistral", 48, 3, 320)
+    assert ((config.model_type, config.hidden_size, config.num_hidden_layers, config.vocab_size)
+            == ("mistral", 48, 3, 320))
     assert config.eos_token_id is None  # the file's id lies outside our vocabulary
     assert hf_config(m, 0, 32).vocab_size == 1000  # `info` without data keeps the file's vocabulary
     with pytest.raises(ConfigError, match="fewer than train.seq_len=128"):
@@ -120,7 +122,8 @@ def test_config_file_defines_the_architecture_and_the_data_the_vocabulary(tmp_pa
         ({"model.family": "bert"}, "model.family must be one of"),
         ({"model.family": "gpt2"}, "gpt2 has no grouped-query attention"),
         ({"model.family": "qwen3_moe"}, "qwen3_moe needs model.num_experts >= 1"),
-        ({"model.config_file": "/nonexistent/config.json"}, "does not exist; pass the path of a Hugging Face config.json"),
+        ({"model.config_file": "/nonexistent/config.json"},
+         "does not exist; pass the path of a Hugging Face config.json"),
     ],
 )
 def test_bad_model_values_name_the_fix(overrides, message):

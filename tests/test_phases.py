@@ -6,12 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from tstrain.config import ConfigError, load_config
-from tstrain.reader import WindowReader
+from tstrain.config import ConfigError, load_config, step_down_sizes
 from tstrain.metrics import read_jsonl
 from tstrain.models import CausalLMParts, build_model
-from tstrain.config import step_down_sizes
 from tstrain.phases import bag_share, step_mix, window_schedule
+from tstrain.reader import WindowReader
 from tstrain.train import phase_loss, step_loss, train
 
 
@@ -139,7 +138,8 @@ def test_blend_run_mixes_batches_and_resumes_exactly_mid_blend(tiny_cfg, tmp_pat
     # Crash at step 13 (in the blend, after the switch checkpoint at 12), resume: the same run.
     train_crashing_at(13, tiny_cfg(**flags), tmp_path / "broken")
     train(tiny_cfg(**flags), tmp_path / "broken", resume=True)
-    assert numbers(read_jsonl(tmp_path / "broken" / "metrics.jsonl")) == numbers(read_jsonl(tmp_path / "whole" / "metrics.jsonl"))
+    assert (numbers(read_jsonl(tmp_path / "broken" / "metrics.jsonl"))
+            == numbers(read_jsonl(tmp_path / "whole" / "metrics.jsonl")))
 
 
 def test_blend_loss_differs_from_the_hard_switch_only_inside_the_window(tiny_cfg, tmp_path):
@@ -157,8 +157,8 @@ def test_blend_loss_differs_from_the_hard_switch_only_inside_the_window(tiny_cfg
     {"tst.transition": "blend", "tst.transition_steps": 7},
 ])
 def test_the_declared_plan_changes_give_the_per_step_layout(overrides):
-    from tstrain.reader import WindowSchedule
     from tstrain.phases import plan_changes, step_plan
+    from tstrain.reader import WindowSchedule
 
     cfg = cfg_of(**overrides)
     N, changes = cfg.train.steps, set(plan_changes(cfg))

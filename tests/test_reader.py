@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from tstrain.config import load_config
-from tstrain.phases import step_mix, window_schedule
 from tstrain.errors import DataError
+from tstrain.phases import step_mix, window_schedule
 from tstrain.reader import WindowGroup, WindowReader, WindowSchedule, check_appetite, validation_windows
 
 

@@ -20,11 +20,11 @@ def test_sweep_runs_the_grid_and_the_baseline_once_and_resumes(tiny_cfg, tmp_pat
     md = (tmp_path / "sw" / "sweep.md").read_text()
     assert f"{table['baseline']:.4f}" in md and "| 4 |" in md and "Phase-1 step value" in md
     # s=2, r=0.25: switch at 2, decay from step 6 (the preset's 20%): measured from the two curves.
-    from tstrain.experiments import phase1_step_value
-    from tstrain.experiments import val_rows
+    from tstrain.experiments import phase1_step_value, val_rows
 
     measured = phase1_step_value(val_rows(tmp_path / "sw" / "baseline"), val_rows(tmp_path / "sw" / "s2-r0.25"), 2, 6)
-    assert {p["step"] for p in measured["points"]} <= {4, 6} and (measured["value"] is None) == (measured["reason"] is not None)
+    assert ({p["step"] for p in measured["points"]} <= {4, 6}
+            and (measured["value"] is None) == (measured["reason"] is not None))
     assert table["phase1_step_value"]["2"]["0.25"] == measured["value"]
     assert (tmp_path / "sw" / "sweep_heatmap.png").stat().st_size > 0
     stamp = (tmp_path / "sw" / "s4-r0.5" / "summary.json").stat().st_mtime
@@ -43,7 +43,8 @@ def test_ablations_apply_their_overrides(tiny_cfg, tmp_path):
     assert result["weights-power"]["final_val_loss"] != result["method"]["final_val_loss"]
     assert result["method"]["val_loss_at_switch"] is not None and (tmp_path / "ab" / "ablations.png").is_file()
     assert "| method | (the method) |" in (tmp_path / "ab" / "ablations.md").read_text()
-    assert "phase-1 step value" in (tmp_path / "ab" / "ablations.md").read_text() and "phase1_step_value" in result["method"]
+    assert ("phase-1 step value" in (tmp_path / "ab" / "ablations.md").read_text()
+            and "phase1_step_value" in result["method"])
     saved = (tmp_path / "ab" / "weights-power" / "config.toml").read_text()
     assert 'weights = "power"' in saved
     with pytest.raises(ValueError, match="unknown ablation"):

@@ -57,7 +57,8 @@ def test_bag_size_1_and_ratio_0_reproduce_the_baseline_exactly(tiny_cfg, tmp_pat
     train(baseline, tmp_path / "base")
     other = tiny_cfg(**steps, **override)
     train(other, tmp_path / "other")
-    assert numbers(read_jsonl(tmp_path / "base" / "metrics.jsonl")) == numbers(read_jsonl(tmp_path / "other" / "metrics.jsonl"))
+    assert (numbers(read_jsonl(tmp_path / "base" / "metrics.jsonl"))
+            == numbers(read_jsonl(tmp_path / "other" / "metrics.jsonl")))
     assert all(r["phase"] == 2 for r in train_rows(tmp_path / "other"))
 
 
@@ -167,7 +168,8 @@ def test_corpus_too_small_for_phase_1_is_refused_before_training(tiny_cfg, tmp_p
     from tstrain.data import DataError
 
     with pytest.raises(DataError, match="Phase 1 reads bag_size times"):
-        train(tiny_cfg(**{"train.steps": 400, "tst.bag_size": 16, "tst.ratio": 0.9, "train.batch_size": 64}), tmp_path / "r")
+        train(tiny_cfg(**{"train.steps": 400, "tst.bag_size": 16, "tst.ratio": 0.9, "train.batch_size": 64}),
+              tmp_path / "r")
     assert not (tmp_path / "r" / "checkpoints").exists()
 
 
@@ -198,7 +200,8 @@ def test_non_finite_gradient_stops_naming_the_tensor_or_is_skipped(tiny_cfg, tmp
 
     cfg = tiny_cfg(**{"train.steps": 6, "tst.ratio": 0.5, "train.skip_nonfinite": skip})
     if not skip:
-        with pytest.raises(TrainingError, match=r"non-finite gradient at step 3 \(phase 1\) in model.embed_tokens.weight"):
+        with pytest.raises(TrainingError,
+                           match=r"non-finite gradient at step 3 \(phase 1\) in model.embed_tokens.weight"):
             train(cfg, tmp_path / "run", loss_fn=poisoned)
         return
     train(cfg, tmp_path / "run", loss_fn=poisoned)
@@ -221,7 +224,8 @@ def test_reinit_embeddings_at_the_switch_redraws_them_and_resumes_exactly(tiny_c
     # Crash right after the switch checkpoint; the resumed run redraws the same weights.
     train_crashing_at(7, tiny_cfg(**cfg), tmp_path / "broken")
     train(tiny_cfg(**cfg), tmp_path / "broken", resume=True)
-    assert numbers(read_jsonl(tmp_path / "broken" / "metrics.jsonl")) == numbers(read_jsonl(tmp_path / "reinit" / "metrics.jsonl"))
+    assert (numbers(read_jsonl(tmp_path / "broken" / "metrics.jsonl"))
+            == numbers(read_jsonl(tmp_path / "reinit" / "metrics.jsonl")))
 
 
 def test_batch_expansion_reads_s_times_the_windows_of_l_over_s_positions(tiny_cfg, tmp_path):
@@ -313,10 +317,12 @@ def test_checkpoints_from_before_train_state_resume_and_newer_ones_are_refused(t
     old = {k: v for k, v in state.items() if k not in ("version", "epoch")} | {"epochs": state["epoch"]}
     (ckpt / "state.json").write_text(json.dumps(old))  # the unversioned layout of earlier releases
     manifest = json.loads((ckpt / "manifest.json").read_text())
-    manifest["files"]["state.json"] = {"bytes": (ckpt / "state.json").stat().st_size, "sha256": sha256_file(ckpt / "state.json")}
+    manifest["files"]["state.json"] = {"bytes": (ckpt / "state.json").stat().st_size,
+                                       "sha256": sha256_file(ckpt / "state.json")}
     (ckpt / "manifest.json").write_text(json.dumps(manifest))
     train(tiny_cfg(**flags), tmp_path / "old", resume=True)
-    assert numbers(read_jsonl(tmp_path / "old" / "metrics.jsonl")) == numbers(read_jsonl(tmp_path / "whole" / "metrics.jsonl"))
+    assert (numbers(read_jsonl(tmp_path / "old" / "metrics.jsonl"))
+            == numbers(read_jsonl(tmp_path / "whole" / "metrics.jsonl")))
     assert TrainState.from_dict(old).epoch == state["epoch"] and TrainState.from_dict(old).step == 5
     with pytest.raises(CheckpointError, match="newer than this tstrain"):
         TrainState.from_dict({**state, "version": TrainState.VERSION + 1})

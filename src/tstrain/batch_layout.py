@@ -28,8 +28,8 @@ def step_layout(cfg: Config, data: TokenData, step: int, text_chars: int = 0) ->
     sequences = []
     for group, offsets in reader.layout(step):
         for offset in offsets.tolist():
-            row = {"index": len(sequences), "offset": offset, "input_tokens": group.stride, "window_tokens": group.window,
-                   "bag_size": group.bag_size, "phase": 1 if group.bag_size > 1 else 2}
+            row = {"index": len(sequences), "offset": offset, "input_tokens": group.stride,
+                   "window_tokens": group.window, "bag_size": group.bag_size, "phase": 1 if group.bag_size > 1 else 2}
             if decode:
                 row["text"] = decode(data.train[offset : offset + group.stride])[:text_chars]
             sequences.append(row)

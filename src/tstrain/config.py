@@ -38,7 +38,8 @@ def knob(default: Any, doc: str, *, resume_free: bool = False) -> Any:
 class ModelConfig:
     """The transformer: a Hugging Face causal LM built from these numbers (no hub access)."""
 
-    family: Literal["llama", "qwen3", "qwen3_moe", "mistral", "gpt2"] = knob("llama", "model family (transformers class)")
+    family: Literal["llama", "qwen3", "qwen3_moe", "mistral", "gpt2"] = knob(
+        "llama", "model family (transformers class)")
     hidden_size: int = knob(64, "width d of the residual stream")
     num_layers: int = knob(2, "decoder layers")
     num_heads: int = knob(4, "attention heads")
@@ -62,7 +63,8 @@ class ModelConfig:
         return [
             (not self.config_file or Path(self.config_file).is_file(),
              f"model.config_file {self.config_file} does not exist; pass the path of a Hugging Face config.json"),
-            (self.hidden_size > 0 and self.num_layers > 0 and self.intermediate_size > 0, "model sizes must be positive"),
+            (self.hidden_size > 0 and self.num_layers > 0 and self.intermediate_size > 0,
+             "model sizes must be positive"),
             (self.num_heads > 0 and (self.head_dim > 0 or self.hidden_size % self.num_heads == 0),
              f"model.hidden_size ({self.hidden_size}) must be a multiple of model.num_heads ({self.num_heads}), "
              "or set model.head_dim"),
@@ -79,7 +81,8 @@ class ModelConfig:
              "model.family qwen3_moe needs model.num_experts >= 1, 1 <= model.num_experts_per_tok <= num_experts "
              f"and model.moe_intermediate_size > 0; got {self.num_experts}, {self.num_experts_per_tok}, "
              f"{self.moe_intermediate_size}"),
-            (self.router_aux_loss_coef >= 0, f"model.router_aux_loss_coef must be >= 0; got {self.router_aux_loss_coef}"),
+            (self.router_aux_loss_coef >= 0,
+             f"model.router_aux_loss_coef must be >= 0; got {self.router_aux_loss_coef}"),
             (self.vocab_size >= 0, f"model.vocab_size must be >= 0 (0 takes the data's); got {self.vocab_size}"),
         ]
 
@@ -93,12 +96,14 @@ class TSTConfig:
     weights: Literal["uniform", "power", "exponential", "first", "mi"] = knob(
         "uniform", "weights of a target bag's tokens in the multi-hot cross entropy")
     mi_exponent: float = knob(-1.25, "k of the MI(d) = C0 + a*d^k fit, for weights = mi")
-    variant: Literal["both", "input", "output"] = knob("both", "bags on both sides, the input side only or the output side only")
+    variant: Literal["both", "input", "output"] = knob(
+        "both", "bags on both sides, the input side only or the output side only")
     reset_optimizer: bool = knob(False, "at the switch: clear AdamW moments")
     restart_schedule: bool = knob(False, "at the switch: start the LR schedule again for phase 2")
     expand: Literal["length", "batch"] = knob(
         "length", "phase 1 reads s x the text as longer windows (length) or s x the windows of L/s bags (batch)")
-    reinit_embeddings: bool = knob(False, "at the switch: re-initialise embedding and LM head (the paper's negative control)")
+    reinit_embeddings: bool = knob(
+        False, "at the switch: re-initialise embedding and LM head (the paper's negative control)")
     transition: Literal["hard", "step-down", "blend"] = knob(
         "hard", "the switch (the paper), bag size s -> s/2 -> ... within phase 1, or a blended mix of both")
     transition_steps: int = knob(0, "blend: steps over which the bag share falls from 1 to 0, centred on the switch "
@@ -107,7 +112,8 @@ class TSTConfig:
     def rules(self) -> list[tuple[bool, str]]:
         return [
             (self.bag_size >= 1, f"tst.bag_size must be an integer >= 1 (1 is the baseline); got {self.bag_size}"),
-            (0.0 <= self.ratio < 1.0, f"tst.ratio must be in [0, 1): phase 2 needs at least one step; got {self.ratio}"),
+            (0.0 <= self.ratio < 1.0,
+             f"tst.ratio must be in [0, 1): phase 2 needs at least one step; got {self.ratio}"),
             (self.transition_steps >= 0, f"tst.transition_steps must be >= 0; got {self.transition_steps}"),
         ]
 
@@ -144,7 +150,8 @@ class OptimConfig:
             (self.lr > 0, f"optim.lr must be positive; got {self.lr}"),
             (self.warmup_steps >= 0, f"optim.warmup_steps must be >= 0; got {self.warmup_steps}"),
             (0.0 <= self.decay_fraction <= 1.0, f"optim.decay_fraction must be in [0, 1]; got {self.decay_fraction}"),
-            (0.0 <= self.final_lr_fraction <= 1.0, f"optim.final_lr_fraction must be in [0, 1]; got {self.final_lr_fraction}"),
+            (0.0 <= self.final_lr_fraction <= 1.0,
+             f"optim.final_lr_fraction must be in [0, 1]; got {self.final_lr_fraction}"),
             (0.0 <= self.beta1 < 1.0 and 0.0 <= self.beta2 < 1.0, "optim.beta1 and optim.beta2 must be in [0, 1)"),
             (self.grad_clip >= 0, f"optim.grad_clip must be >= 0 (0 disables clipping); got {self.grad_clip}"),
         ]
@@ -166,7 +173,8 @@ class TrainConfig:
     checkpoint_every: int = knob(0, "steps between checkpoints; 0: only at the switch and at the end", resume_free=True)
     keep_checkpoints: int = knob(3, "newest checkpoints kept, besides the one written at the switch", resume_free=True)
     compile: Literal["auto", "on", "off"] = knob("auto", "torch.compile each decoder layer (auto: on CUDA)")
-    fused_loss: Literal["auto", "on", "off"] = knob("auto", "LM head + loss fused over position chunks (auto: vocab >= 32768)")
+    fused_loss: Literal["auto", "on", "off"] = knob(
+        "auto", "LM head + loss fused over position chunks (auto: vocab >= 32768)")
     loss_chunk_size: int = knob(2048, "positions per chunk of the fused head + loss")
     skip_nonfinite: bool = knob(False, "skip a step with a non-finite loss or gradient (no update) instead of stopping",
                                 resume_free=True)
@@ -180,7 +188,8 @@ class TrainConfig:
              f"train.batch_size ({self.batch_size}) must be a multiple of train.grad_accum ({self.grad_accum})"),
             (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
              f"train.device must be auto, cpu or cuda[:N]; got {self.device!r}"),
-            (self.eval_every >= 0 and self.checkpoint_every >= 0, "train.eval_every and train.checkpoint_every must be >= 0"),
+            (self.eval_every >= 0 and self.checkpoint_every >= 0,
+             "train.eval_every and train.checkpoint_every must be >= 0"),
             (self.loss_chunk_size >= 1, f"train.loss_chunk_size must be >= 1; got {self.loss_chunk_size}"),
             (self.keep_checkpoints >= 1, f"train.keep_checkpoints must be >= 1; got {self.keep_checkpoints}"),
         ]
@@ -264,19 +273,20 @@ class Config:
                 f"model.vocab_size={m.vocab_size} is smaller than the data's vocabulary of {data_vocab_size}; "
                 f"set model.vocab_size >= {data_vocab_size} or 0 to follow the data"
             )
-        return self.with_values({"model.vocab_size": m.vocab_size or padded_vocab(data_vocab_size, m.pad_vocab_multiple),
-                                 "model.max_position_embeddings": m.max_position_embeddings or self.train.seq_len})
+        return self.with_values({
+            "model.vocab_size": m.vocab_size or padded_vocab(data_vocab_size, m.pad_vocab_multiple),
+            "model.max_position_embeddings": m.max_position_embeddings or self.train.seq_len})
 
     def rules(self) -> list[tuple[bool, str]]:
         """Return the checks that span sections."""
         t, tr = self.tst, self.train
         return [
             (t.expand == "length" or (t.variant != "output" and tr.seq_len % t.bag_size == 0),
-             f"tst.expand=batch needs bag inputs (tst.variant both or input) and train.seq_len ({tr.seq_len}) divisible "
-             f"by tst.bag_size ({t.bag_size}): phase 1 then sees seq_len / bag_size positions per sequence"),
+             f"tst.expand=batch needs bag inputs (tst.variant both or input) and train.seq_len ({tr.seq_len}) "
+             f"divisible by tst.bag_size ({t.bag_size}): phase 1 then sees seq_len / bag_size positions per sequence"),
             (self.model.max_position_embeddings == 0 or self.model.max_position_embeddings >= tr.seq_len,
-             f"model.max_position_embeddings ({self.model.max_position_embeddings}) is below train.seq_len ({tr.seq_len}); "
-             "raise it or set it to 0 to follow seq_len"),
+             f"model.max_position_embeddings ({self.model.max_position_embeddings}) is below "
+             f"train.seq_len ({tr.seq_len}); raise it or set it to 0 to follow seq_len"),
             (not (t.bag_size > 1 and 0 < t.ratio and self.switch_step == 0),
              f"tst.ratio={t.ratio} of {tr.steps} steps rounds to no phase-1 step; raise the ratio or the steps, "
              "or set tst.ratio=0 for the baseline"),
@@ -292,8 +302,9 @@ class Config:
                             "with batch expansion")]
         if t.transition == "step-down":
             stages = len(self.step_down_sizes())
-            return [(stages > 1, f"tst.transition=step-down halves the bag size within phase 1 (4 -> 2 -> 1) and needs an "
-                                 f"even tst.bag_size above 2; got {t.bag_size}. Use transition=blend or hard"),
+            return [(stages > 1, f"tst.transition=step-down halves the bag size within phase 1 (4 -> 2 -> 1) "
+                                 f"and needs an even tst.bag_size above 2; got {t.bag_size}. "
+                                 "Use transition=blend or hard"),
                     (S >= stages, f"tst.transition=step-down needs at least one phase-1 step per bag size ({stages}); "
                                   f"phase 1 has {S}. Raise tst.ratio or train.steps")]
         first, end = self.blend_window()
@@ -330,7 +341,8 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
         if hint is bool:
             if isinstance(value, bool):
                 return value
-            words = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
+            words = {"1": True, "true": True, "yes": True, "on": True,
+                     "0": False, "false": False, "no": False, "off": False}
             return words[str(value).lower()]
         if hint is int:
             if isinstance(value, float) and not value.is_integer():
@@ -374,7 +386,8 @@ def preset_names() -> list[str]:
     return sorted(p.name[:-5] for p in resources.files("tstrain.presets").iterdir() if p.name.endswith(".toml"))
 
 
-def load_config(preset: str | None = None, config_file: str | Path | None = None, overrides: dict | None = None) -> Config:
+def load_config(preset: str | None = None, config_file: str | Path | None = None,
+                overrides: dict | None = None) -> Config:
     """Return a Config: defaults, then a preset, then a TOML file, then overrides; validated."""
     cfg = Config()
     if preset:

@@ -10,8 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -59,7 +59,8 @@ def iter_documents(paths: Sequence[str | Path], doc_separator: str | None = None
             for batch in pf.iter_batches(columns=["text"], batch_size=1024):
                 yield from (t for t in batch.column(0).to_pylist() if t and t.strip())
         else:
-            raise DataError(f"unsupported input {p}: use .txt, .jsonl (a 'text' field per line) or .parquet ('text' column)")
+            raise DataError(f"unsupported input {p}: use .txt, .jsonl (a 'text' field per line) "
+                            "or .parquet ('text' column)")
 
 
 def is_validation_doc(index: int, val_fraction: float, seed: int) -> bool:
@@ -100,7 +101,8 @@ def find_eos(tokenizer, eos_token: str | None) -> tuple[str, int]:
         if idx is not None:
             return name, idx
     if eos_token:
-        raise DataError(f"the tokenizer has no token {eos_token!r}; pass the name of its end-of-text token with --eos-token")
+        raise DataError(f"the tokenizer has no token {eos_token!r}; "
+                        "pass the name of its end-of-text token with --eos-token")
     raise DataError(f"the tokenizer has none of {EOS_CANDIDATES}; pass its end-of-text token with --eos-token")
 
 
@@ -244,9 +246,11 @@ class TokenData:
         self.path = Path(path)
         mpath = self.path / MANIFEST
         if not self.path.is_dir():
-            raise DataError(f"data dir {self.path} does not exist; create it with `tstrain prepare-data --out {self.path} ...`")
+            raise DataError(f"data dir {self.path} does not exist; "
+                            f"create it with `tstrain prepare-data --out {self.path} ...`")
         if not mpath.is_file():
-            raise DataError(f"{self.path} has no {MANIFEST}; it is not a prepared data dir (run `tstrain prepare-data`)")
+            raise DataError(f"{self.path} has no {MANIFEST}; "
+                            "it is not a prepared data dir (run `tstrain prepare-data`)")
         try:
             self.manifest = json.loads(mpath.read_text())
         except json.JSONDecodeError as e:

@@ -17,7 +17,8 @@ no wrapping, the exact single-process numbers of before.
 from __future__ import annotations
 
 import os
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -109,7 +110,8 @@ class Distributed(Single):
         super().__init__(device)
         self.owns_group = not dist.is_initialized()  # a caller's own process group is left to the caller
         if self.owns_group:
-            dist.init_process_group("nccl" if device.type == "cuda" else "gloo", device_id=device if device.type == "cuda" else None)
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
+                                    device_id=device if device.type == "cuda" else None)
         self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
         self.root: nn.Module | None = None
 

@@ -27,7 +27,8 @@ def reuse_differences(run_dir: Path, cfg: Config) -> list[str]:
     data fills in, such as the vocabulary, and logging fields do not count)."""
     saved = tomllib.loads((run_dir / "config.toml").read_text())
     m = saved.get("model", {})
-    follows = {"model.vocab_size": cfg.model.vocab_size == 0, "model.max_position_embeddings": cfg.model.max_position_embeddings == 0}
+    follows = {"model.vocab_size": cfg.model.vocab_size == 0,
+               "model.max_position_embeddings": cfg.model.max_position_embeddings == 0}
     diffs = [d for d in resume_differences(saved, cfg) if not follows.get(d.split(":")[0])]
     if m and Path(saved.get("data", {}).get("path", "")).resolve() != Path(cfg.data.path).resolve():
         diffs.append(f"data.path: saved {saved['data']['path']!r}, now {cfg.data.path!r}")

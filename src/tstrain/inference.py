@@ -34,7 +34,8 @@ def generate(
     if max_new_tokens < 1:
         raise ConfigError(f"max_new_tokens must be >= 1; got {max_new_tokens}")
     if not greedy and (temperature <= 0 or not 0 < top_p <= 1):
-        raise ConfigError(f"sampling needs temperature > 0 and 0 < top_p <= 1; got {temperature}, {top_p} (or use greedy)")
+        raise ConfigError(f"sampling needs temperature > 0 and 0 < top_p <= 1; "
+                          f"got {temperature}, {top_p} (or use greedy)")
     model, tokenizer = load_model_dir(model_dir, device)
     inputs = tokenizer(prompt, return_tensors="pt").to(device)
     sampling = {} if greedy else {"temperature": temperature, "top_p": top_p, "top_k": 0}

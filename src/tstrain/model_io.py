@@ -86,7 +86,8 @@ def load_trained_model(source: str | Path) -> tuple[torch.nn.Module, Path | None
         tokenizer, eos = _tokenizer_of(cfg, run / "final")
     else:
         raise CheckpointError(
-            f"{path} is not a run dir (config.toml), a checkpoint (state.json) or a Hugging Face model dir (config.json)"
+            f"{path} is not a run dir (config.toml), a checkpoint (state.json) "
+            "or a Hugging Face model dir (config.json)"
         )
     model.eval()
     return model, tokenizer, eos

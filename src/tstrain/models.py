@@ -143,7 +143,8 @@ class CausalLMParts:
         self.head = model.get_output_embeddings()
         self.body = model.base_model
         if self.embedding is None or self.head is None or self.body is model:
-            raise TypeError(f"{type(model).__name__} does not expose an input embedding, a base model and an output head")
+            raise TypeError(f"{type(model).__name__} does not expose an input embedding, "
+                            "a base model and an output head")
         # Mixture-of-experts causal LMs in transformers keep these three on the model and define the
         # loss function next to it (Qwen3-MoE, Qwen2-MoE, Mixtral, OLMoE, ...).
         self.balance_loss = getattr(sys.modules[type(model).__module__], "load_balancing_loss_func", None)
@@ -164,7 +165,8 @@ class CausalLMParts:
     def is_moe(self) -> bool:
         return self.balance_loss is not None and bool(self.num_experts) and bool(self.top_k)
 
-    def hidden_states(self, input_ids: torch.Tensor | None = None, inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
+    def hidden_states(self, input_ids: torch.Tensor | None = None,
+                      inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
         """Return the last hidden states ``(B, L, d)`` for token ids or input embeddings."""
         out = self.body(input_ids=input_ids, inputs_embeds=inputs_embeds, use_cache=False)
         return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
@@ -198,7 +200,8 @@ def count_parameters(model: nn.Module) -> dict[str, int]:
 
     Shared tensors are counted once. ``embedding`` is every lookup table (token and, for GPT-2,
     position embeddings); the LM head is a matmul even when it shares the token embedding's
-    weight; ``matmul`` leaves out vectors (norm weights, biases), which multiply nothing. ``active`` counts each routed-expert weight times ``num_experts_per_tok / num_experts``:
+    weight; ``matmul`` leaves out vectors (norm weights, biases), which multiply nothing.
+    ``active`` counts each routed-expert weight times ``num_experts_per_tok / num_experts``:
     the weights one position runs through. Works on the meta device.
     """
     parts = CausalLMParts(model)
@@ -218,7 +221,8 @@ def count_parameters(model: nn.Module) -> dict[str, int]:
 
 
 def flops_per_position(model: nn.Module, seq_len: int) -> float:
-    """Return training FLOPs per position the transformer sees: ``6 * active matmul params + 12 * n_layer * d_attn * L``.
+    """Return training FLOPs per position the transformer sees:
+    ``6 * active matmul params + 12 * n_layer * d_attn * L``.
 
     The first term is forward (2) plus backward (4) FLOPs per weight a position runs through (for
     a mixture of experts, only its ``num_experts_per_tok`` experts); the second is the attention

@@ -21,8 +21,8 @@ from __future__ import annotations
 import bisect
 import math
 import warnings
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Callable, Iterable
 
 import numpy as np
 import torch
@@ -268,7 +268,8 @@ def check_appetite(reader: WindowReader, steps: int, max_epochs: float) -> float
             "or raise data.max_epochs if the reuse is intended"
         )
     if epochs > 1.0:
-        warnings.warn(f"the run reads the training split {epochs:.2f} times (each token up to {math.ceil(epochs)} times)")
+        warnings.warn(f"the run reads the training split {epochs:.2f} times "
+                      f"(each token up to {math.ceil(epochs)} times)", stacklevel=2)
     return epochs
 
 
@@ -282,7 +283,8 @@ def validation_windows(tokens: np.ndarray, seq_len: int, count: int) -> torch.Te
             "prepare the data with a larger --val-fraction or lower train.seq_len"
         )
     if available < count:
-        warnings.warn(f"validation split holds {available} windows of {seq_len + 1} tokens; using all of them, not {count}")
+        warnings.warn(f"validation split holds {available} windows of {seq_len + 1} tokens; "
+                      f"using all of them, not {count}", stacklevel=2)
         count = available
     slots = np.linspace(0, available - 1, count).round().astype(np.int64)
     idx = slots[:, None] * seq_len + np.arange(seq_len + 1)[None, :]

@@ -118,7 +118,8 @@ def scale_study(data: str, out_dir: str | Path, sizes: list[str], steps: list[in
     result: dict[str, Any] = {"data": str(Path(data).resolve()), "arms": [arm_name(s, r) for s, r in arms], "sizes": {}}
     for size in sizes:
         cfg = load_config(size, overrides={**(overrides or {}), "data.path": data})
-        params = model_info(cfg.model, padded_vocab(vocab, cfg.model.pad_vocab_multiple), cfg.train.seq_len)["parameters"]["total"]
+        params = model_info(cfg.model, padded_vocab(vocab, cfg.model.pad_vocab_multiple),
+                            cfg.train.seq_len)["parameters"]["total"]
         entry: dict[str, Any] = {"parameters": params, "lr": cfg.optim.lr, "cells": {}}
         if lrs:
             entry["lr"], entry["lr_tuning"] = tune_lr(cfg, out / size / "lr-tuning", lrs, tune_steps)
@@ -163,9 +164,11 @@ def scale_markdown(result: dict[str, Any]) -> str:
                     f"| {size} | {entry['parameters'] / 1e6:.2f}M | {n} | {arm} | {first['tokens_per_param']:.1f}, "
                     f"{first['tst_tokens_per_param']:.1f} | {_mean(cell, arm, 'baseline_val_loss'):.4f} | "
                     f"{_mean(cell, arm, 'tst_val_loss'):.4f} | {_mean(cell, arm, 'gap'):+.4f} ({gaps}) | "
-                    f"{_num(_mean(cell, arm, 'phase1_step_value'), '.2f')} | {_num(_mean(cell, arm, 'gap_at_switch'), '+.3f')} | "
+                    f"{_num(_mean(cell, arm, 'phase1_step_value'), '.2f')} | "
+                    f"{_num(_mean(cell, arm, 'gap_at_switch'), '+.3f')} | "
                     f"{_num(_mean(cell, arm, 'half_recovery_steps'), '.0f')} |")
-    lines += ["", "Trend of the gap against log10(steps), per size and arm (least squares over the cells' mean gaps):", "",
+    lines += ["", "Trend of the gap against log10(steps), per size and arm "
+              "(least squares over the cells' mean gaps):", "",
               "| size | arm | gap per decade of steps | +- 1 s.e. | crossing at steps | range (slope +- 1 s.e.) |",
               "| --- | --- | --- | --- | --- | --- |"]
     for size, entry in result["sizes"].items():
@@ -195,8 +198,8 @@ def plot_scale(result: dict[str, Any], out: Path) -> None:
             values = [_mean(c, arm, "phase1_step_value") for c in cells.values()]
             axes[1].plot([n for n, v in zip(ns, values) if v is not None], [v for v in values if v is not None],
                          marker="o", label=label)
-            axes[2].plot([_mean(c, arm, "flops") for c in cells.values()], [_mean(c, arm, "gap") for c in cells.values()],
-                         marker="o", label=label)
+            axes[2].plot([_mean(c, arm, "flops") for c in cells.values()],
+                         [_mean(c, arm, "gap") for c in cells.values()], marker="o", label=label)
     for ax, (xlabel, ylabel, level) in zip(axes, [("steps", "TST minus baseline val loss (nats)", 0.0),
                                                    ("steps", "phase-1 step value (baseline steps)", 1.0),
                                                    ("training FLOPs", "TST minus baseline val loss (nats)", 0.0)]):

@@ -19,8 +19,6 @@ exactly one window) and the remaining ``window - stride`` tokens only serve as t
 
 from __future__ import annotations
 
-from typing import Union
-
 import torch
 import torch.nn.functional as F
 
@@ -93,7 +91,7 @@ def superposition_batch(
 # ----------------------------------------------------------------------------------------------
 
 
-def bag_embeddings(weight_or_embedding: Union[torch.Tensor, torch.nn.Embedding], ids: torch.Tensor) -> torch.Tensor:
+def bag_embeddings(weight_or_embedding: torch.Tensor | torch.nn.Embedding, ids: torch.Tensor) -> torch.Tensor:
     """Return the mean embedding of each bag, ``(B, L, d)`` in the weight's dtype.
 
     ``ids`` is ``(B, L, s)``. The sum runs in float32 whatever the weight's dtype (bf16 sums of
@@ -113,7 +111,7 @@ def bag_embeddings(weight_or_embedding: Union[torch.Tensor, torch.nn.Embedding],
 
 
 def bag_weights(
-    scheme: Union[str, torch.Tensor, list, tuple],
+    scheme: str | torch.Tensor | list | tuple,
     bag_size: int,
     *,
     mi_exponent: float = DCLM_MI_EXPONENT,
@@ -141,7 +139,8 @@ def bag_weights(
         elif scheme == "mi":
             w = i**mi_exponent
         else:
-            raise ValueError(f"unknown bag weight scheme {scheme!r}; choose one of {WEIGHT_SCHEMES} or give {s} numbers")
+            raise ValueError(f"unknown bag weight scheme {scheme!r}; "
+                             f"choose one of {WEIGHT_SCHEMES} or give {s} numbers")
     else:
         w = torch.as_tensor(scheme, dtype=torch.float64).flatten()
         if w.numel() != s:
@@ -168,7 +167,8 @@ def _prepared_targets(targets2, vocab_size, weights, ignore_index, mi_exponent, 
     valid = targets2 != ignore_index
     if check_ids and (valid & ((targets2 < 0) | (targets2 >= vocab_size))).any():  # one device sync per call
         lo, hi = int(targets2[valid].min()), int(targets2[valid].max())
-        raise ValueError(f"target ids must lie in [0, {vocab_size}) (the vocabulary size of the logits); found {lo}..{hi}")
+        raise ValueError(f"target ids must lie in [0, {vocab_size}) (the vocabulary size of the logits); "
+                         f"found {lo}..{hi}")
     w = bag_weights(weights, targets2.shape[-1], mi_exponent=mi_exponent)
     scales = target_scales(targets2, w, ignore_index).to(device)
     return torch.where(valid, targets2, torch.zeros_like(targets2)), scales
@@ -204,7 +204,7 @@ class _MultiHotCE(torch.autograd.Function):
 def multi_hot_cross_entropy(
     logits: torch.Tensor,
     targets: torch.Tensor,
-    weights: Union[str, torch.Tensor, list, tuple] = "uniform",
+    weights: str | torch.Tensor | list | tuple = "uniform",
     ignore_index: int = IGNORE_INDEX,
     *,
     mi_exponent: float = DCLM_MI_EXPONENT,
@@ -222,7 +222,8 @@ def multi_hot_cross_entropy(
     if logits.shape[:-1] != targets.shape[:-1]:
         raise ValueError(f"logits {tuple(logits.shape)} and targets {tuple(targets.shape)} disagree on leading dims")
     V, s = logits.shape[-1], targets.shape[-1]
-    safe, scales = _prepared_targets(targets.reshape(-1, s), V, weights, ignore_index, mi_exponent, logits.device, check_ids)
+    safe, scales = _prepared_targets(targets.reshape(-1, s), V, weights, ignore_index, mi_exponent, logits.device,
+                                     check_ids)
     return _MultiHotCE.apply(logits.reshape(-1, V), safe, scales)
 
 
@@ -272,7 +273,7 @@ def linear_multi_hot_cross_entropy(
     hidden: torch.Tensor,
     head_weight: torch.Tensor,
     targets: torch.Tensor,
-    weights: Union[str, torch.Tensor, list, tuple] = "uniform",
+    weights: str | torch.Tensor | list | tuple = "uniform",
     ignore_index: int = IGNORE_INDEX,
     *,
     chunk_size: int = 1024,
@@ -286,8 +287,10 @@ def linear_multi_hot_cross_entropy(
     d, s = hidden.shape[-1], targets.shape[-1]
     V = head_weight.shape[0]
     if hidden.shape[:-1] != targets.shape[:-1] or head_weight.shape[1] != d:
-        raise ValueError(f"hidden {tuple(hidden.shape)}, head {tuple(head_weight.shape)} and targets {tuple(targets.shape)} disagree")
-    safe, scales = _prepared_targets(targets.reshape(-1, s), V, weights, ignore_index, mi_exponent, hidden.device, check_ids)
+        raise ValueError(f"hidden {tuple(hidden.shape)}, head {tuple(head_weight.shape)} "
+                         f"and targets {tuple(targets.shape)} disagree")
+    safe, scales = _prepared_targets(targets.reshape(-1, s), V, weights, ignore_index, mi_exponent, hidden.device,
+                                     check_ids)
     mixed = head_weight.dtype != hidden.dtype and not torch.is_autocast_enabled(hidden.device.type)
     weight = head_weight.to(hidden.dtype) if mixed else head_weight
     return _LinearMultiHotCE.apply(hidden.reshape(-1, d), weight, safe, scales, max(1, chunk_size))

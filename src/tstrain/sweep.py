@@ -56,7 +56,8 @@ def sweep_markdown(table: dict[str, Any], cfg: Config) -> str:
     """Return the paper-style table: final val loss per s (rows) and r (columns), baseline first."""
     rs = table["ratios"]
     best = min((v, s, r) for s, row in table["grid"].items() for r, v in row.items())
-    lines = [f"Final next-token validation loss, {cfg.train.steps} steps, B={cfg.train.batch_size}, L={cfg.train.seq_len} "
+    lines = [f"Final next-token validation loss, {cfg.train.steps} steps, "
+             f"B={cfg.train.batch_size}, L={cfg.train.seq_len} "
              f"(lower is better; baseline {table['baseline']:.4f}; best s={best[1]}, r={best[2]}: {best[0]:.4f}, "
              f"{best[0] - table['baseline']:+.4f} vs baseline).", "",
              "| s \\ r | " + " | ".join(f"{r:g}" for r in rs) + " |", "| --- |" + " --- |" * len(rs),
@@ -152,7 +153,8 @@ def ablate(cfg: Config, out_dir: str | Path, names: list[str] | None = None,
     base = result["baseline"]["final_val_loss"]
     lines = [f"Ablations at s={cfg.tst.bag_size}, r={cfg.tst.ratio}, {cfg.train.steps} steps, switch at step {switch} "
              f"(next-token val loss; lower is better).", "",
-             f"| run | overrides | val loss at step {switch} | final val loss | vs baseline | phase-1 step value | data tokens |",
+             f"| run | overrides | val loss at step {switch} | final val loss | vs baseline | "
+             "phase-1 step value | data tokens |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for n, r in result.items():
         ov = ", ".join(f"{k}={v}" for k, v in r["overrides"].items()) or "(the method)"

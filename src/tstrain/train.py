@@ -16,9 +16,10 @@ import json
 import math
 import time
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 import torch
 
@@ -70,7 +71,8 @@ def lr_at(cfg: Config, step: int) -> float:
     if cfg.tst.restart_schedule and 0 < switch:
         if step < switch:
             return wsd_lr(step, switch, o.lr, min(o.warmup_steps, switch), o.decay_fraction, o.final_lr_fraction)
-        return wsd_lr(step - switch, n - switch, o.lr, min(o.warmup_steps, n - switch), o.decay_fraction, o.final_lr_fraction)
+        return wsd_lr(step - switch, n - switch, o.lr, min(o.warmup_steps, n - switch), o.decay_fraction,
+                      o.final_lr_fraction)
     return wsd_lr(step, n, o.lr, o.warmup_steps, o.decay_fraction, o.final_lr_fraction)
 
 
@@ -131,9 +133,11 @@ def head_loss(parts: CausalLMParts, hidden: torch.Tensor, targets: torch.Tensor,
     id against the tokenizer at load, and ``Config.resolved_for`` the model's vocabulary against it.
     """
     if uses_fused_loss(parts, cfg):
-        return linear_multi_hot_cross_entropy(hidden, parts.head.weight, targets, weights, chunk_size=cfg.train.loss_chunk_size,
+        return linear_multi_hot_cross_entropy(hidden, parts.head.weight, targets, weights,
+                                              chunk_size=cfg.train.loss_chunk_size,
                                               mi_exponent=cfg.tst.mi_exponent, check_ids=False)
-    return multi_hot_cross_entropy(parts.logits(hidden), targets, weights, mi_exponent=cfg.tst.mi_exponent, check_ids=False)
+    return multi_hot_cross_entropy(parts.logits(hidden), targets, weights, mi_exponent=cfg.tst.mi_exponent,
+                                   check_ids=False)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -305,7 +309,8 @@ class Trainer:
         """Return the checkpoint to resume from (None: start at step 0), refusing what must not run."""
         if not self.resume:
             if ckpt.list_checkpoints(self.ckpt_root):
-                raise ConfigError(f"{self.run} already holds checkpoints; pass --resume to continue it or choose a new --out")
+                raise ConfigError(f"{self.run} already holds checkpoints; "
+                                  "pass --resume to continue it or choose a new --out")
             return None
         saved = self.run / "config.toml"
         if saved.is_file():
@@ -386,7 +391,8 @@ class Trainer:
         first = ctx.rank * micro * accum
         loss_sum = 0.0
         for k in range(accum):
-            pieces = [(size, w.to(ctx.device, non_blocking=True)) for size, w in self.reader.pieces(step, first + k * micro, micro)]
+            pieces = [(size, w.to(ctx.device, non_blocking=True))
+                      for size, w in self.reader.pieces(step, first + k * micro, micro)]
             ctx.grad_sync(k == accum - 1)  # reduce gradients across processes once, after the last micro-batch
             with self.autocast():
                 loss = self.run_model(self.loss_fn, self.parts, pieces, self.cfg)
@@ -455,8 +461,8 @@ class Trainer:
         v = validation_loss(self.parts, self.val, self.cfg.train.eval_batch_size, self.ctx.device, self.autocast,
                             self.run_model, self.ctx)
         s = self.state
-        self.log.write({"step": s.step, "phase": phase_after(self.cfg, s.step), "val_loss": v, "data_tokens": s.data_tokens,
-                        "flops": s.flops, "wall_time": self.elapsed()})
+        self.log.write({"step": s.step, "phase": phase_after(self.cfg, s.step), "val_loss": v,
+                        "data_tokens": s.data_tokens, "flops": s.flops, "wall_time": self.elapsed()})
         return v
 
     def save(self) -> None:
@@ -512,13 +518,14 @@ class Trainer:
         if math.isnan(last_val):  # resumed from the final checkpoint: nothing left to run
             last_val = validation_loss(self.parts, self.val, self.cfg.train.eval_batch_size, self.ctx.device,
                                        self.autocast, self.run_model, self.ctx)
-        weights = ckpt.full_model_state_dict(self.model) if self.ctx.distributed else None  # gathered from every process
+        # gathered from every process
+        weights = ckpt.full_model_state_dict(self.model) if self.ctx.distributed else None
         s = self.state
         summary = RunSummary(self.run, last_val, self.cfg.train.steps, self.cfg.switch_step, s.data_tokens, s.flops,
                              self.elapsed())
         if self.ctx.is_main:
-            export_hf(self.model, self.run / "final", self.data.path / "tokenizer.json", self.data.manifest.get("eos_token"),
-                      weights)
+            export_hf(self.model, self.run / "final", self.data.path / "tokenizer.json",
+                      self.data.manifest.get("eos_token"), weights)
             (self.run / "summary.json").write_text(json.dumps(summary.to_dict(), indent=2) + "\n")
         return summary
 
