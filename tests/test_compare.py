@@ -105,6 +105,8 @@ def test_compare_end_to_end_writes_report_json_and_plots(tiny_cfg, tmp_path):
     report = (tmp_path / "cmp" / "report.md").read_text()
     assert f"{runs['tst']['final_val_loss']:.4f}" in report and "Equal loss" in report
     assert "What a phase-1 step buys" in report and "phase1_step_value" in result
+    verdict = "here it saves compute" if result["equal_flops_delta"] < 0 else "here it costs compute"
+    assert "## Reading" in report and verdict in report
     # A second call reuses the finished runs instead of training again.
     before = (tmp_path / "cmp" / "tst" / "summary.json").stat().st_mtime
     compare(cfg, tmp_path / "cmp", command="test")

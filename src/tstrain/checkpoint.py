@@ -67,11 +67,20 @@ def save_checkpoint(root: Path, step: int, model, optimizer, state: dict[str, An
     """Write the checkpoint for ``step`` completed steps atomically; return its directory."""
     root.mkdir(parents=True, exist_ok=True)
     tmp = _fresh_tmp(root, step, os.getpid())
-    save_model(model, str(tmp / "model.safetensors"))
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    torch.save(rng_state(), tmp / "rng.pt")
-    maybe_die("save", step)
-    return _complete(root, tmp, step, state)
+    try:
+        save_model(model, str(tmp / "model.safetensors"))
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(rng_state(), tmp / "rng.pt")
+        maybe_die("save", step)
+        return _complete(root, tmp, step, state)
+    except (OSError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError of its zip writer
+        shutil.rmtree(tmp, ignore_errors=True)
+        free = shutil.disk_usage(root).free / 2**20
+        raise CheckpointError(
+            f"could not write the checkpoint of step {step} under {root} ({str(e).splitlines()[0][:200]}; "
+            f"{free:,.0f} MiB free there); the earlier checkpoints are kept. Free space (or lower "
+            "train.keep_checkpoints) and continue with --resume"
+        ) from None
 
 
 def _fresh_tmp(root: Path, step: int, tag: int) -> Path:

@@ -81,6 +81,8 @@ def cmd_prepare_data(args: argparse.Namespace) -> int:
         seed=args.seed,
         doc_separator=args.doc_separator,
         progress=not args.no_progress,
+        overwrite=args.overwrite,
+        max_bad_text=args.max_bad_text,
     )
     print(f"wrote {args.out}: {manifest['train_tokens']:,} training and {manifest['val_tokens']:,} validation tokens, "
           f"vocabulary {manifest['vocab_size']}, EOS {manifest['eos_token']!r} = {manifest['eos_id']}")
@@ -304,6 +306,9 @@ def _add_data_verbs(sub) -> None:
     p.add_argument("--eos-token", help="end-of-text token (default: found among the usual names)")
     p.add_argument("--val-fraction", type=float, default=0.01, help="fraction of documents held out for validation")
     p.add_argument("--doc-separator", help="split .txt files into documents on this string")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing data dir (runs may depend on it)")
+    p.add_argument("--max-bad-text", type=float, default=0.001,
+                   help="refuse input whose share of characters that are not valid UTF-8 exceeds this")
     p.add_argument("--seed", type=int, default=0, help="seed of the validation split")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_prepare_data)
@@ -452,10 +457,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _how_to_continue(args: argparse.Namespace) -> str:
+    """Return what continues an interrupted verb: --resume for train, the same command for the experiments."""
+    if args.verb == "train":
+        from .checkpoint import list_checkpoints
+
+        ckpts = list_checkpoints(Path(args.out) / "checkpoints")
+        where = f"the newest checkpoint is {ckpts[-1].name}" if ckpts else "no checkpoint was written yet"
+        return f"{where}; continue with `tstrain train --out {args.out} --resume`"
+    if args.verb in ("compare", "sweep", "ablate", "scale"):
+        return "finished runs are kept; run the same command again to continue"
+    return "nothing was finished"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
+    except KeyboardInterrupt:
+        print(f"tstrain {args.verb}: stopped (Ctrl-C). {_how_to_continue(args)}", file=sys.stderr)
+        return 130
+    except OSError as e:  # the machine's, not the code's: a full disk, a missing or unwritable path
+        where = f": {e.filename}" if e.filename else ""
+        print(f"tstrain {args.verb}: error: {e.strerror or e}{where}", file=sys.stderr)
+        return 2
     except TstrainError as e:
         print(f"tstrain {args.verb}: error: {e}", file=sys.stderr)
         return 2

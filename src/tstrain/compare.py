@@ -132,8 +132,25 @@ def report_markdown(result: dict[str, Any], labels: dict[str, str], command: str
                   f"TST minus the equal-data baseline's final val loss: **{result['equal_data_delta']:+.4f}** nats "
                   f"({'TST better' if result['equal_data_delta'] < 0 else 'baseline better'}; the paper finds the "
                   "baseline wins this view).", ""]
+    lines += reading_lines(result)
     lines += ["Plots: `val_loss_vs_flops.png`, `val_loss_vs_data_tokens.png`, `val_loss_vs_wall_time.png`.", ""]
     return "\n".join(lines)
+
+
+def reading_lines(result: dict[str, Any]) -> list[str]:
+    """Return report.md's plain reading: does TST pay here, and where to look if it does not."""
+    gap, value = result["equal_flops_delta"], result["phase1_step_value"]
+    bought = "" if value is None else f" A phase-1 step bought {value:.2f} baseline steps."
+    if gap < 0:
+        verdict = (f"TST ends {-gap:.3f} nats below the baseline at equal FLOPs: here it saves compute.{bought} "
+                   "Check that the win holds on a second seed (`--seed 1`) before relying on it.")
+    else:
+        verdict = (f"TST ends {gap:.3f} nats above the baseline at equal FLOPs: here it costs compute.{bought} "
+                   "This is expected at small scale: the paper's gains are at 270M-10B parameters and tens of "
+                   "thousands of 2M-token steps, and no public result shows TST winning below ~100M parameters "
+                   "and ~3k steps. `tstrain scale` (results in the project's `benchmarks/results/scale/`) measures "
+                   "how the gap and the phase-1 step value move with run length and model size.")
+    return ["## Reading", "", verdict, ""]
 
 
 def phase1_value_lines(detail: dict[str, Any], switch: int) -> list[str]:

@@ -290,6 +290,9 @@ class Config:
             (not (t.bag_size > 1 and 0 < t.ratio and self.switch_step == 0),
              f"tst.ratio={t.ratio} of {tr.steps} steps rounds to no phase-1 step; raise the ratio or the steps, "
              "or set tst.ratio=0 for the baseline"),
+            (self.switch_step < tr.steps,
+             f"tst.ratio={t.ratio} of {tr.steps} steps switches at step {self.switch_step} and leaves no phase-2 step: "
+             "the model would never train on next-token prediction; lower the ratio or raise train.steps"),
         ]
 
     def transition_rules(self) -> list[tuple[bool, str]]:
@@ -404,8 +407,11 @@ def load_config(preset: str | None = None, config_file: str | Path | None = None
             raise ConfigError(f"config file {path} is not valid TOML ({e})") from None
     if overrides:
         apply_overrides(cfg, overrides)
-    if cfg.model.config_file:  # saved runs must find it again from any working directory
+    # Saved runs must find these again from any working directory.
+    if cfg.model.config_file:
         cfg.model.config_file = str(Path(cfg.model.config_file).expanduser().resolve())
+    if cfg.data.path:
+        cfg.data.path = str(Path(cfg.data.path).expanduser().resolve())
     validate(cfg)
     return cfg
 

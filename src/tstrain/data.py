@@ -10,13 +10,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from .errors import DataError
-from .fileio import sha256_file
+from .fileio import sha256_file, write_text_atomic
 
 MANIFEST = "manifest.json"
 FORMAT = "tstrain-tokens-v1"
@@ -28,36 +29,82 @@ EOS_CANDIDATES = ("<|endoftext|>", "</s>", "<|end_of_text|>", "<eos>", "<|im_end
 # ----------------------------------------------------------------------------------------------
 
 
-def iter_documents(paths: Sequence[str | Path], doc_separator: str | None = None) -> Iterator[str]:
+class TextStats:
+    """Characters read and characters that were not valid UTF-8 (decoded as U+FFFD)."""
+
+    def __init__(self) -> None:
+        self.chars = 0
+        self.replaced = 0
+
+    def decode(self, raw: bytes) -> str:
+        """Return ``raw`` decoded as UTF-8, counting the bytes that were not valid UTF-8."""
+        text = raw.decode("utf-8", errors="replace")
+        self.chars += len(text)
+        self.replaced += text.count("\ufffd") - raw.count("\ufffd".encode())  # U+FFFD already in the file is text
+        return text
+
+
+def _txt_documents(p: Path, doc_separator: str | None, stats: TextStats) -> Iterator[str]:
+    text = stats.decode(p.read_bytes()).replace("\r\n", "\n").replace("\r", "\n")  # as text mode reads it
+    if "\x00" in text:
+        raise DataError(f"{p} holds NUL bytes: it is a binary file, not text; leave it out of --input")
+    parts = text.split(doc_separator) if doc_separator else [text]
+    yield from (t for t in parts if t.strip())
+
+
+def _jsonl_documents(p: Path, stats: TextStats) -> Iterator[str]:
+    with p.open("rb") as f:
+        for n, raw in enumerate(f, 1):
+            line = stats.decode(raw)
+            if not line.strip():
+                continue
+            try:
+                text = json.loads(line)["text"]
+            except (json.JSONDecodeError, KeyError, TypeError):
+                raise DataError(f"{p}:{n} is not a JSON object with a 'text' field") from None
+            if text is not None and not isinstance(text, str):
+                raise DataError(f"{p}:{n}: 'text' is a {type(text).__name__}, not a string")
+            if text and text.strip():
+                yield text
+
+
+def _parquet_documents(p: Path) -> Iterator[str]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(p)
+    except (pa.ArrowException, OSError) as e:
+        raise DataError(f"{p} is not a readable parquet file ({e})") from None
+    schema = pf.schema_arrow
+    if "text" not in schema.names:
+        raise DataError(f"{p} has no 'text' column (columns: {', '.join(schema.names)})")
+    kind = schema.field("text").type
+    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+        raise DataError(f"{p}: the 'text' column holds {kind}, not strings")
+    try:
+        for batch in pf.iter_batches(columns=["text"], batch_size=1024):
+            yield from (t for t in batch.column(0).to_pylist() if t and t.strip())
+    except (pa.ArrowException, OSError) as e:
+        raise DataError(f"{p} is corrupt: {e}") from None
+
+
+def iter_documents(paths: Sequence[str | Path], doc_separator: str | None = None,
+                   stats: TextStats | None = None) -> Iterator[str]:
     """Yield documents: a .txt file (split on ``doc_separator`` if given), .jsonl lines' or
-    .parquet rows' ``text`` field. Empty documents are skipped."""
+    .parquet rows' ``text`` field. Empty documents are skipped; bytes that are not UTF-8 become
+    U+FFFD and are counted in ``stats``."""
+    stats = stats or TextStats()
     for p in map(Path, paths):
         if not p.is_file():
             raise DataError(f"input {p} does not exist or is not a file")
         suffix = p.suffix.lower()
         if suffix in (".txt", ".md", ".rst", ".text"):
-            text = p.read_text(encoding="utf-8", errors="replace")
-            parts = text.split(doc_separator) if doc_separator else [text]
-            yield from (t for t in parts if t.strip())
+            yield from _txt_documents(p, doc_separator, stats)
         elif suffix in (".jsonl", ".json"):
-            with p.open(encoding="utf-8") as f:
-                for n, line in enumerate(f, 1):
-                    if not line.strip():
-                        continue
-                    try:
-                        text = json.loads(line)["text"]
-                    except (json.JSONDecodeError, KeyError, TypeError):
-                        raise DataError(f"{p}:{n} is not a JSON object with a 'text' field") from None
-                    if isinstance(text, str) and text.strip():
-                        yield text
+            yield from _jsonl_documents(p, stats)
         elif suffix == ".parquet":
-            import pyarrow.parquet as pq
-
-            pf = pq.ParquetFile(p)
-            if "text" not in pf.schema_arrow.names:
-                raise DataError(f"{p} has no 'text' column (columns: {', '.join(pf.schema_arrow.names)})")
-            for batch in pf.iter_batches(columns=["text"], batch_size=1024):
-                yield from (t for t in batch.column(0).to_pylist() if t and t.strip())
+            yield from _parquet_documents(p)
         else:
             raise DataError(f"unsupported input {p}: use .txt, .jsonl (a 'text' field per line) "
                             "or .parquet ('text' column)")
@@ -127,42 +174,41 @@ def prepare_data(
     doc_separator: str | None = None,
     progress: bool = True,
     batch_docs: int = 256,
+    overwrite: bool = False,
+    max_bad_text: float = 0.001,
 ) -> dict:
     """Tokenize ``inputs`` into ``out_dir`` (train.bin, val.bin, tokenizer.json, manifest.json).
 
     Give an existing ``tokenizer`` (a tokenizer.json) or ``train_tokenizer=VOCAB`` to train a
-    byte-level BPE on the training documents first. Returns the manifest.
+    byte-level BPE on the training documents first. An existing data dir is replaced only with
+    ``overwrite``; text with more than ``max_bad_text`` of its characters not valid UTF-8 is
+    refused (any at all is warned about). Returns the manifest.
     """
-    if not inputs:
-        raise DataError("give at least one input file")
-    if (tokenizer is None) == (not train_tokenizer):
-        raise DataError("give exactly one of --tokenizer FILE or --train-tokenizer VOCAB_SIZE")
-    if not 0.0 < val_fraction < 1.0:
-        raise DataError(f"--val-fraction must be in (0, 1); got {val_fraction}")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = _check_prepare_args(inputs, out_dir, tokenizer, train_tokenizer, val_fraction, overwrite)
 
-    def split_docs(want_val: bool) -> Iterator[str]:
-        for i, doc in enumerate(iter_documents(inputs, doc_separator)):
-            if is_validation_doc(i, val_fraction, seed) == want_val:
-                yield doc
+    def documents(stats: TextStats) -> Iterator[tuple[int, str]]:
+        return enumerate(iter_documents(inputs, doc_separator, stats))
 
     if train_tokenizer:
-        tok = train_bpe_tokenizer(split_docs(False), train_tokenizer, eos_token or EOS_CANDIDATES[0], progress)
+        train_docs = (doc for i, doc in documents(TextStats()) if not is_validation_doc(i, val_fraction, seed))
+        tok = train_bpe_tokenizer(train_docs, train_tokenizer, eos_token or EOS_CANDIDATES[0], progress)
     else:
         tok = _load_tokenizer(tokenizer)
     eos_name, eos_id = find_eos(tok, eos_token)
     vocab_size = tok.get_vocab_size(with_added_tokens=True)
-    tok.save(str(out / "tokenizer.json"))
-    docs = ((("val" if is_validation_doc(i, val_fraction, seed) else "train"), doc)
-            for i, doc in enumerate(iter_documents(inputs, doc_separator)))
+    stats = TextStats()  # counted on the pass that writes the tokens
+    docs = ((("val" if is_validation_doc(i, val_fraction, seed) else "train"), doc) for i, doc in documents(stats))
     total_bytes = sum(Path(p).stat().st_size for p in inputs)
     counts, max_id = _write_splits(out, tok, docs, eos_id, token_dtype(vocab_size), total_bytes, progress, batch_docs)
+    _check_text_quality(stats, max_bad_text, out)
     if counts["train"][0] == 0 or counts["val"][0] == 0:
         raise DataError(
             f"the split left {counts['train'][1]} training and {counts['val'][1]} validation documents; "
             "give more documents (or a .txt --doc-separator) or change --val-fraction"
         )
+    for name in ("train", "val"):
+        os.replace(out / f"{name}.bin.tmp", out / f"{name}.bin")
+    tok.save(str(out / "tokenizer.json"))
     manifest = {
         "format": FORMAT,
         "dtype": token_dtype(vocab_size).name,
@@ -177,12 +223,50 @@ def prepare_data(
         "val_fraction": val_fraction,
         "seed": seed,
         "tokenizer_sha256": sha256_file(out / "tokenizer.json"),
-        "sources": [{"path": str(p), "bytes": Path(p).stat().st_size} for p in inputs],
+        "replaced_characters": stats.replaced,
+        "sources": [{"path": str(Path(p).resolve()), "bytes": Path(p).stat().st_size} for p in inputs],
     }
-    tmp = out / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    os.replace(tmp, out / MANIFEST)
+    write_text_atomic(out / MANIFEST, json.dumps(manifest, indent=2) + "\n")
     return manifest
+
+
+def _check_prepare_args(inputs, out_dir, tokenizer, train_tokenizer, val_fraction: float, overwrite: bool) -> Path:
+    """Refuse what cannot work before anything is written; return the (created) output dir."""
+    if not inputs:
+        raise DataError("give at least one input file")
+    if (tokenizer is None) == (not train_tokenizer):
+        raise DataError("give exactly one of --tokenizer FILE or --train-tokenizer VOCAB_SIZE")
+    if not 0.0 < val_fraction < 1.0:
+        raise DataError(f"--val-fraction must be in (0, 1); got {val_fraction}")
+    missing = [str(p) for p in inputs if not Path(p).is_file()]
+    if missing:
+        more = f" ({len(missing)} inputs missing)" if len(missing) > 1 else ""
+        raise DataError(f"input {missing[0]} does not exist or is not a file{more}")
+    out = Path(out_dir)
+    if (out / MANIFEST).is_file() and not overwrite:
+        raise DataError(f"{out} already holds prepared data that runs may depend on; choose a new --out "
+                        "(or pass --overwrite to replace it)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / ".write-test").write_bytes(b"")
+        (out / ".write-test").unlink()
+    except OSError as e:
+        raise DataError(f"cannot write to {out}: {e.strerror}; choose another --out") from None
+    return out
+
+
+def _check_text_quality(stats: TextStats, max_bad_text: float, out: Path) -> None:
+    """Warn about text that was not valid UTF-8; refuse it past ``max_bad_text`` of the characters."""
+    if stats.replaced == 0:
+        return
+    share = stats.replaced / max(stats.chars, 1)
+    if share > max_bad_text:
+        for name in ("train", "val"):
+            (out / f"{name}.bin.tmp").unlink(missing_ok=True)
+        raise DataError(f"{stats.replaced:,} of {stats.chars:,} characters ({share:.2%}) were not valid UTF-8: the "
+                        "input is binary or in another encoding; convert it to UTF-8, or raise --max-bad-text "
+                        f"(now {max_bad_text}) to accept it with U+FFFD in their place")
+    warnings.warn(f"{stats.replaced:,} characters ({share:.4%}) were not valid UTF-8 and became U+FFFD", stacklevel=3)
 
 
 def _load_tokenizer(path: str | Path):
@@ -190,7 +274,10 @@ def _load_tokenizer(path: str | Path):
 
     if not Path(path).is_file():
         raise DataError(f"tokenizer file {path} does not exist")
-    return Tokenizer.from_file(str(path))
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as e:  # the tokenizers library raises a bare Exception for a file it cannot parse
+        raise DataError(f"{path} is not a tokenizers tokenizer.json ({str(e).splitlines()[0][:200]})") from None
 
 
 def _write_splits(out: Path, tok, docs: Iterable[tuple[str, str]], eos_id: int, dtype: np.dtype, total_bytes: int,
@@ -229,8 +316,6 @@ def _write_splits(out: Path, tok, docs: Iterable[tuple[str, str]], eos_id: int, 
             f.flush()
             os.fsync(f.fileno())
             f.close()
-    for name in ("train", "val"):
-        os.replace(out / f"{name}.bin.tmp", out / f"{name}.bin")
     return counts, max_id
 
 
@@ -257,11 +342,29 @@ class TokenData:
             raise DataError(f"{mpath} is not valid JSON ({e}); re-run `tstrain prepare-data`") from None
         if self.manifest.get("format") != FORMAT:
             raise DataError(f"{mpath} has format {self.manifest.get('format')!r}, expected {FORMAT!r}")
+        self._check_tokenizer()
         self.vocab_size = int(self.manifest["vocab_size"])
         self.eos_id = int(self.manifest["eos_id"])
         dtype = np.dtype(self.manifest["dtype"])
         self.train = self._open("train", dtype)
         self.val = self._open("val", dtype)
+
+    def _check_tokenizer(self) -> None:
+        """Refuse a tokenizer.json that is not the one the tokens were made with."""
+        tok = self.path / "tokenizer.json"
+        if not tok.is_file():
+            raise DataError(f"{tok} is missing: the data cannot be decoded or exported without the tokenizer that "
+                            "made it; restore it or re-run `tstrain prepare-data`")
+        want = self.manifest.get("tokenizer_sha256")
+        if want and sha256_file(tok) != want:
+            raise DataError(f"{tok} is not the tokenizer these tokens were made with (its SHA-256 differs from the "
+                            "manifest's): restore the original, or re-run `tstrain prepare-data` with the new one")
+
+    @property
+    def identity(self) -> dict[str, object]:
+        """Return what identifies these data wherever the dir lives: the manifest's hash and token counts."""
+        return {"manifest_sha256": sha256_file(self.path / MANIFEST), "train_tokens": len(self.train),
+                "val_tokens": len(self.val), "tokenizer_sha256": self.manifest.get("tokenizer_sha256")}
 
     def _open(self, name: str, dtype: np.dtype) -> np.ndarray:
         f = self.path / f"{name}.bin"

@@ -23,7 +23,7 @@ import torch
 
 from .data import TokenData
 from .errors import CheckpointError, ConfigError, DataError
-from .model_io import load_model_dir
+from .model_io import load_trained_model
 from .models import CausalLMParts
 from .reader import validation_windows
 from .superposition import multi_hot_cross_entropy, next_token_batch
@@ -64,6 +64,20 @@ def validation_loss(parts: CausalLMParts, windows: torch.Tensor, batch_size: int
     return total / count
 
 
+def check_same_tokenizer(tokenizer_file: Path | None, data: TokenData) -> None:
+    """Raise DataError if a model's training tokenizer is not the one the data were prepared with."""
+    from tokenizers import Tokenizer
+
+    if tokenizer_file is None:
+        return  # a bare model dir without tokenizer files: nothing to compare
+    ours, theirs = Tokenizer.from_file(str(tokenizer_file)), Tokenizer.from_file(str(data.path / "tokenizer.json"))
+    if ours.get_vocab() != theirs.get_vocab():
+        raise DataError(
+            f"{data.path} was prepared with another tokenizer than the model's ({tokenizer_file}): its token ids mean "
+            "other text, so the loss would be meaningless; prepare the data with the model's tokenizer.json"
+        )
+
+
 def evaluate(model_dir: str | Path, data_dir: str | Path, seq_len: int = 0, windows: int = 64, batch_size: int = 16,
              device: str = "cpu") -> dict[str, float]:
     """Return the next-token ``loss`` (nats) and ``perplexity`` of a model dir on a data dir's validation split.
@@ -71,7 +85,8 @@ def evaluate(model_dir: str | Path, data_dir: str | Path, seq_len: int = 0, wind
     The same fixed windows of ``seq_len + 1`` tokens and the same loss as the trainer's
     ``val_loss`` (``seq_len`` 0: the model's ``max_position_embeddings``).
     """
-    model, _ = load_model_dir(model_dir, device, with_tokenizer=False)
+    model, tokenizer_file, _ = load_trained_model(model_dir)
+    model = model.to(device)
     data = TokenData(data_dir)
     parts = CausalLMParts(model)
     if data.vocab_size > parts.vocab_size:
@@ -79,6 +94,7 @@ def evaluate(model_dir: str | Path, data_dir: str | Path, seq_len: int = 0, wind
             f"{data_dir} uses a vocabulary of {data.vocab_size} tokens but the model has {parts.vocab_size}: "
             "the data was prepared with another tokenizer; prepare it with the model's tokenizer.json"
         )
+    check_same_tokenizer(tokenizer_file, data)
     positions = getattr(model.config, "max_position_embeddings", None)
     seq_len = seq_len or positions or 0
     if seq_len < 1:

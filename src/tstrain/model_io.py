@@ -54,6 +54,14 @@ def _tokenizer_of(cfg: Config | None, model_dir: Path | None) -> tuple[Path | No
     return None, None
 
 
+def quiet_transformers() -> None:
+    """Turn off ``transformers``' own progress bars (loading and writing shards of a small model):
+    tstrain prints what it does, and a console of bars hides the one line that matters."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
 def load_trained_model(source: str | Path) -> tuple[torch.nn.Module, Path | None, str | None]:
     """Return ``(model, tokenizer.json, eos_token)`` for a run dir, a checkpoint dir or a Hugging Face model dir.
 
@@ -61,6 +69,7 @@ def load_trained_model(source: str | Path) -> tuple[torch.nn.Module, Path | None
     """
     from transformers import AutoModelForCausalLM
 
+    quiet_transformers()
     path = Path(source)
     if not path.is_dir():
         raise CheckpointError(f"{path} does not exist; pass a run dir, RUN/checkpoints/step-N or a model dir")
@@ -114,6 +123,7 @@ def export_hf(model, out_dir: Path, tokenizer_file: Path | None = None, eos_toke
     ``generate`` stops at the end of a document; the KV cache is switched back on for inference.
     ``state_dict`` overrides the model's own weights (the gathered weights of a sharded model).
     """
+    quiet_transformers()
     out_dir.mkdir(parents=True, exist_ok=True)
     tok = None
     if tokenizer_file is not None and tokenizer_file.is_file():

@@ -27,7 +27,7 @@ from . import checkpoint as ckpt
 from . import distributed
 from .config import Config, resume_differences
 from .data import TokenData
-from .errors import CheckpointError, ConfigError, TrainingError
+from .errors import CheckpointError, ConfigError, DataError, TrainingError
 from .evaluation import validation_loss
 from .faults import maybe_die
 from .fileio import write_text_atomic
@@ -43,6 +43,8 @@ from .superposition import (
     next_token_batch,
     superposition_batch,
 )
+
+DATA_IDENTITY = "data.json"  # in the run dir: which data the run trains on (see check_data_identity)
 
 # ----------------------------------------------------------------------------------------------
 # Schedule
@@ -315,10 +317,30 @@ class Trainer:
         saved = self.run / "config.toml"
         if saved.is_file():
             check_resume_config(tomllib.loads(saved.read_text()), self.cfg)
+        self.check_data_identity()
         found = self.ctx.agree(ckpt.latest_good_checkpoint(self.ckpt_root) if self.ctx.is_main else None)
+        if found is None and ckpt.list_checkpoints(self.ckpt_root):
+            raise CheckpointError(
+                f"none of the {len(ckpt.list_checkpoints(self.ckpt_root))} checkpoints under {self.ckpt_root} verifies "
+                "(each is named in the warnings above); nothing was changed. To start over, delete that dir or train "
+                "into a new --out"
+            )
         if found is None and self.ctx.is_main:
             print(f"no checkpoint under {self.ckpt_root}; starting from step 0")
         return found
+
+    def check_data_identity(self) -> None:
+        """Refuse to resume on data other than the run's (a moved copy of the same data is fine)."""
+        saved = self.run / DATA_IDENTITY
+        if not saved.is_file():
+            return
+        was, now = json.loads(saved.read_text()), self.data.identity
+        diffs = [k for k in now if k in was and was[k] != now[k]]
+        if diffs:
+            raise DataError(
+                f"{self.run} was trained on other data than {self.data.path} ({', '.join(diffs)} differ; the run's "
+                f"data were at {was.get('path')}): resume it with that data, or start a new run in another --out"
+            )
 
     def build(self) -> None:
         """Make the model, its optimizer, the data reader and the validation windows."""
@@ -350,6 +372,8 @@ class Trainer:
         if self.ctx.is_main:
             self.run.mkdir(parents=True, exist_ok=True)
             write_text_atomic(self.run / "config.toml", self.cfg.to_toml())  # a kill mid-write must not break --resume
+            identity = {**self.data.identity, "path": str(self.data.path.resolve())}
+            write_text_atomic(self.run / DATA_IDENTITY, json.dumps(identity, indent=2) + "\n")
         self.build()
         if found is not None:
             path, saved = found

@@ -1,0 +1,136 @@
+"""The GPU path: bf16 autocast through the MCE, the fused head + loss, compile, resume, export.
+
+Marked ``cuda``: they run on a CUDA device (``benchmarks/gpu/check.sh`` runs them there). On a
+machine without one they skip, except under ``TSTRAIN_DRY_RUN=1``, where the same tests run on the
+CPU at tiny sizes (the GPU check's dry run, itself run by ``tests/test_gpu_check.py``).
+"""
+
+import os
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tstrain.superposition import IGNORE_INDEX, bag_weights, linear_multi_hot_cross_entropy, multi_hot_cross_entropy
+
+DRY_RUN = os.environ.get("TSTRAIN_DRY_RUN") == "1"
+DEVICE = "cuda" if torch.cuda.is_available() else ("cpu" if DRY_RUN else None)
+pytestmark = [pytest.mark.cuda,
+              pytest.mark.skipif(DEVICE is None, reason="needs CUDA (TSTRAIN_DRY_RUN=1 runs these on the CPU, tiny)")]
+SMALL = DEVICE != "cuda"
+
+
+def float64_mce(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """The plain formula in float64: for each slot, the mean CE over its valid targets, weighted."""
+    z = logits.double()
+    total = z.new_zeros(())
+    for i in range(targets.shape[-1]):
+        valid = targets[:, i] != IGNORE_INDEX
+        if valid.any():
+            rows, y = z[valid], targets[valid, i:i + 1]
+            total = total + float(weights[i]) * (torch.logsumexp(rows, -1) - rows.gather(-1, y)[:, 0]).mean()
+    return total
+
+
+def bf16_case(N, V, d, s):
+    g = torch.Generator().manual_seed(0)
+    hidden = torch.randn(N, d, generator=g).to(DEVICE)
+    weight = (torch.randn(V, d, generator=g) * 0.05).to(DEVICE)
+    targets = torch.randint(0, V, (N, s), generator=g)
+    targets[torch.rand(N, s, generator=g) < 0.1] = IGNORE_INDEX
+    return hidden, weight, targets.to(DEVICE)
+
+
+@pytest.mark.parametrize("s", [1, 4, 16])
+def test_bf16_mce_forward_and_backward_match_a_float64_loop(s):
+    N, V, d = (64, 512, 32) if SMALL else (2048, 49152, 576)
+    hidden, weight, targets = bf16_case(N, V, d, s)
+    with torch.autocast(DEVICE, dtype=torch.bfloat16):
+        logits = hidden @ weight.t()
+    assert logits.dtype == torch.bfloat16
+    logits = logits.detach().requires_grad_()
+    w = bag_weights("power", s)
+    loss = multi_hot_cross_entropy(logits, targets, "power")
+    loss.backward()
+    ref_logits = logits.detach().double().requires_grad_()
+    ref = float64_mce(ref_logits, targets, w)
+    ref.backward()
+    # The kernel works in float32 on the bf16 logits: the loss agrees to float32 rounding over V terms.
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-5)
+    # The gradient is returned in the logits' dtype (bf16): 8 bits of mantissa, so 2^-8 of its scale.
+    scale = ref_logits.grad.abs().max().item()
+    assert (logits.grad.double() - ref_logits.grad).abs().max().item() <= 2**-8 * scale
+
+
+def test_the_fused_head_and_loss_equal_the_unfused_ones_under_bf16():
+    N, V, d, s = (96, 512, 32, 4) if SMALL else (4096, 128256, 576, 4)
+    hidden, weight, targets = bf16_case(N, V, d, s)
+    grads = []
+    for fused in (False, True):
+        h, W = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
+        with torch.autocast(DEVICE, dtype=torch.bfloat16):
+            if fused:
+                loss = linear_multi_hot_cross_entropy(h, W, targets, "uniform", chunk_size=N // 4)
+            else:
+                loss = multi_hot_cross_entropy(h @ W.t(), targets, "uniform")
+        loss.backward()
+        grads.append((loss.item(), h.grad.float(), W.grad.float()))
+    (la, ha, wa), (lb, hb, wb) = grads
+    # Both compute bf16 logits chunk by chunk or whole; float32 softmax; bf16 rounding of the products.
+    assert lb == pytest.approx(la, rel=1e-3)
+    for a, b in ((ha, hb), (wa, wb)):
+        assert (a - b).abs().max().item() <= 2**-7 * a.abs().max().item()
+
+
+def device_cfg(tiny_cfg, **overrides):
+    steps = 6 if SMALL else 20
+    return tiny_cfg(**{"train.device": DEVICE, "train.precision": "bf16", "train.steps": steps, "tst.ratio": 0.5,
+                       "train.eval_every": 3, **overrides})
+
+
+def test_compiled_and_eager_layers_give_the_same_loss_curve_in_bf16(tiny_cfg, tmp_path):
+    from test_train import train_rows
+    from tstrain.train import train
+
+    for mode in ("off", "on"):
+        train(device_cfg(tiny_cfg, **{"train.compile": mode}), tmp_path / mode)
+    eager, compiled = train_rows(tmp_path / "off"), train_rows(tmp_path / "on")
+    assert [r["loss"] for r in compiled] == pytest.approx([r["loss"] for r in eager], rel=2e-2)  # bf16: ~3 digits
+
+
+def test_a_checkpoint_on_this_device_resumes_to_identical_weights(tiny_cfg, tmp_path, monkeypatch):
+    from test_train import train_crashing_at
+    from tstrain.train import train
+
+    # Bit-identical resumption needs deterministic kernels (the embedding's backward adds with atomics on CUDA).
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    try:
+        flags = {"train.checkpoint_every": 2}
+        train(device_cfg(tiny_cfg, **flags), tmp_path / "whole")
+        train_crashing_at(5, device_cfg(tiny_cfg, **flags), tmp_path / "broken")
+        train(device_cfg(tiny_cfg, **flags), tmp_path / "broken", resume=True)
+    finally:
+        torch.use_deterministic_algorithms(False)
+    a = load_file(tmp_path / "whole" / "final" / "model.safetensors")
+    b = load_file(tmp_path / "broken" / "final" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_an_exported_model_generates_on_this_device_as_on_the_cpu(tiny_cfg, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from tstrain.model_io import export
+    from tstrain.train import train
+
+    train(device_cfg(tiny_cfg), tmp_path / "run")
+    export(tmp_path / "run", tmp_path / "hf")
+    ids = torch.tensor([[5, 17, 42, 7]])
+    outputs, logits = {}, {}
+    for where in ("cpu", DEVICE):
+        model = AutoModelForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32).to(where).eval()
+        with torch.no_grad():
+            logits[where] = model(input_ids=ids.to(where)).logits.cpu()
+            outputs[where] = model.generate(ids.to(where), max_new_tokens=8, do_sample=False).cpu()
+    assert torch.allclose(logits[DEVICE], logits["cpu"], rtol=1e-4, atol=1e-4)
+    assert torch.equal(outputs[DEVICE], outputs["cpu"]) and outputs["cpu"].shape[1] > ids.shape[1]
