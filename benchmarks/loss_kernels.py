@@ -28,26 +28,44 @@ from tstrain.superposition import (
     reference_multi_hot_cross_entropy,
 )
 
-METHODS = ("plain CE", "ours MCE", "published s x CE", "plain head+CE", "ours fused head+MCE")
+METHODS = ("plain CE", "ours MCE", "published s x CE", "plain head+CE", "ours fused head+MCE", "Liger fused head+CE")
+HEAD_METHODS = ("plain head+CE", "ours fused head+MCE", "Liger fused head+CE")
 
 
-def make_case(method: str, N: int, V: int, d: int, s: int, device: str):
+def liger_available(device: str) -> bool:
+    """Return whether the field's fused linear cross entropy (Liger Kernel, Triton) can run here."""
+    if device != "cuda":
+        return False
+    try:
+        import liger_kernel.transformers  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def make_case(method: str, N: int, V: int, d: int, s: int, device: str, dtype: str = "float32"):
     """Return (inputs to keep alive, a function running forward + backward once)."""
     g = torch.Generator(device="cpu").manual_seed(0)
-    if method in ("plain head+CE", "ours fused head+MCE"):
-        hidden = torch.randn(N, d, generator=g).to(device).requires_grad_()
-        weight = (torch.randn(V, d, generator=g) * 0.02).to(device).requires_grad_()
+    if method in HEAD_METHODS:
+        hidden = torch.randn(N, d, generator=g).to(device, getattr(torch, dtype)).requires_grad_()
+        weight = (torch.randn(V, d, generator=g) * 0.02).to(device, getattr(torch, dtype)).requires_grad_()
         targets = torch.randint(0, V, (N, s), generator=g).to(device)
+        if method == "Liger fused head+CE":  # next-token CE only (one target per position): the peer
+            from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
+
+            liger = LigerFusedLinearCrossEntropyLoss()
 
         def run():
             hidden.grad = weight.grad = None
             if method == "plain head+CE":
                 F.cross_entropy(hidden @ weight.t(), targets[:, 0]).backward()
+            elif method == "Liger fused head+CE":
+                liger(weight, hidden, targets[:, 0]).backward()
             else:
                 linear_multi_hot_cross_entropy(hidden, weight, targets).backward()
 
         return (hidden, weight, targets), run
-    logits = torch.randn(N, V, generator=g).to(device).requires_grad_()
+    logits = torch.randn(N, V, generator=g).to(device, getattr(torch, dtype)).requires_grad_()
     targets = torch.randint(0, V, (N, s), generator=g).to(device)
     w = bag_weights("uniform", s)
 
@@ -82,9 +100,9 @@ def peak_rss_bytes() -> int:
     raise RuntimeError("no VmHWM in /proc/self/status")
 
 
-def peak_memory_child(method: str, N: int, V: int, d: int, s: int, device: str) -> None:
+def peak_memory_child(method: str, N: int, V: int, d: int, s: int, device: str, dtype: str) -> None:
     """Print the peak extra bytes of one forward + backward (run in a fresh process)."""
-    keep, run = make_case(method, N, V, d, s, device)
+    keep, run = make_case(method, N, V, d, s, device, dtype)
     if device == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -99,15 +117,16 @@ def peak_memory_child(method: str, N: int, V: int, d: int, s: int, device: str) 
         print(json.dumps({"peak": max(0, peak_rss_bytes() - base)}))
 
 
-def peak_memory(method, N, V, d, s, device) -> int:
-    out = subprocess.run([sys.executable, __file__, "--child", json.dumps([method, N, V, d, s, device])],
+def peak_memory(method, N, V, d, s, device, dtype) -> int:
+    out = subprocess.run([sys.executable, __file__, "--child", json.dumps([method, N, V, d, s, device, dtype])],
                          capture_output=True, text=True, check=True).stdout
     return json.loads(out.strip().splitlines()[-1])["peak"]
 
 
 def estimated_bytes(method: str, N: int, V: int, s: int) -> int:
     """Return a rough upper bound on one case's memory: its inputs plus the float32 (N, V) buffers it keeps."""
-    buffers = {"plain CE": 3, "ours MCE": 3, "published s x CE": s + 2, "plain head+CE": 3, "ours fused head+MCE": 1}
+    buffers = {"plain CE": 3, "ours MCE": 3, "published s x CE": s + 2, "plain head+CE": 3, "ours fused head+MCE": 1,
+               "Liger fused head+CE": 1}
     return buffers[method] * N * V * 4
 
 
@@ -123,6 +142,8 @@ def main() -> None:
     ap.add_argument("--positions", type=int, default=2048, help="N = B * L positions")
     ap.add_argument("--hidden", type=int, default=576, help="d, for the fused head + MCE")
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                    help="dtype of the logits, hidden states and head")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -130,7 +151,7 @@ def main() -> None:
         peak_memory_child(*json.loads(args.child))
         return
     N, d = args.positions, args.hidden
-    print(f"# loss forward + backward, N={N} positions, fused head d={d}; {machine()}")
+    print(f"# loss forward + backward, N={N} positions, fused head d={d}, {args.dtype} inputs; {machine()}")
     print(f"# time: median of {args.repeats} interleaved runs; memory: peak above the inputs, fresh process per case")
     print("# 'plain head+CE' and 'ours fused head+MCE' include the head matmuls (N x d x V); "
           "compare them with each other")
@@ -141,13 +162,17 @@ def main() -> None:
             # All cases stay alive while interleaved: leave out one that cannot fit beside the others.
             budget = 0.6 * (torch.cuda.get_device_properties(0).total_memory if device == "cuda" else ram_bytes())
             fits = [m for m in METHODS
-                    if sum(estimated_bytes(x, N, V, s) for x in METHODS if x == m or x == "plain CE") < budget]
+                    if sum(estimated_bytes(x, N, V, s) for x in METHODS if x == m or x == "plain CE") < budget
+                    and (m != "Liger fused head+CE" or liger_available(device))]
             methods = [m for m in METHODS if m in fits]
-            cases = {m: make_case(m, N, V, d, s, device) for m in methods}
+            cases = {m: make_case(m, N, V, d, s, device, args.dtype) for m in methods}
             med = interleaved({m: c[1] for m, c in cases.items()}, args.repeats, warmup=1)
             del cases
-            mem = {m: peak_memory(m, N, V, d, s, device) for m in methods}
+            mem = {m: peak_memory(m, N, V, d, s, device, args.dtype) for m in methods}
             for m in METHODS:
+                if m == "Liger fused head+CE" and not liger_available(device):
+                    print(f"| {V} | {s} | {m} | not run: needs CUDA and liger-kernel | | | |", flush=True)
+                    continue
                 if m not in methods:
                     print(f"| {V} | {s} | {m} | not run: keeps ~{estimated_bytes(m, N, V, s) / 2**30:.0f} GiB "
                           f"of float32 (N, V) buffers, over this machine's budget | | | |", flush=True)

@@ -162,8 +162,8 @@ def phase1_value_lines(detail: dict[str, Any], switch: int) -> list[str]:
     return lines + [
         f"Phase-1 step value: **{detail['value']:.2f}** baseline steps per phase-1 step. At step {p['step']} "
         f"(the last evaluation before the LR decay) TST's val loss {p['val_loss']:.4f} is the baseline's at step "
-        f"{p['baseline_step']:.0f}; less TST's {p['step'] - switch} phase-2 steps, its {switch} phase-1 steps bought "
-        f"{p['baseline_step'] - (p['step'] - switch):.0f} baseline steps. 1.00 is break-even at equal FLOPs, above 1 "
+        f"{p['baseline_step']:.1f}; less TST's {p['step'] - switch} phase-2 steps, its {switch} phase-1 steps bought "
+        f"{p['baseline_step'] - (p['step'] - switch):.1f} baseline steps. 1.00 is break-even at equal FLOPs, above 1 "
         "TST saves compute, 0 means phase 1 bought nothing.", ""]
 
 

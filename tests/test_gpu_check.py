@@ -1,0 +1,28 @@
+"""The GPU check's dry run: every section of benchmarks/gpu/check.sh runs on the CPU at tiny sizes."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_the_gpu_check_runs_every_section_on_the_cpu_in_its_dry_run(data_dir, tmp_path):
+    out = tmp_path / "out"
+    env = {**os.environ, "DRY_RUN": "1", "OUT": str(out), "PYTHON": sys.executable, "BUDGET": "400"}
+    done = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu" / "check.sh"), str(data_dir)], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    sections = ("correctness", "speed", "kernels", "memory", "compare")
+    assert summary["dry_run"] is True and summary["sections"] == {name: "ok" for name in sections}
+    assert "7 passed" in (out / "correctness.txt").read_text()  # the cuda-marked tests, on the CPU
+    speed = (out / "speed.md").read_text()
+    assert all(f"| {row} |" in speed for row in ("phase 2", "phase 1, s=4", "phase 1, s=8")) and "compile off" in speed
+    kernels = (out / "kernels.md").read_text()
+    assert "| ours fused head+MCE |" in kernels and "Liger fused head+CE | not run: needs CUDA" in kernels
+    assert (out / "memory.md").read_text().count("| tiny-llama |") == 4
+    assert "What a phase-1 step buys" in (out / "compare_report.md").read_text()
+    assert len(list(out.iterdir())) <= 8  # the device tool brings back at most 8 files
