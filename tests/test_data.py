@@ -79,7 +79,9 @@ def copy_data(src, dst):
     return dst
 
 
-def test_truncated_shard_and_out_of_range_ids_are_detected(data_dir, tmp_path):
+def test_truncated_shard_at_open_and_out_of_range_ids_by_verify_are_detected(data_dir, tmp_path, capsys):
+    from tstrain.cli import main
+
     d = copy_data(data_dir, tmp_path / "trunc")
     with open(d / "train.bin", "r+b") as f:
         f.truncate((d / "train.bin").stat().st_size - 6)
@@ -89,5 +91,12 @@ def test_truncated_shard_and_out_of_range_ids_are_detected(data_dir, tmp_path):
     arr = np.memmap(d / "train.bin", dtype=np.uint16, mode="r+")
     arr[5] = 40000
     arr.flush()
+    TokenData(d)  # opening reads no token: O(1) in the data's size
     with pytest.raises(DataError, match="token id 40000, outside the tokenizer's vocabulary of 320"):
-        TokenData(d)
+        TokenData(d).verify(chunk=1000)
+    assert main(["verify-data", str(d)]) == 2 and "token id 40000" in capsys.readouterr().err
+    arr[5] = 7  # an id inside the vocabulary, but not the one written: only the hash sees it
+    arr.flush()
+    with pytest.raises(DataError, match="does not match the SHA-256"):
+        TokenData(d).verify()
+    assert main(["verify-data", str(data_dir)]) == 0 and "verified" in capsys.readouterr().out

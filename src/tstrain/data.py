@@ -223,6 +223,8 @@ def prepare_data(
         "val_fraction": val_fraction,
         "seed": seed,
         "tokenizer_sha256": sha256_file(out / "tokenizer.json"),
+        "train_sha256": sha256_file(out / "train.bin"),
+        "val_sha256": sha256_file(out / "val.bin"),
         "replaced_characters": stats.replaced,
         "sources": [{"path": str(Path(p).resolve()), "bytes": Path(p).stat().st_size} for p in inputs],
     }
@@ -325,7 +327,12 @@ def _write_splits(out: Path, tok, docs: Iterable[tuple[str, str]], eos_id: int, 
 
 
 class TokenData:
-    """A prepared data dir: memory-mapped train/val tokens checked against the manifest."""
+    """A prepared data dir: memory-mapped train/val tokens checked against the manifest.
+
+    Opening costs O(1) in the size of the data: file sizes against the manifest's token counts,
+    the manifest's largest id (checked when the tokens were written) against the vocabulary, and
+    the tokenizer's hash. ``verify()`` (``tstrain verify-data``) reads every token.
+    """
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -377,11 +384,28 @@ class TokenData:
                 f"{f} holds {size} bytes but the manifest promises {expected} {dtype.name} tokens "
                 f"({expected * dtype.itemsize} bytes): the file is truncated or corrupt; re-run `tstrain prepare-data`"
             )
-        tokens = np.memmap(f, dtype=dtype, mode="r")
-        top = int(tokens.max()) if tokens.size else 0
+        top = int(self.manifest.get("max_token_id", self.vocab_size))
         if top >= self.vocab_size:
-            raise DataError(
-                f"{f} contains token id {top}, outside the tokenizer's vocabulary of {self.vocab_size}: "
-                "the file is corrupt or was made with another tokenizer; re-run `tstrain prepare-data`"
-            )
-        return tokens
+            raise DataError(f"{self.path / MANIFEST} records token id {top}, outside the tokenizer's vocabulary of "
+                            f"{self.vocab_size}: the data were made with another tokenizer; "
+                            "re-run `tstrain prepare-data`")
+        return np.memmap(f, dtype=dtype, mode="r")
+
+    def verify(self, chunk: int = 1 << 24) -> dict[str, int]:
+        """Read every token: raise DataError for an id outside the vocabulary or a file whose hash is not
+        the manifest's; return ``{split: largest id}``. Memory: one chunk of ``chunk`` tokens."""
+        out = {}
+        for name, tokens in (("train", self.train), ("val", self.val)):
+            top = max((int(tokens[i:i + chunk].max()) for i in range(0, len(tokens), chunk)), default=0)
+            if top >= self.vocab_size:
+                raise DataError(
+                    f"{self.path / f'{name}.bin'} contains token id {top}, outside the tokenizer's vocabulary of "
+                    f"{self.vocab_size}: the file is corrupt or was made with another tokenizer; "
+                    "re-run `tstrain prepare-data`"
+                )
+            want = self.manifest.get(f"{name}_sha256")
+            if want and sha256_file(self.path / f"{name}.bin") != want:
+                raise DataError(f"{self.path / f'{name}.bin'} does not match the SHA-256 in the manifest: it changed "
+                                "after it was written (corrupt); re-run `tstrain prepare-data`")
+            out[name] = top
+        return out
