@@ -326,3 +326,39 @@ def test_checkpoints_from_before_train_state_resume_and_newer_ones_are_refused(t
     assert TrainState.from_dict(old).epoch == state["epoch"] and TrainState.from_dict(old).step == 5
     with pytest.raises(CheckpointError, match="newer than this tstrain"):
         TrainState.from_dict({**state, "version": TrainState.VERSION + 1})
+
+
+def test_wandb_offline_gets_every_logged_scalar_and_a_resumed_run_keeps_its_id(tiny_cfg, tmp_path, monkeypatch):
+    pytest.importorskip("wandb", reason="the wandb extra: pip install -e '.[wandb]' (make test installs it)")
+    from tstrain import metrics
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    logged = []
+    real_open = metrics.open_wandb_run
+
+    def spying_open(run_dir, settings, resumed):
+        run = real_open(run_dir, settings, resumed)
+        real_log = run.log
+
+        def log(values, step):
+            logged.append({"step": step, **values})
+            real_log(values, step=step)
+
+        monkeypatch.setattr(run, "log", log)
+        return run
+
+    monkeypatch.setattr(metrics, "open_wandb_run", spying_open)
+    flags = {"tst.ratio": 0.5, "train.steps": 8, "train.checkpoint_every": 2, "log.wandb": True, "log.wandb_run": "w"}
+    train_crashing_at(5, tiny_cfg(**flags), tmp_path / "run")
+    first_id = (tmp_path / "run" / "wandb_id").read_text().strip()
+    train(tiny_cfg(**flags), tmp_path / "run", resume=True)
+    assert (tmp_path / "run" / "wandb_id").read_text().strip() == first_id
+    offline = sorted((tmp_path / "run" / "wandb").glob("offline-run-*"))
+    assert offline and all(p.name.endswith(first_id) for p in offline)
+    assert all((p / f"run-{first_id}.wandb").stat().st_size > 0 for p in offline)
+    # Every metrics.jsonl row reached W&B with its scalars (timing fields included) at its step.
+    rows = read_jsonl(tmp_path / "run" / "metrics.jsonl")
+    for row in rows:
+        sent = [r for r in logged if r["step"] == row["step"] and set(row) <= set(r)]
+        assert sent and all(sent[-1][k] == v for k, v in row.items() if isinstance(v, (int, float))), row["step"]

@@ -202,6 +202,10 @@ class LogConfig:
     every: int = knob(10, "steps between metrics rows", resume_free=True)
     tensorboard: bool = knob(False, "also write TensorBoard event files", resume_free=True)
     progress: bool = knob(True, "show a progress bar", resume_free=True)
+    wandb: bool = knob(False, "also log to Weights & Biases (pip install 'tstrain[wandb]'; WANDB_MODE=offline works "
+                              "without an account)", resume_free=True)
+    wandb_project: str = knob("tstrain", "W&B project", resume_free=True)
+    wandb_run: str = knob("", "W&B run name; empty: the run dir's name", resume_free=True)
     peak_flops: float = knob(0.0, "device peak FLOP/s for MFU; 0: known GPUs looked up, else no MFU", resume_free=True)
 
     def rules(self) -> list[tuple[bool, str]]:

@@ -8,6 +8,7 @@ Data tokens per second are reported separately: in phase 1 they run ``s`` times 
 from __future__ import annotations
 
 import json
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -51,11 +52,18 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
 
 
 class MetricsLog:
-    """Appends one JSON object per logged step to ``metrics.jsonl``; mirrors scalars to TensorBoard."""
+    """Appends one JSON object per logged step to ``metrics.jsonl``; mirrors scalars to TensorBoard and W&B.
 
-    def __init__(self, run_dir: Path, tensorboard: bool = False, resume_step: int | None = None, enabled: bool = True):
+    ``wandb`` (``{"project", "name", "config"}``) opens a Weights & Biases run whose id is kept in
+    ``RUN/wandb_id``, so a resumed run continues the same W&B run (``WANDB_MODE=offline`` works
+    without an account). W&B keeps the first value logged at a step: the rows a resumed run logs
+    again are the same numbers (resume is exact), and W&B drops them with a warning.
+    """
+
+    def __init__(self, run_dir: Path, tensorboard: bool = False, resume_step: int | None = None, enabled: bool = True,
+                 wandb: dict[str, Any] | None = None):
         self.path = run_dir / "metrics.jsonl"
-        self.file = self.tb = None
+        self.file = self.tb = self.wb = None
         if not enabled:  # processes other than rank 0 of a torchrun job write nothing
             return
         if resume_step is not None and self.path.exists():
@@ -69,22 +77,44 @@ class MetricsLog:
             from torch.utils.tensorboard import SummaryWriter
 
             self.tb = SummaryWriter(str(run_dir / "tensorboard"))
+        if wandb is not None:
+            self.wb = open_wandb_run(run_dir, wandb, resumed=resume_step is not None)
 
     def write(self, row: dict[str, Any]) -> None:
         if self.file is None:
             return
         self.file.write(json.dumps(row) + "\n")
         self.file.flush()
+        scalars = {k: v for k, v in row.items() if k != "step" and isinstance(v, (int, float))}
         if self.tb is not None:
-            for key, value in row.items():
-                if key != "step" and isinstance(value, (int, float)):
-                    self.tb.add_scalar(key, value, row["step"])
+            for key, value in scalars.items():
+                self.tb.add_scalar(key, value, row["step"])
+        if self.wb is not None:
+            self.wb.log(scalars, step=row["step"])
 
     def close(self) -> None:
         if self.file is not None:
             self.file.close()
         if self.tb is not None:
             self.tb.close()
+        if self.wb is not None:
+            self.wb.finish()
+
+
+def open_wandb_run(run_dir: Path, settings: dict[str, Any], resumed: bool):
+    """Start (or, for a resumed run, continue) the W&B run of ``run_dir``; return it."""
+    try:
+        import wandb
+    except ImportError:
+        from .errors import ConfigError
+
+        raise ConfigError("log.wandb needs the wandb package: pip install 'tstrain[wandb]' "
+                          "(or set log.wandb=false)") from None
+    id_file = run_dir / "wandb_id"
+    run_id = id_file.read_text().strip() if resumed and id_file.is_file() else secrets.token_hex(6)
+    id_file.write_text(run_id + "\n")
+    return wandb.init(project=settings["project"], name=settings["name"], id=run_id, resume="allow",
+                      config=settings["config"], dir=str(run_dir))
 
 
 class Progress:

@@ -381,8 +381,11 @@ class Trainer:
             self.state = TrainState.from_dict(saved)
             if self.ctx.is_main:
                 print(f"resumed from {path} (step {self.state.step}, phase {phase_of(self.cfg, self.state.step)})")
-        self.log = MetricsLog(self.run, self.cfg.log.tensorboard, resume_step=self.state.step if found else None,
-                              enabled=self.ctx.is_main)
+        log = self.cfg.log
+        wandb = {"project": log.wandb_project, "name": log.wandb_run or self.run.name,
+                 "config": self.cfg.to_dict()} if log.wandb else None
+        self.log = MetricsLog(self.run, log.tensorboard, resume_step=self.state.step if found else None,
+                              enabled=self.ctx.is_main, wandb=wandb)
         self._wall_offset, self._t0 = self.state.wall_time, time.perf_counter()
 
     # -- one step ----------------------------------------------------------------------------
