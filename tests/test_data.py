@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from tokenizers import Tokenizer
 
-from tstrain.data import DataError, TokenData, iter_documents, prepare_data
+from tstrain.data import DataError, TokenData, prepare_data
+from tstrain.text_sources import iter_documents
 
 
 def test_prepare_data_packs_documents_with_eos_and_holds_out_validation(data_dir, tmp_path):

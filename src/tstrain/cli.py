@@ -83,6 +83,7 @@ def cmd_prepare_data(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         overwrite=args.overwrite,
         max_bad_text=args.max_bad_text,
+        text_field=args.text_field,
     )
     print(f"wrote {args.out}: {manifest['train_tokens']:,} training and {manifest['val_tokens']:,} validation tokens, "
           f"vocabulary {manifest['vocab_size']}, EOS {manifest['eos_token']!r} = {manifest['eos_id']}")
@@ -310,14 +311,17 @@ def _add_data_verbs(sub) -> None:
     p = sub.add_parser("prepare-data", help="tokenize text into a packed token dir",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--input", nargs="+", required=True,
-                   help=".txt, .jsonl ('text' field) or .parquet ('text' column) files")
+                   help=".txt, .jsonl (.gz, .zst) or .parquet files, Hugging Face datasets dirs, dirs or globs of them")
     p.add_argument("--out", required=True, help="output data dir")
-    p.add_argument("--tokenizer", help="an existing tokenizer.json")
+    p.add_argument("--tokenizer",
+                   help="an existing tokenizer.json, or a Hugging Face tokenizer dir (EOS from its config)")
     p.add_argument("--train-tokenizer", type=int, metavar="VOCAB",
                    help="train a byte-level BPE of this vocabulary size")
     p.add_argument("--eos-token", help="end-of-text token (default: found among the usual names)")
     p.add_argument("--val-fraction", type=float, default=0.01, help="fraction of documents held out for validation")
     p.add_argument("--doc-separator", help="split .txt files into documents on this string")
+    p.add_argument("--text-field", default="text",
+                   help="the field (JSON) or column (parquet, datasets) that holds the text")
     p.add_argument("--overwrite", action="store_true", help="replace an existing data dir (runs may depend on it)")
     p.add_argument("--max-bad-text", type=float, default=0.001,
                    help="refuse input whose share of characters that are not valid UTF-8 exceeds this")

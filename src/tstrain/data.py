@@ -18,6 +18,7 @@ import numpy as np
 
 from .errors import DataError
 from .fileio import sha256_file, write_text_atomic
+from .text_sources import TextStats, expand_inputs, iter_documents
 
 MANIFEST = "manifest.json"
 FORMAT = "tstrain-tokens-v1"
@@ -27,87 +28,6 @@ EOS_CANDIDATES = ("<|endoftext|>", "</s>", "<|end_of_text|>", "<eos>", "<|im_end
 # ----------------------------------------------------------------------------------------------
 # Reading text sources
 # ----------------------------------------------------------------------------------------------
-
-
-class TextStats:
-    """Characters read and characters that were not valid UTF-8 (decoded as U+FFFD)."""
-
-    def __init__(self) -> None:
-        self.chars = 0
-        self.replaced = 0
-
-    def decode(self, raw: bytes) -> str:
-        """Return ``raw`` decoded as UTF-8, counting the bytes that were not valid UTF-8."""
-        text = raw.decode("utf-8", errors="replace")
-        self.chars += len(text)
-        self.replaced += text.count("\ufffd") - raw.count("\ufffd".encode())  # U+FFFD already in the file is text
-        return text
-
-
-def _txt_documents(p: Path, doc_separator: str | None, stats: TextStats) -> Iterator[str]:
-    text = stats.decode(p.read_bytes()).replace("\r\n", "\n").replace("\r", "\n")  # as text mode reads it
-    if "\x00" in text:
-        raise DataError(f"{p} holds NUL bytes: it is a binary file, not text; leave it out of --input")
-    parts = text.split(doc_separator) if doc_separator else [text]
-    yield from (t for t in parts if t.strip())
-
-
-def _jsonl_documents(p: Path, stats: TextStats) -> Iterator[str]:
-    with p.open("rb") as f:
-        for n, raw in enumerate(f, 1):
-            line = stats.decode(raw)
-            if not line.strip():
-                continue
-            try:
-                text = json.loads(line)["text"]
-            except (json.JSONDecodeError, KeyError, TypeError):
-                raise DataError(f"{p}:{n} is not a JSON object with a 'text' field") from None
-            if text is not None and not isinstance(text, str):
-                raise DataError(f"{p}:{n}: 'text' is a {type(text).__name__}, not a string")
-            if text and text.strip():
-                yield text
-
-
-def _parquet_documents(p: Path) -> Iterator[str]:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    try:
-        pf = pq.ParquetFile(p)
-    except (pa.ArrowException, OSError) as e:
-        raise DataError(f"{p} is not a readable parquet file ({e})") from None
-    schema = pf.schema_arrow
-    if "text" not in schema.names:
-        raise DataError(f"{p} has no 'text' column (columns: {', '.join(schema.names)})")
-    kind = schema.field("text").type
-    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
-        raise DataError(f"{p}: the 'text' column holds {kind}, not strings")
-    try:
-        for batch in pf.iter_batches(columns=["text"], batch_size=1024):
-            yield from (t for t in batch.column(0).to_pylist() if t and t.strip())
-    except (pa.ArrowException, OSError) as e:
-        raise DataError(f"{p} is corrupt: {e}") from None
-
-
-def iter_documents(paths: Sequence[str | Path], doc_separator: str | None = None,
-                   stats: TextStats | None = None) -> Iterator[str]:
-    """Yield documents: a .txt file (split on ``doc_separator`` if given), .jsonl lines' or
-    .parquet rows' ``text`` field. Empty documents are skipped; bytes that are not UTF-8 become
-    U+FFFD and are counted in ``stats``."""
-    stats = stats or TextStats()
-    for p in map(Path, paths):
-        if not p.is_file():
-            raise DataError(f"input {p} does not exist or is not a file")
-        suffix = p.suffix.lower()
-        if suffix in (".txt", ".md", ".rst", ".text"):
-            yield from _txt_documents(p, doc_separator, stats)
-        elif suffix in (".jsonl", ".json"):
-            yield from _jsonl_documents(p, stats)
-        elif suffix == ".parquet":
-            yield from _parquet_documents(p)
-        else:
-            raise DataError(f"unsupported input {p}: use .txt, .jsonl (a 'text' field per line) "
-                            "or .parquet ('text' column)")
 
 
 def is_validation_doc(index: int, val_fraction: float, seed: int) -> bool:
@@ -176,29 +96,33 @@ def prepare_data(
     batch_docs: int = 256,
     overwrite: bool = False,
     max_bad_text: float = 0.001,
+    text_field: str = "text",
 ) -> dict:
     """Tokenize ``inputs`` into ``out_dir`` (train.bin, val.bin, tokenizer.json, manifest.json).
 
-    Give an existing ``tokenizer`` (a tokenizer.json) or ``train_tokenizer=VOCAB`` to train a
+    ``inputs`` are files, directories or globs (``text_sources``); the text is in ``text_field``.
+    Give an existing ``tokenizer`` (a tokenizer.json, or a Hugging Face tokenizer dir whose
+    ``tokenizer_config.json`` names the EOS token) or ``train_tokenizer=VOCAB`` to train a
     byte-level BPE on the training documents first. An existing data dir is replaced only with
     ``overwrite``; text with more than ``max_bad_text`` of its characters not valid UTF-8 is
     refused (any at all is warned about). Returns the manifest.
     """
-    out = _check_prepare_args(inputs, out_dir, tokenizer, train_tokenizer, val_fraction, overwrite)
+    files = _check_inputs(inputs)
+    out = _check_prepare_args(out_dir, tokenizer, train_tokenizer, val_fraction, overwrite)
 
     def documents(stats: TextStats) -> Iterator[tuple[int, str]]:
-        return enumerate(iter_documents(inputs, doc_separator, stats))
+        return enumerate(iter_documents(files, doc_separator, stats, text_field))
 
     if train_tokenizer:
         train_docs = (doc for i, doc in documents(TextStats()) if not is_validation_doc(i, val_fraction, seed))
         tok = train_bpe_tokenizer(train_docs, train_tokenizer, eos_token or EOS_CANDIDATES[0], progress)
     else:
-        tok = _load_tokenizer(tokenizer)
+        tok, eos_token = _load_tokenizer(tokenizer, eos_token)
     eos_name, eos_id = find_eos(tok, eos_token)
     vocab_size = tok.get_vocab_size(with_added_tokens=True)
     stats = TextStats()  # counted on the pass that writes the tokens
     docs = ((("val" if is_validation_doc(i, val_fraction, seed) else "train"), doc) for i, doc in documents(stats))
-    total_bytes = sum(Path(p).stat().st_size for p in inputs)
+    total_bytes = sum(_size(p) for p in files)
     counts, max_id = _write_splits(out, tok, docs, eos_id, token_dtype(vocab_size), total_bytes, progress, batch_docs)
     _check_text_quality(stats, max_bad_text, out)
     if counts["train"][0] == 0 or counts["val"][0] == 0:
@@ -226,24 +150,35 @@ def prepare_data(
         "train_sha256": sha256_file(out / "train.bin"),
         "val_sha256": sha256_file(out / "val.bin"),
         "replaced_characters": stats.replaced,
-        "sources": [{"path": str(Path(p).resolve()), "bytes": Path(p).stat().st_size} for p in inputs],
+        "text_field": text_field,
+        "sources": [{"path": str(p.resolve()), "bytes": _size(p)} for p in files],
     }
     write_text_atomic(out / MANIFEST, json.dumps(manifest, indent=2) + "\n")
     return manifest
 
 
-def _check_prepare_args(inputs, out_dir, tokenizer, train_tokenizer, val_fraction: float, overwrite: bool) -> Path:
-    """Refuse what cannot work before anything is written; return the (created) output dir."""
+def _size(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else path.stat().st_size
+
+
+def _check_inputs(inputs: Sequence[str | Path]) -> list[Path]:
+    """Return the input files (directories and globs expanded), refusing a missing one before anything is written."""
     if not inputs:
         raise DataError("give at least one input file")
+    files = expand_inputs(inputs)
+    missing = [str(p) for p in files if not p.exists()]
+    if missing:
+        more = f" ({len(missing)} inputs missing)" if len(missing) > 1 else ""
+        raise DataError(f"input {missing[0]} does not exist or is not a file{more}")
+    return files
+
+
+def _check_prepare_args(out_dir, tokenizer, train_tokenizer, val_fraction: float, overwrite: bool) -> Path:
+    """Refuse what cannot work before anything is written; return the (created) output dir."""
     if (tokenizer is None) == (not train_tokenizer):
         raise DataError("give exactly one of --tokenizer FILE or --train-tokenizer VOCAB_SIZE")
     if not 0.0 < val_fraction < 1.0:
         raise DataError(f"--val-fraction must be in (0, 1); got {val_fraction}")
-    missing = [str(p) for p in inputs if not Path(p).is_file()]
-    if missing:
-        more = f" ({len(missing)} inputs missing)" if len(missing) > 1 else ""
-        raise DataError(f"input {missing[0]} does not exist or is not a file{more}")
     out = Path(out_dir)
     if (out / MANIFEST).is_file() and not overwrite:
         raise DataError(f"{out} already holds prepared data that runs may depend on; choose a new --out "
@@ -271,13 +206,22 @@ def _check_text_quality(stats: TextStats, max_bad_text: float, out: Path) -> Non
     warnings.warn(f"{stats.replaced:,} characters ({share:.4%}) were not valid UTF-8 and became U+FFFD", stacklevel=3)
 
 
-def _load_tokenizer(path: str | Path):
+def _load_tokenizer(path: str | Path, eos_token: str | None) -> tuple[object, str | None]:
+    """Return ``(tokenizer, EOS name)`` from a tokenizer.json, or a Hugging Face tokenizer dir (the SmolLM2
+    or Llama-3 layout) whose ``tokenizer_config.json`` names the EOS token when none is given."""
     from tokenizers import Tokenizer
 
-    if not Path(path).is_file():
+    path = Path(path)
+    if path.is_dir():
+        config = path / "tokenizer_config.json"
+        if eos_token is None and config.is_file():
+            named = json.loads(config.read_text()).get("eos_token")
+            eos_token = named.get("content") if isinstance(named, dict) else named
+        path = path / "tokenizer.json"
+    if not path.is_file():
         raise DataError(f"tokenizer file {path} does not exist")
     try:
-        return Tokenizer.from_file(str(path))
+        return Tokenizer.from_file(str(path)), eos_token
     except Exception as e:  # the tokenizers library raises a bare Exception for a file it cannot parse
         raise DataError(f"{path} is not a tokenizers tokenizer.json ({str(e).splitlines()[0][:200]})") from None
 

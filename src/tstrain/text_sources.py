@@ -1,0 +1,173 @@
+"""Reading documents from the files the field ships corpora in.
+
+Plain text (``.txt``, ``.md``, ``.rst``: one document per file, or split on a separator), JSON
+lines (``.jsonl``, ``.json``; also ``.jsonl.gz`` and, with the ``zstandard`` package,
+``.jsonl.zst``), parquet, and a Hugging Face ``datasets`` directory written by ``save_to_disk``
+(its Arrow files, read with pyarrow alone). A directory or a glob stands for the supported files
+in it, in sorted order. The text is in a field (``text`` by default) of each record.
+"""
+
+from __future__ import annotations
+
+import glob
+import gzip
+import json
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import IO
+
+from .errors import DataError
+
+TEXT_SUFFIXES = (".txt", ".md", ".rst", ".text")
+JSON_SUFFIXES = (".jsonl", ".json")
+COMPRESSED = (".gz", ".zst")
+
+
+class TextStats:
+    """Characters read and characters that were not valid UTF-8 (decoded as U+FFFD)."""
+
+    def __init__(self) -> None:
+        self.chars = 0
+        self.replaced = 0
+
+    def decode(self, raw: bytes) -> str:
+        """Return ``raw`` decoded as UTF-8, counting the bytes that were not valid UTF-8."""
+        text = raw.decode("utf-8", errors="replace")
+        self.chars += len(text)
+        self.replaced += text.count("\ufffd") - raw.count("\ufffd".encode())  # U+FFFD already in the file is text
+        return text
+
+
+def kind_of(path: Path) -> str:
+    """Return ``text``, ``json``, ``parquet`` or ``datasets`` for a supported input, else ``""``."""
+    if path.is_dir():
+        return "datasets" if (path / "dataset_info.json").is_file() or (path / "state.json").is_file() else ""
+    suffixes = [s.lower() for s in path.suffixes]
+    if suffixes and suffixes[-1] in COMPRESSED:
+        suffixes = suffixes[:-1]
+    last = suffixes[-1] if suffixes else ""
+    kinds = {**dict.fromkeys(TEXT_SUFFIXES, "text"), **dict.fromkeys(JSON_SUFFIXES, "json"), ".parquet": "parquet"}
+    return kinds.get(last, "")
+
+
+def expand_inputs(inputs: Sequence[str | Path]) -> list[Path]:
+    """Return the input files: a glob or a directory (not a ``datasets`` one) stands for its supported files."""
+    out: list[Path] = []
+    for item in map(str, inputs):
+        if any(c in item for c in "*?["):
+            matches = [Path(m) for m in sorted(glob.glob(item, recursive=True))]
+            if not matches:
+                raise DataError(f"the input pattern {item} matches no file")
+            out += [m for m in matches if kind_of(m)]
+        elif Path(item).is_dir() and kind_of(Path(item)) != "datasets":
+            found = [p for p in sorted(Path(item).rglob("*")) if p.is_file() and kind_of(p)]
+            if not found:
+                raise DataError(f"the input directory {item} holds no .txt, .jsonl(.gz/.zst) or .parquet file")
+            out += found
+        else:
+            out.append(Path(item))
+    return out
+
+
+def _open_bytes(path: Path) -> IO[bytes]:
+    if path.suffix.lower() == ".gz":
+        return gzip.open(path, "rb")
+    if path.suffix.lower() == ".zst":
+        try:
+            import zstandard
+        except ImportError:
+            raise DataError(f"{path} is zstd-compressed: pip install zstandard to read it") from None
+        return zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), closefd=True)
+    return open(path, "rb")
+
+
+def _text_documents(p: Path, doc_separator: str | None, stats: TextStats) -> Iterator[str]:
+    with _open_bytes(p) as f:
+        text = stats.decode(f.read()).replace("\r\n", "\n").replace("\r", "\n")  # as text mode reads it
+    if "\x00" in text:
+        raise DataError(f"{p} holds NUL bytes: it is a binary file, not text; leave it out of --input")
+    parts = text.split(doc_separator) if doc_separator else [text]
+    yield from (t for t in parts if t.strip())
+
+
+def _json_documents(p: Path, field: str, stats: TextStats) -> Iterator[str]:
+    import io
+
+    with _open_bytes(p) as raw, io.BufferedReader(raw) as f:
+        for n, line_bytes in enumerate(f, 1):
+            line = stats.decode(line_bytes)
+            if not line.strip():
+                continue
+            try:
+                text = json.loads(line)[field]
+            except (json.JSONDecodeError, KeyError, TypeError):
+                raise DataError(f"{p}:{n} is not a JSON object with a {field!r} field") from None
+            if text is not None and not isinstance(text, str):
+                raise DataError(f"{p}:{n}: {field!r} is a {type(text).__name__}, not a string")
+            if text and text.strip():
+                yield text
+
+
+def _arrow_text(batches, p: Path, field: str, schema) -> Iterator[str]:
+    import pyarrow as pa
+
+    if field not in schema.names:
+        raise DataError(f"{p} has no {field!r} column (columns: {', '.join(schema.names)}); "
+                        "choose one with --text-field")
+    kind = schema.field(field).type
+    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+        raise DataError(f"{p}: the {field!r} column holds {kind}, not strings")
+    try:
+        for batch in batches:
+            yield from (t for t in batch.column(batch.schema.get_field_index(field)).to_pylist() if t and t.strip())
+    except (pa.ArrowException, OSError) as e:
+        raise DataError(f"{p} is corrupt: {e}") from None
+
+
+def _parquet_documents(p: Path, field: str) -> Iterator[str]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(p)
+    except (pa.ArrowException, OSError) as e:
+        raise DataError(f"{p} is not a readable parquet file ({e})") from None
+    columns = [field] if field in pf.schema_arrow.names else None
+    yield from _arrow_text(pf.iter_batches(columns=columns, batch_size=1024), p, field, pf.schema_arrow)
+
+
+def _datasets_documents(p: Path, field: str) -> Iterator[str]:
+    """A ``datasets`` ``save_to_disk`` directory: its ``*.arrow`` files are Arrow IPC streams."""
+    import pyarrow as pa
+
+    files = sorted(p.rglob("*.arrow"))
+    if not files:
+        raise DataError(f"{p} looks like a Hugging Face datasets directory but holds no .arrow file")
+    for f in files:
+        try:
+            reader = pa.ipc.open_stream(pa.memory_map(str(f)))
+        except (pa.ArrowException, OSError) as e:
+            raise DataError(f"{f} is not a readable Arrow stream ({e})") from None
+        yield from _arrow_text(reader, f, field, reader.schema)
+
+
+def iter_documents(paths: Sequence[str | Path], doc_separator: str | None = None, stats: TextStats | None = None,
+                   text_field: str = "text") -> Iterator[str]:
+    """Yield the documents of ``paths`` (see the module docstring). Empty documents are skipped; bytes
+    that are not UTF-8 become U+FFFD and are counted in ``stats``."""
+    stats = stats or TextStats()
+    for p in expand_inputs(paths):
+        if not p.exists():
+            raise DataError(f"input {p} does not exist or is not a file")
+        kind = kind_of(p)
+        if kind == "text":
+            yield from _text_documents(p, doc_separator, stats)
+        elif kind == "json":
+            yield from _json_documents(p, text_field, stats)
+        elif kind == "parquet":
+            yield from _parquet_documents(p, text_field)
+        elif kind == "datasets":
+            yield from _datasets_documents(p, text_field)
+        else:
+            raise DataError(f"unsupported input {p}: use .txt, .jsonl (also .gz, .zst), .parquet, a Hugging Face "
+                            "datasets directory, or a directory or glob of such files")
