@@ -206,7 +206,8 @@ def main() -> None:
         left = args.budget - (time.perf_counter() - start)
         t0 = time.perf_counter()
         try:
-            results[name] = fn(out, left * share if share < 1 else left)
+            # On the GPU each section gets its share of the budget; the dry run's only limit is the whole budget.
+            results[name] = fn(out, left * share if share < 1 and not DRY else left)
         except Exception:  # record it and go on: one broken section must not cost the others' figures
             results[name] = "failed"
             (out / f"{name}.error.txt").write_text(traceback.format_exc())
