@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from .config import Config, resume_differences
+from .data import TokenData
 from .errors import ConfigError
 from .metrics import read_jsonl
+from .train import DATA_IDENTITY, train
 
 
 def baseline_of(cfg: Config) -> Config:
@@ -26,12 +28,16 @@ def reuse_differences(run_dir: Path, cfg: Config) -> list[str]:
     """Return the settings in which the run saved in ``run_dir`` differs from ``cfg`` (fields that the
     data fills in, such as the vocabulary, and logging fields do not count)."""
     saved = tomllib.loads((run_dir / "config.toml").read_text())
-    m = saved.get("model", {})
     follows = {"model.vocab_size": cfg.model.vocab_size == 0,
                "model.max_position_embeddings": cfg.model.max_position_embeddings == 0}
     diffs = [d for d in resume_differences(saved, cfg) if not follows.get(d.split(":")[0])]
-    if m and Path(saved.get("data", {}).get("path", "")).resolve() != Path(cfg.data.path).resolve():
-        diffs.append(f"data.path: saved {saved['data']['path']!r}, now {cfg.data.path!r}")
+    identity = run_dir / DATA_IDENTITY
+    if identity.is_file():  # the data themselves, wherever they live now
+        was, now = json.loads(identity.read_text()), TokenData(cfg.data.path).identity
+        if any(was.get(k) != v for k, v in now.items()):
+            diffs.append(f"data: the run read {was.get('path')}, whose tokens differ from those in {cfg.data.path}")
+    elif Path(saved.get("data", {}).get("path", "")).resolve() != Path(cfg.data.path).resolve():
+        diffs.append(f"data.path: saved {saved.get('data', {}).get('path')!r}, now {cfg.data.path!r}")
     return diffs
 
 
@@ -42,8 +48,6 @@ def run_or_reuse(cfg: Config, run_dir: Path) -> dict[str, Any]:
     otherwise the call is refused with the differing fields, so a report never labels one run
     with another's settings.
     """
-    from .train import train
-
     summary = run_dir / "summary.json"
     if (run_dir / "config.toml").is_file():
         diffs = reuse_differences(run_dir, cfg)
