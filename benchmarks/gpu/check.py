@@ -1,11 +1,12 @@
 """The GPU check: correctness, speed, loss kernels, memory and a short TST-vs-baseline on one GPU.
 
 Run by ``benchmarks/gpu/check.sh`` (which installs carried wheels and sets the paths). Each
-section writes one file under ``--out`` and stops at its own time limit; a failing section is
-recorded and the next one runs. ``DRY_RUN=1`` runs the same code paths on the CPU at tiny sizes
+section runs in its own process under its own time limit and writes one file under ``--out``; a
+failing, hanging or out-of-memory section is recorded (its output goes to the log) and the next one
+runs on a clean device. ``DRY_RUN=1`` runs the same code paths on the CPU at tiny sizes
 (the suite runs it: ``tests/test_gpu_check.py``); its figures mean nothing.
 
-    python benchmarks/gpu/check.py --out OUT --data data/corpus [--budget 470]
+    python benchmarks/gpu/check.py --out OUT --data data/corpus [--budget 500]
 """
 
 from __future__ import annotations
@@ -55,15 +56,22 @@ def env() -> dict[str, str]:
     return out
 
 
-def run_child(cmd: list[str], path: Path, timeout: float) -> str:
-    """Run a command, write its output to ``path``; return a status word."""
+def run_child(cmd: list[str], path: Path | None, timeout: float) -> str:
+    """Run a command, write its output to ``path`` (or print it when None); return a status word."""
     try:
         done = subprocess.run(cmd, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=max(timeout, 10))
-        path.write_text(done.stdout + done.stderr)
-        return "ok" if done.returncode == 0 else f"exit {done.returncode}"
+        text, status = done.stdout + done.stderr, "ok" if done.returncode == 0 else f"exit {done.returncode}"
     except subprocess.TimeoutExpired as e:
-        path.write_text(f"{e.stdout or ''}{e.stderr or ''}\nTIMED OUT after {timeout:.0f} s\n")
-        return "timed out"
+        text, status = f"{_text(e.stdout)}{_text(e.stderr)}\nTIMED OUT after {timeout:.0f} s\n", "timed out"
+    if path is None:
+        print(text[-6000:], flush=True)
+    else:
+        path.write_text(text)
+    return status
+
+
+def _text(b) -> str:
+    return b.decode(errors="replace") if isinstance(b, bytes) else (b or "")
 
 
 def correctness(out: Path, seconds: float) -> str:
@@ -123,7 +131,7 @@ def speed(out: Path, seconds: float) -> str:
     eager = {s: step_fn(parts, opt, cfg, autocast, 2, s) for s in (1,)}
     for layer in decoder_layers(model):
         layer.compile()
-    B = largest_batch(parts, opt, cfg, autocast, [4, 2] if DRY else [64, 32, 16, 8, 4])
+    B = largest_batch(parts, opt, cfg, autocast, [4, 2] if DRY else [32, 16, 8, 4])
     L, repeats = cfg.train.seq_len, 2 if DRY else 5
     fns = {s: step_fn(parts, opt, cfg, autocast, B, s) for s in (1, 4, 8)}
     med = interleaved(fns, repeats)
@@ -189,28 +197,52 @@ def compare(out: Path, seconds: float, data: str) -> str:
     return status
 
 
+IN_PROCESS = {"speed": speed, "memory": memory}
+
+
+def section(name: str, out: Path, seconds: float, data: str) -> str:
+    """Run one section: the in-process ones in a child process of this script, so a hang or OOM stays there."""
+    if name in IN_PROCESS:
+        return run_child([sys.executable, __file__, "--section", name, "--out", str(out)], None, seconds)
+    return {"correctness": correctness, "kernels": kernels}[name](out, seconds) if name != "compare" \
+        else compare(out, seconds, data)
+
+
+def preamble() -> None:
+    """Print what the figures were measured on."""
+    print(f"machine: {machine()}", flush=True)
+    if DEVICE == "cuda":
+        p = torch.cuda.get_device_properties(0)
+        print(f"GPU: {p.name}, {p.total_memory / 2**30:.1f} GiB, {p.multi_processor_count} SMs; CUDA {torch.version.cuda}",
+              flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", required=True)
     ap.add_argument("--data", default="data/corpus", help="prepared data dir for the short comparison")
-    ap.add_argument("--budget", type=float, default=470.0, help="seconds for all sections together")
+    ap.add_argument("--budget", type=float, default=500.0, help="seconds for all sections together")
+    ap.add_argument("--section", choices=sorted(IN_PROCESS), help=argparse.SUPPRESS)  # the child's own entry
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.section:
+        IN_PROCESS[args.section](out, 0.0)
+        return
     if not DRY and not torch.cuda.is_available():
         sys.exit("no CUDA device: run on the GPU machine, or DRY_RUN=1 for the CPU dry run")
+    preamble()
     start, results = time.perf_counter(), {}
-    plan = [("correctness", correctness, 0.30), ("speed", speed, 0.25), ("kernels", kernels, 0.15),
-            ("memory", memory, 0.10), ("compare", lambda o, t: compare(o, t, args.data), 1.0)]
-    for name, fn, share in plan:
+    plan = [("correctness", 0.25), ("speed", 0.35), ("kernels", 0.25), ("memory", 0.3), ("compare", 1.0)]
+    for name, share in plan:
         left = args.budget - (time.perf_counter() - start)
         t0 = time.perf_counter()
         try:
-            # On the GPU each section gets its share of the budget; the dry run's only limit is the whole budget.
-            results[name] = fn(out, left * share if share < 1 and not DRY else left)
+            # On the GPU each section gets its share of what is left; the dry run's only limit is the whole budget.
+            results[name] = section(name, out, left * share if share < 1 and not DRY else left, args.data)
         except Exception:  # record it and go on: one broken section must not cost the others' figures
             results[name] = "failed"
-            (out / f"{name}.error.txt").write_text(traceback.format_exc())
+            print(traceback.format_exc(), flush=True)
         print(f"{name}: {results[name]} in {time.perf_counter() - t0:.0f} s", flush=True)
     summary = {"device": machine(), "dry_run": DRY, "sections": results, "seconds": time.perf_counter() - start}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
