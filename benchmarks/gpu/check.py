@@ -213,8 +213,8 @@ def preamble() -> None:
     print(f"machine: {machine()}", flush=True)
     if DEVICE == "cuda":
         p = torch.cuda.get_device_properties(0)
-        print(f"GPU: {p.name}, {p.total_memory / 2**30:.1f} GiB, {p.multi_processor_count} SMs; CUDA {torch.version.cuda}",
-              flush=True)
+        print(f"GPU: {p.name}, {p.total_memory / 2**30:.1f} GiB, {p.multi_processor_count} SMs; "
+              f"CUDA {torch.version.cuda}", flush=True)
 
 
 def main() -> None:
