@@ -83,8 +83,10 @@ def correctness(out: Path, seconds: float) -> str:
 def kernels(out: Path, seconds: float) -> str:
     """Loss kernels at the paper's vocabularies, bf16 inputs, with Liger Kernel's fused linear CE as the peer."""
     sizes = ["--vocabs", "1024", "--positions", "256", "--hidden", "32", "--repeats", "2"] if DRY else \
-        ["--vocabs", "49152,128256", "--positions", "16384", "--hidden", "576", "--repeats", "5"]
-    cmd = [sys.executable, "benchmarks/loss_kernels.py", "--bag-sizes", "4,16", "--dtype", "bfloat16", *sizes]
+        ["--vocabs", os.environ.get("KERNEL_VOCABS", "49152,128256"), "--positions", "16384", "--hidden", "576",
+         "--repeats", "5"]
+    bags = os.environ.get("KERNEL_BAGS", "4,16")
+    cmd = [sys.executable, "benchmarks/loss_kernels.py", "--bag-sizes", bags, "--dtype", "bfloat16", *sizes]
     return run_child(cmd, out / "kernels.md", seconds)
 
 
@@ -222,6 +224,8 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--data", default="data/corpus", help="prepared data dir for the short comparison")
     ap.add_argument("--budget", type=float, default=500.0, help="seconds for all sections together")
+    ap.add_argument("--sections", default="correctness,speed,kernels,memory,compare",
+                    help="comma-separated sections to run (a rerun after a change need not repeat the rest)")
     ap.add_argument("--section", choices=sorted(IN_PROCESS), help=argparse.SUPPRESS)  # the child's own entry
     args = ap.parse_args()
     out = Path(args.out)
@@ -234,6 +238,8 @@ def main() -> None:
     preamble()
     start, results = time.perf_counter(), {}
     plan = [("correctness", 0.25), ("speed", 0.35), ("kernels", 0.25), ("memory", 0.3), ("compare", 1.0)]
+    wanted = args.sections.split(",")
+    plan = [(name, share if name != wanted[-1] else 1.0) for name, share in plan if name in wanted]
     for name, share in plan:
         left = args.budget - (time.perf_counter() - start)
         t0 = time.perf_counter()

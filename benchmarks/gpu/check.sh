@@ -4,6 +4,7 @@
 #
 #   bash benchmarks/gpu/check.sh [DATA_DIR]        # on the GPU machine (OUT=... or /tmp/tstrain-gpu-check)
 #   DRY_RUN=1 bash benchmarks/gpu/check.sh DIR     # the same code paths on this CPU at tiny sizes
+#   SECTIONS=speed,kernels bash benchmarks/gpu/check.sh  # some sections only (KERNEL_VOCABS=, KERNEL_BAGS= narrow the kernels table)
 #
 # Installs from no index: the source tree is used in place (PYTHONPATH=src); wheels the device's
 # image lacks (tomli-w; liger-kernel, the peer) are carried in .whl/ and installed into /tmp/site.
@@ -17,4 +18,4 @@ if [ "${DRY_RUN:-0}" != 1 ] && compgen -G ".whl/*.whl" > /dev/null; then
         && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
 export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
-"$PY" benchmarks/gpu/check.py --out "$OUT" --data "${1:-data/corpus}" ${BUDGET:+--budget $BUDGET} 2>&1 | tee "$OUT/check.log"
+"$PY" benchmarks/gpu/check.py --out "$OUT" --data "${1:-data/corpus}" ${BUDGET:+--budget $BUDGET} ${SECTIONS:+--sections $SECTIONS} 2>&1 | tee "$OUT/check.log"

@@ -233,29 +233,32 @@ class _LinearMultiHotCE(torch.autograd.Function):
     Forward computes, for each chunk of positions, the logits ``h W^T``, the loss terms, and at
     once the gradients w.r.t. ``h`` and ``W`` (the loss is a sum over positions, so each chunk's
     gradient is final); backward only scales them. Peak memory is one ``(chunk, V)`` float32
-    block instead of the whole ``(N, V)`` logits and their gradient.
+    block instead of the whole ``(N, V)`` logits and their gradient. The three matmuls run in the
+    compute dtype (autocast's, else the inputs'), with ``h`` and ``W`` cast once, not per chunk;
+    only the softmax and the sum of ``W``'s per-chunk gradients are float32.
     """
 
     @staticmethod
     def forward(ctx, hidden, weight, safe_targets, scales, chunk_size):
-        N = hidden.shape[0]
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        device_type = hidden.device.type
+        dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else hidden.dtype
+        h_all, w = hidden.to(dtype), weight.to(dtype)
         grad_h = torch.empty_like(hidden) if need_h else None
         grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
         loss = hidden.new_zeros((), dtype=torch.float32)
-        for i in range(0, N, chunk_size):
-            h = hidden[i : i + chunk_size]
-            y, sc = safe_targets[i : i + chunk_size], scales[i : i + chunk_size]
-            logp = torch.log_softmax((h @ weight.t()).float(), dim=-1)  # (C, V)
-            loss -= (sc * logp.gather(-1, y)).sum()
-            if need_h or need_w:
-                z = logp.exp_().mul_(sc.sum(dim=-1, keepdim=True))  # now dloss/dlogits
-                z.scatter_add_(-1, y, -sc)
-                g = z.to(hidden.dtype)
-                if need_h:
-                    grad_h[i : i + chunk_size] = g @ weight
-                if need_w:
-                    grad_w.addmm_(g.t().float(), h.float())
+        with torch.autocast(device_type, enabled=False):
+            for i in range(0, hidden.shape[0], chunk_size):
+                h, y, sc = h_all[i : i + chunk_size], safe_targets[i : i + chunk_size], scales[i : i + chunk_size]
+                logp = torch.log_softmax(h @ w.t(), dim=-1, dtype=torch.float32)  # (C, V)
+                loss -= (sc * logp.gather(-1, y)).sum()
+                if need_h or need_w:
+                    z = logp.exp_().mul_(sc.sum(dim=-1, keepdim=True))  # now dloss/dlogits
+                    g = z.scatter_add_(-1, y, -sc).to(dtype)
+                    if need_h:
+                        grad_h[i : i + chunk_size] = g @ w
+                    if need_w:  # the product in the compute dtype (float32 accumulation inside), summed in float32
+                        grad_w += g.t() @ h
         ctx.save_for_backward(grad_h, grad_w)
         ctx.has = (need_h, need_w)
         return loss
