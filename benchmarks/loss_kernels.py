@@ -117,10 +117,19 @@ def peak_memory_child(method: str, N: int, V: int, d: int, s: int, device: str, 
         print(json.dumps({"peak": max(0, peak_rss_bytes() - base)}))
 
 
-def peak_memory(method, N, V, d, s, device, dtype) -> int:
-    out = subprocess.run([sys.executable, __file__, "--child", json.dumps([method, N, V, d, s, device, dtype])],
-                         capture_output=True, text=True, check=True).stdout
-    return json.loads(out.strip().splitlines()[-1])["peak"]
+def peak_memory(method, N, V, d, s, device, dtype) -> int | str:
+    """Return the peak extra bytes of one case measured in a fresh process, or why it failed."""
+    done = subprocess.run([sys.executable, __file__, "--child", json.dumps([method, N, V, d, s, device, dtype])],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        return "failed: " + (done.stderr.strip().splitlines() or ["no output"])[-1][:120]
+    return json.loads(done.stdout.strip().splitlines()[-1])["peak"]
+
+
+def memory_cells(peak: int | str, plain: int | str) -> str:
+    if isinstance(peak, str):
+        return f"{peak} | "
+    return f"{peak / 2**20:.0f} | " + (f"{peak / max(plain, 1):.2f}x" if isinstance(plain, int) else "")
 
 
 def estimated_bytes(method: str, N: int, V: int, s: int) -> int:
@@ -168,6 +177,8 @@ def main() -> None:
             cases = {m: make_case(m, N, V, d, s, device, args.dtype) for m in methods}
             med = interleaved({m: c[1] for m, c in cases.items()}, args.repeats, warmup=1)
             del cases
+            if device == "cuda":  # give the cached blocks back: the memory children share the GPU
+                torch.cuda.empty_cache()
             mem = {m: peak_memory(m, N, V, d, s, device, args.dtype) for m in methods}
             for m in METHODS:
                 if m == "Liger fused head+CE" and not liger_available(device):
@@ -178,7 +189,7 @@ def main() -> None:
                           f"of float32 (N, V) buffers, over this machine's budget | | | |", flush=True)
                     continue
                 print(f"| {V} | {s} | {m} | {med[m] * 1e3:.1f} | {med[m] / med['plain CE']:.2f}x | "
-                      f"{mem[m] / 2**20:.0f} | {mem[m] / max(mem['plain CE'], 1):.2f}x |", flush=True)
+                      f"{memory_cells(mem[m], mem['plain CE'])} |", flush=True)
 
 
 if __name__ == "__main__":
