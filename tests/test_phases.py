@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from tstrain.config import ConfigError, load_config, step_down_sizes
+from tstrain.config import ConfigError, load_config
 from tstrain.metrics import read_jsonl
 from tstrain.models import CausalLMParts, build_model
 from tstrain.phases import bag_share, step_mix, window_schedule
@@ -24,10 +24,8 @@ def train_rows(run):
 
 
 def test_step_down_sizes_halve_while_whole():
-    assert step_down_sizes(4) == [4, 2]
-    assert step_down_sizes(8) == [8, 4, 2]
-    assert step_down_sizes(6) == [6, 3]
-    assert step_down_sizes(3) == [3]
+    sizes = {s: load_config("tiny", overrides={"tst.bag_size": s}).step_down_sizes() for s in (3, 4, 6, 8)}
+    assert sizes == {4: [4, 2], 8: [8, 4, 2], 6: [6, 3], 3: [3]}
 
 
 def test_hard_switch_plan():

@@ -218,14 +218,6 @@ def padded_vocab(vocab_size: int, multiple: int) -> int:
     return -(-vocab_size // multiple) * multiple
 
 
-def step_down_sizes(bag_size: int) -> list[int]:
-    """Return the bag sizes of a step-down phase 1: ``s`` halved while it stays a whole number above 1."""
-    sizes = [bag_size]
-    while sizes[-1] % 2 == 0 and sizes[-1] // 2 > 1:
-        sizes.append(sizes[-1] // 2)
-    return sizes
-
-
 @dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -253,8 +245,12 @@ class Config:
         return first, first + self.blend_steps
 
     def step_down_sizes(self) -> list[int]:
-        """Return the bag sizes a step-down phase 1 goes through (``s, s/2, ...`` above 1)."""
-        return step_down_sizes(self.tst.bag_size)
+        """Return the bag sizes a step-down phase 1 goes through: ``s`` halved while it stays a whole number
+        above 1 (``s, s/2, ...``)."""
+        sizes = [self.tst.bag_size]
+        while sizes[-1] % 2 == 0 and sizes[-1] // 2 > 1:
+            sizes.append(sizes[-1] // 2)
+        return sizes
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
