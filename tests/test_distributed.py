@@ -141,3 +141,10 @@ def test_a_blended_transition_under_two_processes_matches_one(data_dir, tmp_path
     close_curves(tmp_path / "one", tmp_path / "two")
     shares = [r["bag_share"] for r in read_jsonl(tmp_path / "two" / "metrics.jsonl") if "loss" in r]
     assert any(0 < x < 1 for x in shares)
+
+
+def test_activation_checkpointing_under_two_processes_matches_one_process_without_it(data_dir, reference_run, tmp_path):
+    # FSDP2 gathers a layer's weights again for its backward: the recomputed forward must see them whole.
+    done = launch(cli_args(data_dir, tmp_path / "two", **{"train.activation_checkpointing": "full"}), processes=2)
+    assert done.returncode == 0, done.stderr[-3000:]
+    close_curves(reference_run, tmp_path / "two")

@@ -29,7 +29,7 @@ import torch  # noqa: E402
 
 from _common import interleaved, machine, training_setup  # noqa: E402
 from tstrain.config import load_config  # noqa: E402
-from tstrain.distributed import decoder_layers  # noqa: E402
+from tstrain.distributed import checkpoint_activations, decoder_layers  # noqa: E402
 from tstrain.metrics import PEAK_BF16_FLOPS  # noqa: E402
 from tstrain.models import flops_per_position, model_info  # noqa: E402
 from tstrain.superposition import window_length  # noqa: E402
@@ -161,7 +161,8 @@ def speed(out: Path, seconds: float) -> str:
 
 
 def memory(out: Path, seconds: float) -> str:
-    """Peak GPU memory of one training step per phase, against ``tstrain info``'s estimate."""
+    """Peak GPU memory of one training step per phase (and phase 2 with activation checkpointing), against
+    ``tstrain info``'s estimate."""
     L, B = (32, 2) if DRY else (2048, 8)
     lines = [f"# memory: one training step (bf16 autocast, fused head + loss, eager), L = {L}; {machine()}",
              "| preset | micro-batch | phase | peak allocated (GiB) | info's estimate: weights + grads + AdamW (GiB) | "
@@ -178,6 +179,13 @@ def memory(out: Path, seconds: float) -> str:
             phase = "2" if s == 1 else f"1 (s={s})"
             lines.append(f"| {preset} | {B} | {phase} | {peak / 2**30:.2f} | {estimate / 2**30:.2f} | "
                          f"{(peak - estimate) / 2**30:.2f} |")
+        checkpoint_activations(model)  # the same phase-2 step, each layer recomputing its activations
+        if DEVICE == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        step_fn(parts, opt, cfg, autocast, B, 1)()
+        peak = torch.cuda.max_memory_allocated() if DEVICE == "cuda" else float("nan")
+        lines.append(f"| {preset} | {B} | 2, activation checkpointing | {peak / 2**30:.2f} | {estimate / 2**30:.2f} | "
+                     f"{(peak - estimate) / 2**30:.2f} |")
         del model, parts, opt
         if DEVICE == "cuda":
             torch.cuda.empty_cache()

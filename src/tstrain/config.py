@@ -173,6 +173,9 @@ class TrainConfig:
     checkpoint_every: int = knob(0, "steps between checkpoints; 0: only at the switch and at the end", resume_free=True)
     keep_checkpoints: int = knob(3, "newest checkpoints kept, besides the one written at the switch", resume_free=True)
     compile: Literal["auto", "on", "off"] = knob("auto", "torch.compile each decoder layer (auto: on CUDA)")
+    activation_checkpointing: Literal["none", "full"] = knob(
+        "none", "full: each decoder layer recomputes its activations in the backward pass (less memory, ~1/3 more "
+        "compute; same numbers)", resume_free=True)
     fused_loss: Literal["auto", "on", "off"] = knob(
         "auto", "LM head + loss fused over position chunks (auto: vocab >= 32768)")
     loss_chunk_size: int = knob(2048, "positions per chunk of the fused head + loss")

@@ -354,6 +354,8 @@ class Trainer:
         self.model = build_model(cfg.model, cfg.model.vocab_size, cfg.train.seq_len).to(device)
         self.model.train()
         self.parts = CausalLMParts(self.model)
+        if cfg.train.activation_checkpointing == "full":
+            distributed.checkpoint_activations(self.model)
         if cfg.train.compile == "on" or (cfg.train.compile == "auto" and device.type == "cuda"):
             for layer in distributed.decoder_layers(self.model):
                 layer.compile()  # in place, per block (as TorchTitan does): names and state-dict keys unchanged
