@@ -7,6 +7,7 @@ import pytest
 
 from tstrain.config import load_config
 from tstrain.errors import DataError
+from tstrain.permutation import KeyedPermutation
 from tstrain.phases import step_mix, window_schedule
 from tstrain.reader import WindowGroup, WindowReader, WindowSchedule, check_appetite, validation_windows
 
@@ -168,14 +169,14 @@ def test_later_epochs_read_every_token_once_again_in_a_new_order():
     assert len(per_epoch) >= 3
 
 
-def test_phase_1_and_the_baseline_read_as_before_the_parity_fix():
+def test_phase_1_and_the_baseline_read_placed_block_i_for_sequence_i():
     # Where every stride equals the block (baseline, phase 1 of the hard switch), the column order
-    # is the identity: sequence i of the run reads permuted block i, as the reader always did.
+    # is the identity: sequence i of the run reads block i as the epoch's order places it.
     for overrides, steps in (({"tst.ratio": 0.0}, 30), ({}, 30)):
         cfg = plan_cfg(overrides)
         sched = window_schedule(cfg)
         reader = WindowReader(np.arange(500_000, dtype=np.int64), sched, seed=4)
-        perm = np.random.default_rng([4, 0]).permutation(reader.num_blocks)
+        perm = KeyedPermutation(reader.num_blocks, 4, 0)(np.arange(reader.num_blocks))
         for t in range(steps):
             offsets = reader.layout(t)[0][1]
             expected = perm[t * 16 + np.arange(16)] * sched.block_size

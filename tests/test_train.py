@@ -291,8 +291,9 @@ PINNED_FLAGS = {"hard": {}, "blend": {"tst.transition": "blend", "tst.transition
 @pytest.mark.parametrize("name", PINNED_FLAGS)
 def test_a_short_tiny_run_repeats_the_pinned_numbers(tiny_cfg, tmp_path, name):
     # Pinned from the trainer before it became a Trainer class (bit-identical there, on this
-    # project's 2-core x86 CPU); losses to 1e-4 here so another CPU's float rounding may pass,
-    # while any change of what is read, counted or scheduled cannot.
+    # project's 2-core x86 CPU), and re-pinned when the reader's order changed (READER_ORDER
+    # "feistel-blocks-v2": only loss, grad_norm and val_loss moved); losses to 1e-4 here so another
+    # CPU's float rounding may pass, while any change of what is read, counted or scheduled cannot.
     train(tiny_cfg(**{"tst.ratio": 0.5, **PINNED_FLAGS[name]}), tmp_path / name)
     got, want = numbers(read_jsonl(tmp_path / name / "metrics.jsonl")), PINNED[name]
     assert [sorted(r) for r in got] == [sorted(r) for r in want]
