@@ -190,3 +190,31 @@ def test_a_step_s_layout_is_a_pure_function_of_the_step():
     b = WindowReader(tokens, window_schedule(cfg), seed=9)
     for t in itertools.chain(range(50, 60), range(0, 60, 7)):  # any order, fresh or warm reader
         assert all(np.array_equal(x[1], y[1]) for x, y in zip(a.layout(t), b.layout(t)))
+
+
+class ZeroTokens:
+    """A stand-in for a training split of ``n`` tokens that reads zeros: only len() and fancy indexing."""
+
+    def __init__(self, n):
+        self.n = n
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, index):
+        return np.zeros(np.shape(index), dtype=np.uint16)
+
+
+def test_the_reader_s_memory_does_not_grow_with_the_corpus():
+    import tracemalloc
+
+    WindowReader(np.arange(5000), schedule(), seed=0).batch(50)  # numpy's first-use imports, not the reader's
+    tracemalloc.start()
+    reader = WindowReader(ZeroTokens(32 * 10**7 + 100), schedule(), seed=0)  # 10^7 blocks: 80 MB stored
+    steps_per_epoch = reader.epoch_tokens // (4 * 8)
+    for step in (0, 1, 3, 4, steps_per_epoch + 5, 2 * steps_per_epoch + 5):
+        assert reader.batch(step).shape[0] == 4
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert reader.epochs(2 * steps_per_epoch + 5) > 2
+    assert peak < 2**20, peak  # a stored permutation of the blocks would hold 80 MB per epoch
