@@ -4,8 +4,8 @@ Makes synthetic data dirs of ``--gigabytes`` GB of uint16 tokens each (sparse fi
 written and no token is read unless the code reads it), then times, in this process, what a run
 does before its first step: open the data dir, build the window schedule and the reader, read
 step 0's batch, and build the model. Opening is O(1) in the data (sizes and the manifest's
-checked figures); the reader holds one permutation of the corpus's blocks per epoch, which grows
-with it (8 bytes a block).
+checked figures); so is the reader, whose block order is computed per block read, not stored
+(``reader_memory.py`` measures it on a simulated 1T-token corpus).
 
     python benchmarks/startup.py --gigabytes 4,16
 """

@@ -29,7 +29,8 @@ def graph() -> dict[str, set[str]]:
 def test_the_method_and_the_reader_import_nothing_above_them():
     g = graph()
     assert g["superposition"] == set()  # torch only: the method alone in one file
-    assert g["reader"] <= {"errors"} and g["config"] <= {"errors"}
+    assert g["permutation"] == set()  # numpy only, under the reader
+    assert g["reader"] <= {"errors", "permutation"} and g["config"] <= {"errors"}
     below_trainer = {"superposition", "reader", "config", "data", "phases", "models", "checkpoint", "evaluation",
                      "model_io"}
     assert not any("train" in g[m] or "experiments" in g[m] for m in below_trainer)

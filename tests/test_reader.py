@@ -7,6 +7,7 @@ import pytest
 
 from tstrain.config import load_config
 from tstrain.errors import DataError
+from tstrain.permutation import KeyedPermutation
 from tstrain.phases import step_mix, window_schedule
 from tstrain.reader import WindowGroup, WindowReader, WindowSchedule, check_appetite, validation_windows
 
@@ -168,14 +169,14 @@ def test_later_epochs_read_every_token_once_again_in_a_new_order():
     assert len(per_epoch) >= 3
 
 
-def test_phase_1_and_the_baseline_read_as_before_the_parity_fix():
+def test_phase_1_and_the_baseline_read_placed_block_i_for_sequence_i():
     # Where every stride equals the block (baseline, phase 1 of the hard switch), the column order
-    # is the identity: sequence i of the run reads permuted block i, as the reader always did.
+    # is the identity: sequence i of the run reads block i as the epoch's order places it.
     for overrides, steps in (({"tst.ratio": 0.0}, 30), ({}, 30)):
         cfg = plan_cfg(overrides)
         sched = window_schedule(cfg)
         reader = WindowReader(np.arange(500_000, dtype=np.int64), sched, seed=4)
-        perm = np.random.default_rng([4, 0]).permutation(reader.num_blocks)
+        perm = KeyedPermutation(reader.num_blocks, 4, 0)(np.arange(reader.num_blocks))
         for t in range(steps):
             offsets = reader.layout(t)[0][1]
             expected = perm[t * 16 + np.arange(16)] * sched.block_size
@@ -189,3 +190,31 @@ def test_a_step_s_layout_is_a_pure_function_of_the_step():
     b = WindowReader(tokens, window_schedule(cfg), seed=9)
     for t in itertools.chain(range(50, 60), range(0, 60, 7)):  # any order, fresh or warm reader
         assert all(np.array_equal(x[1], y[1]) for x, y in zip(a.layout(t), b.layout(t)))
+
+
+class ZeroTokens:
+    """A stand-in for a training split of ``n`` tokens that reads zeros: only len() and fancy indexing."""
+
+    def __init__(self, n):
+        self.n = n
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, index):
+        return np.zeros(np.shape(index), dtype=np.uint16)
+
+
+def test_the_reader_s_memory_does_not_grow_with_the_corpus():
+    import tracemalloc
+
+    WindowReader(np.arange(5000), schedule(), seed=0).batch(50)  # numpy's first-use imports, not the reader's
+    tracemalloc.start()
+    reader = WindowReader(ZeroTokens(32 * 10**7 + 100), schedule(), seed=0)  # 10^7 blocks: 80 MB stored
+    steps_per_epoch = reader.epoch_tokens // (4 * 8)
+    for step in (0, 1, 3, 4, steps_per_epoch + 5, 2 * steps_per_epoch + 5):
+        assert reader.batch(step).shape[0] == 4
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert reader.epochs(2 * steps_per_epoch + 5) > 2
+    assert peak < 2**20, peak  # a stored permutation of the blocks would hold 80 MB per epoch

@@ -74,6 +74,34 @@ def test_resuming_on_other_data_is_refused_and_on_a_moved_copy_accepted(tiny_cfg
     assert load_config(config_file=tmp_path / "run" / "config.toml").data.path.startswith("/")  # absolute
 
 
+def test_a_run_read_in_another_order_is_neither_resumed_nor_reused(data_dir, tmp_path, capsys):
+    # A run dir whose data.json records no reader order (or has no data.json) was read by the stored
+    # permutation: resuming it in this reader's order would reread some tokens and skip others, and
+    # reusing it would put a run of another order in a report. Both are refused, nothing is changed.
+    from conftest import cli_args
+    from tstrain.reader import FIRST_READER_ORDER, READER_ORDER
+
+    run, flags = tmp_path / "run", {"train.steps": 4}
+    assert main(cli_args(data_dir, run, **flags)) == 0
+    identity, cfg = run / "data.json", load_config(config_file=run / "config.toml")
+    recorded = json.loads(identity.read_text())
+    assert recorded["reader_order"] == READER_ORDER
+    assert run_or_reuse(cfg, run)["steps"] == 4  # the same order: reused
+    for was, order in (({k: v for k, v in recorded.items() if k != "reader_order"}, FIRST_READER_ORDER),
+                       ({**recorded, "reader_order": "some-later-order"}, "some-later-order")):
+        identity.write_text(json.dumps(was))
+        before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+        one_line_error(capsys, cli_args(data_dir, run, resume=True, **flags),
+                       f"read its data in the order '{order}', and this tstrain reads them in '{READER_ORDER}'",
+                       "Finish the run with the tstrain version that started it, or start a new run in another --out")
+        with pytest.raises(ConfigError, match=f"other settings \\(reader order: the run read its data in '{order}'"):
+            run_or_reuse(cfg, run)
+        assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+    identity.unlink()  # from before data.json was written: the stored permutation too
+    with pytest.raises(ConfigError, match=f"reader order: the run read its data in '{FIRST_READER_ORDER}'"):
+        run_or_reuse(cfg, run)
+
+
 def test_when_every_checkpoint_is_corrupt_the_run_is_refused_not_restarted(tiny_cfg, tmp_path):
     flags = {"train.steps": 8, "tst.ratio": 0.5, "train.checkpoint_every": 2}
     from test_train import train_crashing_at

@@ -291,8 +291,9 @@ PINNED_FLAGS = {"hard": {}, "blend": {"tst.transition": "blend", "tst.transition
 @pytest.mark.parametrize("name", PINNED_FLAGS)
 def test_a_short_tiny_run_repeats_the_pinned_numbers(tiny_cfg, tmp_path, name):
     # Pinned from the trainer before it became a Trainer class (bit-identical there, on this
-    # project's 2-core x86 CPU); losses to 1e-4 here so another CPU's float rounding may pass,
-    # while any change of what is read, counted or scheduled cannot.
+    # project's 2-core x86 CPU), and re-pinned when the reader's order changed (READER_ORDER
+    # "feistel-blocks-v2": only loss, grad_norm and val_loss moved); losses to 1e-4 here so another
+    # CPU's float rounding may pass, while any change of what is read, counted or scheduled cannot.
     train(tiny_cfg(**{"tst.ratio": 0.5, **PINNED_FLAGS[name]}), tmp_path / name)
     got, want = numbers(read_jsonl(tmp_path / name / "metrics.jsonl")), PINNED[name]
     assert [sorted(r) for r in got] == [sorted(r) for r in want]
@@ -304,9 +305,23 @@ def test_a_short_tiny_run_repeats_the_pinned_numbers(tiny_cfg, tmp_path, name):
                 assert g[key] == pytest.approx(w[key], rel=1e-4), (g["step"], key)
 
 
-def test_checkpoints_from_before_train_state_resume_and_newer_ones_are_refused(tiny_cfg, tmp_path):
-    from tstrain.errors import CheckpointError
+def rewrite_state(ckpt, state):
+    """Write ``state`` as the checkpoint's state.json, with a manifest that still verifies."""
     from tstrain.fileio import sha256_file
+
+    (ckpt / "state.json").write_text(json.dumps(state))
+    manifest = json.loads((ckpt / "manifest.json").read_text())
+    manifest["files"]["state.json"] = {"bytes": (ckpt / "state.json").stat().st_size,
+                                       "sha256": sha256_file(ckpt / "state.json")}
+    (ckpt / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_checkpoints_read_in_an_earlier_order_are_refused_and_newer_ones_too(tiny_cfg, tmp_path):
+    # Checkpoints before TrainState (unversioned) and of version 1 were read by the stored
+    # permutation, whose order the reader no longer follows: going on would reread some tokens and
+    # skip others, so they are refused, before anything is written; version 2 records the order.
+    from tstrain.errors import CheckpointError, DataError
+    from tstrain.reader import FIRST_READER_ORDER, READER_ORDER
     from tstrain.train import TrainState
 
     flags = {"tst.ratio": 0.5, "train.checkpoint_every": 5}
@@ -314,16 +329,22 @@ def test_checkpoints_from_before_train_state_resume_and_newer_ones_are_refused(t
     train_crashing_at(8, tiny_cfg(**flags), tmp_path / "old")
     ckpt = tmp_path / "old" / "checkpoints" / "step-00000005"
     state = json.loads((ckpt / "state.json").read_text())
-    old = {k: v for k, v in state.items() if k not in ("version", "epoch")} | {"epochs": state["epoch"]}
-    (ckpt / "state.json").write_text(json.dumps(old))  # the unversioned layout of earlier releases
-    manifest = json.loads((ckpt / "manifest.json").read_text())
-    manifest["files"]["state.json"] = {"bytes": (ckpt / "state.json").stat().st_size,
-                                       "sha256": sha256_file(ckpt / "state.json")}
-    (ckpt / "manifest.json").write_text(json.dumps(manifest))
+    assert state["version"] == 2 and state["reader_order"] == READER_ORDER
+    unversioned = {k: v for k, v in state.items() if k not in ("version", "epoch", "reader_order")}
+    unversioned |= {"epochs": state["epoch"]}  # the layout of earlier releases
+    version_1 = {k: v for k, v in state.items() if k != "reader_order"} | {"version": 1}
+    for old in (unversioned, version_1):
+        assert TrainState.from_dict(old).epoch == state["epoch"] and TrainState.from_dict(old).step == 5
+        assert TrainState.from_dict(old).reader_order == FIRST_READER_ORDER
+        rewrite_state(ckpt, old)
+        before = {p: p.read_bytes() for p in (tmp_path / "old").rglob("*") if p.is_file()}
+        with pytest.raises(DataError, match=f"step-00000005 read its data in the order '{FIRST_READER_ORDER}'"):
+            train(tiny_cfg(**flags), tmp_path / "old", resume=True)
+        assert {p: p.read_bytes() for p in (tmp_path / "old").rglob("*") if p.is_file()} == before
+    rewrite_state(ckpt, state)  # the same order: it resumes and repeats the uninterrupted run
     train(tiny_cfg(**flags), tmp_path / "old", resume=True)
     assert (numbers(read_jsonl(tmp_path / "old" / "metrics.jsonl"))
             == numbers(read_jsonl(tmp_path / "whole" / "metrics.jsonl")))
-    assert TrainState.from_dict(old).epoch == state["epoch"] and TrainState.from_dict(old).step == 5
     with pytest.raises(CheckpointError, match="newer than this tstrain"):
         TrainState.from_dict({**state, "version": TrainState.VERSION + 1})
 

@@ -16,6 +16,7 @@ from .config import Config, resume_differences
 from .data import TokenData
 from .errors import ConfigError
 from .metrics import read_jsonl
+from .reader import FIRST_READER_ORDER, READER_ORDER
 from .train import DATA_IDENTITY, train
 
 
@@ -26,18 +27,24 @@ def baseline_of(cfg: Config) -> Config:
 
 def reuse_differences(run_dir: Path, cfg: Config) -> list[str]:
     """Return the settings in which the run saved in ``run_dir`` differs from ``cfg`` (fields that the
-    data fills in, such as the vocabulary, and logging fields do not count)."""
+    data fills in, such as the vocabulary, and logging fields do not count), the reader's order included:
+    a run that records none (or no data.json at all) was read in the first one."""
     saved = tomllib.loads((run_dir / "config.toml").read_text())
     follows = {"model.vocab_size": cfg.model.vocab_size == 0,
                "model.max_position_embeddings": cfg.model.max_position_embeddings == 0}
     diffs = [d for d in resume_differences(saved, cfg) if not follows.get(d.split(":")[0])]
     identity = run_dir / DATA_IDENTITY
+    was = json.loads(identity.read_text()) if identity.is_file() else {}
     if identity.is_file():  # the data themselves, wherever they live now
-        was, now = json.loads(identity.read_text()), TokenData(cfg.data.path).identity
+        now = TokenData(cfg.data.path).identity
         if any(was.get(k) != v for k, v in now.items()):
             diffs.append(f"data: the run read {was.get('path')}, whose tokens differ from those in {cfg.data.path}")
     elif Path(saved.get("data", {}).get("path", "")).resolve() != Path(cfg.data.path).resolve():
         diffs.append(f"data.path: saved {saved.get('data', {}).get('path')!r}, now {cfg.data.path!r}")
+    order = was.get("reader_order", FIRST_READER_ORDER)
+    if order != READER_ORDER:
+        diffs.append(f"reader order: the run read its data in {order!r}, this tstrain in {READER_ORDER!r}, "
+                     "so only the tstrain version that made it can reuse it")
     return diffs
 
 

@@ -3,10 +3,11 @@
 Every kind of sequence a run uses (phase-1 bags of ``s``, next-token windows, a step-down's
 bags of ``s/2``, ...) reads its own *region* of a stream of token positions. Within a region the
 sequences follow one another by their stride, in step order; the stream maps onto the corpus
-through a permutation of blocks (``block_size`` = the largest stride) drawn per epoch from
-``(seed, epoch)``. So the position of every sequence is a pure function of the step (a resumed
-run reads exactly what an uninterrupted one would, with no loader state), each stream position
-is read at most once per epoch, and a window never straddles two blocks.
+through a permutation of blocks (``block_size`` = the largest stride) keyed per epoch by
+``(seed, epoch)`` and computed per block asked (``permutation.KeyedPermutation``), so the reader's
+memory does not grow with the corpus. So the position of every sequence is a pure function of the
+step (a resumed run reads exactly what an uninterrupted one would, with no loader state), each
+stream position is read at most once per epoch, and a window never straddles two blocks.
 
 Batch parity: a region whose stride is shorter than a block (phase 2 of a TST run, whose blocks
 are ``L*s`` long) reads its blocks column by column: sequence ``j`` of the region takes slice
@@ -28,6 +29,13 @@ import numpy as np
 import torch
 
 from .errors import DataError
+from .permutation import KeyedPermutation
+
+# The name of the order in which the reader places blocks: recorded with each run (data.json) and
+# checkpoint (state.json), since a run continued in another order would reread some tokens and
+# skip others. Change it whenever what a step reads changes.
+READER_ORDER = "feistel-blocks-v2"
+FIRST_READER_ORDER = "stored-permutation-v1"  # a stored NumPy permutation: runs that record no order
 
 
 @dataclass(frozen=True)
@@ -178,7 +186,8 @@ class WindowSchedule:
 
 
 class WindowReader:
-    """Deterministic training windows: block order permuted per epoch from ``(seed, epoch)``."""
+    """Deterministic training windows: block order permuted per epoch from ``(seed, epoch)``, computed
+    per block read (memory O(1) in the corpus)."""
 
     def __init__(self, tokens: np.ndarray, schedule: WindowSchedule, seed: int):
         self.tokens = tokens
@@ -192,25 +201,21 @@ class WindowReader:
                 f"{self.block_size + schedule.tail}; use more data or a smaller seq_len / bag_size"
             )
         self.epoch_tokens = self.num_blocks * self.block_size
-        self._perms: dict[int, np.ndarray] = {}
 
     def epochs(self, step: int) -> float:
         """Return how many passes over the corpus the steps before ``step`` made."""
         return self.schedule.offset(step) / self.epoch_tokens
 
-    def _perm(self, epoch: int) -> np.ndarray:
-        if epoch not in self._perms:
-            if len(self._perms) > 2:
-                self._perms.clear()
-            self._perms[epoch] = np.random.default_rng([self.seed, epoch]).permutation(self.num_blocks)
-        return self._perms[epoch]
+    def block_order(self, epoch: int) -> KeyedPermutation:
+        """Return where epoch ``epoch`` places each block: a bijection on the blocks, keyed by ``(seed, epoch)``."""
+        return KeyedPermutation(self.num_blocks, self.seed, epoch)
 
     def corpus_starts(self, region: Region, stream: np.ndarray) -> np.ndarray:
         """Return the corpus offsets of sequences at stream positions ``stream`` (int64) of ``region``.
 
         Within each epoch the region's blocks are read column by column (slice ``j // n`` of block
-        ``j % n``), a bijection on the region's part of the epoch, then the epoch's block
-        permutation places each block in the corpus.
+        ``j % n``), a bijection on the region's part of the epoch, then the epoch's block order
+        (``block_order``) places each block in the corpus.
         """
         E, size, stride = self.epoch_tokens, self.block_size, region.stride
         epoch, pos = np.divmod(stream, E)
@@ -223,7 +228,7 @@ class WindowReader:
         placed = np.empty_like(block)
         for e in np.unique(epoch):
             here = epoch == e
-            placed[here] = self._perm(int(e))[block[here]]
+            placed[here] = self.block_order(int(e))(block[here])
         return placed * size + inner
 
     def _rows(self, offsets: np.ndarray, window: int) -> torch.Tensor:

@@ -35,7 +35,14 @@ from .metrics import MetricsLog, Progress, device_peak_flops
 from .model_io import export_hf
 from .models import CausalLMParts, build_model, flops_per_position
 from .phases import bag_share, is_switch, phase_after, phase_of, positions, window_schedule
-from .reader import WindowGroup, WindowReader, check_appetite, validation_windows
+from .reader import (
+    FIRST_READER_ORDER,
+    READER_ORDER,
+    WindowGroup,
+    WindowReader,
+    check_appetite,
+    validation_windows,
+)
 from .superposition import (
     bag_embeddings,
     linear_multi_hot_cross_entropy,
@@ -220,7 +227,7 @@ class TrainState:
     """The run's counters after ``step`` completed steps: what a checkpoint restores besides the
     weights, the optimizer and the RNG (``state.json``)."""
 
-    VERSION: ClassVar[int] = 1
+    VERSION: ClassVar[int] = 2
     step: int = 0
     data_tokens: int = 0
     flops: float = 0.0
@@ -229,24 +236,38 @@ class TrainState:
     phase: int = 1  # the phase of the last completed step
     epoch: float = 0.0  # passes over the training split so far
     at_switch: bool = False  # written at the switch: kept when older checkpoints are pruned
+    reader_order: str = READER_ORDER  # the reader's block order the steps so far read in (version 2)
 
     def to_dict(self) -> dict[str, Any]:
         return {"version": self.VERSION, **dataclasses.asdict(self)}
 
     @classmethod
     def from_dict(cls, saved: dict[str, Any]) -> TrainState:
-        """Return the state of a checkpoint's ``state.json`` (this version's, or the unversioned one before it)."""
+        """Return the state of a checkpoint's ``state.json`` (this version's or an earlier one's)."""
         version = saved.get("version", 0)
         if version > cls.VERSION:
             raise CheckpointError(f"the checkpoint's state is version {version}, newer than this tstrain's "
                                   f"{cls.VERSION}: resume it with the tstrain that wrote it")
         if version == 0:  # before TrainState: the same counters, ``epochs`` for ``epoch``
             saved = {**saved, "epoch": saved.get("epochs", 0.0)}
+        if version < 2:  # before the order was recorded: read by the stored permutation
+            saved = {**saved, "reader_order": FIRST_READER_ORDER}
         names = {f.name for f in dataclasses.fields(cls)}
         try:
             return cls(**{k: v for k, v in saved.items() if k in names})
         except TypeError as e:
             raise CheckpointError(f"the checkpoint's state.json is not a tstrain state ({e})") from None
+
+
+def check_reader_order(order: str, what: str) -> None:
+    """Refuse to resume ``what`` (a run dir, a checkpoint) whose steps read the data in another ``order``:
+    going on in this reader's order would read some tokens twice in an epoch and others never."""
+    if order != READER_ORDER:
+        raise DataError(
+            f"{what} read its data in the order {order!r}, and this tstrain reads them in {READER_ORDER!r}: "
+            "resuming would reread some tokens and skip others. Finish the run with the tstrain version that "
+            "started it, or start a new run in another --out"
+        )
 
 
 @dataclass
@@ -319,6 +340,8 @@ class Trainer:
             check_resume_config(tomllib.loads(saved.read_text()), self.cfg)
         self.check_data_identity()
         found = self.ctx.agree(ckpt.latest_good_checkpoint(self.ckpt_root) if self.ctx.is_main else None)
+        if found is not None:  # before anything is written: a refused resume changes nothing
+            check_reader_order(TrainState.from_dict(found[1]).reader_order, f"the checkpoint {found[0]}")
         if found is None and ckpt.list_checkpoints(self.ckpt_root):
             raise CheckpointError(
                 f"none of the {len(ckpt.list_checkpoints(self.ckpt_root))} checkpoints under {self.ckpt_root} verifies "
@@ -341,6 +364,7 @@ class Trainer:
                 f"{self.run} was trained on other data than {self.data.path} ({', '.join(diffs)} differ; the run's "
                 f"data were at {was.get('path')}): resume it with that data, or start a new run in another --out"
             )
+        check_reader_order(was.get("reader_order", FIRST_READER_ORDER), str(self.run))
 
     def build(self) -> None:
         """Make the model, its optimizer, the data reader and the validation windows."""
@@ -374,7 +398,7 @@ class Trainer:
         if self.ctx.is_main:
             self.run.mkdir(parents=True, exist_ok=True)
             write_text_atomic(self.run / "config.toml", self.cfg.to_toml())  # a kill mid-write must not break --resume
-            identity = {**self.data.identity, "path": str(self.data.path.resolve())}
+            identity = {**self.data.identity, "path": str(self.data.path.resolve()), "reader_order": READER_ORDER}
             write_text_atomic(self.run / DATA_IDENTITY, json.dumps(identity, indent=2) + "\n")
         self.build()
         if found is not None:
