@@ -127,6 +127,15 @@ def test_prepare_data_never_overwrites_a_data_dir_unasked(data_dir, tmp_path, ca
     assert main(args + ["--overwrite"]) == 0
 
 
+def test_prepare_data_refuses_bad_worker_counts_and_shard_sizes(data_dir, tmp_path, capsys):
+    base = ["prepare-data", "--input", str(tmp_path / "c.txt"), "--tokenizer", str(data_dir / "tokenizer.json"),
+            "--out", str(tmp_path / "never"), "--no-progress"]
+    (tmp_path / "c.txt").write_text("the cat sat on the mat")
+    one_line_error(capsys, base + ["--workers", "0"], "--workers must be", "at least 1; got 0")
+    one_line_error(capsys, base + ["--shard-tokens", "-5"], "--shard-tokens must be", "got -5")
+    assert not (tmp_path / "never").exists()
+
+
 def test_bad_inputs_are_one_line_errors(data_dir, tmp_path, capsys):
     import pyarrow as pa
     import pyarrow.parquet as pq
