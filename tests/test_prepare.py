@@ -63,7 +63,10 @@ def test_shards_are_bounded_and_the_manifest_adds_them_up(sharded, corpus, data_
     assert np.array_equal(np.asarray(TokenData(tmp_path / "whole").val), np.asarray(data.val))
 
 
-def test_any_number_of_workers_writes_the_same_bytes(sharded, corpus, data_dir, tmp_path):
+def test_any_number_of_workers_writes_the_same_bytes(sharded, corpus, data_dir, tmp_path, monkeypatch):
+    from tstrain import prepare as prep
+
+    monkeypatch.setattr(prep, "IN_FLIGHT_CHARS", 4000)  # the writing waits for results, not only at the end
     prepare(corpus, data_dir, tmp_path / "two", workers=2)
     assert files_of(tmp_path / "two") == files_of(sharded)
 

@@ -10,8 +10,9 @@ cuts depend on the documents only, never on the number of workers or the batches
 
 Parallelism: this process reads the documents in order, hands batches of about ``batch_chars``
 characters to ``workers`` spawned processes (each loads the tokenizer once and calls the
-``tokenizers`` library's ``encode_batch``), keeps at most two batches a worker in flight (so
-memory stays bounded whatever the corpus), and writes the results in the order it sent them.
+``tokenizers`` library's ``encode_batch``), reads at most ``IN_FLIGHT_CHARS`` a worker ahead of
+the writing (so memory stays bounded whatever the corpus), and writes the results in the order
+it sent them.
 Inside a worker the library encodes on one thread (``TOKENIZERS_PARALLELISM=false``: no Rust
 thread pool), so N workers use N cores instead of N pools of threads fighting for them. With
 ``workers=1`` the batches are encoded in this process, with the library's own threads.
@@ -57,6 +58,7 @@ STATE = "prepare-state.json"
 STATE_FORMAT = "tstrain-prepare-state-v1"
 SHARD_TOKENS = 1 << 29  # the default shard: 1.07 GB of uint16 ids (2.1 GB of uint32)
 BATCH_CHARS = 1 << 20  # text per batch sent to a worker: large enough to amortise the hand-over
+IN_FLIGHT_CHARS = 16 << 20  # text per worker read ahead of the writing (see _encoded)
 TOKEN_FILE = re.compile(r"(train|val)(-\d+)?\.bin(\.tmp)?")
 EOS_CANDIDATES = ("<|endoftext|>", "</s>", "<|end_of_text|>", "<eos>", "<|im_end|>")
 
@@ -387,8 +389,12 @@ def _batches(docs: Iterator[str], first: int, batch_chars: int) -> Iterator[tupl
 
 
 def _encoded(batches: Iterator[tuple[int, list[str]]], job: _Job, workers: int) -> Iterator[_Encoded]:
-    """Yield each batch encoded, in order: here for one worker, else by a pool of spawned processes with
-    at most two batches a worker in flight (the reading never runs further ahead of the writing)."""
+    """Yield each batch encoded, in order: here for one worker, else by a pool of spawned processes.
+
+    The results are written in input order, so a batch that takes long (one huge document) holds
+    up the writing of those after it; the others go on being encoded as long as less than
+    ``IN_FLIGHT_CHARS`` of text a worker (or two batches a worker) waits, which bounds the memory.
+    """
     if workers == 1:
         encode = _Encoder(job)
         yield from (encode(first, docs) for first, docs in batches)
@@ -396,13 +402,17 @@ def _encoded(batches: Iterator[tuple[int, list[str]]], job: _Job, workers: int) 
     # spawn, not fork: a forked child of a process whose tokenizer already ran its threads can hang
     pool = ProcessPoolExecutor(workers, multiprocessing.get_context("spawn"), _start_worker, (job,))
     try:
-        pending: deque = deque()
+        pending: deque = deque()  # (future, characters), in input order
+        waiting = 0
         for first, docs in batches:
-            pending.append(pool.submit(_encode_in_worker, first, docs))
-            if len(pending) >= 2 * workers:
-                yield pending.popleft().result()
+            pending.append((pool.submit(_encode_in_worker, first, docs), sum(map(len, docs))))
+            waiting += pending[-1][1]
+            while len(pending) > 2 * workers and waiting > workers * IN_FLIGHT_CHARS:
+                future, size = pending.popleft()
+                waiting -= size
+                yield future.result()
         while pending:
-            yield pending.popleft().result()
+            yield pending.popleft()[0].result()
     except BrokenProcessPool:
         raise DataError("a tokenizing process died (out of memory or killed; from a Python script, call "
                         "prepare_data under `if __name__ == '__main__':`); the finished parts are kept: "
