@@ -288,8 +288,9 @@ def _resumable_state(out: Path, settings: dict, overwrite: bool) -> dict | None:
     if state.get("format") != STATE_FORMAT or diffs:
         raise DataError(f"{out} holds an unfinished preparation with other settings ({'; '.join(diffs) or 'format'}): "
                         "run it again with its own settings to resume it, or pass --overwrite to start over")
-    if sha256_file(out / "tokenizer.json") != state["tokenizer_sha256"]:
-        raise DataError(f"{out / 'tokenizer.json'} changed since the preparation started; "
+    tok_file = out / "tokenizer.json"
+    if not tok_file.is_file() or sha256_file(tok_file) != state["tokenizer_sha256"]:
+        raise DataError(f"{tok_file} is missing or changed since the preparation started; "
                         "pass --overwrite to start over")
     listed = {p[s]["file"]: p[s]["tokens"] for p in state["parts"] for s in SPLITS if p[s]}
     itemsize = np.dtype(state["dtype"]).itemsize
