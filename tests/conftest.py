@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tstrain.config import load_config
-from tstrain.data import prepare_data
+from tstrain.prepare import prepare_data
 
 WORDS = (
     "the a cat dog bird sat ran flew on under over mat tree house red big small old blue "

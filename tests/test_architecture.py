@@ -31,8 +31,8 @@ def test_the_method_and_the_reader_import_nothing_above_them():
     assert g["superposition"] == set()  # torch only: the method alone in one file
     assert g["permutation"] == set()  # numpy only, under the reader
     assert g["reader"] <= {"errors", "permutation"} and g["config"] <= {"errors"}
-    below_trainer = {"superposition", "reader", "config", "data", "phases", "models", "checkpoint", "evaluation",
-                     "model_io"}
+    below_trainer = {"superposition", "reader", "config", "data", "prepare", "phases", "models", "checkpoint",
+                     "evaluation", "model_io"}
     assert not any("train" in g[m] or "experiments" in g[m] for m in below_trainer)
 
 

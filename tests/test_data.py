@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from tokenizers import Tokenizer
 
-from tstrain.data import DataError, TokenData, prepare_data
+from tstrain.data import DataError, TokenData
+from tstrain.prepare import prepare_data
 from tstrain.text_sources import iter_documents
 
 
@@ -84,12 +85,12 @@ def test_truncated_shard_at_open_and_out_of_range_ids_by_verify_are_detected(dat
     from tstrain.cli import main
 
     d = copy_data(data_dir, tmp_path / "trunc")
-    with open(d / "train.bin", "r+b") as f:
-        f.truncate((d / "train.bin").stat().st_size - 6)
-    with pytest.raises(DataError, match="truncated or corrupt"):
+    with open(d / "train-00000.bin", "r+b") as f:
+        f.truncate((d / "train-00000.bin").stat().st_size - 6)
+    with pytest.raises(DataError, match="train-00000.bin holds .* truncated or corrupt"):
         TokenData(d)
     d = copy_data(data_dir, tmp_path / "range")
-    arr = np.memmap(d / "train.bin", dtype=np.uint16, mode="r+")
+    arr = np.memmap(d / "train-00000.bin", dtype=np.uint16, mode="r+")
     arr[5] = 40000
     arr.flush()
     TokenData(d)  # opening reads no token: O(1) in the data's size

@@ -8,9 +8,10 @@ import torch
 
 from tstrain.cli import main
 from tstrain.config import load_config
-from tstrain.data import TokenData, prepare_data
+from tstrain.data import TokenData
 from tstrain.errors import CheckpointError, ConfigError, DataError
 from tstrain.experiments import run_or_reuse
+from tstrain.prepare import prepare_data
 from tstrain.train import train
 
 
@@ -134,7 +135,7 @@ def test_text_that_is_not_utf8_is_counted_warned_and_past_a_share_refused(data_d
     latin.write_bytes(("caf\xe9 na\xefve \n\n\n" * 200).encode("latin-1"))
     with pytest.raises(DataError, match=r"were not valid UTF-8.*--max-bad-text"):
         prepare_data([latin], tmp_path / "b", tokenizer=tok, doc_separator="\n\n\n", val_fraction=0.2, progress=False)
-    assert not (tmp_path / "b" / "manifest.json").exists() and not (tmp_path / "b" / "train.bin").exists()
+    assert not (tmp_path / "b" / "manifest.json").exists() and not list((tmp_path / "b").glob("*.bin*"))
     binary = tmp_path / "blob.txt"
     binary.write_bytes(bytes(range(256)) * 10)
     with pytest.raises(DataError, match="NUL bytes: it is a binary file"):
@@ -148,10 +149,19 @@ def test_prepare_data_never_overwrites_a_data_dir_unasked(data_dir, tmp_path, ca
     args = ["prepare-data", "--input", str(text), "--tokenizer", str(data_dir / "tokenizer.json"), "--doc-separator",
             "\n\n\n", "--val-fraction", "0.05", "--no-progress", "--out", str(tmp_path / "d")]
     assert main(args) == 0
-    before = (tmp_path / "d" / "train.bin").read_bytes()
+    before = (tmp_path / "d" / "train-00000.bin").read_bytes()
     one_line_error(capsys, args, "already holds prepared data", "--overwrite")
-    assert (tmp_path / "d" / "train.bin").read_bytes() == before
+    assert (tmp_path / "d" / "train-00000.bin").read_bytes() == before
     assert main(args + ["--overwrite"]) == 0
+
+
+def test_prepare_data_refuses_bad_worker_counts_and_shard_sizes(data_dir, tmp_path, capsys):
+    base = ["prepare-data", "--input", str(tmp_path / "c.txt"), "--tokenizer", str(data_dir / "tokenizer.json"),
+            "--out", str(tmp_path / "never"), "--no-progress"]
+    (tmp_path / "c.txt").write_text("the cat sat on the mat")
+    one_line_error(capsys, base + ["--workers", "0"], "--workers must be", "at least 1; got 0")
+    one_line_error(capsys, base + ["--shard-tokens", "-5"], "--shard-tokens must be", "got -5")
+    assert not (tmp_path / "never").exists()
 
 
 def test_bad_inputs_are_one_line_errors(data_dir, tmp_path, capsys):

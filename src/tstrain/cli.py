@@ -69,7 +69,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, object]:
 
 
 def cmd_prepare_data(args: argparse.Namespace) -> int:
-    from .data import prepare_data
+    from .prepare import prepare_data
 
     manifest = prepare_data(
         args.input,
@@ -84,9 +84,13 @@ def cmd_prepare_data(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         max_bad_text=args.max_bad_text,
         text_field=args.text_field,
+        workers=args.workers,
+        shard_tokens=args.shard_tokens,
     )
-    print(f"wrote {args.out}: {manifest['train_tokens']:,} training and {manifest['val_tokens']:,} validation tokens, "
-          f"vocabulary {manifest['vocab_size']}, EOS {manifest['eos_token']!r} = {manifest['eos_id']}")
+    shards = {split: len(manifest["shards"][split]) for split in ("train", "val")}
+    print(f"wrote {args.out}: {manifest['train_tokens']:,} training and {manifest['val_tokens']:,} validation tokens "
+          f"({shards['train']} and {shards['val']} shards), vocabulary {manifest['vocab_size']}, "
+          f"EOS {manifest['eos_token']!r} = {manifest['eos_id']}")
     return 0
 
 
@@ -187,8 +191,9 @@ def cmd_verify_data(args: argparse.Namespace) -> int:
 
     data = TokenData(args.data)
     top = data.verify()
-    hashed = "and their SHA-256 matches the manifest" if "train_sha256" in data.manifest else \
-        "(the manifest predates token-file hashes)"
+    shards = [s for split in data.shards.values() for s in split]
+    hashed = f"and the SHA-256 of each of its {len(shards)} token files matches the manifest" \
+        if all(s.get("sha256") for s in shards) else "(the manifest predates token-file hashes)"
     print(f"verified {args.data}: {len(data.train):,} training and {len(data.val):,} validation tokens, largest ids "
           f"{top['train']} and {top['val']} inside the vocabulary of {data.vocab_size:,}, {hashed}")
     return 0
@@ -308,7 +313,9 @@ def cmd_lm_eval(args: argparse.Namespace) -> int:
 
 def _add_data_verbs(sub) -> None:
     """Add the verbs that make and measure data: prepare-data, fetch-corpus, mi."""
-    p = sub.add_parser("prepare-data", help="tokenize text into a packed token dir",
+    from .prepare import SHARD_TOKENS
+
+    p = sub.add_parser("prepare-data", help="tokenize text into a dir of token shards (resumable)",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--input", nargs="+", required=True,
                    help=".txt, .jsonl (.gz, .zst) or .parquet files, Hugging Face datasets dirs, dirs or globs of them")
@@ -326,6 +333,10 @@ def _add_data_verbs(sub) -> None:
     p.add_argument("--max-bad-text", type=float, default=0.001,
                    help="refuse input whose share of characters that are not valid UTF-8 exceeds this")
     p.add_argument("--seed", type=int, default=0, help="seed of the validation split")
+    p.add_argument("--workers", type=int, default=1,
+                   help="tokenizing processes (each on one thread); 1: in this process, with the tokenizer's threads")
+    p.add_argument("--shard-tokens", type=int, default=SHARD_TOKENS,
+                   help="most tokens in one shard file (unless one document alone is longer)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_prepare_data)
 
@@ -488,6 +499,8 @@ def _how_to_continue(args: argparse.Namespace) -> str:
         return f"{where}; continue with `tstrain train --out {args.out} --resume`"
     if args.verb in ("compare", "sweep", "ablate", "scale"):
         return "finished runs are kept; run the same command again to continue"
+    if args.verb == "prepare-data":
+        return "the finished parts are kept; run the same command again to resume"
     return "nothing was finished"
 
 

@@ -8,6 +8,8 @@ Off unless the environment variable is set; the check is one dictionary lookup. 
   checkpoint, so the resumed run starts exactly at the first phase-2 step.
 - ``save``: in the middle of writing the checkpoint of step STEP: its data files are on disk, its
   manifest is not and it has not been renamed into place.
+- ``prepare``: in ``prepare-data``, when part STEP (counted from 0) is closed: its token files are
+  in place under their names, the progress file does not list them yet.
 
 SIGKILL runs no ``finally`` and no ``atexit``: what is left on disk is what a power cut or the
 OOM killer would leave.
@@ -19,7 +21,7 @@ import os
 import signal
 
 ENV = "TSTRAIN_FAULT"
-POINTS = ("step", "save")
+POINTS = ("step", "save", "prepare")
 
 
 def parse(spec: str) -> tuple[str, int, int | None]:
