@@ -1,8 +1,9 @@
 """What a training step reads: one row per sequence of its global batch (``tstrain batch``).
 
-The reader's layout made visible, as OLMo's inspect-train-data does for its runs: where in
-``train.bin`` each sequence starts, how many tokens it reads, its bag size and phase, and how many
-of the step's sequences continue one another in the corpus (a sign of a correlated batch).
+The reader's layout made visible, as OLMo's inspect-train-data does for its runs: where in the
+training split (its shards read as one sequence) each sequence starts, how many tokens it reads,
+its bag size and phase, and how many of the step's sequences continue one another in the corpus
+(a sign of a correlated batch).
 """
 
 from __future__ import annotations

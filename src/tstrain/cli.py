@@ -413,7 +413,7 @@ def _add_experiment_verbs(sub) -> None:
 
 def _add_inspection_verbs(sub) -> None:
     """Add the verbs that show a run before it runs: batch, info."""
-    p = sub.add_parser("batch", help="what one training step reads: each sequence's offset in train.bin, "
+    p = sub.add_parser("batch", help="what one training step reads: each sequence's offset in the training split, "
                                      "tokens, bag size, phase")
     p.add_argument("run", nargs="?", help="a run dir (its config.toml); or give --preset / --config with --data")
     p.add_argument("--step", type=int, required=True, help="the step to show (0-based)")
