@@ -162,7 +162,9 @@ def prepare_data(
     byte-level BPE on the training documents first. A finished data dir is replaced only with
     ``overwrite``; an unfinished one with the same settings is resumed. Text with more than
     ``max_bad_text`` of its characters not valid UTF-8 is refused (any at all is warned about).
-    ``on_part(k)`` is called after part ``k`` is recorded (a seam for tests).
+    ``workers > 1`` starts spawned processes, which re-import the calling script: call it from under
+    ``if __name__ == "__main__":`` in a script. ``on_part(k)`` is called after part ``k`` is
+    recorded (a seam for tests).
     """
     files = _check_inputs(inputs)
     _check_numbers(tokenizer, train_tokenizer, val_fraction, workers, shard_tokens)
