@@ -17,7 +17,7 @@ from .data import TokenData
 from .errors import ConfigError
 from .metrics import read_jsonl
 from .reader import FIRST_READER_ORDER, READER_ORDER
-from .train import DATA_IDENTITY, train
+from .train import DATA_IDENTITY, data_differences, train
 
 
 def baseline_of(cfg: Config) -> Config:
@@ -36,8 +36,7 @@ def reuse_differences(run_dir: Path, cfg: Config) -> list[str]:
     identity = run_dir / DATA_IDENTITY
     was = json.loads(identity.read_text()) if identity.is_file() else {}
     if identity.is_file():  # the data themselves, wherever they live now
-        now = TokenData(cfg.data.path).identity
-        if any(was.get(k) != v for k, v in now.items()):
+        if data_differences(was, TokenData(cfg.data.path).identity):
             diffs.append(f"data: the run read {was.get('path')}, whose tokens differ from those in {cfg.data.path}")
     elif Path(saved.get("data", {}).get("path", "")).resolve() != Path(cfg.data.path).resolve():
         diffs.append(f"data.path: saved {saved.get('data', {}).get('path')!r}, now {cfg.data.path!r}")

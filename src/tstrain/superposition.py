@@ -294,9 +294,7 @@ def linear_multi_hot_cross_entropy(
                          f"and targets {tuple(targets.shape)} disagree")
     safe, scales = _prepared_targets(targets.reshape(-1, s), V, weights, ignore_index, mi_exponent, hidden.device,
                                      check_ids)
-    mixed = head_weight.dtype != hidden.dtype and not torch.is_autocast_enabled(hidden.device.type)
-    weight = head_weight.to(hidden.dtype) if mixed else head_weight
-    return _LinearMultiHotCE.apply(hidden.reshape(-1, d), weight, safe, scales, max(1, chunk_size))
+    return _LinearMultiHotCE.apply(hidden.reshape(-1, d), head_weight, safe, scales, max(1, chunk_size))
 
 
 def reference_multi_hot_cross_entropy(

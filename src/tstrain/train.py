@@ -259,6 +259,12 @@ class TrainState:
             raise CheckpointError(f"the checkpoint's state.json is not a tstrain state ({e})") from None
 
 
+def data_differences(was: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """Return the identity fields (``TokenData.identity``) in which a run's recorded data (``data.json``)
+    differ from ``now``'s; the path is not one of them (a moved copy is the same data)."""
+    return [k for k in now if k in was and was[k] != now[k]]
+
+
 def check_reader_order(order: str, what: str) -> None:
     """Refuse to resume ``what`` (a run dir, a checkpoint) whose steps read the data in another ``order``:
     going on in this reader's order would read some tokens twice in an epoch and others never."""
@@ -357,8 +363,8 @@ class Trainer:
         saved = self.run / DATA_IDENTITY
         if not saved.is_file():
             return
-        was, now = json.loads(saved.read_text()), self.data.identity
-        diffs = [k for k in now if k in was and was[k] != now[k]]
+        was = json.loads(saved.read_text())
+        diffs = data_differences(was, self.data.identity)
         if diffs:
             raise DataError(
                 f"{self.run} was trained on other data than {self.data.path} ({', '.join(diffs)} differ; the run's "
