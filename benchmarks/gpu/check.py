@@ -160,6 +160,14 @@ def speed(out: Path, seconds: float) -> str:
     return "ok"
 
 
+def step_peak(parts, opt, cfg, autocast, B: int, s: int) -> float:
+    """Return the peak bytes allocated by one training step with bags of ``s`` (1: phase 2); NaN on the CPU."""
+    if DEVICE == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    step_fn(parts, opt, cfg, autocast, B, s)()
+    return torch.cuda.max_memory_allocated() if DEVICE == "cuda" else float("nan")
+
+
 def memory(out: Path, seconds: float) -> str:
     """Peak GPU memory of one training step per phase (and phase 2 with activation checkpointing), against
     ``tstrain info``'s estimate."""
@@ -171,21 +179,12 @@ def memory(out: Path, seconds: float) -> str:
         cfg = device_config(preset)
         estimate = model_info(cfg.model, cfg.model.vocab_size, cfg.train.seq_len)["memory_bytes"]["training_total"]
         model, parts, opt, _, autocast = training_setup(cfg, cfg.model.vocab_size)
-        for s in (1, cfg.tst.bag_size):
-            if DEVICE == "cuda":
-                torch.cuda.reset_peak_memory_stats()
-            step_fn(parts, opt, cfg, autocast, B, s)()
-            peak = torch.cuda.max_memory_allocated() if DEVICE == "cuda" else float("nan")
-            phase = "2" if s == 1 else f"1 (s={s})"
-            lines.append(f"| {preset} | {B} | {phase} | {peak / 2**30:.2f} | {estimate / 2**30:.2f} | "
-                         f"{(peak - estimate) / 2**30:.2f} |")
+        setup = (parts, opt, cfg, autocast, B)
+        peaks = {"2": step_peak(*setup, 1), f"1 (s={cfg.tst.bag_size})": step_peak(*setup, cfg.tst.bag_size)}
         checkpoint_activations(model)  # the same phase-2 step, each layer recomputing its activations
-        if DEVICE == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-        step_fn(parts, opt, cfg, autocast, B, 1)()
-        peak = torch.cuda.max_memory_allocated() if DEVICE == "cuda" else float("nan")
-        lines.append(f"| {preset} | {B} | 2, activation checkpointing | {peak / 2**30:.2f} | {estimate / 2**30:.2f} | "
-                     f"{(peak - estimate) / 2**30:.2f} |")
+        peaks["2, activation checkpointing"] = step_peak(*setup, 1)
+        lines += [f"| {preset} | {B} | {phase} | {peak / 2**30:.2f} | {estimate / 2**30:.2f} | "
+                  f"{(peak - estimate) / 2**30:.2f} |" for phase, peak in peaks.items()]
         del model, parts, opt
         if DEVICE == "cuda":
             torch.cuda.empty_cache()
