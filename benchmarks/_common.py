@@ -58,3 +58,12 @@ def training_setup(cfg, vocab: int):
     torch.manual_seed(0)
     model = build_model(cfg.model, vocab, cfg.train.seq_len).to(device)
     return model, CausalLMParts(model), make_optimizer(model, cfg, device), device, autocast_for(cfg, device)
+
+
+def phase_loss(parts, window, phase: int, cfg):
+    """Return the trainer's loss of a batch of windows: bags of ``tst.bag_size`` (phase 1) or next-token (2)."""
+    from tstrain.batches import Piece
+    from tstrain.train import tst_loss_of
+
+    size = cfg.tst.bag_size if phase == 1 else 1
+    return tst_loss_of(parts, cfg)(Piece(cfg.schedule.group(size, window.shape[0]), window))

@@ -12,10 +12,9 @@ import argparse
 
 import torch
 
-from _common import interleaved, machine, training_setup
+from _common import interleaved, machine, phase_loss, training_setup
 from tstrain.config import load_config
 from tstrain.superposition import window_length
-from tstrain.train import phase_loss
 
 
 def main() -> None:

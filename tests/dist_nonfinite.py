@@ -11,7 +11,7 @@ import torch.distributed as dist
 from conftest import NanGrad
 from tstrain.config import load_config
 from tstrain.errors import TrainingError
-from tstrain.train import step_loss, train
+from tstrain.train import call_loss, train
 
 data, out = sys.argv[1:3]
 rank = int(os.environ["RANK"])
@@ -20,7 +20,7 @@ calls = {"n": 0}
 
 def poisoned(*args):
     calls["n"] += 1
-    loss = step_loss(*args)
+    loss = call_loss(*args)
     return NanGrad.apply(loss) if calls["n"] == 3 and rank == 1 else loss
 
 

@@ -1,6 +1,7 @@
 """The house's floors: the method imports nothing of ours, the reader and config sit low, no circles."""
 
 import ast
+import sys
 import typing
 from pathlib import Path
 
@@ -22,6 +23,11 @@ def imports_of(module: Path) -> set[str]:
     return found
 
 
+# What ``import tstrain`` loads: the public surface, torch and numpy only.
+PUBLIC_CORE = {"superposition", "schedule", "permutation", "errors", "reader", "batches", "loss", "model_parts",
+               "optim"}
+
+
 def graph() -> dict[str, set[str]]:
     return {p.stem: imports_of(p) for p in PACKAGE.glob("*.py")}
 
@@ -30,10 +36,27 @@ def test_the_method_and_the_reader_import_nothing_above_them():
     g = graph()
     assert g["superposition"] == set()  # torch only: the method alone in one file
     assert g["permutation"] == set()  # numpy only, under the reader
-    assert g["reader"] <= {"errors", "permutation"} and g["config"] <= {"errors"}
-    below_trainer = {"superposition", "reader", "config", "data", "prepare", "phases", "models", "checkpoint",
-                     "evaluation", "model_io"}
+    assert g["schedule"] == {"superposition"}  # the two phases from the settings alone
+    assert g["reader"] <= {"errors", "permutation", "schedule"} and g["config"] <= {"errors", "schedule"}
+    below_trainer = {"superposition", "schedule", "reader", "config", "data", "prepare", "phases", "models",
+                     "checkpoint", "evaluation", "model_io", *PUBLIC_CORE}
     assert not any("train" in g[m] or "experiments" in g[m] for m in below_trainer)
+
+
+def third_party_imports_of(module: Path) -> set[str]:
+    """Return the top-level packages outside the standard library and tstrain a module imports."""
+    found = set()
+    for node in ast.walk(ast.parse(module.read_text())):
+        names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+            [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module else []
+        found.update(n.split(".")[0] for n in names)
+    return found - set(sys.stdlib_module_names) - {"__future__"}
+
+
+def test_the_public_core_imports_only_itself_torch_and_numpy():
+    g = graph()
+    assert all(g[m] <= PUBLIC_CORE for m in PUBLIC_CORE), {m: g[m] - PUBLIC_CORE for m in PUBLIC_CORE}
+    assert set().union(*(third_party_imports_of(PACKAGE / f"{m}.py") for m in PUBLIC_CORE)) <= {"torch", "numpy"}
 
 
 def test_no_module_imports_itself_through_others():

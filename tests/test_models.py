@@ -7,10 +7,11 @@ import math
 import pytest
 import torch
 
+from tstrain.batches import Piece
 from tstrain.cli import main
 from tstrain.config import ConfigError, ModelConfig, load_config, preset_names
+from tstrain.loss import TSTLoss
 from tstrain.models import CausalLMParts, build_model, count_parameters, flops_per_position, hf_config, model_info
-from tstrain.train import phase_loss
 
 LLAMA3_VOCAB = 128256
 
@@ -147,12 +148,13 @@ def test_router_loss_is_transformers_own_times_the_coefficient_in_both_phases():
     assert torch.allclose(aux, 0.5 * reference.aux_loss)
     assert torch.allclose(parts.logits(hidden), reference.logits)
 
-    s = cfg.tst.bag_size
-    window = torch.randint(0, 320, (2, (cfg.train.seq_len + 1) * s))
-    for phase in (1, 2):
-        with_aux = phase_loss(parts, window, phase, cfg)
+    s, L = cfg.tst.bag_size, cfg.train.seq_len
+    window = torch.randint(0, 320, (2, (L + 1) * s))
+    loss = TSTLoss(parts)
+    for piece in (Piece(cfg.schedule.group(s, 2), window), Piece(cfg.schedule.group(1, 2), window[:, :L + 1])):
+        with_aux = loss(piece)
         parts.aux_coef = 0.0
-        without = phase_loss(parts, window, phase, cfg)
+        without = loss(piece)
         parts.aux_coef = 0.5
         assert with_aux.item() > without.item() > 0
         model.zero_grad()
@@ -162,7 +164,7 @@ def test_router_loss_is_transformers_own_times_the_coefficient_in_both_phases():
 
     dense = CausalLMParts(build_model(load_config("tiny").model, 320, 32))
     assert dense.hidden_states_and_aux_loss(input_ids=ids)[1] is None
-    assert math.isfinite(phase_loss(dense, window, 1, load_config("tiny")).item())
+    assert math.isfinite(TSTLoss(dense)(Piece(cfg.schedule.group(s, 2), window)).item())
 
 
 @pytest.mark.parametrize("preset", ["tiny-qwen3", "tiny-qwen3-moe"])  # tiny-llama: test_export's run

@@ -6,12 +6,14 @@ import numpy as np
 import pytest
 import torch
 
+from tstrain.batches import Batch, Piece
 from tstrain.config import ConfigError, load_config
+from tstrain.loss import TSTLoss
 from tstrain.metrics import read_jsonl
 from tstrain.models import CausalLMParts, build_model
-from tstrain.phases import bag_share, step_mix, window_schedule
+from tstrain.phases import window_schedule
 from tstrain.reader import WindowReader
-from tstrain.train import phase_loss, step_loss, train
+from tstrain.train import train
 
 
 def cfg_of(**overrides):
@@ -30,23 +32,23 @@ def test_step_down_sizes_halve_while_whole():
 
 def test_hard_switch_plan():
     cfg = cfg_of()
-    assert [step_mix(cfg, t) for t in (0, 19, 20, 39)] == [((4, 8),), ((4, 8),), ((1, 8),), ((1, 8),)]
-    assert step_mix(cfg_of(**{"tst.expand": "batch"}), 0) == ((4, 32),)  # s times the sequences
+    assert [cfg.schedule.mix(t) for t in (0, 19, 20, 39)] == [((4, 8),), ((4, 8),), ((1, 8),), ((1, 8),)]
+    assert cfg_of(**{"tst.expand": "batch"}).schedule.mix(0) == ((4, 32),)  # s times the sequences
 
 
 def test_step_down_splits_phase_1_evenly_and_keeps_its_length():
     cfg = cfg_of(**{"tst.transition": "step-down", "tst.bag_size": 8, "train.steps": 60})  # S = 30: 10 steps each
-    sizes = [step_mix(cfg, t)[0][0] for t in range(60)]
+    sizes = [cfg.schedule.mix(t)[0][0] for t in range(60)]
     assert sizes == [8] * 10 + [4] * 10 + [2] * 10 + [1] * 30
-    assert all(step_mix(cfg, t)[0][1] == 8 for t in range(60))
+    assert all(cfg.schedule.mix(t)[0][1] == 8 for t in range(60))
 
 
 def test_blend_moves_the_bag_share_from_1_to_0_around_the_switch_at_equal_budget():
     cfg = cfg_of(**{"tst.transition": "blend", "tst.transition_steps": 8})  # S = 20: steps 16..23 blend
-    shares = [bag_share(cfg, t) for t in range(40)]
+    shares = [cfg.schedule.bag_share(t) for t in range(40)]
     assert shares[:16] == [1.0] * 16 and shares[24:] == [0.0] * 16
     assert all(1 > a > b > 0 for a, b in zip(shares[16:23], shares[17:24]))
-    mixes = [dict((size, n) for size, n in step_mix(cfg, t)) for t in range(40)]
+    mixes = [dict((size, n) for size, n in cfg.schedule.mix(t)) for t in range(40)]
     assert all(sum(m.values()) == 8 for m in mixes)  # every step keeps B sequences (equal FLOPs)
     assert sum(m.get(4, 0) for m in mixes) == 8 * 20  # as many bag sequences as the hard switch
     assert any(len(m) == 2 for m in mixes)
@@ -63,7 +65,7 @@ def test_transition_windows_are_contiguous_text_read_once_per_epoch(transition):
     starts = []
     for t in range(40):
         pieces = reader.pieces(t)
-        assert [(s, w.shape[0]) for s, w in pieces] == list(step_mix(cfg, t))
+        assert [(s, w.shape[0]) for s, w in pieces] == list(cfg.schedule.mix(t))
         for size, w in pieces:
             w = w.numpy()
             assert (np.diff(w, axis=1) == 1).all()  # each window is one stretch of the corpus
@@ -84,10 +86,11 @@ def test_a_mixed_micro_batch_loss_is_the_sequence_weighted_mean():
     cfg = cfg_of()
     torch.manual_seed(0)
     parts = CausalLMParts(build_model(cfg.model, 320, 16))
-    bags = torch.randint(0, 320, (3, 17 * 4))
-    tokens = torch.randint(0, 320, (5, 17))
-    mixed = step_loss(parts, [(4, bags), (1, tokens)], cfg)
-    expected = (3 * phase_loss(parts, bags, 1, cfg).double() + 5 * phase_loss(parts, tokens, 2, cfg).double()) / 8
+    bags = Piece(cfg.schedule.group(4, 3), torch.randint(0, 320, (3, 17 * 4)))
+    tokens = Piece(cfg.schedule.group(1, 5), torch.randint(0, 320, (5, 17)))
+    loss = TSTLoss(parts)
+    mixed = loss(Batch((bags, tokens)))
+    expected = (3 * loss(bags).double() + 5 * loss(tokens).double()) / 8
     assert mixed.item() == pytest.approx(expected.item(), rel=1e-6)
     mixed.backward()
     assert all(torch.isfinite(p.grad).all() for p in parts.model.parameters() if p.grad is not None)
@@ -130,7 +133,7 @@ def test_blend_run_mixes_batches_and_resumes_exactly_mid_blend(tiny_cfg, tmp_pat
     shares = [r["bag_share"] for r in rows]
     assert shares[:8] == [1.0] * 8 and shares[16:] == [0.0] * 8 and 0 < shares[11] < 1
     per_step = [b["data_tokens"] - a["data_tokens"] for a, b in zip([{"data_tokens": 0}] + rows, rows)]
-    bags = [dict(step_mix(cfg, t)).get(4, 0) for t in range(24)]
+    bags = [dict(cfg.schedule.mix(t)).get(4, 0) for t in range(24)]
     assert per_step == [L * (4 * k + (B - k)) for k in bags]
     assert all(math.isfinite(r["loss"]) for r in rows)
     # Crash at step 13 (in the blend, after the switch checkpoint at 12), resume: the same run.
@@ -155,14 +158,14 @@ def test_blend_loss_differs_from_the_hard_switch_only_inside_the_window(tiny_cfg
     {"tst.transition": "blend", "tst.transition_steps": 7},
 ])
 def test_the_declared_plan_changes_give_the_per_step_layout(overrides):
-    from tstrain.phases import plan_changes, step_plan
     from tstrain.reader import WindowSchedule
 
     cfg = cfg_of(**overrides)
-    N, changes = cfg.train.steps, set(plan_changes(cfg))
-    assert all(step_plan(cfg, t) == step_plan(cfg, t - 1) for t in range(1, N) if t not in changes)
+    plan = cfg.schedule.plan
+    N, changes = cfg.train.steps, set(cfg.schedule.changes())
+    assert all(plan(t) == plan(t - 1) for t in range(1, N) if t not in changes)
     fast = window_schedule(cfg)
-    slow = WindowSchedule(lambda t: step_plan(cfg, t), N)  # every step its own segment
+    slow = WindowSchedule(plan, N)  # every step its own segment
     assert [fast.offset(t) for t in range(N + 1)] == [slow.offset(t) for t in range(N + 1)]
     assert [fast.group_starts(t) for t in range(N)] == [slow.group_starts(t) for t in range(N)]
     assert (fast.block_size, fast.tail) == (slow.block_size, slow.tail)

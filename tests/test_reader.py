@@ -8,13 +8,19 @@ import pytest
 from tstrain.config import load_config
 from tstrain.errors import DataError
 from tstrain.permutation import KeyedPermutation
-from tstrain.phases import step_mix, window_schedule
-from tstrain.reader import WindowGroup, WindowReader, WindowSchedule, check_appetite, validation_windows
+from tstrain.phases import window_schedule
+from tstrain.reader import WindowReader, WindowSchedule, check_appetite, validation_windows
+from tstrain.schedule import SequenceGroup
+
+
+def group(bag_size, count, stride, window):
+    """A group of ``count`` sequences reading ``window`` tokens, ``stride`` of them as inputs."""
+    return SequenceGroup(bag_size, count, stride // bag_size, "both" if bag_size > 1 else None, stride, window)
 
 
 def two_phase(B, switch, stride1, window1, stride2, window2, steps=100):
     """The hard switch: ``switch`` steps of bag windows, then next-token windows."""
-    bags, tokens = WindowGroup(4, B, stride1, window1), WindowGroup(1, B, stride2, window2)
+    bags, tokens = group(4, B, stride1, window1), group(1, B, stride2, window2)
     return WindowSchedule(lambda t: (bags,) if t < switch else (tokens,), steps)
 
 
@@ -78,7 +84,7 @@ def test_appetite_check_and_validation_windows():
 def test_each_kind_of_sequence_reads_its_own_aligned_region():
     # Next-token sequences first, then bags, for 5 steps; then next-token only. Each kind keeps
     # its own region (block-aligned), so no input token repeats and the bags stay block-aligned.
-    tokens, bags = WindowGroup(1, 3, 8, 9), WindowGroup(4, 2, 32, 36)
+    tokens, bags = group(1, 3, 8, 9), group(4, 2, 32, 36)
     plan = lambda t: (tokens, bags) if t < 5 else (tokens,)  # noqa: E731
     sch = WindowSchedule(plan, 8, changes=[5])
     assert sch.block_size == 32
@@ -145,9 +151,9 @@ def test_over_an_epoch_no_input_token_is_read_twice(name):
     inputs = [np.arange(o, o + stride) for t in range(60) for o, stride in step_reads(reader, t)]
     seen = np.concatenate(inputs)
     assert len(np.unique(seen)) == len(seen) == sum(sched.tokens_read(t) for t in range(60))
-    for t in range(60):  # and every window is one stretch of text, as step_mix says
+    for t in range(60):  # and every window is one stretch of text, as the schedule says
         pieces = reader.pieces(t)
-        assert [(size, w.shape[0]) for size, w in pieces] == list(step_mix(cfg, t))
+        assert [(size, w.shape[0]) for size, w in pieces] == list(cfg.schedule.mix(t))
         assert all((np.diff(w.numpy(), axis=1) == 1).all() for _, w in pieces)
 
 

@@ -225,6 +225,8 @@ def test_superposition_batch_matches_index_loop(variant, s):
     window = torch.randint(0, 1000, (B, length))
     inputs, targets = superposition_batch(window, L, s, variant)
     ref_in, ref_t = loop_windows(window, L, s, variant)
+    ref_in = ref_in if ref_in.dim() == 3 else ref_in.unsqueeze(-1)  # token inputs: bags of one
+    assert inputs.dim() == targets.dim() == 3  # one shape for every variant
     assert torch.equal(inputs, ref_in) and torch.equal(targets, ref_t)
     # Every input token is one of the first `stride` tokens, each exactly once.
     assert inputs.reshape(B, -1).shape[1] == stride
@@ -251,6 +253,9 @@ def test_next_token_batch_and_window_lengths():
     assert window_length(8, 4, None) == (8, 9) == window_length(8, 1, "both")
     with pytest.raises(ValueError):
         superposition_batch(torch.zeros(1, 7, dtype=torch.long), 8, 4, "both")
+    for variant in (None, "both", "input", "output"):  # next-token: every variant at s = 1, and no variant
+        inputs, targets = superposition_batch(window, 5, 1 if variant else 4, variant)
+        assert torch.equal(inputs[..., 0], window[:, :5]) and torch.equal(targets[..., 0], window[:, 1:])
 
 
 @pytest.mark.parametrize("chunk", [1, 5, 1000])

@@ -12,7 +12,8 @@ from tstrain.config import ConfigError
 from tstrain.errors import TrainingError
 from tstrain.evaluation import validation_loss
 from tstrain.metrics import read_jsonl
-from tstrain.train import lr_at, step_loss, train, wsd_lr
+from tstrain.schedule import wsd_lr
+from tstrain.train import lr_at, train
 
 TIMING_KEYS = {"wall_time", "tokens_per_s", "positions_per_s", "mfu"}
 
@@ -154,9 +155,9 @@ def test_vocab_smaller_than_the_data_is_a_clear_error(tiny_cfg, tmp_path):
 def test_non_finite_loss_stops_with_a_message_and_keeps_the_checkpoint(tiny_cfg, tmp_path):
     count = {"n": 0}
 
-    def poisoned(parts, pieces, cfg):
+    def poisoned(tst_loss, batch):
         count["n"] += 1
-        loss = step_loss(parts, pieces, cfg)
+        loss = tst_loss(batch)
         return loss * float("nan") if count["n"] == 15 else loss
 
     with pytest.raises(TrainingError, match=r"non-finite loss \(nan\) at step 15 \(phase 2\)"):
@@ -193,9 +194,9 @@ def test_non_finite_gradient_stops_naming_the_tensor_or_is_skipped(tiny_cfg, tmp
 
     count = {"n": 0}
 
-    def poisoned(parts, pieces, cfg):
+    def poisoned(tst_loss, batch):
         count["n"] += 1
-        loss = step_loss(parts, pieces, cfg)
+        loss = tst_loss(batch)
         return NanGrad.apply(loss) if count["n"] == 3 else loss
 
     cfg = tiny_cfg(**{"train.steps": 6, "tst.ratio": 0.5, "train.skip_nonfinite": skip})
@@ -229,13 +230,11 @@ def test_reinit_embeddings_at_the_switch_redraws_them_and_resumes_exactly(tiny_c
 
 
 def test_batch_expansion_reads_s_times_the_windows_of_l_over_s_positions(tiny_cfg, tmp_path):
-    from tstrain.phases import positions
-
     shapes = []
 
-    def spy(parts, pieces, cfg):
-        shapes.extend((size, tuple(window.shape), positions(cfg, size)) for size, window in pieces)
-        return step_loss(parts, pieces, cfg)
+    def spy(tst_loss, batch):
+        shapes.extend((p.group.bag_size, tuple(p.windows.shape), p.group.positions) for p in batch.pieces)
+        return tst_loss(batch)
 
     cfg = tiny_cfg(**{"train.steps": 8, "tst.ratio": 0.5, "tst.expand": "batch", "train.grad_accum": 2})
     summary = train(cfg, tmp_path / "run", loss_fn=spy)

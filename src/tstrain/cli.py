@@ -504,10 +504,30 @@ def _how_to_continue(args: argparse.Namespace) -> str:
     return "nothing was finished"
 
 
+# Which extra brings each optional package (pyproject.toml): named when a verb finds one missing.
+EXTRA_OF = {"transformers": "hf", "safetensors": "hf", "tomli_w": "hf", "tqdm": "hf", "tokenizers": "data",
+            "pyarrow": "data", "matplotlib": "plots", "tensorboard": "tb", "wandb": "wandb", "lm_eval": "eval"}
+
+
+def missing_extra(error: ModuleNotFoundError) -> str | None:
+    """Return the one-line fix for a missing optional package (None for any other missing module)."""
+    package = (error.name or "").split(".")[0]
+    extra = EXTRA_OF.get(package)
+    if extra is None:
+        return None
+    return f"needs the {package} package, which the [{extra}] extra installs: pip install 'tstrain[{extra}]'"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
+    except ModuleNotFoundError as e:
+        fix = missing_extra(e)
+        if fix is None:
+            raise
+        print(f"tstrain {args.verb}: error: {fix}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"tstrain {args.verb}: stopped (Ctrl-C). {_how_to_continue(args)}", file=sys.stderr)
         return 130

@@ -19,11 +19,12 @@ import typing
 from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
-
-import tomli_w
+from typing import TYPE_CHECKING, Any, Literal
 
 from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from .schedule import Schedule
 
 __all__ = ["Config", "ConfigError", "load_config", "preset_names", "field_help", "resume_differences"]
 
@@ -231,34 +232,39 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
 
     @property
+    def schedule(self) -> Schedule:
+        """Return the run's per-step plan (``tstrain.Schedule``): the one place the switch, the
+        transitions and what each step reads are derived."""
+        from .schedule import Schedule  # the method's core (torch): not needed to parse a config
+
+        t, tr = self.tst, self.train
+        return Schedule(tr.steps, tr.batch_size, tr.seq_len, t.bag_size, t.ratio, t.variant, t.transition,
+                        t.transition_steps, t.expand)
+
+    @property
     def switch_step(self) -> int:
         """Return the first phase-2 step: round(ratio * steps), or 0 when bag_size is 1."""
-        if self.tst.bag_size == 1:
-            return 0
-        return round(self.tst.ratio * self.train.steps)
+        return self.schedule.switch_step
 
     @property
     def blend_steps(self) -> int:
         """Return the width of a blended transition: ``tst.transition_steps``, or half of phase 1 when 0."""
-        return self.tst.transition_steps or max(2, self.switch_step // 2)
+        return self.schedule.blend_steps
 
     def blend_window(self) -> tuple[int, int]:
         """Return the blend's ``[first, end)`` steps: ``blend_steps`` steps centred on the switch."""
-        first = self.switch_step - self.blend_steps // 2
-        return first, first + self.blend_steps
+        return self.schedule.blend_window()
 
     def step_down_sizes(self) -> list[int]:
-        """Return the bag sizes a step-down phase 1 goes through: ``s`` halved while it stays a whole number
-        above 1 (``s, s/2, ...``)."""
-        sizes = [self.tst.bag_size]
-        while sizes[-1] % 2 == 0 and sizes[-1] // 2 > 1:
-            sizes.append(sizes[-1] // 2)
-        return sizes
+        """Return the bag sizes a step-down phase 1 goes through (``s, s/2, ...``)."""
+        return self.schedule.step_down_sizes()
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     def to_toml(self) -> str:
+        import tomli_w  # only writing a config needs it
+
         return tomli_w.dumps(self.to_dict())
 
     def with_values(self, values: dict[str, Any]) -> Config:
@@ -427,10 +433,14 @@ def validate(cfg: Config) -> None:
             allowed = choices_of(hint)
             if allowed is not None and getattr(part, name) not in allowed:
                 raise ConfigError(f"{section}.{name} must be one of {', '.join(allowed)}; got {getattr(part, name)!r}")
-    rules = [rule for section in SECTIONS for rule in getattr(cfg, section).rules()]
-    for ok, message in rules + cfg.rules() + cfg.transition_rules():
-        if not ok:
-            raise ConfigError(message)
+    # In this order, each list built only once the ones before it hold: the later ones derive the
+    # schedule, which needs sane section values.
+    checks = [lambda: [rule for section in SECTIONS for rule in getattr(cfg, section).rules()], cfg.rules,
+              cfg.transition_rules]
+    for rules in checks:
+        for ok, message in rules():
+            if not ok:
+                raise ConfigError(message)
 
 
 def resume_differences(saved: dict[str, Any], cfg: Config) -> list[str]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import sys
 from pathlib import Path
 
 import torch
@@ -17,6 +16,7 @@ from torch import nn
 
 from .config import ModelConfig
 from .errors import ConfigError
+from .model_parts import CausalLMParts
 
 
 def _rope_family_kwargs(cfg: ModelConfig, vocab_size: int, seq_len: int) -> dict:
@@ -127,65 +127,6 @@ def model_from_config(config, device: str | torch.device | None = None) -> nn.Mo
 
     with torch.device(device) if device is not None else contextlib.nullcontext():
         return AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
-
-
-class CausalLMParts:
-    """The three pieces TST needs from a causal LM: input embedding, transformer body, LM head.
-
-    For a mixture-of-experts model it also gives the router load-balancing loss the model's own
-    ``transformers`` code adds in ordinary training (its ``load_balancing_loss_func`` times
-    ``router_aux_loss_coef``), so the trainer adds the same term in both phases.
-    """
-
-    def __init__(self, model: nn.Module):
-        self.model = model
-        self.embedding = model.get_input_embeddings()
-        self.head = model.get_output_embeddings()
-        self.body = model.base_model
-        if self.embedding is None or self.head is None or self.body is model:
-            raise TypeError(f"{type(model).__name__} does not expose an input embedding, "
-                            "a base model and an output head")
-        # Mixture-of-experts causal LMs in transformers keep these three on the model and define the
-        # loss function next to it (Qwen3-MoE, Qwen2-MoE, Mixtral, OLMoE, ...).
-        self.balance_loss = getattr(sys.modules[type(model).__module__], "load_balancing_loss_func", None)
-        self.aux_coef = float(getattr(model, "router_aux_loss_coef", 0.0) or 0.0)
-        self.num_experts = getattr(model, "num_experts", None)
-        self.top_k = getattr(model, "num_experts_per_tok", None)
-
-    @property
-    def plain_linear_head(self) -> bool:
-        """Return whether the head is a bias-free linear map (so it can be fused with the loss)."""
-        return type(self.head) is nn.Linear and self.head.bias is None
-
-    @property
-    def vocab_size(self) -> int:
-        return self.embedding.weight.shape[0]
-
-    @property
-    def is_moe(self) -> bool:
-        return self.balance_loss is not None and bool(self.num_experts) and bool(self.top_k)
-
-    def hidden_states(self, input_ids: torch.Tensor | None = None,
-                      inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
-        """Return the last hidden states ``(B, L, d)`` for token ids or input embeddings."""
-        out = self.body(input_ids=input_ids, inputs_embeds=inputs_embeds, use_cache=False)
-        return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
-
-    def hidden_states_and_aux_loss(
-        self, input_ids: torch.Tensor | None = None, inputs_embeds: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Return the hidden states ``(B, L, d)`` and the weighted router loss (None for a dense model).
-
-        The router sees whatever the body sees: in phase 1 the bag-averaged positions.
-        """
-        if not (self.is_moe and self.aux_coef > 0):
-            return self.hidden_states(input_ids, inputs_embeds), None
-        out = self.body(input_ids=input_ids, inputs_embeds=inputs_embeds, use_cache=False, output_router_logits=True)
-        aux = self.balance_loss(out.router_logits, self.num_experts, self.top_k)
-        return out.last_hidden_state, self.aux_coef * aux
-
-    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.head(hidden)
 
 
 def _experts_per_token(config) -> float:

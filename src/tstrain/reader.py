@@ -30,6 +30,7 @@ import torch
 
 from .errors import DataError
 from .permutation import KeyedPermutation
+from .schedule import Schedule, SequenceGroup, StepPlan
 
 # The name of the order in which the reader places blocks: recorded with each run (data.json) and
 # checkpoint (state.json), since a run continued in another order would reread some tokens and
@@ -38,22 +39,6 @@ READER_ORDER = "feistel-blocks-v2"
 FIRST_READER_ORDER = "stored-permutation-v1"  # a stored NumPy permutation: runs that record no order
 
 
-@dataclass(frozen=True)
-class WindowGroup:
-    """``count`` sequences of one kind in a step's batch: each consumes ``stride`` tokens as
-    inputs and reads ``window`` tokens (inputs plus targets); ``bag_size`` 1 is next-token."""
-
-    bag_size: int
-    count: int
-    stride: int
-    window: int
-
-    @property
-    def kind(self) -> tuple[int, int, int]:
-        return self.bag_size, self.stride, self.window
-
-
-StepPlan = tuple[WindowGroup, ...]
 
 
 def _round_up(x: int, multiple: int) -> int:
@@ -111,6 +96,11 @@ class WindowSchedule:
         self._open_regions()
         self._lay_out_regions()
 
+    @classmethod
+    def for_run(cls, schedule: Schedule) -> WindowSchedule:
+        """Return the stream layout of a TST run: one entry per change of its plan, not per step."""
+        return cls(schedule.plan, schedule.steps, schedule.changes())
+
     def _open_regions(self) -> None:
         """Assign each segment's groups to regions: a kind that goes on from the segment before
         continues its region, any other opens a new one."""
@@ -162,7 +152,7 @@ class WindowSchedule:
         """Return the data tokens step ``step`` consumes as inputs."""
         return sum(g.count * g.stride for g in self.groups(step))
 
-    def placed_groups(self, step: int) -> list[tuple[WindowGroup, Region, int]]:
+    def placed_groups(self, step: int) -> list[tuple[SequenceGroup, Region, int]]:
         """Return ``(group, its region, index of its first sequence in the region)`` for each group of ``step``."""
         i = self._segment(step)
         out = []
@@ -231,11 +221,14 @@ class WindowReader:
             placed[here] = self.block_order(int(e))(block[here])
         return placed * size + inner
 
-    def _rows(self, offsets: np.ndarray, window: int) -> torch.Tensor:
-        rows = np.asarray(self.tokens[offsets[:, None] + np.arange(window)[None, :]], dtype=np.int64)
-        return torch.from_numpy(rows)
+    def rows(self, offsets: np.ndarray, window: int) -> np.ndarray:
+        """Return the ``window`` tokens from each corpus offset, ``(n, window)`` int64."""
+        return np.asarray(self.tokens[offsets[:, None] + np.arange(window)[None, :]], dtype=np.int64)
 
-    def layout(self, step: int, start: int = 0, count: int | None = None) -> list[tuple[WindowGroup, np.ndarray]]:
+    def _rows(self, offsets: np.ndarray, window: int) -> torch.Tensor:
+        return torch.from_numpy(self.rows(offsets, window))
+
+    def layout(self, step: int, start: int = 0, count: int | None = None) -> list[tuple[SequenceGroup, np.ndarray]]:
         """Return ``(group, corpus offsets)`` for sequences ``[start, start+count)`` of ``step``'s
         batch, one entry per group they fall in, in batch order."""
         count = self.schedule.sequences(step) - start if count is None else count

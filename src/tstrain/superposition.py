@@ -58,14 +58,18 @@ def next_token_batch(window: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def superposition_batch(
-    window: torch.Tensor, seq_len: int, bag_size: int, variant: str = "both"
+    window: torch.Tensor, seq_len: int, bag_size: int, variant: str | None = "both"
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Return phase-1 ``(inputs, targets)`` cut from token windows ``(B, window)``.
+    """Return ``(inputs (B, L, s_in), targets (B, L, s_out))`` cut from token windows ``(B, window)``.
 
-    inputs are bag ids ``(B, L, s)`` for the ``both`` and ``input`` variants and token ids
-    ``(B, L)`` for ``output``; targets are ``(B, L, s)`` (``both``, ``output``) or ``(B, L, 1)``.
+    One shape for every case: inputs are bags of ``s_in`` ids (``s`` for the ``both`` and
+    ``input`` variants; 1 for ``output``, whose inputs are plain tokens), targets bags of
+    ``s_out`` ids (``s`` for ``both`` and ``output``; 1 for ``input``). ``bag_size`` 1 or
+    ``variant`` None is ordinary next-token prediction: ``(B, L, 1)`` and ``(B, L, 1)``.
     """
     L, s = seq_len, bag_size
+    if variant is None or s == 1:
+        variant, s = "both", 1
     stride, length = window_length(L, s, variant)
     if window.dim() != 2 or window.shape[1] != length:
         raise ValueError(
@@ -82,7 +86,7 @@ def superposition_batch(
         return bags, targets
     if variant == "output":
         targets = window[:, 1:].unfold(1, s, 1)  # (B, L, s): tokens t+1 .. t+s
-        return window[:, :L], targets
+        return window[:, :L].unsqueeze(-1), targets
     raise ValueError(f"unknown TST variant {variant!r}; choose one of {VARIANTS}")
 
 

@@ -25,31 +25,20 @@ import torch
 
 from . import checkpoint as ckpt
 from . import distributed
+from .batches import Batch, BatchMaker
 from .config import Config, resume_differences
 from .data import TokenData
 from .errors import CheckpointError, ConfigError, DataError, TrainingError
 from .evaluation import validation_loss
 from .faults import maybe_die
 from .fileio import write_text_atomic
+from .loss import TSTLoss
 from .metrics import MetricsLog, Progress, device_peak_flops
 from .model_io import export_hf
 from .models import CausalLMParts, build_model, flops_per_position
-from .phases import bag_share, is_switch, phase_after, phase_of, positions, window_schedule
-from .reader import (
-    FIRST_READER_ORDER,
-    READER_ORDER,
-    WindowGroup,
-    WindowReader,
-    check_appetite,
-    validation_windows,
-)
-from .superposition import (
-    bag_embeddings,
-    linear_multi_hot_cross_entropy,
-    multi_hot_cross_entropy,
-    next_token_batch,
-    superposition_batch,
-)
+from .optim import adamw
+from .reader import FIRST_READER_ORDER, READER_ORDER, validation_windows
+from .schedule import SequenceGroup
 
 DATA_IDENTITY = "data.json"  # in the run dir: which data the run trains on (see check_data_identity)
 
@@ -58,31 +47,11 @@ DATA_IDENTITY = "data.json"  # in the run dir: which data the run trains on (see
 # ----------------------------------------------------------------------------------------------
 
 
-def wsd_lr(step: int, total: int, lr: float, warmup: int, decay_fraction: float, final_fraction: float) -> float:
-    """Return the Warmup-Stable-Decay learning rate at ``step`` of ``total``.
-
-    Linear warmup over ``warmup`` steps, constant, then linear decay to ``final_fraction * lr``
-    over the last ``round(decay_fraction * total)`` steps (reached at the final step).
-    """
-    if step < warmup:
-        return lr * (step + 1) / warmup
-    decay_steps = round(decay_fraction * total)
-    decay_start = total - decay_steps
-    if decay_steps == 0 or step < decay_start:
-        return lr
-    progress = (step - decay_start + 1) / decay_steps
-    return lr * (1.0 - (1.0 - final_fraction) * progress)
-
-
 def lr_at(cfg: Config, step: int) -> float:
-    """Return the LR of ``step``: one schedule over the run, or one per phase if restarted."""
-    o, n, switch = cfg.optim, cfg.train.steps, cfg.switch_step
-    if cfg.tst.restart_schedule and 0 < switch:
-        if step < switch:
-            return wsd_lr(step, switch, o.lr, min(o.warmup_steps, switch), o.decay_fraction, o.final_lr_fraction)
-        return wsd_lr(step - switch, n - switch, o.lr, min(o.warmup_steps, n - switch), o.decay_fraction,
-                      o.final_lr_fraction)
-    return wsd_lr(step, n, o.lr, o.warmup_steps, o.decay_fraction, o.final_lr_fraction)
+    """Return the LR of ``step``: one WSD schedule over the run, or one per phase if restarted."""
+    o = cfg.optim
+    return cfg.schedule.lr(step, o.lr, o.warmup_steps, o.decay_fraction, o.final_lr_fraction,
+                           restart=cfg.tst.restart_schedule)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -90,63 +59,15 @@ def lr_at(cfg: Config, step: int) -> float:
 # ----------------------------------------------------------------------------------------------
 
 
-def bag_loss(parts: CausalLMParts, window: torch.Tensor, bag_size: int, cfg: Config) -> torch.Tensor:
-    """Return the loss of token windows read for bags of ``bag_size``: the MCE, or next-token CE at 1.
-
-    A mixture-of-experts model adds its router load-balancing loss in both phases, as in ordinary
-    training.
-    """
-    if bag_size > 1:
-        inputs, targets = superposition_batch(window, positions(cfg, bag_size), bag_size, cfg.tst.variant)
-        if inputs.dim() == 3:  # bag inputs: averaged embeddings fed to the unchanged transformer
-            hidden, aux = parts.hidden_states_and_aux_loss(inputs_embeds=bag_embeddings(parts.embedding.weight, inputs))
-        else:
-            hidden, aux = parts.hidden_states_and_aux_loss(input_ids=inputs)
-        weights = cfg.tst.weights if targets.shape[-1] > 1 else "uniform"
-    else:
-        inputs, targets = next_token_batch(window)
-        hidden, aux = parts.hidden_states_and_aux_loss(input_ids=inputs)
-        weights = "uniform"
-    loss = head_loss(parts, hidden, targets, weights, cfg)
-    return loss if aux is None else loss + aux
+def tst_loss_of(model: torch.nn.Module | CausalLMParts, cfg: Config) -> TSTLoss:
+    """Return the run's loss: the public ``TSTLoss`` with the config's weighting and fusion."""
+    return TSTLoss(model, weights=cfg.tst.weights, mi_exponent=cfg.tst.mi_exponent, fused=cfg.train.fused_loss,
+                   chunk_size=cfg.train.loss_chunk_size)
 
 
-def phase_loss(parts: CausalLMParts, window: torch.Tensor, phase: int, cfg: Config) -> torch.Tensor:
-    """Return the loss of a phase-1 (bags of ``tst.bag_size``) or phase-2 (next-token) batch."""
-    return bag_loss(parts, window, cfg.tst.bag_size if phase == 1 else 1, cfg)
-
-
-def step_loss(parts: CausalLMParts, pieces: list[tuple[int, torch.Tensor]], cfg: Config) -> torch.Tensor:
-    """Return the mean loss over a micro-batch's sequences, which may mix bag sizes (a blend).
-
-    Each piece's loss is a mean over its sequences, so pieces are weighted by their sequence count.
-    """
-    if len(pieces) == 1:
-        return bag_loss(parts, pieces[0][1], pieces[0][0], cfg)
-    total = sum(window.shape[0] for _, window in pieces)
-    return sum(bag_loss(parts, window, size, cfg) * (window.shape[0] / total) for size, window in pieces)
-
-
-def uses_fused_loss(parts: CausalLMParts, cfg: Config) -> bool:
-    """Return whether the LM head and the loss run fused in chunks (large vocabularies)."""
-    mode = cfg.train.fused_loss
-    if mode == "off" or not parts.plain_linear_head:
-        return False
-    return mode == "on" or parts.vocab_size >= 32768
-
-
-def head_loss(parts: CausalLMParts, hidden: torch.Tensor, targets: torch.Tensor, weights, cfg: Config) -> torch.Tensor:
-    """Return the MCE of the head's logits against ``targets``, fused over chunks when configured.
-
-    Target ids are not checked here (no device sync per micro-batch): ``TokenData`` checked every
-    id against the tokenizer at load, and ``Config.resolved_for`` the model's vocabulary against it.
-    """
-    if uses_fused_loss(parts, cfg):
-        return linear_multi_hot_cross_entropy(hidden, parts.head.weight, targets, weights,
-                                              chunk_size=cfg.train.loss_chunk_size,
-                                              mi_exponent=cfg.tst.mi_exponent, check_ids=False)
-    return multi_hot_cross_entropy(parts.logits(hidden), targets, weights, mi_exponent=cfg.tst.mi_exponent,
-                                   check_ids=False)
+def call_loss(tst_loss: TSTLoss, batch: Batch) -> torch.Tensor:
+    """Return the loss of one micro-batch: the ``Trainer``'s default ``loss_fn``."""
+    return tst_loss(batch)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -155,18 +76,10 @@ def head_loss(parts: CausalLMParts, hidden: torch.Tensor, targets: torch.Tensor,
 
 
 def make_optimizer(model: torch.nn.Module, cfg: Config, device: torch.device) -> torch.optim.AdamW:
-    """Return AdamW with weight decay on matrices only (not norms or biases)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
+    """Return the run's AdamW (``optim.adamw``: weight decay on matrices only)."""
     o = cfg.optim
-    return torch.optim.AdamW(
-        [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=o.lr,
-        betas=(o.beta1, o.beta2),
-        eps=o.eps,
-        fused=device.type == "cuda",
-    )
+    return adamw(model, o.lr, weight_decay=o.weight_decay, betas=(o.beta1, o.beta2), eps=o.eps,
+                 fused=device.type == "cuda")
 
 
 def resolve_device(cfg: Config) -> torch.device:
@@ -298,7 +211,7 @@ class StepResult:
     grad_norm: float
     problem: str | None
     lr: float
-    groups: tuple[WindowGroup, ...]
+    groups: tuple[SequenceGroup, ...]
     seconds: float
 
 
@@ -311,13 +224,13 @@ class Trainer:
     """Trains one run through both phases: ``fit()`` is set-up, then ``train_step`` per step with
     its cadence of logging, evaluation and checkpoints (``after_step``), then ``finish``.
 
-    Seams for tests and callers: ``loss_fn(parts, pieces, cfg)`` computes a micro-batch's loss
-    (``step_loss``), and ``on_step(done)`` is called after each optimizer step, before its
-    metrics, evaluation and checkpoint.
+    Seams for tests and callers: ``loss_fn(tst_loss, batch)`` computes a micro-batch's loss
+    (``call_loss``: the public ``TSTLoss`` on a ``Batch``), and ``on_step(done)`` is called after
+    each optimizer step, before its metrics, evaluation and checkpoint.
     """
 
     def __init__(self, cfg: Config, run_dir: str | Path, resume: bool = False, ctx: distributed.Single | None = None,
-                 loss_fn: Callable[..., torch.Tensor] = step_loss, on_step: Callable[[int], None] | None = None):
+                 loss_fn: Callable[..., torch.Tensor] = call_loss, on_step: Callable[[int], None] | None = None):
         self.ctx = ctx or distributed.Single(resolve_device(cfg))
         self.run = Path(run_dir)
         self.resume = resume
@@ -329,7 +242,8 @@ class Trainer:
         self.cfg = cfg.resolved_for(self.data.vocab_size)
         distributed.check_batch(self.cfg.train.batch_size, self.cfg.train.grad_accum, self.ctx.world_size)
         self.ckpt_root = self.run / "checkpoints"
-        self.state = TrainState(phase=phase_after(self.cfg, 0))
+        self.schedule = self.cfg.schedule  # what each step trains on: the public Schedule
+        self.state = TrainState(phase=self.schedule.phase_after(0))
         self._flops_per_position: dict[int, float] = {}  # by sequence length: it walks the model
 
     # -- set-up ------------------------------------------------------------------------------
@@ -391,9 +305,9 @@ class Trainer:
                 layer.compile()  # in place, per block (as TorchTitan does): names and state-dict keys unchanged
         self.run_model = self.ctx.shard(self.model)  # run_model(fn, *args) calls fn where the weights are whole
         self.optimizer = make_optimizer(self.model, cfg, device)
-        self.schedule = window_schedule(cfg)
-        self.reader = WindowReader(self.data.train, self.schedule, cfg.train.seed)
-        check_appetite(self.reader, cfg.train.steps, cfg.data.max_epochs)
+        self.tst_loss = tst_loss_of(self.parts, cfg)
+        self.batches = BatchMaker(self.data.train, self.schedule, cfg.train.seed, vocab_size=cfg.model.vocab_size)
+        self.batches.check_appetite(cfg.data.max_epochs)
         self.val = validation_windows(self.data.val, cfg.train.seq_len, cfg.data.val_windows)
         self.peak = device_peak_flops(device, cfg.log.peak_flops)
 
@@ -412,7 +326,7 @@ class Trainer:
             ckpt.load_checkpoint(path, self.model, self.optimizer, self.ctx.rank)
             self.state = TrainState.from_dict(saved)
             if self.ctx.is_main:
-                print(f"resumed from {path} (step {self.state.step}, phase {phase_of(self.cfg, self.state.step)})")
+                print(f"resumed from {path} (step {self.state.step}, phase {self.schedule.phase(self.state.step)})")
         log = self.cfg.log
         wandb = {"project": log.wandb_project, "name": log.wandb_run or self.run.name,
                  "config": self.cfg.to_dict()} if log.wandb else None
@@ -425,11 +339,11 @@ class Trainer:
     def elapsed(self) -> float:
         return self._wall_offset + time.perf_counter() - self._t0
 
-    def step_flops(self, groups: tuple[WindowGroup, ...]) -> float:
+    def step_flops(self, groups: tuple[SequenceGroup, ...]) -> float:
         """Return the model FLOPs of a step's groups (positions the transformer sees, fwd + bwd)."""
         total = 0.0
         for g in groups:
-            n = positions(self.cfg, g.bag_size)
+            n = g.positions
             if n not in self._flops_per_position:
                 self._flops_per_position[n] = flops_per_position(self.model, n)
             total += self._flops_per_position[n] * g.count * n
@@ -437,31 +351,27 @@ class Trainer:
 
     def at_switch(self, step: int) -> None:
         """Apply the switch's options: clear AdamW moments, re-initialise embedding and head."""
-        if is_switch(self.cfg, step) and self.cfg.tst.reset_optimizer:
+        if self.schedule.is_switch(step) and self.cfg.tst.reset_optimizer:
             self.optimizer.state.clear()
-        if is_switch(self.cfg, step) and self.cfg.tst.reinit_embeddings:
+        if self.schedule.is_switch(step) and self.cfg.tst.reinit_embeddings:
             reinitialise_embeddings(self.parts, self.optimizer, self.cfg)
 
     def forward_backward(self, step: int) -> float:
         """Run this process's micro-batches of ``step``, accumulating gradients; return the global mean loss."""
         ctx, accum = self.ctx, self.cfg.train.grad_accum
-        # This process reads sequences [first, first + accum * micro) of the step's global batch.
-        micro = self.schedule.sequences(step) // ctx.world_size // accum
-        first = ctx.rank * micro * accum
         loss_sum = 0.0
-        for k in range(accum):
-            pieces = [(size, w.to(ctx.device, non_blocking=True))
-                      for size, w in self.reader.pieces(step, first + k * micro, micro)]
+        for k, batch in enumerate(self.batches.micro_batches(step, accum, ctx.rank, ctx.world_size)):
+            batch = batch.to(ctx.device, non_blocking=True)
             ctx.grad_sync(k == accum - 1)  # reduce gradients across processes once, after the last micro-batch
             with self.autocast():
-                loss = self.run_model(self.loss_fn, self.parts, pieces, self.cfg)
+                loss = self.run_model(self.loss_fn, self.tst_loss, batch)
             (loss / accum).backward()
             loss_sum += loss.item() / accum
         return ctx.mean(loss_sum)  # every process holds the same global loss, so all agree on what follows
 
     def check_finite(self, step: int, loss: float) -> tuple[float, str | None]:
         """Return ``(grad norm after clipping, problem)``: problem names a non-finite loss or gradient."""
-        phase = phase_of(self.cfg, step)
+        phase = self.schedule.phase(step)
         if not math.isfinite(loss):
             return math.nan, f"non-finite loss ({loss}) at step {step + 1} (phase {phase})"
         clip = self.cfg.optim.grad_clip if self.cfg.optim.grad_clip > 0 else math.inf
@@ -493,9 +403,9 @@ class Trainer:
                 "optim.warmup_steps or check the data; train.skip_nonfinite=true skips such steps instead"
             )
         self.optimizer.zero_grad(set_to_none=True)
-        groups = self.schedule.groups(step)
+        groups = self.schedule.plan(step)
         self.state.step = step + 1
-        self.state.phase = phase_of(self.cfg, step)
+        self.state.phase = self.schedule.phase(step)
         self.state.data_tokens += self.schedule.tokens_read(step)  # data tokens this step consumed as inputs
         self.state.flops += self.step_flops(groups)
         return StepResult(loss, grad_norm, problem, lr, groups, time.perf_counter() - start)
@@ -509,8 +419,8 @@ class Trainer:
                "data_tokens": s.data_tokens, "flops": s.flops, "wall_time": self.elapsed(),
                "tokens_per_s": read / result.seconds,
                "positions_per_s": self.cfg.train.batch_size * self.cfg.train.seq_len / result.seconds,
-               "epoch": self.reader.epochs(s.step), "skipped_steps": s.skipped_steps,
-               "bag_size": max(g.bag_size for g in result.groups), "bag_share": bag_share(self.cfg, step)}
+               "epoch": self.batches.epochs(s.step), "skipped_steps": s.skipped_steps,
+               "bag_size": max(g.bag_size for g in result.groups), "bag_share": self.schedule.bag_share(step)}
         if self.peak > 0:
             row["mfu"] = self.step_flops(result.groups) / result.seconds / self.peak
         self.log.write(row)
@@ -520,15 +430,15 @@ class Trainer:
         v = validation_loss(self.parts, self.val, self.cfg.train.eval_batch_size, self.ctx.device, self.autocast,
                             self.run_model, self.ctx)
         s = self.state
-        self.log.write({"step": s.step, "phase": phase_after(self.cfg, s.step), "val_loss": v,
+        self.log.write({"step": s.step, "phase": self.schedule.phase_after(s.step), "val_loss": v,
                         "data_tokens": s.data_tokens, "flops": s.flops, "wall_time": self.elapsed()})
         return v
 
     def save(self) -> None:
         """Write the checkpoint of ``state.step`` completed steps and prune older ones."""
         s = self.state
-        s.phase, s.wall_time = phase_after(self.cfg, s.step), self.elapsed()
-        s.epoch, s.at_switch = self.reader.epochs(s.step), is_switch(self.cfg, s.step)
+        s.phase, s.wall_time = self.schedule.phase_after(s.step), self.elapsed()
+        s.epoch, s.at_switch = self.batches.epochs(s.step), self.schedule.is_switch(s.step)
         if self.ctx.distributed:
             ckpt.save_sharded_checkpoint(self.ckpt_root, s.step, self.model, self.optimizer, s.to_dict(), self.ctx)
         else:
@@ -538,8 +448,8 @@ class Trainer:
 
     def after_step(self, step: int, result: StepResult) -> float | None:
         """Log, evaluate and checkpoint as the cadence asks; return the val loss if one was measured."""
-        done, N, tr, S = self.state.step, self.cfg.train.steps, self.cfg.train, self.cfg.switch_step
-        switched = is_switch(self.cfg, done)
+        done, N, tr, S = self.state.step, self.cfg.train.steps, self.cfg.train, self.schedule.switch_step
+        switched = self.schedule.is_switch(done)
         if done % self.cfg.log.every == 0 or done in (S, S + 1, N):  # the steps around the switch always
             self.log_step(step, result)
         val = None

@@ -1,0 +1,119 @@
+"""Training batches of a TST run from any 1-D token array, as tstrain's own trainer reads them.
+
+``BatchMaker`` turns a step into its windows: which stretch of the tokens each sequence reads is
+a pure function of ``(seed, step)`` (batch parity with the baseline, a computed block order per
+epoch, no input token read twice in an epoch; see ``reader``), so a loop resumed at any step
+reads what an uninterrupted one would, with no loader state. Micro-batches and the slices of
+several processes are cut from the same global batch. The tokens may be a NumPy array or memmap,
+a prepared data dir's ``TokenData(...).train``, a torch tensor or a list of ids.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .errors import DataError
+from .reader import WindowReader, WindowSchedule, check_appetite
+from .schedule import Schedule, SequenceGroup
+
+
+@dataclass(frozen=True)
+class Piece:
+    """``windows`` ``(n, group.window)`` int64: ``n`` sequences of one kind (``group``)."""
+
+    group: SequenceGroup
+    windows: torch.Tensor
+
+    @property
+    def sequences(self) -> int:
+        return self.windows.shape[0]
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Piece:
+        return Piece(self.group, self.windows.to(device, non_blocking=non_blocking))
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Sequences of one step, in batch order: one piece per kind they hold (two inside a blend)."""
+
+    pieces: tuple[Piece, ...]
+
+    @property
+    def sequences(self) -> int:
+        return sum(p.sequences for p in self.pieces)
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
+        return Batch(tuple(p.to(device, non_blocking) for p in self.pieces))
+
+
+def _as_token_array(tokens) -> Sequence:
+    """Return ``tokens`` as something indexable by int64 arrays (arrays and memmaps pass through)."""
+    if isinstance(tokens, torch.Tensor):
+        return tokens.detach().cpu().numpy()
+    if isinstance(tokens, list | tuple):
+        return np.asarray(tokens, dtype=np.int64)
+    return tokens
+
+
+class BatchMaker:
+    """The windows each step of ``schedule`` trains on, read from ``tokens`` in an order keyed by ``seed``.
+
+    ``vocab_size``, when given, checks every batch's ids on the CPU (no device sync) and refuses an
+    id outside ``[0, vocab_size)`` in one line.
+    """
+
+    def __init__(self, tokens, schedule: Schedule, seed: int = 0, *, vocab_size: int | None = None):
+        self.schedule = schedule
+        self.layout = WindowSchedule.for_run(schedule)
+        self.reader = WindowReader(_as_token_array(tokens), self.layout, seed)
+        self.vocab_size = vocab_size
+
+    def batch(self, step: int, start: int = 0, count: int | None = None) -> Batch:
+        """Return sequences ``[start, start + count)`` of step ``step``'s global batch (all of it by default)."""
+        pieces = []
+        for group, offsets in self.reader.layout(step, start, count):
+            piece_group = SequenceGroup(group.bag_size, len(offsets), group.positions, group.variant, group.stride,
+                                        group.window)
+            pieces.append(Piece(piece_group, self._windows(offsets, group.window)))
+        return Batch(tuple(pieces))
+
+    def micro_batch(self, step: int, index: int, grad_accum: int = 1, rank: int = 0, world_size: int = 1) -> Batch:
+        """Return micro-batch ``index`` of ``grad_accum`` that process ``rank`` of ``world_size`` trains on in ``step``.
+
+        The global batch is cut into ``world_size`` consecutive slices, each into ``grad_accum``.
+        """
+        total = self.schedule.sequences(step)
+        if total % (grad_accum * world_size):
+            raise ValueError(f"step {step} holds {total} sequences, which {world_size} processes x {grad_accum} "
+                             "micro-batches cannot share evenly; make batch_size a multiple of their product")
+        micro = total // world_size // grad_accum
+        return self.batch(step, (rank * grad_accum + index) * micro, micro)
+
+    def micro_batches(self, step: int, grad_accum: int = 1, rank: int = 0, world_size: int = 1) -> list[Batch]:
+        """Return process ``rank``'s ``grad_accum`` micro-batches of step ``step`` (of ``world_size`` processes)."""
+        return [self.micro_batch(step, k, grad_accum, rank, world_size) for k in range(grad_accum)]
+
+    def steps(self, start: int = 0, grad_accum: int = 1, rank: int = 0, world_size: int = 1) -> Iterator[Batch]:
+        """Yield the micro-batches of steps ``start, start + 1, ...`` to the schedule's end, in order."""
+        for step in range(start, self.schedule.steps):
+            yield from self.micro_batches(step, grad_accum, rank, world_size)
+
+    def epochs(self, step: int) -> float:
+        """Return how many passes over the tokens the steps before ``step`` made."""
+        return self.reader.epochs(step)
+
+    def check_appetite(self, max_epochs: float = 1.0) -> float:
+        """Return the epochs the whole run reads; raise DataError past ``max_epochs``, warn past 1."""
+        return check_appetite(self.reader, self.schedule.steps, max_epochs)
+
+    def _windows(self, offsets: np.ndarray, window: int) -> torch.Tensor:
+        rows = self.reader.rows(offsets, window)
+        if self.vocab_size is not None and rows.size and (rows.min() < 0 or rows.max() >= self.vocab_size):
+            raise DataError(f"the tokens hold ids {int(rows.min())}..{int(rows.max())}, outside the model's "
+                             f"vocabulary [0, {self.vocab_size}); check the data against its tokenizer "
+                             "(tstrain verify-data DIR)")
+        return torch.from_numpy(rows)
