@@ -42,7 +42,7 @@ training_args = TrainingArguments(
     learning_rate=o.lr, weight_decay=o.weight_decay, adam_beta1=o.beta1, adam_beta2=o.beta2, adam_epsilon=o.eps,
     max_grad_norm=o.grad_clip, warmup_steps=o.warmup_steps, seed=tr.seed, save_strategy="no", report_to=[],
     lr_scheduler_kwargs={"decay_fraction": o.decay_fraction, "final_lr_fraction": o.final_lr_fraction},
-    logging_steps=10, disable_tqdm=True, use_cpu=not torch.cuda.is_available(), ddp_backend=None)
+    logging_steps=10, disable_tqdm=True, use_cpu=not torch.cuda.is_available(), ddp_find_unused_parameters=False)
 schedule = tstrain.Schedule(steps=tr.steps, batch_size=tr.batch_size, seq_len=tr.seq_len, bag_size=cfg.tst.bag_size,
                             ratio=cfg.tst.ratio, variant=cfg.tst.variant, transition=cfg.tst.transition,
                             transition_steps=cfg.tst.transition_steps, expand=cfg.tst.expand)

@@ -267,3 +267,42 @@ def test_a_verb_missing_its_extra_names_it_in_one_line(data_dir, tmp_path):
     assert done.returncode == 2
     assert done.stderr.strip().splitlines()[-1] == ("tstrain train: error: needs the transformers package, which "
                                                     "the [hf] extra installs: pip install 'tstrain[hf]'")
+
+
+def test_the_hf_trainer_under_torchrun_with_accumulation_repeats_tstrain_train(reference_run, data_dir):
+    _, expected = reference_run
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                           str(ROOT / "examples" / "hf_trainer.py"), "--preset", "tiny", "--data", str(data_dir),
+                           "--steps", "24", "--ratio", "0.5", "--grad-accum", "2"], capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    losses = json.loads(done.stdout.strip().splitlines()[-1])["losses"]  # rank 0: the mean over both processes
+    assert losses == pytest.approx(expected, rel=1e-4)
+
+
+def hf_trainer(data_dir, out, cfg):
+    """A ``TSTTrainer`` on the tiny preset's model, checkpointing every 5 steps into ``out``."""
+    from transformers import TrainingArguments
+
+    from tstrain.integrations.hf_trainer import TSTTrainer
+
+    o = cfg.optim
+    torch.manual_seed(cfg.train.seed)
+    model = build_model(cfg.model, cfg.model.vocab_size, cfg.train.seq_len)
+    args = TrainingArguments(output_dir=str(out), learning_rate=o.lr, weight_decay=o.weight_decay, adam_beta1=o.beta1,
+                             adam_beta2=o.beta2, warmup_steps=o.warmup_steps, gradient_accumulation_steps=2,
+                             save_strategy="steps", save_steps=5, report_to=[], disable_tqdm=True, use_cpu=True,
+                             lr_scheduler_kwargs={"decay_fraction": o.decay_fraction})
+    schedule = tstrain.Schedule(steps=24, batch_size=cfg.train.batch_size, seq_len=cfg.train.seq_len, bag_size=4,
+                                ratio=0.5)
+    return TSTTrainer(model, args, tokens=TokenData(data_dir).train, schedule=schedule, seed=cfg.train.seed)
+
+
+def test_the_hf_trainer_resumes_from_a_checkpoint_before_the_switch_exactly(reference_run, data_dir, tmp_path):
+    cfg, expected = reference_run
+    whole = hf_trainer(data_dir, tmp_path / "whole", cfg)
+    whole.train()
+    assert whole.step_losses == pytest.approx(expected, rel=1e-4)
+    resumed = hf_trainer(data_dir, tmp_path / "whole", cfg)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "whole" / "checkpoint-10"))  # the switch is at step 12
+    assert resumed.step_losses == pytest.approx(whole.step_losses[10:], rel=1e-6)
