@@ -306,3 +306,13 @@ def test_the_hf_trainer_resumes_from_a_checkpoint_before_the_switch_exactly(refe
     resumed = hf_trainer(data_dir, tmp_path / "whole", cfg)
     resumed.train(resume_from_checkpoint=str(tmp_path / "whole" / "checkpoint-10"))  # the switch is at step 12
     assert resumed.step_losses == pytest.approx(whole.step_losses[10:], rel=1e-6)
+
+
+def test_the_command_line_helps_without_extras_and_an_experiment_checks_its_extras_before_training(data_dir,
+                                                                                                 tmp_path):
+    done = run_blocked(f"{EXTRAS},tqdm", "-m", "tstrain", "--help")
+    assert done.returncode == 0 and "prepare-data" in done.stdout
+    done = run_blocked("matplotlib", "-m", "tstrain", "compare", "--preset", "tiny", "--data", str(data_dir),
+                       "--out", str(tmp_path / "cmp"), "--steps", "4", "--no-progress")
+    assert done.returncode == 2 and "[plots] extra" in done.stderr
+    assert not (tmp_path / "cmp").exists()  # refused before any training

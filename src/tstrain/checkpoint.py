@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_model, save_model
 
 from .errors import CheckpointError
 from .faults import maybe_die
@@ -68,6 +67,8 @@ def save_checkpoint(root: Path, step: int, model, optimizer, state: dict[str, An
     root.mkdir(parents=True, exist_ok=True)
     tmp = _fresh_tmp(root, step, os.getpid())
     try:
+        from safetensors.torch import save_model  # the [hf] extra
+
         save_model(model, str(tmp / "model.safetensors"))
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(rng_state(), tmp / "rng.pt")
@@ -256,6 +257,8 @@ def load_checkpoint(path: Path, model, optimizer, rank: int = 0) -> None:
         _load_full_into_sharded(path, model, optimizer)
         rng = path / "rng.pt"
     else:
+        from safetensors.torch import load_model  # the [hf] extra
+
         missing, unexpected = load_model(model, str(path / "model.safetensors"), strict=True)
         if optimizer is not None:
             optimizer.load_state_dict(load_pickle(path / "optimizer.pt"))

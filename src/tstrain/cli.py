@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import sys
@@ -509,6 +510,23 @@ EXTRA_OF = {"transformers": "hf", "safetensors": "hf", "tomli_w": "hf", "tqdm": 
             "pyarrow": "data", "matplotlib": "plots", "tensorboard": "tb", "wandb": "wandb", "lm_eval": "eval"}
 
 
+TRAINING = ("transformers", "safetensors", "tomli_w", "tqdm")
+# The optional packages each verb needs, checked before it starts (so an experiment does not fail
+# at its plots after hours of training).
+NEEDS = {"train": TRAINING, "compare": (*TRAINING, "matplotlib"), "sweep": (*TRAINING, "matplotlib"),
+         "ablate": (*TRAINING, "matplotlib"), "scale": (*TRAINING, "matplotlib"), "mi": ("matplotlib",),
+         "prepare-data": ("tokenizers", "tqdm"), "export": ("transformers", "safetensors"),
+         "generate": ("transformers", "safetensors"), "eval": ("transformers", "safetensors"),
+         "lm-eval": ("transformers", "safetensors", "lm_eval")}
+
+
+def check_extras(verb: str) -> None:
+    """Raise ModuleNotFoundError for the first optional package ``verb`` needs that is not installed."""
+    for package in NEEDS.get(verb, ()):
+        if importlib.util.find_spec(package) is None:
+            raise ModuleNotFoundError(f"No module named {package!r}", name=package)
+
+
 def missing_extra(error: ModuleNotFoundError) -> str | None:
     """Return the one-line fix for a missing optional package (None for any other missing module)."""
     package = (error.name or "").split(".")[0]
@@ -521,6 +539,7 @@ def missing_extra(error: ModuleNotFoundError) -> str | None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        check_extras(args.verb)
         return args.func(args)
     except ModuleNotFoundError as e:
         fix = missing_extra(e)
