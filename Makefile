@@ -28,7 +28,7 @@ test: venv
 
 # ruff, configured in pyproject.toml (line length 120, import order, the usual bug rules).
 lint: venv
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks examples docs
 
 # The main job: the default English corpus from package registries, a local 8192-token BPE,
 # then baseline vs TST (s=4, r=0.3) on cpu-small at equal FLOPs. About 20 minutes on 2 cores.
@@ -55,7 +55,7 @@ examples: venv $(QCORPUS)/manifest.json
 	$(BIN)/python examples/hf_trainer.py --preset tiny --data $(QCORPUS) --steps 40
 	$(BIN)/torchrun --nproc-per-node 2 examples/hf_trainer.py --preset tiny --data $(QCORPUS) --steps 40
 
-# Benchmarks (issue-6 targets): each prints a markdown table, saved with its command and machine.
+# Benchmarks: each prints a markdown table, saved with its command and machine.
 BENCH := step_throughput loss_kernels embedding mfu peer_loop
 bench: venv $(CORPUS)/manifest.json
 	mkdir -p benchmarks/results

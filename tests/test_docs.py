@@ -1,6 +1,7 @@
 """The documentation's Python snippets run as written, in order, on a small prepared data dir."""
 
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -42,3 +43,13 @@ def test_the_readmes_own_loop_trains_a_model(data_dir, tmp_path, monkeypatch):
     before = [p.detach().clone() for p in model.parameters()]
     run_snippets([block], data_dir, {"model": model})
     assert all(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_the_generated_reference_pages_match_the_code():
+    sys.path.insert(0, str(ROOT / "docs"))
+    try:
+        import reference
+    finally:
+        sys.path.remove(str(ROOT / "docs"))
+    for page in reference.GENERATED:
+        assert (ROOT / "docs" / page).read_text() == reference.rendered(page), f"run python docs/reference.py ({page})"
