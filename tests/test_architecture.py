@@ -1,6 +1,7 @@
 """The house's floors: the method imports nothing of ours, the reader and config sit low, no circles."""
 
 import ast
+import re
 import sys
 import typing
 from pathlib import Path
@@ -94,3 +95,22 @@ def test_no_function_is_longer_than_80_lines():
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > 80:
                 long.append(f"{p.stem}.{node.name}: {node.end_lineno - node.lineno + 1} lines")
     assert long == []
+
+
+def architecture_floors() -> dict[str, int]:
+    """Return each module's floor as ARCHITECTURE.md's table gives it."""
+    floors = {}
+    for line in (PACKAGE.parents[1] / "ARCHITECTURE.md").read_text().splitlines():
+        cells = [c.strip() for c in line.split("|")[1:-1]]
+        if len(cells) >= 2 and cells[0].isdigit():
+            for name in re.findall(r"`(\w+)\.py`", cells[1]):
+                floors[name] = int(cells[0])
+    return floors
+
+
+def test_every_module_sits_on_its_floor_of_the_architecture_table():
+    floors, g = architecture_floors(), graph()
+    assert set(g) - {"__init__", "__main__"} == set(floors)  # every module is in the table, and no other
+    upward = [f"{m} (floor {floors[m]}) imports {d} (floor {floors[d]})"
+              for m in floors for d in g[m] if floors[d] >= floors[m]]
+    assert upward == []
