@@ -15,6 +15,7 @@ from typing import Any
 from .config import Config
 from .experiments import baseline_of, decay_start, first_reaching, phase1_step_value, run_or_reuse, val_rows, value_at
 from .phases import window_schedule
+from .run_lock import locked
 
 
 @dataclass
@@ -203,17 +204,16 @@ def plot(run_dirs: dict[str, Path], labels: dict[str, str], switch_step: int, ou
 def compare(cfg: Config, out_dir: str | Path, equal_data: bool = False,
             command: str = "tstrain compare") -> dict[str, Any]:
     """Train (or reuse) the runs of a comparison and write report.md, comparison.json and plots."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    runs = plan_runs(cfg, equal_data)
-    dirs = {spec.name: out / spec.name for spec in runs}
-    for spec in runs:
-        print(f"{spec.name}: {spec.label}")
-        run_or_reuse(spec.config, dirs[spec.name])
-    labels = {s.name: s.label for s in runs}
-    result = analyse(dirs, cfg.switch_step, decay_start(cfg))
-    result["labels"] = labels
-    (out / "comparison.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / "report.md").write_text(report_markdown(result, labels, command))
-    plot(dirs, labels, cfg.switch_step, out)
-    return result
+    with locked(out_dir, "comparison dir") as out:
+        runs = plan_runs(cfg, equal_data)
+        dirs = {spec.name: out / spec.name for spec in runs}
+        for spec in runs:
+            print(f"{spec.name}: {spec.label}")
+            run_or_reuse(spec.config, dirs[spec.name])
+        labels = {s.name: s.label for s in runs}
+        result = analyse(dirs, cfg.switch_step, decay_start(cfg))
+        result["labels"] = labels
+        (out / "comparison.json").write_text(json.dumps(result, indent=2) + "\n")
+        (out / "report.md").write_text(report_markdown(result, labels, command))
+        plot(dirs, labels, cfg.switch_step, out)
+        return result

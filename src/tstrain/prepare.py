@@ -28,6 +28,7 @@ saved before any token is written, so a resumed run uses it instead of training 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import json
@@ -52,6 +53,7 @@ from . import faults
 from .data import FORMAT, MANIFEST, SPLITS, shard_name
 from .errors import DataError
 from .fileio import sha256_file, write_text_atomic
+from .run_lock import locked
 from .text_sources import TextStats, expand_inputs, iter_documents
 
 STATE = "prepare-state.json"
@@ -176,30 +178,34 @@ def prepare_data(
                 "tokenizer": f"trained, vocabulary {train_tokenizer}" if train_tokenizer else _tokenizer_sha(tok),
                 "eos_token": eos_token, "val_fraction": val_fraction, "seed": seed, "text_field": text_field,
                 "doc_separator": doc_separator, "shard_tokens": shard_tokens}
-    out = _output_dir(out_dir, overwrite)
-    state = _resumable_state(out, settings, overwrite)
-    if state is None:
-        if train_tokenizer:
-            train_docs = (doc for i, doc in enumerate(iter_documents(files, doc_separator, TextStats(), text_field))
-                          if not is_validation_doc(i, val_fraction, seed))
-            tok = train_bpe_tokenizer(train_docs, train_tokenizer, eos_token or EOS_CANDIDATES[0], progress)
-        tok.save(str(out / "tokenizer.json"))
-        state = {"format": STATE_FORMAT, "settings": settings, "tokenizer_sha256": sha256_file(out / "tokenizer.json"),
-                 "dtype": token_dtype(tok.get_vocab_size(with_added_tokens=True)).name, "parts": [],
-                 "next_document": 0}
-        write_text_atomic(out / STATE, json.dumps(state, indent=1) + "\n")
-    tok, _ = _load_tokenizer(out / "tokenizer.json", None)  # the saved file: what every worker loads
-    eos_name, eos_id = find_eos(tok, eos_token)
-    vocab_size = tok.get_vocab_size(with_added_tokens=True)
-    job = _Job(str(out / "tokenizer.json"), eos_id, state["dtype"], val_fraction, seed)
-    stats = TextStats()  # counted on the pass that writes the tokens (documents skipped on resume included)
-    docs = iter_documents(files, doc_separator, stats, text_field)
-    _tokenize(out, state, docs, job, workers, batch_chars, progress, on_part)
-    manifest = _manifest(state, vocab_size, (eos_name, eos_id), stats.replaced)
-    _check_result(out, manifest, stats, max_bad_text)
-    write_text_atomic(out / MANIFEST, json.dumps(manifest, indent=2) + "\n")
-    (out / STATE).unlink()
-    return manifest
+    _refuse_finished(Path(out_dir), overwrite)
+    with locked(out_dir, "data dir") as out, _removed_on_failure(out):
+        _refuse_finished(out, overwrite)  # again under the lock: another process may have finished it
+        _check_writable(out)
+        state = _resumable_state(out, settings, overwrite)
+        if state is None:
+            if train_tokenizer:
+                train_docs = (doc for i, doc in enumerate(iter_documents(files, doc_separator, TextStats(), text_field))
+                              if not is_validation_doc(i, val_fraction, seed))
+                tok = train_bpe_tokenizer(train_docs, train_tokenizer, eos_token or EOS_CANDIDATES[0], progress)
+            tok.save(str(out / "tokenizer.json"))
+            state = {"format": STATE_FORMAT, "settings": settings,
+                     "tokenizer_sha256": sha256_file(out / "tokenizer.json"),
+                     "dtype": token_dtype(tok.get_vocab_size(with_added_tokens=True)).name, "parts": [],
+                     "next_document": 0}
+            write_text_atomic(out / STATE, json.dumps(state, indent=1) + "\n")
+        tok, _ = _load_tokenizer(out / "tokenizer.json", None)  # the saved file: what every worker loads
+        eos_name, eos_id = find_eos(tok, eos_token)
+        vocab_size = tok.get_vocab_size(with_added_tokens=True)
+        job = _Job(str(out / "tokenizer.json"), eos_id, state["dtype"], val_fraction, seed)
+        stats = TextStats()  # counted on the pass that writes the tokens (documents skipped on resume included)
+        docs = iter_documents(files, doc_separator, stats, text_field)
+        _tokenize(out, state, docs, job, workers, batch_chars, progress, on_part)
+        manifest = _manifest(state, vocab_size, (eos_name, eos_id), stats.replaced)
+        _check_result(out, manifest, stats, max_bad_text)
+        write_text_atomic(out / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+        (out / STATE).unlink()
+        return manifest
 
 
 def _size(path: Path) -> int:
@@ -235,19 +241,33 @@ def _check_numbers(tokenizer, train_tokenizer: int, val_fraction: float, workers
         raise DataError(f"--shard-tokens must be a whole number of tokens, at least 1; got {shard_tokens}")
 
 
-def _output_dir(out_dir, overwrite: bool) -> Path:
-    """Return the (created, writable) output dir, refusing to replace finished data unasked."""
-    out = Path(out_dir)
+def _refuse_finished(out: Path, overwrite: bool) -> None:
+    """Refuse to replace finished data unasked (checked again under the dir's lock)."""
     if (out / MANIFEST).is_file() and not overwrite:
         raise DataError(f"{out} already holds prepared data that runs may depend on; choose a new --out "
                         "(or pass --overwrite to replace it)")
+
+
+def _check_writable(out: Path) -> None:
     try:
-        out.mkdir(parents=True, exist_ok=True)
         (out / ".write-test").write_bytes(b"")
         (out / ".write-test").unlink()
     except OSError as e:
         raise DataError(f"cannot write to {out}: {e.strerror}; choose another --out") from None
-    return out
+
+
+@contextlib.contextmanager
+def _removed_on_failure(out: Path) -> Iterator[None]:
+    """On a failure before any part was finished, remove what this preparation wrote (there is nothing to
+    resume), so a refused input leaves no half-made data dir; finished parts are kept for the rerun."""
+    try:
+        yield
+    except BaseException:
+        state = _read_state(out) if (out / STATE).is_file() else {}
+        if not state.get("parts") and not (out / MANIFEST).is_file():
+            _clear(out)
+            (out / "tokenizer.json").unlink(missing_ok=True)
+        raise
 
 
 def _token_files(out: Path) -> list[Path]:

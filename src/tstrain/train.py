@@ -24,10 +24,10 @@ from typing import Any, ClassVar
 import torch
 
 from . import checkpoint as ckpt
-from . import distributed
+from . import distributed, run_lock
 from .config import Config, resume_differences
 from .data import TokenData
-from .errors import CheckpointError, ConfigError, DataError, TrainingError
+from .errors import CheckpointError, ConfigError, DataError, TrainingError, TstrainError
 from .evaluation import validation_loss
 from .faults import maybe_die
 from .fileio import write_text_atomic
@@ -599,6 +599,24 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, **seams: Any) 
     """
     ctx = distributed.setup(resolve_device(cfg))
     try:
-        return Trainer(cfg, out_dir, resume, ctx, **seams).fit()
+        with lock_run_dir(ctx, Path(out_dir)):
+            return Trainer(cfg, out_dir, resume, ctx, **seams).fit()
     finally:
         ctx.close()
+
+
+@contextlib.contextmanager
+def lock_run_dir(ctx: distributed.Single, run: Path):
+    """Hold the run dir's exclusive lock (``run_lock``) for the job: rank 0 takes it for all the job's
+    processes, and every process stops if another job holds it."""
+    with contextlib.ExitStack() as stack:
+        refused = None
+        if ctx.is_main:
+            try:
+                stack.enter_context(run_lock.locked(run, "run dir"))
+            except TstrainError as e:
+                refused = e
+        refused = ctx.agree(refused)
+        if refused is not None:
+            raise refused
+        yield
