@@ -120,3 +120,121 @@ def test_a_refused_run_leaves_no_dir_it_created_and_a_lock_is_released_after_the
     with locked(tmp_path / "run"):  # the job is over: its lock went with it
         pass
     assert (tmp_path / "run" / "summary.json").is_file()
+
+
+# ----------------------------------------------------------------------------------------------
+# Nothing in a model dir or a manifest runs code or reaches outside its dir
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def finished_run(data_dir, tmp_path_factory):
+    """A finished tiny run (its final/ model dir) and an export of it."""
+    from tstrain.config import load_config
+    from tstrain.model_io import export
+    from tstrain.train import train
+
+    root = tmp_path_factory.mktemp("finished")
+    cfg = load_config("tiny", overrides={"data.path": str(data_dir), "log.progress": False, "train.steps": 4,
+                                         "tst.ratio": 0.5})
+    train(cfg, root / "run")
+    export(root / "run", root / "exported")
+    return root / "run"
+
+
+def model_verbs(model_dir, data_dir):
+    return [["export", str(model_dir), "--out", str(model_dir.parent / "again")],
+            ["generate", str(model_dir), "--prompt", "the cat", "--max-new-tokens", "2"],
+            ["eval", str(model_dir), "--data", str(data_dir), "--windows", "2"]]
+
+
+def test_a_model_dir_that_names_its_own_code_is_refused_and_the_code_never_runs(finished_run, data_dir, tmp_path,
+                                                                                 capsys):
+    import shutil
+
+    marker = tmp_path / "code-ran"
+    for name, change in (("auto_map", {"auto_map": {"AutoConfig": "evil.EvilConfig",
+                                                    "AutoModelForCausalLM": "evil.EvilModel"}}),
+                         ("model_type", {"model_type": "evil"})):
+        model = shutil.copytree(finished_run.parent / "exported", tmp_path / name)
+        (model / "evil.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
+        config = json.loads((model / "config.json").read_text())
+        (model / "config.json").write_text(json.dumps({**config, **change}))
+        for args in model_verbs(model, data_dir):
+            one_line_error(capsys, args, str(model / "config.json"), "transformers", name)
+        piped = subprocess.run([sys.executable, "-m", "tstrain", *model_verbs(model, data_dir)[0]], input="y\n" * 8,
+                               env=child_env(), capture_output=True, text=True, timeout=120)
+        assert piped.returncode == 2 and "[y/N]" not in piped.stdout + piped.stderr, piped.stderr  # never asks
+    assert not marker.exists()
+    model = shutil.copytree(finished_run.parent / "exported", tmp_path / "tokenizer-code")
+    (model / "tokenizer_config.json").write_text(json.dumps({"auto_map": {"AutoTokenizer": ["evil.Tok", None]}}))
+    one_line_error(capsys, model_verbs(model, data_dir)[1], "tokenizer_config.json names its own code (auto_map)")
+
+
+def test_a_model_dir_with_only_pickled_weights_is_refused_in_one_line(finished_run, data_dir, tmp_path, capsys):
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+
+    run = shutil.copytree(finished_run, tmp_path / "run")
+    weights = run / "final" / "model.safetensors"
+    torch.save(load_file(weights), run / "final" / "pytorch_model.bin")
+    weights.unlink()
+    for args in model_verbs(run, data_dir):
+        one_line_error(capsys, args, "holds only a pickled pytorch_model.bin, which tstrain does not load")
+    (run / "final" / "pytorch_model.bin").unlink()
+    one_line_error(capsys, model_verbs(run, data_dir)[2], "holds no model.safetensors")
+
+
+def test_a_manifest_naming_files_outside_its_dir_is_refused(data_dir, tmp_path, capsys):
+    import shutil
+
+    data = shutil.copytree(data_dir, tmp_path / "data")
+    manifest = json.loads((data / "manifest.json").read_text())
+    outside = shutil.copy(data / manifest["shards"]["train"][0]["file"], tmp_path / "x.bin")
+    for name in ("../x.bin", str(outside), "sub/../../x.bin"):
+        manifest["shards"]["train"][0]["file"] = name
+        (data / "manifest.json").write_text(json.dumps(manifest))
+        for verb in (["verify-data", str(data)], ["batch", "--preset", "tiny", "--data", str(data), "--step", "0"]):
+            one_line_error(capsys, verb, f"names the shard file {name!r}, outside the data dir")
+
+
+# ----------------------------------------------------------------------------------------------
+# A run's model keeps its own tokenizer
+# ----------------------------------------------------------------------------------------------
+
+
+def test_a_run_keeps_its_tokenizer_when_its_data_dir_is_prepared_again(data_dir, tmp_path, capsys):
+    import shutil
+
+    from tokenizers import Tokenizer
+
+    from conftest import make_corpus
+    from tstrain.config import load_config
+    from tstrain.fileio import sha256_file
+    from tstrain.model_io import load_trained_model
+    from tstrain.prepare import prepare_data
+    from tstrain.train import train
+
+    data = shutil.copytree(data_dir, tmp_path / "data")
+    original = Tokenizer.from_file(str(data / "tokenizer.json")).get_vocab()
+    run = tmp_path / "run"
+    train(load_config("tiny", overrides={"data.path": str(data), "log.progress": False, "train.steps": 4,
+                                         "tst.ratio": 0.5}), run)
+    recorded = json.loads((run / "data.json").read_text())["tokenizer_sha256"]
+    assert sha256_file(run / "tokenizer.json") == recorded
+    shutil.rmtree(run / "final")  # the checkpoint path too: no final/ tokenizer to fall back on
+    prepare_data([make_corpus(tmp_path / "c.txt", docs=300, seed=5)], data, train_tokenizer=300, overwrite=True,
+                 doc_separator="\n\n\n", val_fraction=0.05, progress=False)
+    assert Tokenizer.from_file(str(data / "tokenizer.json")).get_vocab() != original
+    assert load_trained_model(run)[1] == run / "tokenizer.json"
+    assert main(["export", str(run), "--out", str(tmp_path / "exported")]) == 0
+    assert Tokenizer.from_file(str(tmp_path / "exported" / "tokenizer.json")).get_vocab() == original
+    one_line_error(capsys, ["eval", str(run), "--data", str(data), "--windows", "2"],
+                   "was prepared with another tokenizer than the model's")
+    tok = json.loads((run / "tokenizer.json").read_text())
+    tok["model"]["vocab"]["zzz-edited"] = len(tok["model"]["vocab"])
+    (run / "tokenizer.json").write_text(json.dumps(tok))
+    for args in model_verbs(run, data_dir):
+        one_line_error(capsys, args, f"{run / 'tokenizer.json'} is not the tokenizer the run trained with")

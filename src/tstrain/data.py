@@ -136,17 +136,25 @@ class TokenData:
                             "it is not a prepared data dir (run `tstrain prepare-data`)")
         try:
             self.manifest = json.loads(mpath.read_text())
-        except json.JSONDecodeError as e:
+        except ValueError as e:  # JSON or UTF-8
             raise DataError(f"{mpath} is not valid JSON ({e}); re-run `tstrain prepare-data`") from None
+        if not isinstance(self.manifest, dict):
+            raise DataError(f"{mpath} is not a JSON object; re-run `tstrain prepare-data`")
         if self.manifest.get("format") not in (FORMAT, FORMAT_V1):
             raise DataError(f"{mpath} has format {self.manifest.get('format')!r}, expected {FORMAT!r}")
         self._check_tokenizer()
-        self.vocab_size = int(self.manifest["vocab_size"])
-        self.eos_id = int(self.manifest["eos_id"])
-        self.dtype = np.dtype(self.manifest["dtype"])
-        self.shards = {name: self._shard_list(name) for name in SPLITS}
-        self.train = self._open("train")
-        self.val = self._open("val")
+        try:
+            self.vocab_size = int(self.manifest["vocab_size"])
+            self.eos_id = int(self.manifest["eos_id"])
+            self.dtype = np.dtype(self.manifest["dtype"])
+            self.shards = {name: self._shard_list(name) for name in SPLITS}
+            self.train = self._open("train")
+            self.val = self._open("val")
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            if isinstance(e, DataError):
+                raise
+            raise DataError(f"{mpath} lacks or garbles a field ({type(e).__name__}: {e}): the manifest is truncated "
+                            "or edited; re-run `tstrain prepare-data`") from None
 
     def _check_tokenizer(self) -> None:
         """Refuse a tokenizer.json that is not the one the tokens were made with."""
@@ -172,17 +180,27 @@ class TokenData:
             return [{"file": f"{name}.bin", "tokens": int(m[f"{name}_tokens"]), "sha256": m.get(f"{name}_sha256"),
                      "max_token_id": m.get("max_token_id")}]
         shards = [s for s in m["shards"][name] if s["tokens"] > 0]
+        for s in shards:
+            self.shard_path(s)  # a manifest names files in its own dir, nowhere else
         if sum(s["tokens"] for s in shards) != m[f"{name}_tokens"]:
             raise DataError(f"{self.path / MANIFEST} lists {name} shards of {sum(s['tokens'] for s in shards)} tokens "
                             f"but {m[f'{name}_tokens']} {name} tokens: the manifest is corrupt; "
                             "re-run `tstrain prepare-data`")
         return shards
 
+    def shard_path(self, shard: dict) -> Path:
+        """Return a shard's file, refusing a name that leads out of the data dir (``../x.bin``, ``/x.bin``)."""
+        name = shard.get("file")
+        if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
+            raise DataError(f"{self.path / MANIFEST} names the shard file {name!r}, outside the data dir: a manifest "
+                            "lists files of its own dir only; re-run `tstrain prepare-data`")
+        return self.path / name
+
     def _open(self, name: str) -> Tokens:
         """Return split ``name`` as one sequence over its shards, each checked by size and largest id."""
         maps = []
         for shard in self.shards[name]:
-            f, expected = self.path / shard["file"], int(shard["tokens"])
+            f, expected = self.shard_path(shard), int(shard["tokens"])
             if not f.is_file():
                 raise DataError(f"{f} is missing; restore it or re-run `tstrain prepare-data`")
             size = f.stat().st_size
@@ -221,7 +239,7 @@ class TokenData:
 
     def _verify_shard(self, shard: dict, chunk: int) -> tuple[int, str]:
         """Return ``(largest id, what is wrong or "")`` of one shard, read once for both checks."""
-        f, h, top = self.path / shard["file"], hashlib.sha256(), 0
+        f, h, top = self.shard_path(shard), hashlib.sha256(), 0
         with open(f, "rb") as fh:
             for buf in iter(lambda: fh.read(chunk * self.dtype.itemsize), b""):
                 h.update(buf)

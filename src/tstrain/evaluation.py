@@ -23,7 +23,7 @@ import torch
 
 from .data import TokenData
 from .errors import CheckpointError, ConfigError, DataError
-from .model_io import load_trained_model
+from .model_io import check_model_dir, load_trained_model
 from .models import CausalLMParts
 from .reader import validation_windows
 from .superposition import multi_hot_cross_entropy, next_token_batch
@@ -136,12 +136,13 @@ def run_lm_eval(
     path = Path(model_dir)
     if not (path / "config.json").is_file():
         raise CheckpointError(f"{path} is not a Hugging Face model dir; make one with `tstrain export RUN --out DIR`")
+    check_model_dir(path)  # lm-eval's loader must find nothing that runs code
     if not tasks:
         raise ValueError("no tasks given; e.g. --tasks tstrain_smoke_mc or --tasks hellaswag,arc_easy")
     manager = TaskManager(include_path=[str(TASKS_DIR), *map(str, include_paths)], include_defaults=standard_tasks)
     out = simple_evaluate(
         model="hf",
-        model_args={"pretrained": str(path), "dtype": "float32"},
+        model_args={"pretrained": str(path), "dtype": "float32", "trust_remote_code": False},
         tasks=list(tasks),
         num_fewshot=num_fewshot,
         batch_size=batch_size,

@@ -14,6 +14,8 @@ import contextlib
 import dataclasses
 import json
 import math
+import os
+import shutil
 import time
 import tomllib
 from collections.abc import Callable
@@ -30,8 +32,9 @@ from .data import TokenData
 from .errors import CheckpointError, ConfigError, DataError, TrainingError, TstrainError
 from .evaluation import validation_loss
 from .faults import maybe_die
-from .fileio import write_text_atomic
+from .fileio import sha256_file, write_text_atomic
 from .metrics import MetricsLog, Progress, device_peak_flops
+from .model_io import TOKENIZER as RUN_TOKENIZER
 from .model_io import export_hf
 from .models import CausalLMParts, build_model, flops_per_position
 from .phases import bag_share, is_switch, phase_after, phase_of, positions, window_schedule
@@ -265,6 +268,17 @@ def data_differences(was: dict[str, Any], now: dict[str, Any]) -> list[str]:
     return [k for k in now if k in was and was[k] != now[k]]
 
 
+def keep_tokenizer(data: TokenData, run: Path) -> None:
+    """Copy the data's tokenizer into the run (once): the model keeps the tokenizer it was trained with
+    whatever later happens to the data dir (re-prepared, moved, edited)."""
+    own = run / RUN_TOKENIZER
+    if own.is_file() and sha256_file(own) == data.manifest.get("tokenizer_sha256"):
+        return
+    tmp = own.with_name(f".{own.name}.tmp")
+    shutil.copyfile(data.path / "tokenizer.json", tmp)
+    os.replace(tmp, own)
+
+
 def check_reader_order(order: str, what: str) -> None:
     """Refuse to resume ``what`` (a run dir, a checkpoint) whose steps read the data in another ``order``:
     going on in this reader's order would read some tokens twice in an epoch and others never."""
@@ -404,8 +418,10 @@ class Trainer:
         if self.ctx.is_main:
             self.run.mkdir(parents=True, exist_ok=True)
             write_text_atomic(self.run / "config.toml", self.cfg.to_toml())  # a kill mid-write must not break --resume
-            identity = {**self.data.identity, "path": str(self.data.path.resolve()), "reader_order": READER_ORDER}
+            identity = {**self.data.identity, "path": str(self.data.path.resolve()), "reader_order": READER_ORDER,
+                        "eos_token": self.data.manifest.get("eos_token")}
             write_text_atomic(self.run / DATA_IDENTITY, json.dumps(identity, indent=2) + "\n")
+            keep_tokenizer(self.data, self.run)
         self.build()
         if found is not None:
             path, saved = found
@@ -583,8 +599,8 @@ class Trainer:
         summary = RunSummary(self.run, last_val, self.cfg.train.steps, self.cfg.switch_step, s.data_tokens, s.flops,
                              self.elapsed())
         if self.ctx.is_main:
-            export_hf(self.model, self.run / "final", self.data.path / "tokenizer.json",
-                      self.data.manifest.get("eos_token"), weights)
+            export_hf(self.model, self.run / "final", self.run / RUN_TOKENIZER, self.data.manifest.get("eos_token"),
+                      weights)
             (self.run / "summary.json").write_text(json.dumps(summary.to_dict(), indent=2) + "\n")
         return summary
 
