@@ -238,3 +238,69 @@ def test_a_run_keeps_its_tokenizer_when_its_data_dir_is_prepared_again(data_dir,
     (run / "tokenizer.json").write_text(json.dumps(tok))
     for args in model_verbs(run, data_dir):
         one_line_error(capsys, args, f"{run / 'tokenizer.json'} is not the tokenizer the run trained with")
+
+
+# ----------------------------------------------------------------------------------------------
+# Resume
+# ----------------------------------------------------------------------------------------------
+
+
+def test_an_edited_config_toml_is_refused_on_resume_unless_the_field_may_change(tiny_cfg, tmp_path, capsys):
+    from test_train import train_crashing_at
+
+    run = tmp_path / "run"
+    train_crashing_at(5, tiny_cfg(**{"train.steps": 8, "tst.ratio": 0.5, "train.checkpoint_every": 2}), run)
+    saved = (run / "config.toml").read_text()
+    assert "lr = 0.003\n" in saved and "every = 1\n" in saved
+    (run / "config.toml").write_text(saved.replace("lr = 0.003\n", "lr = 0.01\n"))
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    one_line_error(capsys, ["train", "--out", str(run), "--resume", "--no-progress"],
+                   "were trained with another config than this one (optim.lr: saved 0.003, now 0.01)",
+                   "put the saved values back")
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before  # nothing changed
+    (run / "config.toml").write_text(saved.replace("every = 1\n", "every = 2\n"))  # log.every may change
+    assert main(["train", "--out", str(run), "--resume", "--no-progress"]) == 0
+
+
+# ----------------------------------------------------------------------------------------------
+# Ids outside the tokenizer
+# ----------------------------------------------------------------------------------------------
+
+
+def corrupt_every(path, every, value):
+    """Overwrite every ``every``-th id of a token file (its size unchanged; its manifest entry not)."""
+    import numpy as np
+
+    ids = np.fromfile(path, dtype=np.uint16)
+    ids[::every] = value
+    ids.tofile(path)
+
+
+@pytest.mark.parametrize("outside", ["padding", "past the embedding"])
+def test_ids_outside_the_tokenizer_stop_training_and_eval_in_one_line(finished_run, data_dir, tmp_path, capsys,
+                                                                      outside):
+    import shutil
+
+    from conftest import cli_args
+
+    data = shutil.copytree(data_dir, tmp_path / "data")
+    manifest = json.loads((data / "manifest.json").read_text())
+    vocab = manifest["vocab_size"]
+    value = vocab + 3 if outside == "padding" else 60000  # padding: the embedding has a row for it, nothing fails
+    for split in ("train", "val"):
+        corrupt_every(data / manifest["shards"][split][0]["file"], 50, value)
+    fix = f"find it with `tstrain verify-data {data}`"
+    one_line_error(capsys, cli_args(data, tmp_path / "run", **{"train.steps": 4, "model.vocab_size": vocab + 64}),
+                   f"hold id {value}, outside the tokenizer's vocabulary of {vocab}", fix)
+    one_line_error(capsys, ["eval", str(finished_run), "--data", str(data), "--windows", "4"], f"hold id {value}", fix)
+    one_line_error(capsys, ["verify-data", str(data)], f"contains token id {value}")
+
+
+def test_a_manifest_whose_vocabulary_is_not_its_tokenizers_is_refused(data_dir, tmp_path, capsys):
+    import shutil
+
+    data = shutil.copytree(data_dir, tmp_path / "data")
+    manifest = json.loads((data / "manifest.json").read_text())
+    (data / "manifest.json").write_text(json.dumps({**manifest, "vocab_size": manifest["vocab_size"] + 200}))
+    one_line_error(capsys, ["verify-data", str(data)], f"records a vocabulary of {manifest['vocab_size'] + 200} but "
+                   f"its tokenizer.json has {manifest['vocab_size']} tokens")

@@ -45,10 +45,11 @@ class Tokens:
     O(tokens). With one shard every read is the memory map's own, as fast as before shards.
     """
 
-    def __init__(self, maps: Sequence[np.ndarray]):
+    def __init__(self, maps: Sequence[np.ndarray], vocab_size: int | None = None, source: str = "the data dir"):
         if not maps:
             raise ValueError("a token sequence needs at least one shard")
         self.maps = list(maps)
+        self.vocab_size, self.source = vocab_size, source  # every read is checked against vocab_size if given
         self.dtype = self.maps[0].dtype
         self.starts = np.concatenate([[0], np.cumsum([len(m) for m in self.maps])]).astype(np.int64)
         self._len = int(self.starts[-1])
@@ -65,12 +66,24 @@ class Tokens:
 
     def __getitem__(self, key):
         if len(self.maps) == 1:
-            return self.maps[0][key]
-        if isinstance(key, slice):
-            return self._slice(key)
-        if isinstance(key, (int, np.integer)):
-            return self._gather(np.asarray(key))[()]
-        return self._gather(np.asarray(key))
+            out = self.maps[0][key]
+        elif isinstance(key, slice):
+            out = self._slice(key)
+        elif isinstance(key, (int, np.integer)):
+            out = self._gather(np.asarray(key))[()]
+        else:
+            out = self._gather(np.asarray(key))
+        if self.vocab_size is not None and np.size(out) and np.max(out) >= self.vocab_size:
+            self._refuse(int(np.max(out)))
+        return out
+
+    def _refuse(self, top: int) -> None:
+        """Raise DataError for an id outside the vocabulary in what was just read: every read is checked (one
+        max over ids already in memory, on the CPU), so a changed token file stops a run with a message,
+        not with an index error on the device."""
+        raise DataError(f"the tokens read from {self.source} hold id {top}, outside the tokenizer's vocabulary of "
+                        f"{self.vocab_size}: a token file changed after it was written; find it with "
+                        f"`tstrain verify-data {self.source}`, then re-run `tstrain prepare-data`")
 
     def _shard_of(self, positions: np.ndarray) -> np.ndarray:
         """Return the shard holding each of ``positions`` (non-negative, in range)."""
@@ -145,6 +158,7 @@ class TokenData:
         self._check_tokenizer()
         try:
             self.vocab_size = int(self.manifest["vocab_size"])
+            self._check_vocabulary()
             self.eos_id = int(self.manifest["eos_id"])
             self.dtype = np.dtype(self.manifest["dtype"])
             self.shards = {name: self._shard_list(name) for name in SPLITS}
@@ -166,6 +180,15 @@ class TokenData:
         if want and sha256_file(tok) != want:
             raise DataError(f"{tok} is not the tokenizer these tokens were made with (its SHA-256 differs from the "
                             "manifest's): restore the original, or re-run `tstrain prepare-data` with the new one")
+
+    def _check_vocabulary(self) -> None:
+        """Refuse a manifest whose vocabulary is not its tokenizer's: ids are checked against it."""
+        from tokenizers import Tokenizer
+
+        size = Tokenizer.from_file(str(self.path / "tokenizer.json")).get_vocab_size(with_added_tokens=True)
+        if size != self.vocab_size:
+            raise DataError(f"{self.path / MANIFEST} records a vocabulary of {self.vocab_size} but its tokenizer.json "
+                            f"has {size} tokens: the manifest was edited; re-run `tstrain prepare-data`")
 
     @property
     def identity(self) -> dict[str, object]:
@@ -218,7 +241,7 @@ class TokenData:
             maps.append(np.memmap(f, dtype=self.dtype, mode="r"))
         if not maps:
             raise DataError(f"{self.path / MANIFEST} lists no {name} tokens; re-run `tstrain prepare-data`")
-        return Tokens(maps)
+        return Tokens(maps, self.vocab_size, str(self.path))
 
     def verify(self, chunk: int = 1 << 24) -> dict[str, int]:
         """Read every token of every shard once: raise DataError naming each shard with an id outside the

@@ -220,6 +220,17 @@ def check_resume_config(saved: dict[str, Any], cfg: Config) -> None:
         )
 
 
+def check_checkpoint_config(trained: dict[str, Any] | None, cfg: Config, path: Path) -> None:
+    """Raise ConfigError if ``cfg`` differs from the config a checkpoint's steps were trained with (recorded in
+    its ``state.json``) in a field that may not change on resume: an edited ``config.toml`` is caught too."""
+    diffs = resume_differences(trained, cfg) if trained else []
+    if diffs:
+        raise ConfigError(
+            f"cannot resume: the steps in {path} were trained with another config than this one ({'; '.join(diffs)}); "
+            "put the saved values back (config.toml or the flags), or start a new run in another --out"
+        )
+
+
 # ----------------------------------------------------------------------------------------------
 # State and summary
 # ----------------------------------------------------------------------------------------------
@@ -362,6 +373,7 @@ class Trainer:
         found = self.ctx.agree(ckpt.latest_good_checkpoint(self.ckpt_root) if self.ctx.is_main else None)
         if found is not None:  # before anything is written: a refused resume changes nothing
             check_reader_order(TrainState.from_dict(found[1]).reader_order, f"the checkpoint {found[0]}")
+            check_checkpoint_config(found[1].get("config"), self.cfg, found[0])
         if found is None and ckpt.list_checkpoints(self.ckpt_root):
             raise CheckpointError(
                 f"none of the {len(ckpt.list_checkpoints(self.ckpt_root))} checkpoints under {self.ckpt_root} verifies "
@@ -545,10 +557,11 @@ class Trainer:
         s = self.state
         s.phase, s.wall_time = phase_after(self.cfg, s.step), self.elapsed()
         s.epoch, s.at_switch = self.reader.epochs(s.step), is_switch(self.cfg, s.step)
+        state = {**s.to_dict(), "config": self.cfg.to_dict()}  # what the steps so far trained with (resume checks it)
         if self.ctx.distributed:
-            ckpt.save_sharded_checkpoint(self.ckpt_root, s.step, self.model, self.optimizer, s.to_dict(), self.ctx)
+            ckpt.save_sharded_checkpoint(self.ckpt_root, s.step, self.model, self.optimizer, state, self.ctx)
         else:
-            ckpt.save_checkpoint(self.ckpt_root, s.step, self.model, self.optimizer, s.to_dict())
+            ckpt.save_checkpoint(self.ckpt_root, s.step, self.model, self.optimizer, state)
         if self.ctx.is_main:
             ckpt.prune_checkpoints(self.ckpt_root, self.cfg.train.keep_checkpoints)
 
