@@ -304,3 +304,12 @@ def test_a_manifest_whose_vocabulary_is_not_its_tokenizers_is_refused(data_dir, 
     (data / "manifest.json").write_text(json.dumps({**manifest, "vocab_size": manifest["vocab_size"] + 200}))
     one_line_error(capsys, ["verify-data", str(data)], f"records a vocabulary of {manifest['vocab_size'] + 200} but "
                    f"its tokenizer.json has {manifest['vocab_size']} tokens")
+
+
+def test_eval_of_a_run_repeats_its_val_loss_by_default(finished_run, data_dir, capsys):
+    summary = json.loads((finished_run / "summary.json").read_text())
+    for source in (finished_run, finished_run / "final"):
+        assert main(["eval", str(source), "--data", str(data_dir)]) == 0
+        out = capsys.readouterr().out
+        assert f"next-token loss {summary['final_val_loss']:.4f} nats" in out, out
+        assert "(16 validation windows of 32 positions" in out, out  # the tiny preset's val_windows and seq_len

@@ -456,8 +456,10 @@ def _add_model_verbs(sub) -> None:
     p.add_argument("model_dir", help="a Hugging Face model dir (tstrain export output, or a finished run dir)")
     p.add_argument("--data", required=True, help="prepared data dir (made with the model's tokenizer)")
     p.add_argument("--seq-len", type=int, default=0,
-                   help="positions per window (0: the model's max_position_embeddings)")
-    p.add_argument("--windows", type=int, default=64, help="validation windows (non-overlapping, from the start)")
+                   help="positions per window (0: a run's train.seq_len, else the model's max_position_embeddings)")
+    p.add_argument("--windows", type=int, default=0,
+                   help="validation windows, non-overlapping and spread evenly over the split "
+                        "(0: a run's data.val_windows, so it repeats the run's val_loss; else 64)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=cmd_eval)

@@ -23,7 +23,7 @@ import torch
 
 from .data import TokenData
 from .errors import CheckpointError, ConfigError, DataError
-from .model_io import check_model_dir, load_trained_model
+from .model_io import check_model_dir, load_trained_model, run_settings
 from .models import CausalLMParts
 from .reader import validation_windows
 from .superposition import multi_hot_cross_entropy, next_token_batch
@@ -78,13 +78,21 @@ def check_same_tokenizer(tokenizer_file: Path | None, data: TokenData) -> None:
         )
 
 
-def evaluate(model_dir: str | Path, data_dir: str | Path, seq_len: int = 0, windows: int = 64, batch_size: int = 16,
+def evaluate(model_dir: str | Path, data_dir: str | Path, seq_len: int = 0, windows: int = 0, batch_size: int = 16,
              device: str = "cpu") -> dict[str, float]:
     """Return the next-token ``loss`` (nats) and ``perplexity`` of a model dir on a data dir's validation split.
 
     The same fixed windows of ``seq_len + 1`` tokens and the same loss as the trainer's
-    ``val_loss`` (``seq_len`` 0: the model's ``max_position_embeddings``).
+    ``val_loss``. For a run (its dir, ``final/`` or a checkpoint), ``seq_len`` 0 and ``windows`` 0
+    are the run's own ``train.seq_len`` and ``data.val_windows``, so on the run's data it repeats the
+    run's last ``val_loss``; for another model dir, its ``max_position_embeddings`` and 64 windows.
     """
+    settings = run_settings(model_dir)
+    if settings is not None:
+        seq_len, windows = seq_len or settings.train.seq_len, windows or settings.data.val_windows
+    windows = windows or 64
+    if seq_len < 0 or windows < 0:
+        raise ConfigError(f"--seq-len and --windows must be >= 0 (0: the run's own); got {seq_len}, {windows}")
     model, tokenizer_file, _ = load_trained_model(model_dir)
     model = model.to(device)
     data = TokenData(data_dir)

@@ -117,6 +117,19 @@ def _tokenizer_of(run: Path | None, model_dir: Path | None) -> tuple[Path | None
     return None, None
 
 
+def run_of(source: str | Path) -> Path | None:
+    """Return the run dir a source belongs to (a run dir, its ``final/``, one of its checkpoints), else None."""
+    path = Path(source)
+    candidates = (path, path.parent.parent) if path.parent.name == "checkpoints" else (path, path.parent)
+    return next((c for c in candidates if (c / RUN_CONFIG).is_file()), None)
+
+
+def run_settings(source: str | Path) -> Config | None:
+    """Return the saved config of the run ``source`` belongs to (None: a bare model dir)."""
+    run = run_of(source)
+    return _run_config(run) if run is not None else None
+
+
 def quiet_transformers() -> None:
     """Turn off ``transformers``' own progress bars (loading and writing shards of a small model):
     tstrain prints what it does, and a console of bars hides the one line that matters."""
