@@ -313,3 +313,53 @@ def test_eval_of_a_run_repeats_its_val_loss_by_default(finished_run, data_dir, c
         out = capsys.readouterr().out
         assert f"next-token loss {summary['final_val_loss']:.4f} nats" in out, out
         assert "(16 validation windows of 32 positions" in out, out  # the tiny preset's val_windows and seq_len
+
+
+# ----------------------------------------------------------------------------------------------
+# Text in: separators, EOS text, one big file
+# ----------------------------------------------------------------------------------------------
+
+
+def test_doc_separator_escapes_typed_on_a_command_line_split_like_the_characters(data_dir, tmp_path, capsys):
+    from conftest import make_corpus
+
+    text = make_corpus(tmp_path / "c.txt", docs=300)
+    base = ["prepare-data", "--input", str(text), "--tokenizer", str(data_dir / "tokenizer.json"), "--val-fraction",
+            "0.05", "--no-progress"]
+    assert main(base + ["--doc-separator", r"\n\n\n", "--out", str(tmp_path / "typed")]) == 0
+    assert main(base + ["--doc-separator", "\n\n\n", "--out", str(tmp_path / "real")]) == 0
+    typed, real = (json.loads((tmp_path / d / "manifest.json").read_text()) for d in ("typed", "real"))
+    assert typed["doc_separator"] == "\n\n\n" and typed["train_documents"] + typed["val_documents"] == 300
+    assert typed["shards"] == real["shards"]  # the same bytes
+
+
+def test_a_separator_that_never_matches_is_reported_and_one_big_text_holds_out_its_tail(data_dir, tmp_path, capsys):
+    from conftest import make_corpus
+    from tstrain.data import TokenData
+    from tstrain.prepare import is_validation_doc, prepare_data
+
+    text = make_corpus(tmp_path / "one big file.txt", docs=300)
+    with pytest.warns(UserWarning, match=r"--doc-separator '@@@' occurs in none of the 1 text inputs"):
+        m = prepare_data([text], tmp_path / "data", tokenizer=data_dir / "tokenizer.json", doc_separator="@@@",
+                         val_fraction=0.05, progress=False)
+    assert "1 document too few to hold any out whole: the validation split is the last" in capsys.readouterr().out
+    assert is_validation_doc(0, 0.5, 0)  # a split that holds the one document out: it trains, less its tail
+    whole = prepare_data([text], tmp_path / "whole", tokenizer=data_dir / "tokenizer.json", val_fraction=0.5,
+                         progress=False, seed=0)
+    data, ref = TokenData(tmp_path / "data"), TokenData(tmp_path / "whole")
+    stream = list(data.train[:]) + list(data.val[:])
+    assert stream == list(ref.train[:]) + list(ref.val[:])  # the stream, cut in two
+    assert m["val_from_tail"] == len(data.val) == round(0.05 * len(stream)) and m["train_documents"] == 1
+    assert whole["val_from_tail"] == round(0.5 * len(stream))
+    data.verify()  # hashes and largest ids of the rewritten shards are the manifest's
+
+
+def test_eos_text_inside_a_document_is_warned_about(data_dir, tmp_path):
+    from tstrain.prepare import prepare_data
+
+    text = tmp_path / "c.txt"
+    text.write_text("the cat sat <|endoftext|> on the mat\n\n\n" * 40 + "the dog ran <|endoftext|>\n\n\n" * 40)
+    with pytest.warns(UserWarning, match=r"holds the EOS token's text '<\|endoftext\|>' 80 times"):
+        m = prepare_data([text], tmp_path / "data", tokenizer=data_dir / "tokenizer.json", doc_separator="\n\n\n",
+                         val_fraction=0.2, progress=False)
+    assert m["eos_in_text"] == 80

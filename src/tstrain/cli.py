@@ -70,6 +70,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, object]:
 
 def cmd_prepare_data(args: argparse.Namespace) -> int:
     from .prepare import prepare_data
+    from .text_sources import unescape_separator
 
     manifest = prepare_data(
         args.input,
@@ -79,7 +80,7 @@ def cmd_prepare_data(args: argparse.Namespace) -> int:
         eos_token=args.eos_token,
         val_fraction=args.val_fraction,
         seed=args.seed,
-        doc_separator=args.doc_separator,
+        doc_separator=unescape_separator(args.doc_separator) if args.doc_separator else None,
         progress=not args.no_progress,
         overwrite=args.overwrite,
         max_bad_text=args.max_bad_text,
@@ -326,7 +327,8 @@ def _add_data_verbs(sub) -> None:
                    help="train a byte-level BPE of this vocabulary size")
     p.add_argument("--eos-token", help="end-of-text token (default: found among the usual names)")
     p.add_argument("--val-fraction", type=float, default=0.01, help="fraction of documents held out for validation")
-    p.add_argument("--doc-separator", help="split .txt files into documents on this string")
+    p.add_argument("--doc-separator",
+                   help="split .txt files into documents on this string; \\n, \\t, \\r and \\\\ are read as escapes")
     p.add_argument("--text-field", default="text",
                    help="the field (JSON) or column (parquet, datasets) that holds the text")
     p.add_argument("--overwrite", action="store_true", help="replace an existing data dir (runs may depend on it)")

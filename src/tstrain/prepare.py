@@ -201,6 +201,7 @@ def prepare_data(
         stats = TextStats()  # counted on the pass that writes the tokens (documents skipped on resume included)
         docs = iter_documents(files, doc_separator, stats, text_field)
         _tokenize(out, state, docs, job, workers, batch_chars, progress, on_part)
+        _hold_out_tail(out, state, val_fraction)
         manifest = _manifest(state, vocab_size, (eos_name, eos_id), stats.replaced)
         _check_result(out, manifest, stats, max_bad_text)
         write_text_atomic(out / MANIFEST, json.dumps(manifest, indent=2) + "\n")
@@ -350,6 +351,7 @@ class _Encoded(NamedTuple):
     tops: np.ndarray  # (documents,) the largest id of each document
     is_val: np.ndarray  # (documents,) bool: held out
     text_bytes: int  # UTF-8 bytes of the batch's text (the progress bar's unit)
+    eos_inside: np.ndarray  # (documents,) how often the EOS token's text occurs inside each document
 
 
 class _Encoder:
@@ -372,8 +374,9 @@ class _Encoder:
             tokens[start : start + len(doc)] = doc  # an id past the dtype raises instead of wrapping
         tokens[offsets[1:] - 1] = self.job.eos_id
         is_val = [is_validation_doc(first + i, self.job.val_fraction, self.job.seed) for i in range(len(docs))]
+        eos_inside = np.add.reduceat((tokens == self.job.eos_id).astype(np.int64), offsets[:-1]) - 1
         return _Encoded(tokens, offsets, np.maximum.reduceat(tokens, offsets[:-1]), np.array(is_val, dtype=bool),
-                        sum(len(d.encode("utf-8", errors="replace")) for d in docs))
+                        sum(len(d.encode("utf-8", errors="replace")) for d in docs), eos_inside)
 
 
 _WORKER: _Encoder | None = None  # a pool process's encoder, made once by _start_worker
@@ -489,6 +492,7 @@ class _Part:
 
     def __init__(self, out: Path, index: int, first: int):
         self.index, self.first, self.end = index, first, first
+        self.eos_in_text = 0  # EOS tokens inside the documents' text (each ends a document there)
         self.shards = {split: _ShardWriter(out / shard_name(split, index)) for split in SPLITS}
 
     def fitting(self, batch: _Encoded, start: int, limit: int) -> int:
@@ -509,6 +513,7 @@ class _Part:
                 ids = tokens if mine.all() else tokens[np.repeat(mine, np.diff(batch.offsets[a : b + 1]))]
                 self.shards[split].write(ids, int(mine.sum()), int(batch.tops[a:b][mine].max()))
         self.end += b - a
+        self.eos_in_text += int(batch.eos_inside[a:b].sum())
 
 
 def _tokenize(out: Path, state: dict, docs: Iterator[str], job: _Job, workers: int, batch_chars: int,
@@ -548,7 +553,7 @@ def _tokenize(out: Path, state: dict, docs: Iterator[str], job: _Job, workers: i
 
 def _record_part(out: Path, state: dict, part: _Part, on_part: Callable[[int], None] | None) -> None:
     """Close a part's shards and record it as done in the progress file."""
-    record = {"first_document": part.first, "end_document": part.end}
+    record = {"first_document": part.first, "end_document": part.end, "eos_in_text": part.eos_in_text}
     record.update({split: shard.close() for split, shard in part.shards.items()})
     faults.maybe_die("prepare", part.index)  # its files are in place but the progress file does not list them
     state["parts"].append(record)
@@ -556,6 +561,50 @@ def _record_part(out: Path, state: dict, part: _Part, on_part: Callable[[int], N
     write_text_atomic(out / STATE, json.dumps(state, indent=1) + "\n")
     if on_part is not None:
         on_part(part.index)
+
+
+def _hold_out_tail(out: Path, state: dict, val_fraction: float) -> None:
+    """When the split by document left one side empty (too few documents, such as one big .txt), make the
+    validation split of the last ``val_fraction`` of the token stream instead, and say so.
+
+    The held-out tail is cut from the last training shards (a document may be cut in two); each part's
+    ``val`` file takes the tail of its ``train`` file. ``state["val_from_tail"]`` records the tokens moved.
+    """
+    parts = [p for p in state["parts"] if p["train"] or p["val"]]
+    if all(p["train"] is None for p in parts):  # every document was held out: they train instead
+        for p in parts:
+            if p["val"]:
+                name = p["val"]["file"].replace("val", "train", 1)
+                os.replace(out / p["val"]["file"], out / name)
+                p["train"], p["val"] = {**p["val"], "file": name}, None
+    total = sum(p["train"]["tokens"] for p in parts if p["train"])
+    if any(p["val"] for p in parts) or total < 2:
+        return
+    need = min(max(1, round(val_fraction * total)), total - 1)
+    state["val_from_tail"] = need
+    dtype = np.dtype(state["dtype"])
+    for p in reversed(parts):
+        if need == 0:
+            break
+        shard = p["train"]
+        ids = np.memmap(out / shard["file"], dtype=dtype, mode="r")
+        take = min(need, ids.size)
+        p["val"] = _rewrite(out / shard["file"].replace("train", "val", 1), ids[ids.size - take :], 1)
+        p["train"] = _rewrite(out / shard["file"], ids[: ids.size - take], shard["documents"]) if take < ids.size \
+            else None
+        if p["train"] is None:
+            (out / shard["file"]).unlink()
+        need -= take
+    documents = sum(p["end_document"] - p["first_document"] for p in state["parts"])
+    print(f"{documents} document{'s' if documents != 1 else ''} too few to hold any out whole: the validation split "
+          f"is the last {state['val_from_tail']:,} tokens ({val_fraction:g}) of the token stream instead")
+
+
+def _rewrite(path: Path, ids: np.ndarray, documents: int) -> dict:
+    """Write ``ids`` as the shard ``path`` (through a temporary file and a rename); return its manifest entry."""
+    writer = _ShardWriter(path)
+    writer.write(np.ascontiguousarray(ids), documents, int(ids.max()))
+    return writer.close()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -584,6 +633,8 @@ def _manifest(state: dict, vocab_size: int, eos: tuple[str, int], replaced: int)
         "seed": settings["seed"],
         "tokenizer_sha256": state["tokenizer_sha256"],
         "replaced_characters": replaced,
+        "val_from_tail": state.get("val_from_tail", 0),
+        "eos_in_text": sum(p.get("eos_in_text", 0) for p in state["parts"]),
         "text_field": settings["text_field"],
         "doc_separator": settings["doc_separator"],
         "shard_tokens": settings["shard_tokens"],
@@ -612,3 +663,11 @@ def _check_result(out: Path, manifest: dict, stats: TextStats, max_bad_text: flo
     if stats.replaced:
         warnings.warn(f"{stats.replaced:,} characters ({share:.4%}) were not valid UTF-8 and became U+FFFD",
                       stacklevel=3)
+    separator = manifest["doc_separator"]
+    if separator and stats.text_files and not stats.separated_files:
+        warnings.warn(f"--doc-separator {separator!r} occurs in none of the {stats.text_files} text inputs, so each "
+                      "is one document; check the separator (on a command line \\n is a newline)", stacklevel=3)
+    if manifest["eos_in_text"]:
+        warnings.warn(f"the text holds the EOS token's text {manifest['eos_token']!r} {manifest['eos_in_text']:,} "
+                      "times, and each became an end of document there; remove it from the text (or name another "
+                      "--eos-token) if it is not meant as one", stacklevel=3)

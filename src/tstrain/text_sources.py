@@ -24,11 +24,14 @@ COMPRESSED = (".gz", ".zst")
 
 
 class TextStats:
-    """Characters read and characters that were not valid UTF-8 (decoded as U+FFFD)."""
+    """Characters read, characters that were not valid UTF-8 (decoded as U+FFFD), and text files the
+    document separator split."""
 
     def __init__(self) -> None:
         self.chars = 0
         self.replaced = 0
+        self.text_files = 0  # plain-text inputs read
+        self.separated_files = 0  # of which the document separator split at least once
 
     def decode(self, raw: bytes) -> str:
         """Return ``raw`` decoded as UTF-8, counting the bytes that were not valid UTF-8."""
@@ -87,7 +90,27 @@ def _text_documents(p: Path, doc_separator: str | None, stats: TextStats) -> Ite
     if "\x00" in text:
         raise DataError(f"{p} holds NUL bytes: it is a binary file, not text; leave it out of --input")
     parts = text.split(doc_separator) if doc_separator else [text]
+    stats.text_files += 1
+    stats.separated_files += len(parts) > 1
     yield from (t for t in parts if t.strip())
+
+
+ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}
+
+
+def unescape_separator(flag: str) -> str:
+    """Return a ``--doc-separator`` as typed on a command line with its escapes read: ``\\n`` (a backslash
+    and an n, which a shell passes as they are) is a newline, ``\\t`` a tab, ``\\r`` a carriage return and
+    ``\\\\`` one backslash; any other backslash stays as it is."""
+    out, i = [], 0
+    while i < len(flag):
+        if flag[i] == "\\" and i + 1 < len(flag) and flag[i + 1] in ESCAPES:
+            out.append(ESCAPES[flag[i + 1]])
+            i += 2
+        else:
+            out.append(flag[i])
+            i += 1
+    return "".join(out)
 
 
 def _json_documents(p: Path, field: str, stats: TextStats) -> Iterator[str]:
