@@ -363,3 +363,142 @@ def test_eos_text_inside_a_document_is_warned_about(data_dir, tmp_path):
         m = prepare_data([text], tmp_path / "data", tokenizer=data_dir / "tokenizer.json", doc_separator="\n\n\n",
                          val_fraction=0.2, progress=False)
     assert m["eos_in_text"] == 80
+
+
+# ----------------------------------------------------------------------------------------------
+# Rough edges: every value and every cut-short file ends in one line
+# ----------------------------------------------------------------------------------------------
+
+
+def refused(capsys, args, *fragments):
+    """Like one_line_error, also for errors argparse finds (it exits instead of returning)."""
+    try:
+        code = main(args)
+    except SystemExit as e:
+        code = e.code
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "Traceback" not in err, err
+    for fragment in fragments:
+        assert fragment in err, err
+
+
+def test_non_finite_and_out_of_range_values_are_one_line_errors(data_dir, tmp_path, capsys):
+    data, tok, out = str(data_dir), str(data_dir / "tokenizer.json"), str(tmp_path / "never")
+    text = str(tmp_path / "c.txt")
+    (tmp_path / "c.txt").write_text("the cat sat on the mat\n\n\n" * 50)
+    prep = ["prepare-data", "--input", text, "--tokenizer", tok, "--out", out, "--no-progress"]
+    train = ["train", "--preset", "tiny", "--data", data, "--out", out, "--no-progress"]
+    experiment = ["--preset", "tiny", "--data", data, "--out", out, "--no-progress"]
+    cases = [
+        (prep + ["--val-fraction", "nan"], "argument --val-fraction: not a finite number: 'nan'"),
+        (prep + ["--max-bad-text", "inf"], "argument --max-bad-text: not a finite number: 'inf'"),
+        (prep + ["--max-bad-text", "-1"], "--max-bad-text is a share of the characters, in [0, 1]; got -1.0"),
+        (["prepare-data", "--input", text, "--train-tokenizer", "99999999999", "--out", out],
+         "--train-tokenizer 99,999,999,999 is past the largest vocabulary"),
+        (train + ["--lr", "nan"], "optim.lr must be a finite number; got nan"),
+        (train + ["--ratio", "nan"], "tst.ratio must be a finite number; got nan"),
+        (train + ["--set", "optim.eps=nan"], "optim.eps must be a finite number; got 'nan'"),
+        (train + ["--set", "model.init_std=inf"], "model.init_std must be a finite number; got 'inf'"),
+        (train + ["--set", "optim.weight_decay=-inf"], "optim.weight_decay must be a finite number"),
+        (["sweep", *experiment, "--ratios", "0.3,nan"], "--ratios values must be finite and at least 0; got nan"),
+        (["sweep", *experiment, "--bag-sizes", "two"], "--bag-sizes takes comma-separated whole numbers; got 'two'"),
+        (["scale", "--data", data, "--out", out, "--arms", "4:nan"], "--arms takes S:R pairs with S >= 1"),
+        (["scale", "--data", data, "--out", out, "--steps", "abc"], "--steps takes comma-separated whole numbers"),
+        (["scale", "--data", data, "--out", out, "--repeat-within", "nan"], "argument --repeat-within: not a finite"),
+        (["generate", str(tmp_path), "--prompt", "a", "--temperature", "inf"], "argument --temperature: not a finite"),
+        (["eval", str(tmp_path), "--data", data, "--batch-size", "0"], "--batch-size >= 1"),
+        (["info", "--preset", "tiny", "--vocab-size", "-1"], "--vocab-size must be >= 1; got -1"),
+        (["mi", "--data", data, "--out", out, "--max-distance", "0"], "--max-distance and --bag-size must be >= 1"),
+        (["mi", "--data", data, "--out", out, "--sample-tokens", "-1"], "--sample-tokens above --max-distance + 1"),
+        (["train"], "the following arguments are required: --out; see `tstrain train --help`"),
+        (["train", "--out", out, "--bogus-flag"], "unrecognized arguments: --bogus-flag; see `tstrain"),
+    ]
+    for args, fragment in cases:
+        refused(capsys, args, fragment)
+    assert not (tmp_path / "never").exists()
+
+
+def test_files_cut_short_are_one_line_errors(finished_run, data_dir, tmp_path, capsys):
+    import gzip
+    import random
+    import shutil
+
+    def cut(path, keep=0.5):
+        path.write_bytes(path.read_bytes()[: int(path.stat().st_size * keep)])
+
+    rng = random.Random(0)
+    lines = "".join(json.dumps({"text": " ".join(rng.choice(["cat", "dog", "sat", "the"]) for _ in range(30))}) + "\n"
+                    for _ in range(3000))
+    packed = tmp_path / "c.jsonl.gz"
+    packed.write_bytes(gzip.compress(lines.encode()))
+    cut(packed)
+    out = tmp_path / "never"
+    refused(capsys, ["prepare-data", "--input", str(packed), "--tokenizer", str(data_dir / "tokenizer.json"),
+                     "--out", str(out), "--no-progress"], f"{packed} ends early or is corrupt after line")
+    assert not out.exists()  # a failed prepare-data leaves no dir it created
+    (tmp_path / "blob.txt").write_bytes(b"\x00" * 100 + b"the cat")
+    refused(capsys, ["prepare-data", "--input", str(tmp_path / "blob.txt"), "--tokenizer",
+                     str(data_dir / "tokenizer.json"), "--out", str(out), "--no-progress"], "NUL bytes")
+    assert not out.exists()
+    for name, fragment in (("data.json", "data.json is not valid JSON"),
+                           ("final/model.safetensors", "a file is cut short or corrupt"),
+                           ("final/tokenizer.json", "final/tokenizer.json is not a readable tokenizer.json")):
+        run = shutil.copytree(finished_run, tmp_path / name.replace("/", "-"))
+        if name == "final/tokenizer.json":
+            (run / "tokenizer.json").unlink()  # a run from before runs kept their own
+        cut(run / name)
+        refused(capsys, ["generate", str(run), "--prompt", "the cat"], fragment)
+    data = shutil.copytree(data_dir, tmp_path / "data")
+    manifest = json.loads((data / "manifest.json").read_text())
+    manifest["shards"]["train"][0]["tokens"] = "many"
+    (data / "manifest.json").write_text(json.dumps(manifest))
+    refused(capsys, ["verify-data", str(data)], "manifest.json lacks or garbles a field")
+
+
+def test_skipped_steps_leave_valid_json_and_are_counted_in_the_summary(tiny_cfg, tmp_path):
+    import math
+
+    from tstrain.train import step_loss, train
+
+    count = {"n": 0}
+
+    def poisoned(parts, pieces, cfg):
+        count["n"] += 1
+        loss = step_loss(parts, pieces, cfg)
+        return loss * math.nan if count["n"] in (2, 4) else loss
+
+    train(tiny_cfg(**{"train.steps": 6, "tst.ratio": 0.5, "train.skip_nonfinite": True}), tmp_path / "run",
+          loss_fn=poisoned)
+
+    def no_nan(name):
+        raise ValueError(f"bare {name} in metrics.jsonl")
+
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    rows = [json.loads(line, parse_constant=no_nan) for line in lines]  # strict JSON: every line parses
+    assert [r["loss"] is None for r in rows if "loss" in r] == [False, True, False, True, False, False]
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["skipped_steps"] == 2
+
+
+def test_sigterm_stops_a_run_with_the_command_that_continues_it(data_dir, tmp_path):
+    run = tmp_path / "run"
+    args = [sys.executable, "-m", "tstrain", "train", "--preset", "tiny", "--data", str(data_dir), "--out", str(run),
+            "--no-progress", "--set", "train.steps=100000", "--set", "train.checkpoint_every=20",
+            "--set", "train.eval_every=0", "--set", "data.max_epochs=100000"]
+    proc = subprocess.Popen(args, env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: (run / "checkpoints").is_dir() and any((run / "checkpoints").iterdir()), "a checkpoint")
+    proc.send_signal(signal.SIGTERM)
+    err = proc.communicate(timeout=120)[1].strip()
+    assert proc.returncode == 143, err
+    assert "Traceback" not in err, err
+    err = err.splitlines()[-1]  # after the warning that so long a run rereads its data
+    assert "tstrain train: stopped (SIGTERM). the newest checkpoint is step-" in err, err
+    assert f"continue with `tstrain train --out {run} --resume`" in err, err
+
+
+def test_a_closed_pipe_ends_batch_quietly(data_dir, tmp_path):
+    shell = (f"{sys.executable} -m tstrain batch --preset tiny --data '{data_dir}' --step 0 --text "
+             "--set train.batch_size=4096 | head -1; exit ${PIPESTATUS[0]}")
+    done = subprocess.run(["bash", "-c", shell], env=child_env(), capture_output=True, text=True, timeout=120)
+    assert done.stdout.startswith("step 0") and done.stderr == "", done.stderr
+    assert done.returncode == 141  # as a program killed by SIGPIPE: the reader closed the pipe

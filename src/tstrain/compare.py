@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from .config import Config
+from .errors import ConfigError
 from .experiments import baseline_of, decay_start, first_reaching, phase1_step_value, run_or_reuse, val_rows, value_at
+from .fileio import read_json
 from .phases import window_schedule
 from .run_lock import locked
 
@@ -54,7 +56,8 @@ def analyse(run_dirs: dict[str, Path], switch_step: int, decay: int) -> dict[str
     """Return the comparison figures from finished runs (``baseline``, ``tst``, optional
     ``baseline-equal-data``); ``decay`` is the first step of the LR decay."""
     rows = {name: val_rows(d) for name, d in run_dirs.items()}
-    summaries = {name: json.loads((d / "summary.json").read_text()) for name, d in run_dirs.items()}
+    summaries = {name: read_json(d / "summary.json", ConfigError, "run the same command again to finish that run")
+                 for name, d in run_dirs.items()}
     base, tst = rows["baseline"], rows["tst"]
     target = base[-1]["val_loss"]
     out: dict[str, Any] = {"switch_step": switch_step, "runs": {}}

@@ -70,7 +70,11 @@ def check_same_tokenizer(tokenizer_file: Path | None, data: TokenData) -> None:
 
     if tokenizer_file is None:
         return  # a bare model dir without tokenizer files: nothing to compare
-    ours, theirs = Tokenizer.from_file(str(tokenizer_file)), Tokenizer.from_file(str(data.path / "tokenizer.json"))
+    try:
+        ours, theirs = Tokenizer.from_file(str(tokenizer_file)), Tokenizer.from_file(str(data.path / "tokenizer.json"))
+    except Exception as e:  # the tokenizers library raises a bare Exception for a file it cannot parse
+        raise DataError(f"cannot read the model's tokenizer {tokenizer_file} ({str(e)[:200]}): it is cut short or "
+                        "corrupt; export the model again") from None
     if ours.get_vocab() != theirs.get_vocab():
         raise DataError(
             f"{data.path} was prepared with another tokenizer than the model's ({tokenizer_file}): its token ids mean "
@@ -91,8 +95,9 @@ def evaluate(model_dir: str | Path, data_dir: str | Path, seq_len: int = 0, wind
     if settings is not None:
         seq_len, windows = seq_len or settings.train.seq_len, windows or settings.data.val_windows
     windows = windows or 64
-    if seq_len < 0 or windows < 0:
-        raise ConfigError(f"--seq-len and --windows must be >= 0 (0: the run's own); got {seq_len}, {windows}")
+    if seq_len < 0 or windows < 0 or batch_size < 1:
+        raise ConfigError(f"--seq-len and --windows must be >= 0 (0: the run's own) and --batch-size >= 1; got "
+                          f"{seq_len}, {windows}, {batch_size}")
     model, tokenizer_file, _ = load_trained_model(model_dir)
     model = model.to(device)
     data = TokenData(data_dir)

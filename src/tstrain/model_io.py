@@ -22,7 +22,7 @@ from . import checkpoint as ckpt
 from .config import Config, load_config
 from .data import MANIFEST as DATA_MANIFEST
 from .errors import CheckpointError
-from .fileio import sha256_file
+from .fileio import read_json, sha256_file
 from .models import build_model
 
 RUN_CONFIG = "config.toml"
@@ -59,6 +59,30 @@ def check_model_dir(path: Path) -> None:
         raise CheckpointError(f"{path} holds {held}; export the model as safetensors (`tstrain export RUN --out DIR`)")
 
 
+def _from_pretrained(path: Path) -> torch.nn.Module:
+    """Return the model of a checked model dir (``check_model_dir``): safetensors only, no code of its own."""
+    from safetensors import SafetensorError
+    from transformers import AutoModelForCausalLM
+
+    try:
+        return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, trust_remote_code=False,
+                                                    use_safetensors=True, local_files_only=True)
+    except (OSError, ValueError, SafetensorError) as e:
+        raise CheckpointError(f"cannot load the model in {path} ({str(e).splitlines()[0][:200]}): a file is cut short "
+                              "or corrupt; export it again from its run (`tstrain export RUN --out DIR`)") from None
+
+
+def fast_tokenizer(tokenizer_file: Path, eos_token: str | None):
+    """Return ``transformers``' fast tokenizer over a ``tokenizer.json``; a file that does not parse is one line."""
+    from transformers import PreTrainedTokenizerFast
+
+    try:
+        return PreTrainedTokenizerFast(tokenizer_file=str(tokenizer_file), eos_token=eos_token)
+    except Exception as e:  # the tokenizers library raises a bare Exception for a file it cannot parse
+        raise CheckpointError(f"{tokenizer_file} is not a readable tokenizer.json ({str(e).splitlines()[0][:200]}): "
+                              "it is cut short or corrupt; restore it from the run's data dir") from None
+
+
 def _json_or_empty(path: Path) -> dict:
     try:
         found = json.loads(path.read_text())
@@ -79,7 +103,7 @@ def run_tokenizer(run: Path) -> tuple[Path | None, str | None]:
     The run's own copy (``RUN/tokenizer.json``) first, then its ``final/`` model's; a run made before
     it kept a copy falls back on its data dir's file, if that is still the one recorded in ``data.json``.
     """
-    record = json.loads((run / RUN_DATA).read_text()) if (run / RUN_DATA).is_file() else {}
+    record = read_json(run / RUN_DATA, CheckpointError, "restore it") if (run / RUN_DATA).is_file() else {}
     want, eos = record.get("tokenizer_sha256"), record.get("eos_token")
     own = run / TOKENIZER
     if own.is_file():
@@ -143,7 +167,6 @@ def load_trained_model(source: str | Path) -> tuple[torch.nn.Module, Path | None
 
     The model is in float32 on the CPU, in eval mode.
     """
-    from transformers import AutoModelForCausalLM
 
     quiet_transformers()
     path = Path(source)
@@ -161,8 +184,7 @@ def load_trained_model(source: str | Path) -> tuple[torch.nn.Module, Path | None
         check_model_dir(path)
         run = path.parent if (path.parent / RUN_CONFIG).is_file() else None
         tokenizer, eos = _tokenizer_of(run, path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, trust_remote_code=False,
-                                                     use_safetensors=True, local_files_only=True)
+        model = _from_pretrained(path)
     elif (path / "state.json").is_file():
         ckpt.verify_checkpoint(path)
         run = path.parent.parent
@@ -204,9 +226,7 @@ def export_hf(model, out_dir: Path, tokenizer_file: Path | None = None, eos_toke
     out_dir.mkdir(parents=True, exist_ok=True)
     tok = None
     if tokenizer_file is not None and tokenizer_file.is_file():
-        from transformers import PreTrainedTokenizerFast
-
-        tok = PreTrainedTokenizerFast(tokenizer_file=str(tokenizer_file), eos_token=eos_token)
+        tok = fast_tokenizer(tokenizer_file, eos_token)
         if tok.eos_token_id is not None:
             model.config.eos_token_id = tok.eos_token_id
             if getattr(model, "generation_config", None) is not None:
@@ -230,7 +250,5 @@ def load_model_dir(source: str | Path, device: str = "cpu", with_tokenizer: bool
     if with_tokenizer:
         if tokenizer_file is None:
             raise CheckpointError(f"{source} has no tokenizer files; re-export it with `tstrain export`")
-        from transformers import PreTrainedTokenizerFast
-
-        tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(tokenizer_file), eos_token=eos)
+        tokenizer = fast_tokenizer(tokenizer_file, eos)
     return model.to(device), tokenizer

@@ -62,6 +62,7 @@ SHARD_TOKENS = 1 << 29  # the default shard: 1.07 GB of uint16 ids (2.1 GB of ui
 BATCH_CHARS = 1 << 20  # text per batch sent to a worker: large enough to amortise the hand-over
 IN_FLIGHT_CHARS = 16 << 20  # text per worker read ahead of the writing (see _encoded)
 TOKEN_FILE = re.compile(r"(train|val)(-\d+)?\.bin(\.tmp)?")
+MAX_TRAINED_VOCAB = 1 << 21  # the BPE trainer allocates tables of the vocabulary's size up front
 EOS_CANDIDATES = ("<|endoftext|>", "</s>", "<|end_of_text|>", "<eos>", "<|im_end|>")
 
 
@@ -169,7 +170,7 @@ def prepare_data(
     recorded (a seam for tests).
     """
     files = _check_inputs(inputs)
-    _check_numbers(tokenizer, train_tokenizer, val_fraction, workers, shard_tokens)
+    _check_numbers(tokenizer, train_tokenizer, val_fraction, workers, shard_tokens, max_bad_text)
     tok = None
     if not train_tokenizer:
         tok, eos_token = _load_tokenizer(tokenizer, eos_token)
@@ -230,10 +231,16 @@ def _check_inputs(inputs: Sequence[str | Path]) -> list[Path]:
     return files
 
 
-def _check_numbers(tokenizer, train_tokenizer: int, val_fraction: float, workers: int, shard_tokens: int) -> None:
+def _check_numbers(tokenizer, train_tokenizer: int, val_fraction: float, workers: int, shard_tokens: int,
+                   max_bad_text: float) -> None:
     """Refuse settings that cannot work, before anything is written."""
     if (tokenizer is None) == (not train_tokenizer):
         raise DataError("give exactly one of --tokenizer FILE or --train-tokenizer VOCAB_SIZE")
+    if train_tokenizer > MAX_TRAINED_VOCAB:
+        raise DataError(f"--train-tokenizer {train_tokenizer:,} is past the largest vocabulary tstrain trains "
+                        f"({MAX_TRAINED_VOCAB:,}): vocabularies in use are 32K-256K")
+    if not 0.0 <= max_bad_text <= 1.0:  # also false for nan
+        raise DataError(f"--max-bad-text is a share of the characters, in [0, 1]; got {max_bad_text}")
     if not 0.0 < val_fraction < 1.0:
         raise DataError(f"--val-fraction must be in (0, 1); got {val_fraction}")
     if not isinstance(workers, int) or workers < 1:

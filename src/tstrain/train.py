@@ -32,7 +32,7 @@ from .data import TokenData
 from .errors import CheckpointError, ConfigError, DataError, TrainingError, TstrainError
 from .evaluation import validation_loss
 from .faults import maybe_die
-from .fileio import sha256_file, write_text_atomic
+from .fileio import read_json, sha256_file, write_text_atomic
 from .metrics import MetricsLog, Progress, device_peak_flops
 from .model_io import TOKENIZER as RUN_TOKENIZER
 from .model_io import export_hf
@@ -310,6 +310,7 @@ class RunSummary:
     data_tokens: int
     flops: float
     wall_time: float
+    skipped_steps: int = 0  # steps whose loss or gradient was not finite, not applied (train.skip_nonfinite)
 
     def to_dict(self) -> dict[str, Any]:
         return {**self.__dict__, "run_dir": str(self.run_dir)}
@@ -389,7 +390,7 @@ class Trainer:
         saved = self.run / DATA_IDENTITY
         if not saved.is_file():
             return
-        was = json.loads(saved.read_text())
+        was = read_json(saved, DataError, "restore it, or start a new run in another --out")
         diffs = data_differences(was, self.data.identity)
         if diffs:
             raise DataError(
@@ -610,11 +611,11 @@ class Trainer:
         weights = ckpt.full_model_state_dict(self.model) if self.ctx.distributed else None
         s = self.state
         summary = RunSummary(self.run, last_val, self.cfg.train.steps, self.cfg.switch_step, s.data_tokens, s.flops,
-                             self.elapsed())
+                             self.elapsed(), s.skipped_steps)
         if self.ctx.is_main:
             export_hf(self.model, self.run / "final", self.run / RUN_TOKENIZER, self.data.manifest.get("eos_token"),
                       weights)
-            (self.run / "summary.json").write_text(json.dumps(summary.to_dict(), indent=2) + "\n")
+            write_text_atomic(self.run / "summary.json", json.dumps(summary.to_dict(), indent=2) + "\n")
         return summary
 
 
