@@ -5,12 +5,47 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import math
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from .config import field_help, load_config, preset_names
 from .errors import ConfigError, TstrainError
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with its errors on one line (the problem, and where the usage is), exit code 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}; see `{self.prog} --help`\n")
+
+
+def finite(text: str) -> float:
+    """Return a flag's value as a finite float (argparse type): nan and inf are refused."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"not a finite number: {text!r}")
+    return value
+
+
+def numbers(text: str, kind: type, flag: str, least: float) -> list:
+    """Return a comma-separated list flag's values (``kind``), each finite and at least ``least``."""
+    try:
+        values = [kind(x) for x in text.split(",")]
+    except ValueError:
+        what = "whole numbers" if kind is int else "numbers"
+        raise ConfigError(f"{flag} takes comma-separated {what}; got {text!r}") from None
+    bad = [v for v in values if not math.isfinite(v) or v < least]
+    if bad:
+        raise ConfigError(f"{flag} values must be finite and at least {least}; got {bad[0]} in {text!r}")
+    return values
+
 
 # Short flags for the fields people change most; every field also has --section.field.
 SHORT_FLAGS = {
@@ -71,6 +106,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, object]:
 
 def cmd_prepare_data(args: argparse.Namespace) -> int:
     from .prepare import prepare_data
+    from .text_sources import unescape_separator
 
     manifest = prepare_data(
         args.input,
@@ -80,7 +116,7 @@ def cmd_prepare_data(args: argparse.Namespace) -> int:
         eos_token=args.eos_token,
         val_fraction=args.val_fraction,
         seed=args.seed,
-        doc_separator=args.doc_separator,
+        doc_separator=unescape_separator(args.doc_separator) if args.doc_separator else None,
         progress=not args.no_progress,
         overwrite=args.overwrite,
         max_bad_text=args.max_bad_text,
@@ -129,7 +165,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from .sweep import sweep
 
     cfg = _config_with_data(args)
-    sweep(cfg, args.out, [int(x) for x in args.bag_sizes.split(",")], [float(x) for x in args.ratios.split(",")])
+    sweep(cfg, args.out, numbers(args.bag_sizes, int, "--bag-sizes", 1), numbers(args.ratios, float, "--ratios", 0))
     print((Path(args.out) / "sweep.md").read_text())
     return 0
 
@@ -167,9 +203,12 @@ def cmd_batch(args: argparse.Namespace) -> int:
 
 def _pairs(text: str) -> list[tuple[int, float]]:
     try:
-        return [(int(s), float(r)) for s, r in (item.split(":") for item in text.split(","))]
+        pairs = [(int(s), float(r)) for s, r in (item.split(":") for item in text.split(","))]
     except ValueError:
         raise ConfigError(f"--arms takes S:R pairs, e.g. 4:0.3,2:0.2; got {text!r}") from None
+    if not all(s >= 1 and 0 <= r < 1 for s, r in pairs):  # also false for nan
+        raise ConfigError(f"--arms takes S:R pairs with S >= 1 and R in [0, 1), e.g. 4:0.3; got {text!r}")
+    return pairs
 
 
 def cmd_scale(args: argparse.Namespace) -> int:
@@ -180,8 +219,11 @@ def cmd_scale(args: argparse.Namespace) -> int:
     if unknown:
         raise ConfigError(f"--sizes takes preset names; unknown: {', '.join(unknown)} "
                           f"(presets: {', '.join(preset_names())})")
-    scale_study(args.data, args.out, args.sizes.split(","), [int(n) for n in args.steps.split(",")], _pairs(args.arms),
-                [int(x) for x in args.seeds.split(",")], [float(x) for x in args.lrs.split(",")] if args.lrs else None,
+    if args.repeat_within < 0 or args.tune_steps < 1:
+        raise ConfigError(f"--repeat-within must be >= 0 and --tune-steps >= 1; got {args.repeat_within}, "
+                          f"{args.tune_steps}")
+    scale_study(args.data, args.out, args.sizes.split(","), numbers(args.steps, int, "--steps", 1), _pairs(args.arms),
+                numbers(args.seeds, int, "--seeds", 0), numbers(args.lrs, float, "--lrs", 0) if args.lrs else None,
                 args.tune_steps, overrides, args.repeat_within)
     print((Path(args.out) / "scale.md").read_text())
     return 0
@@ -262,6 +304,8 @@ def cmd_info(args: argparse.Namespace) -> int:
         vocab = vocab or padded_vocab(data_vocab, m.pad_vocab_multiple)
         note = f" (data: {data_vocab:,})"
     elif not vocab and not m.config_file:
+        if args.vocab_size < 1:
+            raise ConfigError(f"--vocab-size must be >= 1; got {args.vocab_size}")
         vocab, note = args.vocab_size, " (assumed: the preset follows the data; pass --data or --vocab-size)"
     info = model_info(m, vocab, cfg.train.seq_len)
     print(json.dumps(info, indent=2) if args.json else _format_info(info, note))
@@ -326,12 +370,13 @@ def _add_data_verbs(sub) -> None:
     p.add_argument("--train-tokenizer", type=int, metavar="VOCAB",
                    help="train a byte-level BPE of this vocabulary size")
     p.add_argument("--eos-token", help="end-of-text token (default: found among the usual names)")
-    p.add_argument("--val-fraction", type=float, default=0.01, help="fraction of documents held out for validation")
-    p.add_argument("--doc-separator", help="split .txt files into documents on this string")
+    p.add_argument("--val-fraction", type=finite, default=0.01, help="fraction of documents held out for validation")
+    p.add_argument("--doc-separator",
+                   help="split .txt files into documents on this string; \\n, \\t, \\r and \\\\ are read as escapes")
     p.add_argument("--text-field", default="text",
                    help="the field (JSON) or column (parquet, datasets) that holds the text")
     p.add_argument("--overwrite", action="store_true", help="replace an existing data dir (runs may depend on it)")
-    p.add_argument("--max-bad-text", type=float, default=0.001,
+    p.add_argument("--max-bad-text", type=finite, default=0.001,
                    help="refuse input whose share of characters that are not valid UTF-8 exceeds this")
     p.add_argument("--seed", type=int, default=0, help="seed of the validation split")
     p.add_argument("--workers", type=int, default=1,
@@ -402,7 +447,7 @@ def _add_experiment_verbs(sub) -> None:
     p.add_argument("--arms", default="4:0.3", help="TST settings as S:R pairs, each against the baseline")
     p.add_argument("--seeds", default="0,1",
                    help="seeds; cells after the first run only where a gap is within --repeat-within")
-    p.add_argument("--repeat-within", type=float, default=0.05,
+    p.add_argument("--repeat-within", type=finite, default=0.05,
                    help="repeat a cell on every seed when a gap is this close")
     p.add_argument("--lrs", help="tune each size's LR on its baseline over these values first (default: the preset's)")
     p.add_argument("--tune-steps", type=int, default=2000, help="steps of the LR-tuning baseline runs")
@@ -446,8 +491,8 @@ def _add_model_verbs(sub) -> None:
     p.add_argument("--prompt", required=True, help="text to continue")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--greedy", action="store_true", help="greedy decoding instead of sampling")
-    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
-    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling: smallest set of tokens with this mass")
+    p.add_argument("--temperature", type=finite, default=1.0, help="sampling temperature")
+    p.add_argument("--top-p", type=finite, default=1.0, help="nucleus sampling: smallest set of tokens with this mass")
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=cmd_generate)
@@ -457,8 +502,10 @@ def _add_model_verbs(sub) -> None:
     p.add_argument("model_dir", help="a Hugging Face model dir (tstrain export output, or a finished run dir)")
     p.add_argument("--data", required=True, help="prepared data dir (made with the model's tokenizer)")
     p.add_argument("--seq-len", type=int, default=0,
-                   help="positions per window (0: the model's max_position_embeddings)")
-    p.add_argument("--windows", type=int, default=64, help="validation windows (non-overlapping, from the start)")
+                   help="positions per window (0: a run's train.seq_len, else the model's max_position_embeddings)")
+    p.add_argument("--windows", type=int, default=0,
+                   help="validation windows, non-overlapping and spread evenly over the split "
+                        "(0: a run's data.val_windows, so it repeats the run's val_loss; else 64)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=cmd_eval)
@@ -473,7 +520,7 @@ def _add_model_verbs(sub) -> None:
     p.add_argument("--include-path", action="append", default=[], help="a folder of task YAML files (repeatable)")
     p.add_argument("--num-fewshot", type=int, default=None, help="few-shot examples (default: the task's, usually 0)")
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--limit", type=float, default=None, help="documents per task (a count, or a fraction < 1)")
+    p.add_argument("--limit", type=finite, default=None, help="documents per task (a count, or a fraction < 1)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--local-only", action="store_true",
                    help="index only local tasks, not lm-eval's built-in ones (faster)")
@@ -482,7 +529,7 @@ def _add_model_verbs(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tstrain",
+    parser = Parser(prog="tstrain",
                                      description="Pre-train language models with Token Superposition Training.")
     sub = parser.add_subparsers(dest="verb", required=True)
     for add in (_add_data_verbs, _add_training_verbs, _add_experiment_verbs, _add_inspection_verbs, _add_model_verbs):
@@ -536,20 +583,37 @@ def missing_extra(error: ModuleNotFoundError) -> str | None:
     return f"needs the {package} package, which the [{extra}] extra installs: pip install 'tstrain[{extra}]'"
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's or `kill`'s stop), raised where the process is so it stops as Ctrl-C does."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if main_thread else None
     try:
         check_extras(args.verb)
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # a closed pipe shows here, inside the handlers below, not at exit
+        return code
     except ModuleNotFoundError as e:
         fix = missing_extra(e)
         if fix is None:
             raise
         print(f"tstrain {args.verb}: error: {fix}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"tstrain {args.verb}: stopped (Ctrl-C). {_how_to_continue(args)}", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        how = "SIGTERM" if isinstance(e, Terminated) else "Ctrl-C"
+        if os.environ.get("RANK", "0") == "0":  # under torchrun, one message, not one per process
+            print(f"tstrain {args.verb}: stopped ({how}). {_how_to_continue(args)}", file=sys.stderr)
+        return 143 if isinstance(e, Terminated) else 130
+    except BrokenPipeError:  # `tstrain batch | head`: the reader has all it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python exits
+        return 141
     except OSError as e:  # the machine's, not the code's: a full disk, a missing or unwritable path
         where = f": {e.filename}" if e.filename else ""
         print(f"tstrain {args.verb}: error: {e.strerror or e}{where}", file=sys.stderr)
@@ -557,6 +621,9 @@ def main(argv: list[str] | None = None) -> int:
     except TstrainError as e:
         print(f"tstrain {args.verb}: error: {e}", file=sys.stderr)
         return 2
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

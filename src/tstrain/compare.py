@@ -13,8 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from .config import Config
+from .errors import ConfigError
 from .experiments import baseline_of, decay_start, first_reaching, phase1_step_value, run_or_reuse, val_rows, value_at
+from .fileio import read_json
 from .phases import window_schedule
+from .run_lock import locked
 
 
 @dataclass
@@ -53,7 +56,8 @@ def analyse(run_dirs: dict[str, Path], switch_step: int, decay: int) -> dict[str
     """Return the comparison figures from finished runs (``baseline``, ``tst``, optional
     ``baseline-equal-data``); ``decay`` is the first step of the LR decay."""
     rows = {name: val_rows(d) for name, d in run_dirs.items()}
-    summaries = {name: json.loads((d / "summary.json").read_text()) for name, d in run_dirs.items()}
+    summaries = {name: read_json(d / "summary.json", ConfigError, "run the same command again to finish that run")
+                 for name, d in run_dirs.items()}
     base, tst = rows["baseline"], rows["tst"]
     target = base[-1]["val_loss"]
     out: dict[str, Any] = {"switch_step": switch_step, "runs": {}}
@@ -203,17 +207,16 @@ def plot(run_dirs: dict[str, Path], labels: dict[str, str], switch_step: int, ou
 def compare(cfg: Config, out_dir: str | Path, equal_data: bool = False,
             command: str = "tstrain compare") -> dict[str, Any]:
     """Train (or reuse) the runs of a comparison and write report.md, comparison.json and plots."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    runs = plan_runs(cfg, equal_data)
-    dirs = {spec.name: out / spec.name for spec in runs}
-    for spec in runs:
-        print(f"{spec.name}: {spec.label}")
-        run_or_reuse(spec.config, dirs[spec.name])
-    labels = {s.name: s.label for s in runs}
-    result = analyse(dirs, cfg.switch_step, decay_start(cfg))
-    result["labels"] = labels
-    (out / "comparison.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / "report.md").write_text(report_markdown(result, labels, command))
-    plot(dirs, labels, cfg.switch_step, out)
-    return result
+    with locked(out_dir, "comparison dir") as out:
+        runs = plan_runs(cfg, equal_data)
+        dirs = {spec.name: out / spec.name for spec in runs}
+        for spec in runs:
+            print(f"{spec.name}: {spec.label}")
+            run_or_reuse(spec.config, dirs[spec.name])
+        labels = {s.name: s.label for s in runs}
+        result = analyse(dirs, cfg.switch_step, decay_start(cfg))
+        result["labels"] = labels
+        (out / "comparison.json").write_text(json.dumps(result, indent=2) + "\n")
+        (out / "report.md").write_text(report_markdown(result, labels, command))
+        plot(dirs, labels, cfg.switch_step, out)
+        return result

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import tomllib
 import types
 import typing
@@ -361,9 +362,14 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
                 raise ValueError
             return int(value)
         if hint is float:
-            return float(value)
+            number = float(value)
+            if not math.isfinite(number):
+                raise ConfigError(f"{key} must be a finite number; got {value!r}")
+            return number
         return str(value)
-    except (TypeError, ValueError, KeyError):
+    except (TypeError, ValueError, KeyError) as e:
+        if isinstance(e, ConfigError):
+            raise
         raise ConfigError(f"{key} must be a {hint.__name__}; got {value!r}") from None
 
 
@@ -412,7 +418,7 @@ def load_config(preset: str | None = None, config_file: str | Path | None = None
             raise ConfigError(f"config file {path} does not exist")
         try:
             apply_overrides(cfg, tomllib.loads(path.read_text()))
-        except tomllib.TOMLDecodeError as e:
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
             raise ConfigError(f"config file {path} is not valid TOML ({e})") from None
     if overrides:
         apply_overrides(cfg, overrides)

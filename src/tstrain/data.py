@@ -45,10 +45,11 @@ class Tokens:
     O(tokens). With one shard every read is the memory map's own, as fast as before shards.
     """
 
-    def __init__(self, maps: Sequence[np.ndarray]):
+    def __init__(self, maps: Sequence[np.ndarray], vocab_size: int | None = None, source: str = "the data dir"):
         if not maps:
             raise ValueError("a token sequence needs at least one shard")
         self.maps = list(maps)
+        self.vocab_size, self.source = vocab_size, source  # every read is checked against vocab_size if given
         self.dtype = self.maps[0].dtype
         self.starts = np.concatenate([[0], np.cumsum([len(m) for m in self.maps])]).astype(np.int64)
         self._len = int(self.starts[-1])
@@ -65,12 +66,24 @@ class Tokens:
 
     def __getitem__(self, key):
         if len(self.maps) == 1:
-            return self.maps[0][key]
-        if isinstance(key, slice):
-            return self._slice(key)
-        if isinstance(key, (int, np.integer)):
-            return self._gather(np.asarray(key))[()]
-        return self._gather(np.asarray(key))
+            out = self.maps[0][key]
+        elif isinstance(key, slice):
+            out = self._slice(key)
+        elif isinstance(key, (int, np.integer)):
+            out = self._gather(np.asarray(key))[()]
+        else:
+            out = self._gather(np.asarray(key))
+        if self.vocab_size is not None and np.size(out) and np.max(out) >= self.vocab_size:
+            self._refuse(int(np.max(out)))
+        return out
+
+    def _refuse(self, top: int) -> None:
+        """Raise DataError for an id outside the vocabulary in what was just read: every read is checked (one
+        max over ids already in memory, on the CPU), so a changed token file stops a run with a message,
+        not with an index error on the device."""
+        raise DataError(f"the tokens read from {self.source} hold id {top}, outside the tokenizer's vocabulary of "
+                        f"{self.vocab_size}: a token file changed after it was written; find it with "
+                        f"`tstrain verify-data {self.source}`, then re-run `tstrain prepare-data`")
 
     def _shard_of(self, positions: np.ndarray) -> np.ndarray:
         """Return the shard holding each of ``positions`` (non-negative, in range)."""
@@ -136,17 +149,26 @@ class TokenData:
                             "it is not a prepared data dir (run `tstrain prepare-data`)")
         try:
             self.manifest = json.loads(mpath.read_text())
-        except json.JSONDecodeError as e:
+        except ValueError as e:  # JSON or UTF-8
             raise DataError(f"{mpath} is not valid JSON ({e}); re-run `tstrain prepare-data`") from None
+        if not isinstance(self.manifest, dict):
+            raise DataError(f"{mpath} is not a JSON object; re-run `tstrain prepare-data`")
         if self.manifest.get("format") not in (FORMAT, FORMAT_V1):
             raise DataError(f"{mpath} has format {self.manifest.get('format')!r}, expected {FORMAT!r}")
         self._check_tokenizer()
-        self.vocab_size = int(self.manifest["vocab_size"])
-        self.eos_id = int(self.manifest["eos_id"])
-        self.dtype = np.dtype(self.manifest["dtype"])
-        self.shards = {name: self._shard_list(name) for name in SPLITS}
-        self.train = self._open("train")
-        self.val = self._open("val")
+        try:
+            self.vocab_size = int(self.manifest["vocab_size"])
+            self._check_vocabulary()
+            self.eos_id = int(self.manifest["eos_id"])
+            self.dtype = np.dtype(self.manifest["dtype"])
+            self.shards = {name: self._shard_list(name) for name in SPLITS}
+            self.train = self._open("train")
+            self.val = self._open("val")
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            if isinstance(e, DataError):
+                raise
+            raise DataError(f"{mpath} lacks or garbles a field ({type(e).__name__}: {e}): the manifest is truncated "
+                            "or edited; re-run `tstrain prepare-data`") from None
 
     def _check_tokenizer(self) -> None:
         """Refuse a tokenizer.json that is not the one the tokens were made with."""
@@ -158,6 +180,15 @@ class TokenData:
         if want and sha256_file(tok) != want:
             raise DataError(f"{tok} is not the tokenizer these tokens were made with (its SHA-256 differs from the "
                             "manifest's): restore the original, or re-run `tstrain prepare-data` with the new one")
+
+    def _check_vocabulary(self) -> None:
+        """Refuse a manifest whose vocabulary is not its tokenizer's: ids are checked against it."""
+        from tokenizers import Tokenizer
+
+        size = Tokenizer.from_file(str(self.path / "tokenizer.json")).get_vocab_size(with_added_tokens=True)
+        if size != self.vocab_size:
+            raise DataError(f"{self.path / MANIFEST} records a vocabulary of {self.vocab_size} but its tokenizer.json "
+                            f"has {size} tokens: the manifest was edited; re-run `tstrain prepare-data`")
 
     @property
     def identity(self) -> dict[str, object]:
@@ -172,17 +203,27 @@ class TokenData:
             return [{"file": f"{name}.bin", "tokens": int(m[f"{name}_tokens"]), "sha256": m.get(f"{name}_sha256"),
                      "max_token_id": m.get("max_token_id")}]
         shards = [s for s in m["shards"][name] if s["tokens"] > 0]
+        for s in shards:
+            self.shard_path(s)  # a manifest names files in its own dir, nowhere else
         if sum(s["tokens"] for s in shards) != m[f"{name}_tokens"]:
             raise DataError(f"{self.path / MANIFEST} lists {name} shards of {sum(s['tokens'] for s in shards)} tokens "
                             f"but {m[f'{name}_tokens']} {name} tokens: the manifest is corrupt; "
                             "re-run `tstrain prepare-data`")
         return shards
 
+    def shard_path(self, shard: dict) -> Path:
+        """Return a shard's file, refusing a name that leads out of the data dir (``../x.bin``, ``/x.bin``)."""
+        name = shard.get("file")
+        if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
+            raise DataError(f"{self.path / MANIFEST} names the shard file {name!r}, outside the data dir: a manifest "
+                            "lists files of its own dir only; re-run `tstrain prepare-data`")
+        return self.path / name
+
     def _open(self, name: str) -> Tokens:
         """Return split ``name`` as one sequence over its shards, each checked by size and largest id."""
         maps = []
         for shard in self.shards[name]:
-            f, expected = self.path / shard["file"], int(shard["tokens"])
+            f, expected = self.shard_path(shard), int(shard["tokens"])
             if not f.is_file():
                 raise DataError(f"{f} is missing; restore it or re-run `tstrain prepare-data`")
             size = f.stat().st_size
@@ -200,7 +241,7 @@ class TokenData:
             maps.append(np.memmap(f, dtype=self.dtype, mode="r"))
         if not maps:
             raise DataError(f"{self.path / MANIFEST} lists no {name} tokens; re-run `tstrain prepare-data`")
-        return Tokens(maps)
+        return Tokens(maps, self.vocab_size, str(self.path))
 
     def verify(self, chunk: int = 1 << 24) -> dict[str, int]:
         """Read every token of every shard once: raise DataError naming each shard with an id outside the
@@ -221,7 +262,7 @@ class TokenData:
 
     def _verify_shard(self, shard: dict, chunk: int) -> tuple[int, str]:
         """Return ``(largest id, what is wrong or "")`` of one shard, read once for both checks."""
-        f, h, top = self.path / shard["file"], hashlib.sha256(), 0
+        f, h, top = self.shard_path(shard), hashlib.sha256(), 0
         with open(f, "rb") as fh:
             for buf in iter(lambda: fh.read(chunk * self.dtype.itemsize), b""):
                 h.update(buf)

@@ -29,3 +29,7 @@ class TrainingError(TstrainError, RuntimeError):
 
 class CorpusError(TstrainError, RuntimeError):
     """The default corpus cannot be installed or read."""
+
+
+class BusyError(TstrainError, RuntimeError):
+    """Another process holds the output dir (``run_lock``); the message names it."""

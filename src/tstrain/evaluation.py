@@ -23,7 +23,7 @@ import torch
 
 from .data import TokenData
 from .errors import CheckpointError, ConfigError, DataError
-from .model_io import load_trained_model
+from .model_io import check_model_dir, load_trained_model, run_settings
 from .models import CausalLMParts
 from .reader import validation_windows
 from .superposition import multi_hot_cross_entropy, next_token_batch
@@ -70,7 +70,11 @@ def check_same_tokenizer(tokenizer_file: Path | None, data: TokenData) -> None:
 
     if tokenizer_file is None:
         return  # a bare model dir without tokenizer files: nothing to compare
-    ours, theirs = Tokenizer.from_file(str(tokenizer_file)), Tokenizer.from_file(str(data.path / "tokenizer.json"))
+    try:
+        ours, theirs = Tokenizer.from_file(str(tokenizer_file)), Tokenizer.from_file(str(data.path / "tokenizer.json"))
+    except Exception as e:  # the tokenizers library raises a bare Exception for a file it cannot parse
+        raise DataError(f"cannot read the model's tokenizer {tokenizer_file} ({str(e)[:200]}): it is cut short or "
+                        "corrupt; export the model again") from None
     if ours.get_vocab() != theirs.get_vocab():
         raise DataError(
             f"{data.path} was prepared with another tokenizer than the model's ({tokenizer_file}): its token ids mean "
@@ -78,13 +82,22 @@ def check_same_tokenizer(tokenizer_file: Path | None, data: TokenData) -> None:
         )
 
 
-def evaluate(model_dir: str | Path, data_dir: str | Path, seq_len: int = 0, windows: int = 64, batch_size: int = 16,
+def evaluate(model_dir: str | Path, data_dir: str | Path, seq_len: int = 0, windows: int = 0, batch_size: int = 16,
              device: str = "cpu") -> dict[str, float]:
     """Return the next-token ``loss`` (nats) and ``perplexity`` of a model dir on a data dir's validation split.
 
     The same fixed windows of ``seq_len + 1`` tokens and the same loss as the trainer's
-    ``val_loss`` (``seq_len`` 0: the model's ``max_position_embeddings``).
+    ``val_loss``. For a run (its dir, ``final/`` or a checkpoint), ``seq_len`` 0 and ``windows`` 0
+    are the run's own ``train.seq_len`` and ``data.val_windows``, so on the run's data it repeats the
+    run's last ``val_loss``; for another model dir, its ``max_position_embeddings`` and 64 windows.
     """
+    settings = run_settings(model_dir)
+    if settings is not None:
+        seq_len, windows = seq_len or settings.train.seq_len, windows or settings.data.val_windows
+    windows = windows or 64
+    if seq_len < 0 or windows < 0 or batch_size < 1:
+        raise ConfigError(f"--seq-len and --windows must be >= 0 (0: the run's own) and --batch-size >= 1; got "
+                          f"{seq_len}, {windows}, {batch_size}")
     model, tokenizer_file, _ = load_trained_model(model_dir)
     model = model.to(device)
     data = TokenData(data_dir)
@@ -136,12 +149,13 @@ def run_lm_eval(
     path = Path(model_dir)
     if not (path / "config.json").is_file():
         raise CheckpointError(f"{path} is not a Hugging Face model dir; make one with `tstrain export RUN --out DIR`")
+    check_model_dir(path)  # lm-eval's loader must find nothing that runs code
     if not tasks:
         raise ValueError("no tasks given; e.g. --tasks tstrain_smoke_mc or --tasks hellaswag,arc_easy")
     manager = TaskManager(include_path=[str(TASKS_DIR), *map(str, include_paths)], include_defaults=standard_tasks)
     out = simple_evaluate(
         model="hf",
-        model_args={"pretrained": str(path), "dtype": "float32"},
+        model_args={"pretrained": str(path), "dtype": "float32", "trust_remote_code": False},
         tasks=list(tasks),
         num_fewshot=num_fewshot,
         batch_size=batch_size,

@@ -15,6 +15,7 @@ from typing import Any
 from .config import Config, resume_differences
 from .data import TokenData
 from .errors import ConfigError
+from .fileio import read_json
 from .metrics import read_jsonl
 from .reader import FIRST_READER_ORDER, READER_ORDER
 from .train import DATA_IDENTITY, data_differences, train
@@ -29,12 +30,16 @@ def reuse_differences(run_dir: Path, cfg: Config) -> list[str]:
     """Return the settings in which the run saved in ``run_dir`` differs from ``cfg`` (fields that the
     data fills in, such as the vocabulary, and logging fields do not count), the reader's order included:
     a run that records none (or no data.json at all) was read in the first one."""
-    saved = tomllib.loads((run_dir / "config.toml").read_text())
+    try:
+        saved = tomllib.loads((run_dir / "config.toml").read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{run_dir / 'config.toml'} is not valid TOML ({e}); delete that run dir to train it "
+                          "again") from None
     follows = {"model.vocab_size": cfg.model.vocab_size == 0,
                "model.max_position_embeddings": cfg.model.max_position_embeddings == 0}
     diffs = [d for d in resume_differences(saved, cfg) if not follows.get(d.split(":")[0])]
     identity = run_dir / DATA_IDENTITY
-    was = json.loads(identity.read_text()) if identity.is_file() else {}
+    was = read_json(identity, ConfigError, "delete that run dir to train it again") if identity.is_file() else {}
     if identity.is_file():  # the data themselves, wherever they live now
         if data_differences(was, TokenData(cfg.data.path).identity):
             diffs.append(f"data: the run read {was.get('path')}, whose tokens differ from those in {cfg.data.path}")
@@ -61,8 +66,12 @@ def run_or_reuse(cfg: Config, run_dir: Path) -> dict[str, Any]:
             raise ConfigError(f"{run_dir} holds a run with other settings ({'; '.join(diffs)}); "
                               "give a new --out, or delete that run dir to train it again")
     if summary.is_file():
-        print(f"{run_dir.name}: finished earlier, reusing {run_dir}")
-        return json.loads(summary.read_text())
+        try:
+            found = json.loads(summary.read_text())
+            print(f"{run_dir.name}: finished earlier, reusing {run_dir}")
+            return found
+        except ValueError:  # cut short: the run's final checkpoint writes it again
+            print(f"{run_dir.name}: {summary} does not parse; finishing the run again from its last checkpoint")
     ckpts = run_dir / "checkpoints"
     train(cfg, run_dir, resume=ckpts.is_dir() and any(ckpts.iterdir()))
     return json.loads(summary.read_text())
@@ -70,7 +79,7 @@ def run_or_reuse(cfg: Config, run_dir: Path) -> dict[str, Any]:
 
 def val_rows(run_dir: Path) -> list[dict[str, Any]]:
     """Return a run's evaluation rows (step, val loss, FLOPs, ...) from its metrics log."""
-    return [r for r in read_jsonl(run_dir / "metrics.jsonl") if "val_loss" in r]
+    return [r for r in read_jsonl(run_dir / "metrics.jsonl") if r.get("val_loss") is not None]
 
 
 def first_reaching(rows: list[dict[str, Any]], target: float, key: str) -> float | None:

@@ -33,7 +33,7 @@ def generate(
         raise ConfigError("the prompt is empty; give some text to continue (the tokenizer adds no BOS token)")
     if max_new_tokens < 1:
         raise ConfigError(f"max_new_tokens must be >= 1; got {max_new_tokens}")
-    if not greedy and (temperature <= 0 or not 0 < top_p <= 1):
+    if not greedy and not (0 < temperature < float("inf") and 0 < top_p <= 1):  # also catches nan
         raise ConfigError(f"sampling needs temperature > 0 and 0 < top_p <= 1; "
                           f"got {temperature}, {top_p} (or use greedy)")
     model, tokenizer = load_model_dir(model_dir, device)

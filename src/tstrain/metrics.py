@@ -8,6 +8,7 @@ Data tokens per second are reported separately: in phase 1 they run ``s`` times 
 from __future__ import annotations
 
 import json
+import math
 import secrets
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,12 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
+def json_safe(row: dict[str, Any]) -> dict[str, Any]:
+    """Return ``row`` with non-finite floats (a skipped step's NaN loss) as None: JSON has no NaN, so a bare
+    ``NaN`` would make the line unreadable to every other JSON reader."""
+    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()}
+
+
 class MetricsLog:
     """Appends one JSON object per logged step to ``metrics.jsonl``; mirrors scalars to TensorBoard and W&B.
 
@@ -83,7 +90,7 @@ class MetricsLog:
     def write(self, row: dict[str, Any]) -> None:
         if self.file is None:
             return
-        self.file.write(json.dumps(row) + "\n")
+        self.file.write(json.dumps(json_safe(row)) + "\n")
         self.file.flush()
         scalars = {k: v for k, v in row.items() if k != "step" and isinstance(v, (int, float))}
         if self.tb is not None:

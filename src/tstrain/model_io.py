@@ -22,13 +22,73 @@ from . import checkpoint as ckpt
 from .config import Config, load_config
 from .data import MANIFEST as DATA_MANIFEST
 from .errors import CheckpointError
+from .fileio import read_json, sha256_file
 from .models import build_model
 
 RUN_CONFIG = "config.toml"
+RUN_DATA = "data.json"  # the run's record of its data (``train.DATA_IDENTITY``): the tokenizer's hash and EOS
+TOKENIZER = "tokenizer.json"  # the run's own copy of its training tokenizer, made when the run starts
 
 
 def _is_hf_dir(path: Path) -> bool:
     return (path / "config.json").is_file() and not (path / "state.json").is_file()
+
+
+def check_model_dir(path: Path) -> None:
+    """Refuse a model dir that would make ``transformers`` run code or unpickle: a ``config.json`` with
+    ``auto_map`` (the dir's own Python code) or a model type ``transformers`` does not ship, and weights
+    only as a pickle (``pytorch_model.bin``). tstrain loads safetensors and shipped architectures only."""
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+    try:
+        config = json.loads((path / "config.json").read_text())
+        model_type = config.get("model_type")
+    except (OSError, ValueError, AttributeError) as e:
+        raise CheckpointError(f"{path / 'config.json'} is not a readable JSON object ({e}); re-export the model "
+                              "with `tstrain export`") from None
+    for name in ("config.json", "tokenizer_config.json"):
+        if "auto_map" in (config if name == "config.json" else _json_or_empty(path / name)):
+            raise CheckpointError(f"{path / name} names its own code (auto_map), which tstrain never runs: load only "
+                                  "model dirs of architectures transformers ships (remove auto_map if it is one)")
+    if model_type not in CONFIG_MAPPING_NAMES:
+        raise CheckpointError(f"{path / 'config.json'} has model_type {model_type!r}, which transformers does not "
+                              "ship; tstrain loads no custom model code")
+    if not any((path / name).is_file() for name in ("model.safetensors", "model.safetensors.index.json")):
+        held = ("only a pickled pytorch_model.bin, which tstrain does not load (a pickle can run code)"
+                if (path / "pytorch_model.bin").is_file() else "no model.safetensors")
+        raise CheckpointError(f"{path} holds {held}; export the model as safetensors (`tstrain export RUN --out DIR`)")
+
+
+def _from_pretrained(path: Path) -> torch.nn.Module:
+    """Return the model of a checked model dir (``check_model_dir``): safetensors only, no code of its own."""
+    from safetensors import SafetensorError
+    from transformers import AutoModelForCausalLM
+
+    try:
+        return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, trust_remote_code=False,
+                                                    use_safetensors=True, local_files_only=True)
+    except (OSError, ValueError, SafetensorError) as e:
+        raise CheckpointError(f"cannot load the model in {path} ({str(e).splitlines()[0][:200]}): a file is cut short "
+                              "or corrupt; export it again from its run (`tstrain export RUN --out DIR`)") from None
+
+
+def fast_tokenizer(tokenizer_file: Path, eos_token: str | None):
+    """Return ``transformers``' fast tokenizer over a ``tokenizer.json``; a file that does not parse is one line."""
+    from transformers import PreTrainedTokenizerFast
+
+    try:
+        return PreTrainedTokenizerFast(tokenizer_file=str(tokenizer_file), eos_token=eos_token)
+    except Exception as e:  # the tokenizers library raises a bare Exception for a file it cannot parse
+        raise CheckpointError(f"{tokenizer_file} is not a readable tokenizer.json ({str(e).splitlines()[0][:200]}): "
+                              "it is cut short or corrupt; restore it from the run's data dir") from None
+
+
+def _json_or_empty(path: Path) -> dict:
+    try:
+        found = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return found if isinstance(found, dict) else {}
 
 
 def _run_config(run: Path) -> Config:
@@ -37,21 +97,61 @@ def _run_config(run: Path) -> Config:
     return load_config(config_file=run / RUN_CONFIG)
 
 
-def _tokenizer_of(cfg: Config | None, model_dir: Path | None) -> tuple[Path | None, str | None]:
-    """Return the training tokenizer file and its EOS token: the run's data dir first, then ``model_dir``."""
-    if cfg is not None and cfg.data.path:
-        data = Path(cfg.data.path)
-        if (data / "tokenizer.json").is_file():
-            eos = None
-            if (data / DATA_MANIFEST).is_file():
-                eos = json.loads((data / DATA_MANIFEST).read_text()).get("eos_token")
-            return data / "tokenizer.json", eos
-    if model_dir is not None and (model_dir / "tokenizer.json").is_file():
-        eos = None
-        if (model_dir / "tokenizer_config.json").is_file():
-            eos = json.loads((model_dir / "tokenizer_config.json").read_text()).get("eos_token")
-        return model_dir / "tokenizer.json", eos if isinstance(eos, str) else None
+def run_tokenizer(run: Path) -> tuple[Path | None, str | None]:
+    """Return the tokenizer file a run trained with and its EOS token, checked against the run's record.
+
+    The run's own copy (``RUN/tokenizer.json``) first, then its ``final/`` model's; a run made before
+    it kept a copy falls back on its data dir's file, if that is still the one recorded in ``data.json``.
+    """
+    record = read_json(run / RUN_DATA, CheckpointError, "restore it") if (run / RUN_DATA).is_file() else {}
+    want, eos = record.get("tokenizer_sha256"), record.get("eos_token")
+    own = run / TOKENIZER
+    if own.is_file():
+        if want and sha256_file(own) != want:
+            raise CheckpointError(f"{own} is not the tokenizer the run trained with (its SHA-256 differs from "
+                                  f"{run / RUN_DATA}'s): restore it, or export the run's final/ model instead")
+        return own, eos or _eos_of(run / "final")
+    if (run / "final" / TOKENIZER).is_file():
+        return run / "final" / TOKENIZER, eos or _eos_of(run / "final")
+    data = Path(load_config(config_file=run / RUN_CONFIG).data.path or "") if (run / RUN_CONFIG).is_file() else None
+    if data is None or not (data / TOKENIZER).is_file():
+        return None, None
+    if want and sha256_file(data / TOKENIZER) != want:
+        raise CheckpointError(f"{run} keeps no tokenizer of its own, and {data / TOKENIZER} is no longer the one it "
+                              f"trained with (its SHA-256 differs from {run / RUN_DATA}'s): restore the run's data dir")
+    if eos is None and (data / DATA_MANIFEST).is_file():
+        eos = json.loads((data / DATA_MANIFEST).read_text()).get("eos_token")
+    return data / TOKENIZER, eos
+
+
+def _eos_of(model_dir: Path) -> str | None:
+    """Return the EOS token a model dir's ``tokenizer_config.json`` names (None if none)."""
+    eos = _json_or_empty(model_dir / "tokenizer_config.json").get("eos_token")
+    return eos.get("content") if isinstance(eos, dict) else eos if isinstance(eos, str) else None
+
+
+def _tokenizer_of(run: Path | None, model_dir: Path | None) -> tuple[Path | None, str | None]:
+    """Return the training tokenizer file and its EOS token: the run's own (checked), else ``model_dir``'s."""
+    if run is not None:
+        found = run_tokenizer(run)
+        if found[0] is not None:
+            return found
+    if model_dir is not None and (model_dir / TOKENIZER).is_file():
+        return model_dir / TOKENIZER, _eos_of(model_dir)
     return None, None
+
+
+def run_of(source: str | Path) -> Path | None:
+    """Return the run dir a source belongs to (a run dir, its ``final/``, one of its checkpoints), else None."""
+    path = Path(source)
+    candidates = (path, path.parent.parent) if path.parent.name == "checkpoints" else (path, path.parent)
+    return next((c for c in candidates if (c / RUN_CONFIG).is_file()), None)
+
+
+def run_settings(source: str | Path) -> Config | None:
+    """Return the saved config of the run ``source`` belongs to (None: a bare model dir)."""
+    run = run_of(source)
+    return _run_config(run) if run is not None else None
 
 
 def quiet_transformers() -> None:
@@ -67,7 +167,6 @@ def load_trained_model(source: str | Path) -> tuple[torch.nn.Module, Path | None
 
     The model is in float32 on the CPU, in eval mode.
     """
-    from transformers import AutoModelForCausalLM
 
     quiet_transformers()
     path = Path(source)
@@ -82,17 +181,17 @@ def load_trained_model(source: str | Path) -> tuple[torch.nn.Module, Path | None
                 raise CheckpointError(f"run {path} has neither final/ nor a checkpoint that verifies")
             path = found[0]
     if _is_hf_dir(path):
+        check_model_dir(path)
         run = path.parent if (path.parent / RUN_CONFIG).is_file() else None
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-        cfg = _run_config(run) if run is not None else None
-        tokenizer, eos = _tokenizer_of(cfg, path)
+        tokenizer, eos = _tokenizer_of(run, path)
+        model = _from_pretrained(path)
     elif (path / "state.json").is_file():
         ckpt.verify_checkpoint(path)
         run = path.parent.parent
         cfg = _run_config(run)
+        tokenizer, eos = _tokenizer_of(run, run / "final")
         model = build_model(cfg.model, cfg.model.vocab_size, cfg.train.seq_len)
         ckpt.load_checkpoint(path, model, None)  # either form: single-process or sharded (DCP)
-        tokenizer, eos = _tokenizer_of(cfg, run / "final")
     else:
         raise CheckpointError(
             f"{path} is not a run dir (config.toml), a checkpoint (state.json) "
@@ -110,7 +209,7 @@ def export(source: str | Path, out: str | Path) -> Path:
     model, tokenizer, eos = load_trained_model(source)
     if tokenizer is None:
         raise CheckpointError(
-            f"no tokenizer found for {source}: the run's data dir (data.path) and its final/ hold no tokenizer.json"
+            f"no tokenizer found for {source}: the run, its final/ and its data dir hold no tokenizer.json"
         )
     return export_hf(model, out, tokenizer, eos)
 
@@ -127,9 +226,7 @@ def export_hf(model, out_dir: Path, tokenizer_file: Path | None = None, eos_toke
     out_dir.mkdir(parents=True, exist_ok=True)
     tok = None
     if tokenizer_file is not None and tokenizer_file.is_file():
-        from transformers import PreTrainedTokenizerFast
-
-        tok = PreTrainedTokenizerFast(tokenizer_file=str(tokenizer_file), eos_token=eos_token)
+        tok = fast_tokenizer(tokenizer_file, eos_token)
         if tok.eos_token_id is not None:
             model.config.eos_token_id = tok.eos_token_id
             if getattr(model, "generation_config", None) is not None:
@@ -153,7 +250,5 @@ def load_model_dir(source: str | Path, device: str = "cpu", with_tokenizer: bool
     if with_tokenizer:
         if tokenizer_file is None:
             raise CheckpointError(f"{source} has no tokenizer files; re-export it with `tstrain export`")
-        from transformers import PreTrainedTokenizerFast
-
-        tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(tokenizer_file), eos_token=eos)
+        tokenizer = fast_tokenizer(tokenizer_file, eos)
     return model.to(device), tokenizer

@@ -94,7 +94,11 @@ def run_mi(data_dir, out_dir, max_distance: int = 64, sample_tokens: int = 2_000
     from pathlib import Path
 
     from .data import TokenData
+    from .errors import ConfigError
 
+    if max_distance < 1 or bag_size < 1 or sample_tokens < max_distance + 2:
+        raise ConfigError(f"--max-distance and --bag-size must be >= 1 and --sample-tokens above --max-distance + 1; "
+                          f"got {max_distance}, {bag_size}, {sample_tokens}")
     data = TokenData(data_dir)
     d, mi = mi_curve(data.train, max_distance, sample_tokens)
     fit = fit_power_law(d, mi)

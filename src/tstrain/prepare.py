@@ -28,6 +28,7 @@ saved before any token is written, so a resumed run uses it instead of training 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import json
@@ -52,6 +53,7 @@ from . import faults
 from .data import FORMAT, MANIFEST, SPLITS, shard_name
 from .errors import DataError
 from .fileio import sha256_file, write_text_atomic
+from .run_lock import locked
 from .text_sources import TextStats, expand_inputs, iter_documents
 
 STATE = "prepare-state.json"
@@ -60,6 +62,7 @@ SHARD_TOKENS = 1 << 29  # the default shard: 1.07 GB of uint16 ids (2.1 GB of ui
 BATCH_CHARS = 1 << 20  # text per batch sent to a worker: large enough to amortise the hand-over
 IN_FLIGHT_CHARS = 16 << 20  # text per worker read ahead of the writing (see _encoded)
 TOKEN_FILE = re.compile(r"(train|val)(-\d+)?\.bin(\.tmp)?")
+MAX_TRAINED_VOCAB = 1 << 21  # the BPE trainer allocates tables of the vocabulary's size up front
 EOS_CANDIDATES = ("<|endoftext|>", "</s>", "<|end_of_text|>", "<eos>", "<|im_end|>")
 
 
@@ -167,7 +170,7 @@ def prepare_data(
     recorded (a seam for tests).
     """
     files = _check_inputs(inputs)
-    _check_numbers(tokenizer, train_tokenizer, val_fraction, workers, shard_tokens)
+    _check_numbers(tokenizer, train_tokenizer, val_fraction, workers, shard_tokens, max_bad_text)
     tok = None
     if not train_tokenizer:
         tok, eos_token = _load_tokenizer(tokenizer, eos_token)
@@ -176,30 +179,35 @@ def prepare_data(
                 "tokenizer": f"trained, vocabulary {train_tokenizer}" if train_tokenizer else _tokenizer_sha(tok),
                 "eos_token": eos_token, "val_fraction": val_fraction, "seed": seed, "text_field": text_field,
                 "doc_separator": doc_separator, "shard_tokens": shard_tokens}
-    out = _output_dir(out_dir, overwrite)
-    state = _resumable_state(out, settings, overwrite)
-    if state is None:
-        if train_tokenizer:
-            train_docs = (doc for i, doc in enumerate(iter_documents(files, doc_separator, TextStats(), text_field))
-                          if not is_validation_doc(i, val_fraction, seed))
-            tok = train_bpe_tokenizer(train_docs, train_tokenizer, eos_token or EOS_CANDIDATES[0], progress)
-        tok.save(str(out / "tokenizer.json"))
-        state = {"format": STATE_FORMAT, "settings": settings, "tokenizer_sha256": sha256_file(out / "tokenizer.json"),
-                 "dtype": token_dtype(tok.get_vocab_size(with_added_tokens=True)).name, "parts": [],
-                 "next_document": 0}
-        write_text_atomic(out / STATE, json.dumps(state, indent=1) + "\n")
-    tok, _ = _load_tokenizer(out / "tokenizer.json", None)  # the saved file: what every worker loads
-    eos_name, eos_id = find_eos(tok, eos_token)
-    vocab_size = tok.get_vocab_size(with_added_tokens=True)
-    job = _Job(str(out / "tokenizer.json"), eos_id, state["dtype"], val_fraction, seed)
-    stats = TextStats()  # counted on the pass that writes the tokens (documents skipped on resume included)
-    docs = iter_documents(files, doc_separator, stats, text_field)
-    _tokenize(out, state, docs, job, workers, batch_chars, progress, on_part)
-    manifest = _manifest(state, vocab_size, (eos_name, eos_id), stats.replaced)
-    _check_result(out, manifest, stats, max_bad_text)
-    write_text_atomic(out / MANIFEST, json.dumps(manifest, indent=2) + "\n")
-    (out / STATE).unlink()
-    return manifest
+    _refuse_finished(Path(out_dir), overwrite)
+    with locked(out_dir, "data dir") as out, _removed_on_failure(out):
+        _refuse_finished(out, overwrite)  # again under the lock: another process may have finished it
+        _check_writable(out)
+        state = _resumable_state(out, settings, overwrite)
+        if state is None:
+            if train_tokenizer:
+                train_docs = (doc for i, doc in enumerate(iter_documents(files, doc_separator, TextStats(), text_field))
+                              if not is_validation_doc(i, val_fraction, seed))
+                tok = train_bpe_tokenizer(train_docs, train_tokenizer, eos_token or EOS_CANDIDATES[0], progress)
+            tok.save(str(out / "tokenizer.json"))
+            state = {"format": STATE_FORMAT, "settings": settings,
+                     "tokenizer_sha256": sha256_file(out / "tokenizer.json"),
+                     "dtype": token_dtype(tok.get_vocab_size(with_added_tokens=True)).name, "parts": [],
+                     "next_document": 0}
+            write_text_atomic(out / STATE, json.dumps(state, indent=1) + "\n")
+        tok, _ = _load_tokenizer(out / "tokenizer.json", None)  # the saved file: what every worker loads
+        eos_name, eos_id = find_eos(tok, eos_token)
+        vocab_size = tok.get_vocab_size(with_added_tokens=True)
+        job = _Job(str(out / "tokenizer.json"), eos_id, state["dtype"], val_fraction, seed)
+        stats = TextStats()  # counted on the pass that writes the tokens (documents skipped on resume included)
+        docs = iter_documents(files, doc_separator, stats, text_field)
+        _tokenize(out, state, docs, job, workers, batch_chars, progress, on_part)
+        _hold_out_tail(out, state, val_fraction)
+        manifest = _manifest(state, vocab_size, (eos_name, eos_id), stats.replaced)
+        _check_result(out, manifest, stats, max_bad_text)
+        write_text_atomic(out / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+        (out / STATE).unlink()
+        return manifest
 
 
 def _size(path: Path) -> int:
@@ -223,10 +231,16 @@ def _check_inputs(inputs: Sequence[str | Path]) -> list[Path]:
     return files
 
 
-def _check_numbers(tokenizer, train_tokenizer: int, val_fraction: float, workers: int, shard_tokens: int) -> None:
+def _check_numbers(tokenizer, train_tokenizer: int, val_fraction: float, workers: int, shard_tokens: int,
+                   max_bad_text: float) -> None:
     """Refuse settings that cannot work, before anything is written."""
     if (tokenizer is None) == (not train_tokenizer):
         raise DataError("give exactly one of --tokenizer FILE or --train-tokenizer VOCAB_SIZE")
+    if train_tokenizer > MAX_TRAINED_VOCAB:
+        raise DataError(f"--train-tokenizer {train_tokenizer:,} is past the largest vocabulary tstrain trains "
+                        f"({MAX_TRAINED_VOCAB:,}): vocabularies in use are 32K-256K")
+    if not 0.0 <= max_bad_text <= 1.0:  # also false for nan
+        raise DataError(f"--max-bad-text is a share of the characters, in [0, 1]; got {max_bad_text}")
     if not 0.0 < val_fraction < 1.0:
         raise DataError(f"--val-fraction must be in (0, 1); got {val_fraction}")
     if not isinstance(workers, int) or workers < 1:
@@ -235,19 +249,33 @@ def _check_numbers(tokenizer, train_tokenizer: int, val_fraction: float, workers
         raise DataError(f"--shard-tokens must be a whole number of tokens, at least 1; got {shard_tokens}")
 
 
-def _output_dir(out_dir, overwrite: bool) -> Path:
-    """Return the (created, writable) output dir, refusing to replace finished data unasked."""
-    out = Path(out_dir)
+def _refuse_finished(out: Path, overwrite: bool) -> None:
+    """Refuse to replace finished data unasked (checked again under the dir's lock)."""
     if (out / MANIFEST).is_file() and not overwrite:
         raise DataError(f"{out} already holds prepared data that runs may depend on; choose a new --out "
                         "(or pass --overwrite to replace it)")
+
+
+def _check_writable(out: Path) -> None:
     try:
-        out.mkdir(parents=True, exist_ok=True)
         (out / ".write-test").write_bytes(b"")
         (out / ".write-test").unlink()
     except OSError as e:
         raise DataError(f"cannot write to {out}: {e.strerror}; choose another --out") from None
-    return out
+
+
+@contextlib.contextmanager
+def _removed_on_failure(out: Path) -> Iterator[None]:
+    """On a failure before any part was finished, remove what this preparation wrote (there is nothing to
+    resume), so a refused input leaves no half-made data dir; finished parts are kept for the rerun."""
+    try:
+        yield
+    except BaseException:
+        state = _read_state(out) if (out / STATE).is_file() else {}
+        if not state.get("parts") and not (out / MANIFEST).is_file():
+            _clear(out)
+            (out / "tokenizer.json").unlink(missing_ok=True)
+        raise
 
 
 def _token_files(out: Path) -> list[Path]:
@@ -330,6 +358,7 @@ class _Encoded(NamedTuple):
     tops: np.ndarray  # (documents,) the largest id of each document
     is_val: np.ndarray  # (documents,) bool: held out
     text_bytes: int  # UTF-8 bytes of the batch's text (the progress bar's unit)
+    eos_inside: np.ndarray  # (documents,) how often the EOS token's text occurs inside each document
 
 
 class _Encoder:
@@ -352,8 +381,9 @@ class _Encoder:
             tokens[start : start + len(doc)] = doc  # an id past the dtype raises instead of wrapping
         tokens[offsets[1:] - 1] = self.job.eos_id
         is_val = [is_validation_doc(first + i, self.job.val_fraction, self.job.seed) for i in range(len(docs))]
+        eos_inside = np.add.reduceat((tokens == self.job.eos_id).astype(np.int64), offsets[:-1]) - 1
         return _Encoded(tokens, offsets, np.maximum.reduceat(tokens, offsets[:-1]), np.array(is_val, dtype=bool),
-                        sum(len(d.encode("utf-8", errors="replace")) for d in docs))
+                        sum(len(d.encode("utf-8", errors="replace")) for d in docs), eos_inside)
 
 
 _WORKER: _Encoder | None = None  # a pool process's encoder, made once by _start_worker
@@ -469,6 +499,7 @@ class _Part:
 
     def __init__(self, out: Path, index: int, first: int):
         self.index, self.first, self.end = index, first, first
+        self.eos_in_text = 0  # EOS tokens inside the documents' text (each ends a document there)
         self.shards = {split: _ShardWriter(out / shard_name(split, index)) for split in SPLITS}
 
     def fitting(self, batch: _Encoded, start: int, limit: int) -> int:
@@ -489,6 +520,7 @@ class _Part:
                 ids = tokens if mine.all() else tokens[np.repeat(mine, np.diff(batch.offsets[a : b + 1]))]
                 self.shards[split].write(ids, int(mine.sum()), int(batch.tops[a:b][mine].max()))
         self.end += b - a
+        self.eos_in_text += int(batch.eos_inside[a:b].sum())
 
 
 def _tokenize(out: Path, state: dict, docs: Iterator[str], job: _Job, workers: int, batch_chars: int,
@@ -528,7 +560,7 @@ def _tokenize(out: Path, state: dict, docs: Iterator[str], job: _Job, workers: i
 
 def _record_part(out: Path, state: dict, part: _Part, on_part: Callable[[int], None] | None) -> None:
     """Close a part's shards and record it as done in the progress file."""
-    record = {"first_document": part.first, "end_document": part.end}
+    record = {"first_document": part.first, "end_document": part.end, "eos_in_text": part.eos_in_text}
     record.update({split: shard.close() for split, shard in part.shards.items()})
     faults.maybe_die("prepare", part.index)  # its files are in place but the progress file does not list them
     state["parts"].append(record)
@@ -536,6 +568,50 @@ def _record_part(out: Path, state: dict, part: _Part, on_part: Callable[[int], N
     write_text_atomic(out / STATE, json.dumps(state, indent=1) + "\n")
     if on_part is not None:
         on_part(part.index)
+
+
+def _hold_out_tail(out: Path, state: dict, val_fraction: float) -> None:
+    """When the split by document left one side empty (too few documents, such as one big .txt), make the
+    validation split of the last ``val_fraction`` of the token stream instead, and say so.
+
+    The held-out tail is cut from the last training shards (a document may be cut in two); each part's
+    ``val`` file takes the tail of its ``train`` file. ``state["val_from_tail"]`` records the tokens moved.
+    """
+    parts = [p for p in state["parts"] if p["train"] or p["val"]]
+    if all(p["train"] is None for p in parts):  # every document was held out: they train instead
+        for p in parts:
+            if p["val"]:
+                name = p["val"]["file"].replace("val", "train", 1)
+                os.replace(out / p["val"]["file"], out / name)
+                p["train"], p["val"] = {**p["val"], "file": name}, None
+    total = sum(p["train"]["tokens"] for p in parts if p["train"])
+    if any(p["val"] for p in parts) or total < 2:
+        return
+    need = min(max(1, round(val_fraction * total)), total - 1)
+    state["val_from_tail"] = need
+    dtype = np.dtype(state["dtype"])
+    for p in reversed(parts):
+        if need == 0:
+            break
+        shard = p["train"]
+        ids = np.memmap(out / shard["file"], dtype=dtype, mode="r")
+        take = min(need, ids.size)
+        p["val"] = _rewrite(out / shard["file"].replace("train", "val", 1), ids[ids.size - take :], 1)
+        p["train"] = _rewrite(out / shard["file"], ids[: ids.size - take], shard["documents"]) if take < ids.size \
+            else None
+        if p["train"] is None:
+            (out / shard["file"]).unlink()
+        need -= take
+    documents = sum(p["end_document"] - p["first_document"] for p in state["parts"])
+    print(f"{documents} document{'s' if documents != 1 else ''} too few to hold any out whole: the validation split "
+          f"is the last {state['val_from_tail']:,} tokens ({val_fraction:g}) of the token stream instead")
+
+
+def _rewrite(path: Path, ids: np.ndarray, documents: int) -> dict:
+    """Write ``ids`` as the shard ``path`` (through a temporary file and a rename); return its manifest entry."""
+    writer = _ShardWriter(path)
+    writer.write(np.ascontiguousarray(ids), documents, int(ids.max()))
+    return writer.close()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -564,6 +640,8 @@ def _manifest(state: dict, vocab_size: int, eos: tuple[str, int], replaced: int)
         "seed": settings["seed"],
         "tokenizer_sha256": state["tokenizer_sha256"],
         "replaced_characters": replaced,
+        "val_from_tail": state.get("val_from_tail", 0),
+        "eos_in_text": sum(p.get("eos_in_text", 0) for p in state["parts"]),
         "text_field": settings["text_field"],
         "doc_separator": settings["doc_separator"],
         "shard_tokens": settings["shard_tokens"],
@@ -592,3 +670,11 @@ def _check_result(out: Path, manifest: dict, stats: TextStats, max_bad_text: flo
     if stats.replaced:
         warnings.warn(f"{stats.replaced:,} characters ({share:.4%}) were not valid UTF-8 and became U+FFFD",
                       stacklevel=3)
+    separator = manifest["doc_separator"]
+    if separator and stats.text_files and not stats.separated_files:
+        warnings.warn(f"--doc-separator {separator!r} occurs in none of the {stats.text_files} text inputs, so each "
+                      "is one document; check the separator (on a command line \\n is a newline)", stacklevel=3)
+    if manifest["eos_in_text"]:
+        warnings.warn(f"the text holds the EOS token's text {manifest['eos_token']!r} {manifest['eos_in_text']:,} "
+                      "times, and each became an end of document there; remove it from the text (or name another "
+                      "--eos-token) if it is not meant as one", stacklevel=3)

@@ -19,6 +19,7 @@ from .config import Config, load_config, padded_vocab
 from .data import TokenData
 from .experiments import baseline_of, decay_start, phase1_step_value, run_or_reuse, val_rows, value_at
 from .models import model_info
+from .run_lock import locked
 
 
 def tune_lr(cfg: Config, out: Path, lrs: list[float], steps: int) -> tuple[float, dict[str, float]]:
@@ -112,34 +113,34 @@ def scale_study(data: str, out_dir: str | Path, sizes: list[str], steps: list[in
     A cell whose gap is within ``repeat_within`` nats on the first seed is repeated on every seed
     in ``seeds`` (others run on the first seed only), so close calls are not read from one run.
     """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    vocab = TokenData(data).vocab_size
-    result: dict[str, Any] = {"data": str(Path(data).resolve()), "arms": [arm_name(s, r) for s, r in arms], "sizes": {}}
-    for size in sizes:
-        cfg = load_config(size, overrides={**(overrides or {}), "data.path": data})
-        params = model_info(cfg.model, padded_vocab(vocab, cfg.model.pad_vocab_multiple),
-                            cfg.train.seq_len)["parameters"]["total"]
-        entry: dict[str, Any] = {"parameters": params, "lr": cfg.optim.lr, "cells": {}}
-        if lrs:
-            entry["lr"], entry["lr_tuning"] = tune_lr(cfg, out / size / "lr-tuning", lrs, tune_steps)
-            cfg = cfg.with_values({"optim.lr": entry["lr"]})
-        for n in steps:
-            cell_cfg = cfg.with_values({"train.steps": n})
-            per_seed = {}
-            for i, seed in enumerate(seeds):
-                seeded = cell_cfg.with_values({"train.seed": seed})
-                if i > 0 and all(abs(f["gap"]) > repeat_within for f in per_seed[seeds[0]].values()):
-                    break
-                per_seed[seed] = run_cell(seeded, out / size / f"steps{n}" / f"seed{seed}", arms, params)
-            entry["cells"][str(n)] = {str(seed): figs for seed, figs in per_seed.items()}
-        entry["fits"] = {arm_name(s, r): fit_crossing([(int(n), _mean(cell, arm_name(s, r), "gap"))
-                                                       for n, cell in entry["cells"].items()]) for s, r in arms}
-        result["sizes"][size] = entry
-        (out / "scale.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / "scale.md").write_text(scale_markdown(result))
-    plot_scale(result, out)
-    return result
+    with locked(out_dir, "study dir") as out:
+        vocab = TokenData(data).vocab_size
+        result: dict[str, Any] = {"data": str(Path(data).resolve()), "arms": [arm_name(s, r) for s, r in arms],
+                                  "sizes": {}}
+        for size in sizes:
+            cfg = load_config(size, overrides={**(overrides or {}), "data.path": data})
+            params = model_info(cfg.model, padded_vocab(vocab, cfg.model.pad_vocab_multiple),
+                                cfg.train.seq_len)["parameters"]["total"]
+            entry: dict[str, Any] = {"parameters": params, "lr": cfg.optim.lr, "cells": {}}
+            if lrs:
+                entry["lr"], entry["lr_tuning"] = tune_lr(cfg, out / size / "lr-tuning", lrs, tune_steps)
+                cfg = cfg.with_values({"optim.lr": entry["lr"]})
+            for n in steps:
+                cell_cfg = cfg.with_values({"train.steps": n})
+                per_seed = {}
+                for i, seed in enumerate(seeds):
+                    seeded = cell_cfg.with_values({"train.seed": seed})
+                    if i > 0 and all(abs(f["gap"]) > repeat_within for f in per_seed[seeds[0]].values()):
+                        break
+                    per_seed[seed] = run_cell(seeded, out / size / f"steps{n}" / f"seed{seed}", arms, params)
+                entry["cells"][str(n)] = {str(seed): figs for seed, figs in per_seed.items()}
+            entry["fits"] = {arm_name(s, r): fit_crossing([(int(n), _mean(cell, arm_name(s, r), "gap"))
+                                                           for n, cell in entry["cells"].items()]) for s, r in arms}
+            result["sizes"][size] = entry
+            (out / "scale.json").write_text(json.dumps(result, indent=2) + "\n")
+        (out / "scale.md").write_text(scale_markdown(result))
+        plot_scale(result, out)
+        return result
 
 
 def _mean(cell: dict[str, dict], arm: str, key: str) -> float | None:

@@ -14,6 +14,7 @@ from typing import Any
 
 from .config import Config
 from .experiments import baseline_of, decay_start, phase1_step_value, run_or_reuse, val_rows, value_at
+from .run_lock import locked
 
 
 def grid_configs(cfg: Config, bag_sizes: list[int], ratios: list[float]) -> dict[str, Config]:
@@ -27,18 +28,17 @@ def grid_configs(cfg: Config, bag_sizes: list[int], ratios: list[float]) -> dict
 
 def sweep(cfg: Config, out_dir: str | Path, bag_sizes: list[int], ratios: list[float]) -> dict[str, Any]:
     """Run the s x r grid and the baseline; write ``sweep.json``, ``sweep.md`` and plots."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    runs = grid_configs(cfg, bag_sizes, ratios)
-    results = {name: run_or_reuse(c, out / name)["final_val_loss"] for name, c in runs.items()}
-    values = step_values(runs, out)
-    table = {"baseline": results["baseline"], "bag_sizes": bag_sizes, "ratios": ratios,
-             "grid": {f"{s}": {f"{r:g}": results[f"s{s}-r{r:g}"] for r in ratios} for s in bag_sizes},
-             "phase1_step_value": {f"{s}": {f"{r:g}": values[f"s{s}-r{r:g}"] for r in ratios} for s in bag_sizes}}
-    (out / "sweep.json").write_text(json.dumps(table, indent=2) + "\n")
-    (out / "sweep.md").write_text(sweep_markdown(table, cfg))
-    plot_sweep(table, out)
-    return table
+    with locked(out_dir, "sweep dir") as out:
+        runs = grid_configs(cfg, bag_sizes, ratios)
+        results = {name: run_or_reuse(c, out / name)["final_val_loss"] for name, c in runs.items()}
+        values = step_values(runs, out)
+        table = {"baseline": results["baseline"], "bag_sizes": bag_sizes, "ratios": ratios,
+                 "grid": {f"{s}": {f"{r:g}": results[f"s{s}-r{r:g}"] for r in ratios} for s in bag_sizes},
+                 "phase1_step_value": {f"{s}": {f"{r:g}": values[f"s{s}-r{r:g}"] for r in ratios} for s in bag_sizes}}
+        (out / "sweep.json").write_text(json.dumps(table, indent=2) + "\n")
+        (out / "sweep.md").write_text(sweep_markdown(table, cfg))
+        plot_sweep(table, out)
+        return table
 
 
 def step_values(runs: dict[str, Config], out: Path) -> dict[str, float | None]:
@@ -136,35 +136,34 @@ def ablate(cfg: Config, out_dir: str | Path, names: list[str] | None = None,
     unknown = [n for n in names if n not in table_of]
     if unknown:
         raise ValueError(f"unknown ablation(s) {', '.join(unknown)}; known: {', '.join(table_of)}")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    runs: dict[str, Config] = {"baseline": baseline_of(cfg)}
-    for n in names:
-        runs[n] = cfg.with_values(table_of[n])
-    summaries = {n: run_or_reuse(c, out / n) for n, c in runs.items()}
-    switch = cfg.switch_step
-    vals = {n: val_rows(out / n) for n in runs}
-    values = step_values(runs, out)
-    result = {n: {"final_val_loss": s["final_val_loss"], "val_loss_at_switch": value_at(vals[n], switch),
-                  "phase1_step_value": values.get(n), "data_tokens": s["data_tokens"],
-                  "overrides": table_of.get(n, {"tst.ratio": 0.0})}
-              for n, s in summaries.items()}
-    (out / "ablations.json").write_text(json.dumps(result, indent=2) + "\n")
-    base = result["baseline"]["final_val_loss"]
-    lines = [f"Ablations at s={cfg.tst.bag_size}, r={cfg.tst.ratio}, {cfg.train.steps} steps, switch at step {switch} "
-             f"(next-token val loss; lower is better).", "",
-             f"| run | overrides | val loss at step {switch} | final val loss | vs baseline | "
-             "phase-1 step value | data tokens |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
-    for n, r in result.items():
-        ov = ", ".join(f"{k}={v}" for k, v in r["overrides"].items()) or "(the method)"
-        at = "" if r["val_loss_at_switch"] is None else f"{r['val_loss_at_switch']:.4f}"
-        value = "" if n == "baseline" else _value(r["phase1_step_value"])
-        lines.append(f"| {n} | {ov} | {at} | {r['final_val_loss']:.4f} | {r['final_val_loss'] - base:+.4f} | {value} | "
-                     f"{r['data_tokens']:,} |")
-    (out / "ablations.md").write_text("\n".join(lines) + "\n")
-    plot_ablations(vals, switch, out / "ablations.png")
-    return result
+    with locked(out_dir, "ablation dir") as out:
+        runs: dict[str, Config] = {"baseline": baseline_of(cfg)}
+        for n in names:
+            runs[n] = cfg.with_values(table_of[n])
+        summaries = {n: run_or_reuse(c, out / n) for n, c in runs.items()}
+        switch = cfg.switch_step
+        vals = {n: val_rows(out / n) for n in runs}
+        values = step_values(runs, out)
+        result = {n: {"final_val_loss": s["final_val_loss"], "val_loss_at_switch": value_at(vals[n], switch),
+                      "phase1_step_value": values.get(n), "data_tokens": s["data_tokens"],
+                      "overrides": table_of.get(n, {"tst.ratio": 0.0})}
+                  for n, s in summaries.items()}
+        (out / "ablations.json").write_text(json.dumps(result, indent=2) + "\n")
+        base = result["baseline"]["final_val_loss"]
+        lines = [f"Ablations at s={cfg.tst.bag_size}, r={cfg.tst.ratio}, {cfg.train.steps} steps, "
+                 f"switch at step {switch} (next-token val loss; lower is better).", "",
+                 f"| run | overrides | val loss at step {switch} | final val loss | vs baseline | "
+                 "phase-1 step value | data tokens |",
+                 "| --- | --- | --- | --- | --- | --- | --- |"]
+        for n, r in result.items():
+            ov = ", ".join(f"{k}={v}" for k, v in r["overrides"].items()) or "(the method)"
+            at = "" if r["val_loss_at_switch"] is None else f"{r['val_loss_at_switch']:.4f}"
+            value = "" if n == "baseline" else _value(r["phase1_step_value"])
+            lines.append(f"| {n} | {ov} | {at} | {r['final_val_loss']:.4f} | {r['final_val_loss'] - base:+.4f} | "
+                         f"{value} | {r['data_tokens']:,} |")
+        (out / "ablations.md").write_text("\n".join(lines) + "\n")
+        plot_ablations(vals, switch, out / "ablations.png")
+        return result
 
 
 def plot_ablations(vals: dict[str, list[dict[str, Any]]], switch: int, path: Path) -> None:

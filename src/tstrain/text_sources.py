@@ -24,11 +24,14 @@ COMPRESSED = (".gz", ".zst")
 
 
 class TextStats:
-    """Characters read and characters that were not valid UTF-8 (decoded as U+FFFD)."""
+    """Characters read, characters that were not valid UTF-8 (decoded as U+FFFD), and text files the
+    document separator split."""
 
     def __init__(self) -> None:
         self.chars = 0
         self.replaced = 0
+        self.text_files = 0  # plain-text inputs read
+        self.separated_files = 0  # of which the document separator split at least once
 
     def decode(self, raw: bytes) -> str:
         """Return ``raw`` decoded as UTF-8, counting the bytes that were not valid UTF-8."""
@@ -81,20 +84,58 @@ def _open_bytes(path: Path) -> IO[bytes]:
     return open(path, "rb")
 
 
+def _cut_short(p: Path, e: Exception) -> DataError:
+    return DataError(f"{p} ends early or is corrupt ({type(e).__name__}: {str(e)[:200]}): download or compress it "
+                     "again, or leave it out of --input")
+
+
+def _stream_errors() -> tuple[type[Exception], ...]:
+    """Return what reading a cut-short or corrupt compressed file raises (gzip: EOFError, BadGzipFile)."""
+    try:
+        import zstandard
+    except ImportError:
+        return (EOFError, OSError)
+    return (EOFError, OSError, zstandard.ZstdError)
+
+
 def _text_documents(p: Path, doc_separator: str | None, stats: TextStats) -> Iterator[str]:
-    with _open_bytes(p) as f:
-        text = stats.decode(f.read()).replace("\r\n", "\n").replace("\r", "\n")  # as text mode reads it
+    try:
+        with _open_bytes(p) as f:
+            raw = f.read()
+    except _stream_errors() as e:
+        raise _cut_short(p, e) from None
+    text = stats.decode(raw).replace("\r\n", "\n").replace("\r", "\n")  # as text mode reads it
     if "\x00" in text:
         raise DataError(f"{p} holds NUL bytes: it is a binary file, not text; leave it out of --input")
     parts = text.split(doc_separator) if doc_separator else [text]
+    stats.text_files += 1
+    stats.separated_files += len(parts) > 1
     yield from (t for t in parts if t.strip())
+
+
+ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}
+
+
+def unescape_separator(flag: str) -> str:
+    """Return a ``--doc-separator`` as typed on a command line with its escapes read: ``\\n`` (a backslash
+    and an n, which a shell passes as they are) is a newline, ``\\t`` a tab, ``\\r`` a carriage return and
+    ``\\\\`` one backslash; any other backslash stays as it is."""
+    out, i = [], 0
+    while i < len(flag):
+        if flag[i] == "\\" and i + 1 < len(flag) and flag[i + 1] in ESCAPES:
+            out.append(ESCAPES[flag[i + 1]])
+            i += 2
+        else:
+            out.append(flag[i])
+            i += 1
+    return "".join(out)
 
 
 def _json_documents(p: Path, field: str, stats: TextStats) -> Iterator[str]:
     import io
 
     with _open_bytes(p) as raw, io.BufferedReader(raw) as f:
-        for n, line_bytes in enumerate(f, 1):
+        for n, line_bytes in _lines(f, p):
             line = stats.decode(line_bytes)
             if not line.strip():
                 continue
@@ -106,6 +147,17 @@ def _json_documents(p: Path, field: str, stats: TextStats) -> Iterator[str]:
                 raise DataError(f"{p}:{n}: {field!r} is a {type(text).__name__}, not a string")
             if text and text.strip():
                 yield text
+
+
+def _lines(f: IO[bytes], p: Path) -> Iterator[tuple[int, bytes]]:
+    """Yield ``(line number, line)`` of a (maybe compressed) file, a cut-short stream as a DataError."""
+    n = 0
+    try:
+        for n, line in enumerate(f, 1):
+            yield n, line
+    except _stream_errors() as e:
+        raise DataError(f"{p} ends early or is corrupt after line {n} ({type(e).__name__}: {str(e)[:200]}): "
+                        "download or compress it again, or leave it out of --input") from None
 
 
 def _arrow_text(batches, p: Path, field: str, schema) -> Iterator[str]:

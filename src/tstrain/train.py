@@ -14,6 +14,8 @@ import contextlib
 import dataclasses
 import json
 import math
+import os
+import shutil
 import time
 import tomllib
 from collections.abc import Callable
@@ -24,16 +26,17 @@ from typing import Any, ClassVar
 import torch
 
 from . import checkpoint as ckpt
-from . import distributed
+from . import distributed, run_lock
 from .batches import Batch, BatchMaker
 from .config import Config, resume_differences
 from .data import TokenData
-from .errors import CheckpointError, ConfigError, DataError, TrainingError
+from .errors import CheckpointError, ConfigError, DataError, TrainingError, TstrainError
 from .evaluation import validation_loss
 from .faults import maybe_die
-from .fileio import write_text_atomic
+from .fileio import read_json, sha256_file, write_text_atomic
 from .loss import TSTLoss
 from .metrics import MetricsLog, Progress, device_peak_flops
+from .model_io import TOKENIZER as RUN_TOKENIZER
 from .model_io import export_hf
 from .models import CausalLMParts, build_model, flops_per_position
 from .optim import adamw
@@ -130,6 +133,17 @@ def check_resume_config(saved: dict[str, Any], cfg: Config) -> None:
         )
 
 
+def check_checkpoint_config(trained: dict[str, Any] | None, cfg: Config, path: Path) -> None:
+    """Raise ConfigError if ``cfg`` differs from the config a checkpoint's steps were trained with (recorded in
+    its ``state.json``) in a field that may not change on resume: an edited ``config.toml`` is caught too."""
+    diffs = resume_differences(trained, cfg) if trained else []
+    if diffs:
+        raise ConfigError(
+            f"cannot resume: the steps in {path} were trained with another config than this one ({'; '.join(diffs)}); "
+            "put the saved values back (config.toml or the flags), or start a new run in another --out"
+        )
+
+
 # ----------------------------------------------------------------------------------------------
 # State and summary
 # ----------------------------------------------------------------------------------------------
@@ -178,6 +192,17 @@ def data_differences(was: dict[str, Any], now: dict[str, Any]) -> list[str]:
     return [k for k in now if k in was and was[k] != now[k]]
 
 
+def keep_tokenizer(data: TokenData, run: Path) -> None:
+    """Copy the data's tokenizer into the run (once): the model keeps the tokenizer it was trained with
+    whatever later happens to the data dir (re-prepared, moved, edited)."""
+    own = run / RUN_TOKENIZER
+    if own.is_file() and sha256_file(own) == data.manifest.get("tokenizer_sha256"):
+        return
+    tmp = own.with_name(f".{own.name}.tmp")
+    shutil.copyfile(data.path / "tokenizer.json", tmp)
+    os.replace(tmp, own)
+
+
 def check_reader_order(order: str, what: str) -> None:
     """Refuse to resume ``what`` (a run dir, a checkpoint) whose steps read the data in another ``order``:
     going on in this reader's order would read some tokens twice in an epoch and others never."""
@@ -198,6 +223,7 @@ class RunSummary:
     data_tokens: int
     flops: float
     wall_time: float
+    skipped_steps: int = 0  # steps whose loss or gradient was not finite, not applied (train.skip_nonfinite)
 
     def to_dict(self) -> dict[str, Any]:
         return {**self.__dict__, "run_dir": str(self.run_dir)}
@@ -262,6 +288,7 @@ class Trainer:
         found = self.ctx.agree(ckpt.latest_good_checkpoint(self.ckpt_root) if self.ctx.is_main else None)
         if found is not None:  # before anything is written: a refused resume changes nothing
             check_reader_order(TrainState.from_dict(found[1]).reader_order, f"the checkpoint {found[0]}")
+            check_checkpoint_config(found[1].get("config"), self.cfg, found[0])
         if found is None and ckpt.list_checkpoints(self.ckpt_root):
             raise CheckpointError(
                 f"none of the {len(ckpt.list_checkpoints(self.ckpt_root))} checkpoints under {self.ckpt_root} verifies "
@@ -277,7 +304,7 @@ class Trainer:
         saved = self.run / DATA_IDENTITY
         if not saved.is_file():
             return
-        was = json.loads(saved.read_text())
+        was = read_json(saved, DataError, "restore it, or start a new run in another --out")
         diffs = data_differences(was, self.data.identity)
         if diffs:
             raise DataError(
@@ -306,7 +333,7 @@ class Trainer:
         self.run_model = self.ctx.shard(self.model)  # run_model(fn, *args) calls fn where the weights are whole
         self.optimizer = make_optimizer(self.model, cfg, device)
         self.tst_loss = tst_loss_of(self.parts, cfg)
-        self.batches = BatchMaker(self.data.train, self.schedule, cfg.train.seed, vocab_size=cfg.model.vocab_size)
+        self.batches = BatchMaker(self.data.train, self.schedule, cfg.train.seed)  # Tokens checks every id read
         self.batches.check_appetite(cfg.data.max_epochs)
         self.val = validation_windows(self.data.val, cfg.train.seq_len, cfg.data.val_windows)
         self.peak = device_peak_flops(device, cfg.log.peak_flops)
@@ -318,8 +345,10 @@ class Trainer:
         if self.ctx.is_main:
             self.run.mkdir(parents=True, exist_ok=True)
             write_text_atomic(self.run / "config.toml", self.cfg.to_toml())  # a kill mid-write must not break --resume
-            identity = {**self.data.identity, "path": str(self.data.path.resolve()), "reader_order": READER_ORDER}
+            identity = {**self.data.identity, "path": str(self.data.path.resolve()), "reader_order": READER_ORDER,
+                        "eos_token": self.data.manifest.get("eos_token")}
             write_text_atomic(self.run / DATA_IDENTITY, json.dumps(identity, indent=2) + "\n")
+            keep_tokenizer(self.data, self.run)
         self.build()
         if found is not None:
             path, saved = found
@@ -439,10 +468,11 @@ class Trainer:
         s = self.state
         s.phase, s.wall_time = self.schedule.phase_after(s.step), self.elapsed()
         s.epoch, s.at_switch = self.batches.epochs(s.step), self.schedule.is_switch(s.step)
+        state = {**s.to_dict(), "config": self.cfg.to_dict()}  # what the steps so far trained with (resume checks it)
         if self.ctx.distributed:
-            ckpt.save_sharded_checkpoint(self.ckpt_root, s.step, self.model, self.optimizer, s.to_dict(), self.ctx)
+            ckpt.save_sharded_checkpoint(self.ckpt_root, s.step, self.model, self.optimizer, state, self.ctx)
         else:
-            ckpt.save_checkpoint(self.ckpt_root, s.step, self.model, self.optimizer, s.to_dict())
+            ckpt.save_checkpoint(self.ckpt_root, s.step, self.model, self.optimizer, state)
         if self.ctx.is_main:
             ckpt.prune_checkpoints(self.ckpt_root, self.cfg.train.keep_checkpoints)
 
@@ -491,11 +521,11 @@ class Trainer:
         weights = ckpt.full_model_state_dict(self.model) if self.ctx.distributed else None
         s = self.state
         summary = RunSummary(self.run, last_val, self.cfg.train.steps, self.cfg.switch_step, s.data_tokens, s.flops,
-                             self.elapsed())
+                             self.elapsed(), s.skipped_steps)
         if self.ctx.is_main:
-            export_hf(self.model, self.run / "final", self.data.path / "tokenizer.json",
-                      self.data.manifest.get("eos_token"), weights)
-            (self.run / "summary.json").write_text(json.dumps(summary.to_dict(), indent=2) + "\n")
+            export_hf(self.model, self.run / "final", self.run / RUN_TOKENIZER, self.data.manifest.get("eos_token"),
+                      weights)
+            write_text_atomic(self.run / "summary.json", json.dumps(summary.to_dict(), indent=2) + "\n")
         return summary
 
 
@@ -509,6 +539,24 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, **seams: Any) 
     """
     ctx = distributed.setup(resolve_device(cfg))
     try:
-        return Trainer(cfg, out_dir, resume, ctx, **seams).fit()
+        with lock_run_dir(ctx, Path(out_dir)):
+            return Trainer(cfg, out_dir, resume, ctx, **seams).fit()
     finally:
         ctx.close()
+
+
+@contextlib.contextmanager
+def lock_run_dir(ctx: distributed.Single, run: Path):
+    """Hold the run dir's exclusive lock (``run_lock``) for the job: rank 0 takes it for all the job's
+    processes, and every process stops if another job holds it."""
+    with contextlib.ExitStack() as stack:
+        refused = None
+        if ctx.is_main:
+            try:
+                stack.enter_context(run_lock.locked(run, "run dir"))
+            except TstrainError as e:
+                refused = e
+        refused = ctx.agree(refused)
+        if refused is not None:
+            raise refused
+        yield
