@@ -20,7 +20,7 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	# Install the pinned CPU build first so the resolver never pulls a CUDA wheel.
 	$(BIN)/pip install --quiet $(TORCH)
-	$(BIN)/pip install --quiet -e '.[test,eval,wandb]'
+	$(BIN)/pip install --quiet -e '.[test,eval,wandb,triton]'
 	touch $@
 
 test: venv
