@@ -74,12 +74,18 @@ def mce_rows_(logits: torch.Tensor, safe_targets: torch.Tensor, scales: torch.Te
                     BLOCK_S=max(2, triton.next_power_of_2(S)), GRAD=grad, num_warps=warps)
 
 
+_FLOAT32_OUT = {"cuda": True}  # whether this PyTorch's addmm adds bf16 products into float32 (not every version does)
+
+
 def _add_product(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
     """``acc += a @ b`` into a float32 ``acc``: on CUDA cuBLAS writes float32 itself, no (V, d) temporary."""
-    if acc.is_cuda and a.dtype != acc.dtype:
-        torch.addmm(acc, a, b, out_dtype=acc.dtype, out=acc)
-    else:
-        acc += (a @ b).to(acc.dtype)
+    if acc.is_cuda and a.dtype != acc.dtype and _FLOAT32_OUT["cuda"]:
+        try:
+            torch.addmm(acc, a, b, out_dtype=acc.dtype, out=acc)
+            return
+        except (RuntimeError, TypeError):  # refused by its argument checks, before any work: the general way
+            _FLOAT32_OUT["cuda"] = False
+    acc += (a @ b).to(acc.dtype)
 
 
 class TritonLinearMultiHotCE(torch.autograd.Function):
