@@ -28,6 +28,7 @@ CASES = {
                                                                             "exponential", 4, 64, True),
     "s=4, V a whole number of tiles, one chunk (fp32)": (8, 256, 8, 4, "float32", "power", 64, 128, True),
     "s=4 without gradients (evaluation)": (12, 300, 8, 4, "float32", "uniform", 5, 128, False),
+    "V = 262,144 in the kernel's own tiles (bf16)": (4, 262144, 8, 2, "bfloat16", "uniform", 3, None, True),
 }
 
 
@@ -109,6 +110,26 @@ def test_the_triton_kernel_matches_a_float64_reference(name, kernel_results):
     for got, ref in ((grad_h, ref_h), (grad_w, ref_w)):
         assert got.shape == ref.shape and got.dtype == getattr(torch, dtype)
         assert (got.double() - ref).abs().max().item() <= (2**-7 if bf16 else 1e-5) * ref.abs().max().item()
+
+
+@pytest.mark.parametrize("arch", [80, 90])
+def test_the_kernel_compiles_to_gpu_code_for_a100_and_h100_without_a_gpu(arch):
+    # Triton's compiler (and the ptxas it ships) needs no device: the step the interpreter skips.
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from tstrain.kernels.triton_mce import _mce_rows, row_block
+
+    for dtype in ("bf16", "fp32"):
+        for grad in (True, False):
+            block, warps = row_block(128256)
+            signature = {"z_ptr": f"*{dtype}", "y_ptr": "*i64", "scale_ptr": "*fp32", "loss_ptr": "*fp32", "V": "i32",
+                         "S": "i32", "BLOCK_V": "constexpr", "BLOCK_S": "constexpr", "GRAD": "constexpr"}
+            source = ASTSource(fn=_mce_rows, signature=signature,
+                               constexprs={"BLOCK_V": block, "BLOCK_S": 4, "GRAD": grad})
+            kernel = triton.compile(source, target=GPUTarget("cuda", arch, 32), options={"num_warps": warps})
+            assert len(kernel.asm["cubin"]) > 0 and f".target sm_{arch}" in kernel.asm["ptx"]
 
 
 def test_cuda_takes_the_triton_kernel_unless_told_to_keep_the_chunked_path(monkeypatch):
