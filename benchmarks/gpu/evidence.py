@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -38,13 +39,15 @@ MIN_BODY = 20e6  # non-embedding parameters: where the paper's gains start
 
 
 def settings() -> dict:
-    """Return the run's settings, from the environment (``STEPS``, ``LRS``, ``TUNE_STEPS``) or the defaults."""
+    """Return the run's settings, from the environment (``STEPS``, ``LRS``, ``TUNE_STEPS``, and ``SET``: config
+    fields ``SECTION.FIELD=VALUE`` for every run, space-separated) or the defaults."""
     lrs = os.environ.get("LRS", "3e-3,6e-3" if DRY else "1e-3,2e-3,4e-3")
+    fields = dict(item.split("=", 1) for item in os.environ.get("SET", "").split())
     return {"preset": "tiny" if DRY else "gpu-small", "steps": int(os.environ.get("STEPS", 24 if DRY else 3000)),
             "lrs": [float(x) for x in lrs.split(",")] if lrs else None,
             "tune_steps": int(os.environ.get("TUNE_STEPS", 12 if DRY else 600)),
             "overrides": {"data.max_epochs": 1.0, "log.progress": False, "train.device": "cpu" if DRY else "cuda",
-                          **({"train.eval_every": 6} if DRY else {})}}
+                          **({"train.eval_every": 6} if DRY else {}), **fields}}
 
 
 def body_parameters(preset: str, data: str, overrides: dict) -> tuple[int, int]:
@@ -122,8 +125,9 @@ def main() -> None:
     run["body"], run["ends"] = body_parameters(run["preset"], args.data, run["overrides"])
     if not DRY and run["body"] < MIN_BODY:
         sys.exit(f"preset {run['preset']} has {run['body']:,} non-embedding parameters; the evidence needs 20M")
-    run["command"] = " ".join([*(f"{k}={os.environ[k]}" for k in ("DRY_RUN", "STEPS", "LRS", "TUNE_STEPS")
-                                 if k in os.environ), "bash benchmarks/gpu/evidence.sh", args.data])
+    knobs = [f"{k}={shlex.quote(os.environ[k])}" for k in ("DRY_RUN", "STEPS", "LRS", "TUNE_STEPS", "SET")
+             if k in os.environ]
+    run["command"] = " ".join([*knobs, "bash benchmarks/gpu/evidence.sh", args.data])
     print(f"preset {run['preset']}: {run['body']:,} non-embedding parameters, {run['ends']:,} in embedding and head; "
           f"{run['steps']} steps a run; arms {ARMS}; LRs {run['lrs']}", flush=True)
     start = time.perf_counter()

@@ -8,6 +8,7 @@
 #   bash benchmarks/gpu/evidence.sh [DATA_DIR]             # on the GPU machine (OUT=... or /tmp/tstrain-evidence)
 #   OUT=DIR DRY_RUN=1 bash benchmarks/gpu/evidence.sh DIR  # the same path on this CPU: tiny preset, a few steps
 #   STEPS=3000 LRS=1e-3,2e-3,4e-3 TUNE_STEPS=600 ...       # run length and the baseline LR tuning (LRS= : none)
+#   SET="train.compile=off train.batch_size=32" ...        # config fields for every run (SECTION.FIELD=VALUE)
 #   COMMIT=abc1234 ...                                     # names the source where the tree comes without git
 #
 # Installs from no index: the source tree is used in place (PYTHONPATH=src); wheels the device's
