@@ -3,8 +3,10 @@
 Compares, on the same logits: plain next-token CE (``F.cross_entropy``, s = 1); our MCE (one
 log-sum-exp per position); the published formulation (``s`` calls of CE on the same logits);
 and our fused head + MCE (hidden states and head weight in, chunks of positions, never the
-whole logits). Times are interleaved medians; peak memory is measured per case in a fresh
-subprocess (peak RSS, or CUDA peak allocation, above what the inputs already hold).
+whole logits), both the chunked PyTorch path and the Triton kernel (CUDA; on the CPU only under
+``TRITON_INTERPRET=1``, which checks the path and times nothing worth reading). Times are
+interleaved medians; peak memory is measured per case in a fresh subprocess (peak RSS, or CUDA
+peak allocation, above what the inputs already hold).
 
     python benchmarks/loss_kernels.py --vocabs 8192,32768,131072 --bag-sizes 4,16
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -22,14 +25,17 @@ import torch.nn.functional as F
 
 from _common import interleaved, machine
 from tstrain.superposition import (
+    IGNORE_INDEX,
+    _LinearMultiHotCE,
+    _prepared_targets,
     bag_weights,
-    linear_multi_hot_cross_entropy,
     multi_hot_cross_entropy,
     reference_multi_hot_cross_entropy,
 )
 
-METHODS = ("plain CE", "ours MCE", "published s x CE", "plain head+CE", "ours fused head+MCE", "Liger fused head+CE")
-HEAD_METHODS = ("plain head+CE", "ours fused head+MCE", "Liger fused head+CE")
+METHODS = ("plain CE", "ours MCE", "published s x CE", "plain head+CE", "ours chunked head+MCE",
+           "ours Triton head+MCE", "Liger fused head+CE")
+HEAD_METHODS = ("plain head+CE", "ours chunked head+MCE", "ours Triton head+MCE", "Liger fused head+CE")
 
 
 def liger_available(device: str) -> bool:
@@ -43,7 +49,24 @@ def liger_available(device: str) -> bool:
     return True
 
 
-def make_case(method: str, N: int, V: int, d: int, s: int, device: str, dtype: str = "float32"):
+def triton_available(device: str) -> bool:
+    """Return whether our Triton kernel runs here: on CUDA, or on the CPU through Triton's interpreter."""
+    if device != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        return False
+    try:
+        import tstrain.kernels.triton_mce  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def available(method: str, device: str) -> bool:
+    return {"Liger fused head+CE": liger_available, "ours Triton head+MCE": triton_available}.get(
+        method, lambda _: True)(device)
+
+
+def make_case(method: str, N: int, V: int, d: int, s: int, device: str, dtype: str = "float32",
+              chunk: int = 2048):
     """Return (inputs to keep alive, a function running forward + backward once)."""
     g = torch.Generator(device="cpu").manual_seed(0)
     if method in HEAD_METHODS:
@@ -54,6 +77,9 @@ def make_case(method: str, N: int, V: int, d: int, s: int, device: str, dtype: s
             from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
 
             liger = LigerFusedLinearCrossEntropyLoss()
+        fused = _LinearMultiHotCE
+        if method == "ours Triton head+MCE":
+            from tstrain.kernels.triton_mce import TritonLinearMultiHotCE as fused
 
         def run():
             hidden.grad = weight.grad = None
@@ -61,8 +87,9 @@ def make_case(method: str, N: int, V: int, d: int, s: int, device: str, dtype: s
                 F.cross_entropy(hidden @ weight.t(), targets[:, 0]).backward()
             elif method == "Liger fused head+CE":
                 liger(weight, hidden, targets[:, 0]).backward()
-            else:
-                linear_multi_hot_cross_entropy(hidden, weight, targets).backward()
+            else:  # what linear_multi_hot_cross_entropy runs, one path each
+                safe, scales = _prepared_targets(targets, V, "uniform", IGNORE_INDEX, 0.0, hidden.device, False)
+                fused.apply(hidden, weight, safe, scales, chunk).backward()
 
         return (hidden, weight, targets), run
     logits = torch.randn(N, V, generator=g).to(device, getattr(torch, dtype)).requires_grad_()
@@ -100,9 +127,9 @@ def peak_rss_bytes() -> int:
     raise RuntimeError("no VmHWM in /proc/self/status")
 
 
-def peak_memory_child(method: str, N: int, V: int, d: int, s: int, device: str, dtype: str) -> None:
+def peak_memory_child(method: str, N: int, V: int, d: int, s: int, device: str, dtype: str, chunk: int) -> None:
     """Print the peak extra bytes of one forward + backward (run in a fresh process)."""
-    keep, run = make_case(method, N, V, d, s, device, dtype)
+    keep, run = make_case(method, N, V, d, s, device, dtype, chunk)
     if device == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -117,9 +144,10 @@ def peak_memory_child(method: str, N: int, V: int, d: int, s: int, device: str, 
         print(json.dumps({"peak": max(0, peak_rss_bytes() - base)}))
 
 
-def peak_memory(method, N, V, d, s, device, dtype) -> int | str:
+def peak_memory(method, N, V, d, s, device, dtype, chunk) -> int | str:
     """Return the peak extra bytes of one case measured in a fresh process, or why it failed."""
-    done = subprocess.run([sys.executable, __file__, "--child", json.dumps([method, N, V, d, s, device, dtype])],
+    done = subprocess.run([sys.executable, __file__, "--child",
+                           json.dumps([method, N, V, d, s, device, dtype, chunk])],
                           capture_output=True, text=True)
     if done.returncode != 0:
         return "failed: " + (done.stderr.strip().splitlines() or ["no output"])[-1][:120]
@@ -134,8 +162,8 @@ def memory_cells(peak: int | str, plain: int | str) -> str:
 
 def estimated_bytes(method: str, N: int, V: int, s: int) -> int:
     """Return a rough upper bound on one case's memory: its inputs plus the float32 (N, V) buffers it keeps."""
-    buffers = {"plain CE": 3, "ours MCE": 3, "published s x CE": s + 2, "plain head+CE": 3, "ours fused head+MCE": 1,
-               "Liger fused head+CE": 1}
+    buffers = {"plain CE": 3, "ours MCE": 3, "published s x CE": s + 2, "plain head+CE": 3, "ours chunked head+MCE": 1,
+               "ours Triton head+MCE": 1, "Liger fused head+CE": 1}
     return buffers[method] * N * V * 4
 
 
@@ -153,6 +181,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
                     help="dtype of the logits, hidden states and head")
+    ap.add_argument("--methods", default=",".join(METHODS), help="comma-separated rows to run ('plain CE' always runs)")
+    ap.add_argument("--chunk-size", type=int, default=2048,
+                    help="positions per chunk of our fused head + MCE (train.loss_chunk_size's default)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -160,29 +191,32 @@ def main() -> None:
         peak_memory_child(*json.loads(args.child))
         return
     N, d = args.positions, args.hidden
-    print(f"# loss forward + backward, N={N} positions, fused head d={d}, {args.dtype} inputs; {machine()}")
+    wanted = [m for m in METHODS if m in args.methods.split(",") or m == "plain CE"]
+    print(f"# loss forward + backward, N={N} positions, fused head d={d}, {args.dtype} inputs, "
+          f"our fused chunks of {args.chunk_size} positions; {machine()}")
     print(f"# time: median of {args.repeats} interleaved runs; memory: peak above the inputs, fresh process per case")
-    print("# 'plain head+CE' and 'ours fused head+MCE' include the head matmuls (N x d x V); "
-          "compare them with each other")
+    print("# the head rows (plain head+CE, ours chunked and Triton head+MCE, Liger) include the head matmuls "
+          "(N x d x V); compare them with each other")
     print("| V | s | method | time (ms) | vs plain CE | peak extra memory (MiB) | vs plain CE |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for V in (int(v) for v in args.vocabs.split(",")):
         for s in (int(x) for x in args.bag_sizes.split(",")):
             # All cases stay alive while interleaved: leave out one that cannot fit beside the others.
             budget = 0.6 * (torch.cuda.get_device_properties(0).total_memory if device == "cuda" else ram_bytes())
-            fits = [m for m in METHODS
+            fits = [m for m in wanted
                     if sum(estimated_bytes(x, N, V, s) for x in METHODS if x == m or x == "plain CE") < budget
-                    and (m != "Liger fused head+CE" or liger_available(device))]
-            methods = [m for m in METHODS if m in fits]
-            cases = {m: make_case(m, N, V, d, s, device, args.dtype) for m in methods}
+                    and available(m, device)]
+            methods = [m for m in wanted if m in fits]
+            cases = {m: make_case(m, N, V, d, s, device, args.dtype, args.chunk_size) for m in methods}
             med = interleaved({m: c[1] for m, c in cases.items()}, args.repeats, warmup=1)
             del cases
             if device == "cuda":  # give the cached blocks back: the memory children share the GPU
                 torch.cuda.empty_cache()
-            mem = {m: peak_memory(m, N, V, d, s, device, args.dtype) for m in methods}
-            for m in METHODS:
-                if m == "Liger fused head+CE" and not liger_available(device):
-                    print(f"| {V} | {s} | {m} | not run: needs CUDA and liger-kernel | | | |", flush=True)
+            mem = {m: peak_memory(m, N, V, d, s, device, args.dtype, args.chunk_size) for m in methods}
+            for m in wanted:
+                if not available(m, device):
+                    needs = "liger-kernel" if m.startswith("Liger") else "triton (or TRITON_INTERPRET=1)"
+                    print(f"| {V} | {s} | {m} | not run: needs CUDA and {needs} | | | |", flush=True)
                     continue
                 if m not in methods:
                     print(f"| {V} | {s} | {m} | not run: keeps ~{estimated_bytes(m, N, V, s) / 2**30:.0f} GiB "

@@ -1,4 +1,4 @@
-"""The GPU path: bf16 autocast through the MCE, the fused head + loss, compile, resume, export.
+"""The GPU path: bf16 autocast through the MCE, the fused head + loss (Triton on CUDA), compile, resume, export.
 
 Marked ``cuda``: they run on a CUDA device (``benchmarks/gpu/check.sh`` runs them there). On a
 machine without one they skip, except under ``TSTRAIN_DRY_RUN=1``, where the same tests run on the
@@ -80,6 +80,27 @@ def test_the_fused_head_and_loss_equal_the_unfused_ones_under_bf16():
     assert lb == pytest.approx(la, rel=1e-3)
     for a, b in ((ha, hb), (wa, wb)):
         assert (a - b).abs().max().item() <= 2**-7 * a.abs().max().item()
+
+
+@pytest.mark.parametrize("s,V", [(1, 128256), (4, 128256), (16, 49152), (4, 262144)])
+def test_the_fused_head_and_loss_in_bf16_match_a_float64_loop_at_real_sizes(s, V):
+    # On CUDA this is the Triton kernel (chosen automatically; triton ships with PyTorch's CUDA wheels).
+    N, V, d = (64, 1000, 32) if SMALL else (2048 if V > 131072 else 4096, V, 576)
+    if DEVICE == "cuda":
+        from tstrain.kernels import cuda_linear_mce
+
+        assert cuda_linear_mce() is not None
+    hidden, weight, targets = bf16_case(N, V, d, s)
+    h, W = hidden.bfloat16().requires_grad_(), weight.bfloat16().requires_grad_()
+    loss = linear_multi_hot_cross_entropy(h, W, targets, "power", chunk_size=N // 3)
+    loss.backward()
+    h64, W64 = h.detach().double().requires_grad_(), W.detach().double().requires_grad_()
+    ref = float64_mce(h64 @ W64.t(), targets, bag_weights("power", s))
+    ref.backward()
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-3)  # bf16 logits: 8 bits of mantissa each
+    for got, want in ((h.grad, h64.grad), (W.grad, W64.grad)):
+        assert got.dtype == torch.bfloat16
+        assert (got.double() - want).abs().max().item() <= 2**-7 * want.abs().max().item()
 
 
 def device_cfg(tiny_cfg, **overrides):

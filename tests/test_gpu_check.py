@@ -16,13 +16,20 @@ def test_the_gpu_check_runs_every_section_on_the_cpu_in_its_dry_run(data_dir, tm
                           capture_output=True, text=True, timeout=1000)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
-    sections = ("correctness", "speed", "kernels", "memory", "compare")
+    sections = ("correctness", "speed", "kernels", "peer", "memory", "compare")
     assert summary["dry_run"] is True and summary["sections"] == {name: "ok" for name in sections}
-    assert "7 passed" in (out / "correctness.txt").read_text()  # the cuda-marked tests, on the CPU
+    assert "11 passed" in (out / "correctness.txt").read_text()  # the cuda-marked tests, on the CPU
     speed = (out / "speed.md").read_text()
     assert all(f"| {row} |" in speed for row in ("phase 2", "phase 1, s=4", "phase 1, s=8")) and "compile off" in speed
     kernels = (out / "kernels.md").read_text()
-    assert "| ours fused head+MCE |" in kernels and "Liger fused head+CE | not run: needs CUDA" in kernels
+    assert "Liger fused head+CE | not run: needs CUDA" in kernels
+    for s in (1, 4):  # the Triton kernel ran (through the interpreter) beside the chunked path, s = 1 and 4
+        assert all(f"| {s} | {row} | " in kernels and f"| {s} | {row} | not run" not in kernels
+                   for row in ("ours Triton head+MCE", "ours chunked head+MCE", "plain head+CE"))
+    peer = (out / "peer.md").read_text()
+    assert "| peer: compiled loop + plain CE (dry run: Liger needs CUDA) |" in peer
+    assert all(f"| {row} |" in peer for row in ("tstrain phase 2", "tstrain phase 1, s=4", "loss_chunk_size"))
+    assert "activation checkpointing" in peer
     assert (out / "memory.md").read_text().count("| tiny-llama |") == 6
     assert "What a phase-1 step buys" in (out / "compare_report.md").read_text()
     assert len(list(out.iterdir())) <= 8  # the device tool brings back at most 8 files

@@ -1,4 +1,4 @@
-"""The GPU check: correctness, speed, loss kernels, memory and a short TST-vs-baseline on one GPU.
+"""The GPU check: correctness, speed, loss kernels, the peer loop, memory and a short TST-vs-baseline on one GPU.
 
 Run by ``benchmarks/gpu/check.sh`` (which installs carried wheels and sets the paths). Each
 section runs in its own process under its own time limit and writes one file under ``--out``; a
@@ -55,10 +55,11 @@ def env() -> dict[str, str]:
     return out
 
 
-def run_child(cmd: list[str], path: Path | None, timeout: float) -> str:
+def run_child(cmd: list[str], path: Path | None, timeout: float, extra_env: dict | None = None) -> str:
     """Run a command, write its output to ``path`` (or print it when None); return a status word."""
     try:
-        done = subprocess.run(cmd, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=max(timeout, 10))
+        done = subprocess.run(cmd, cwd=ROOT, env={**env(), **(extra_env or {})}, capture_output=True, text=True,
+                              timeout=max(timeout, 10))
         text, status = done.stdout + done.stderr, "ok" if done.returncode == 0 else f"exit {done.returncode}"
     except subprocess.TimeoutExpired as e:
         text, status = f"{_text(e.stdout)}{_text(e.stderr)}\nTIMED OUT after {timeout:.0f} s\n", "timed out"
@@ -79,14 +80,26 @@ def correctness(out: Path, seconds: float) -> str:
     return run_child(cmd, out / "correctness.txt", seconds)
 
 
+KERNEL_METHODS = "plain CE,plain head+CE,ours chunked head+MCE,ours Triton head+MCE,Liger fused head+CE"
+
+
 def kernels(out: Path, seconds: float) -> str:
-    """Loss kernels at the paper's vocabularies, bf16 inputs, with Liger Kernel's fused linear CE as the peer."""
-    sizes = ["--vocabs", "1024", "--positions", "256", "--hidden", "32", "--repeats", "2"] if DRY else \
-        ["--vocabs", os.environ.get("KERNEL_VOCABS", "49152,128256"), "--positions", "16384", "--hidden", "576",
-         "--repeats", "5"]
-    bags = os.environ.get("KERNEL_BAGS", "4,16")
-    cmd = [sys.executable, "benchmarks/loss_kernels.py", "--bag-sizes", bags, "--dtype", "bfloat16", *sizes]
-    return run_child(cmd, out / "kernels.md", seconds)
+    """Fused head + loss at the paper's vocabularies, bf16 inputs, s = 1 and 4: ours (Triton and chunked
+    PyTorch) against Liger Kernel's fused linear CE and the unfused head + CE."""
+    sizes = ["--vocabs", "1024", "--positions", "256", "--hidden", "32", "--repeats", "2", "--chunk-size", "128"] \
+        if DRY else ["--vocabs", os.environ.get("KERNEL_VOCABS", "49152,128256"), "--positions", "16384",
+                     "--hidden", "576", "--repeats", "5"]
+    bags = os.environ.get("KERNEL_BAGS", "1,4")
+    cmd = [sys.executable, "benchmarks/loss_kernels.py", "--bag-sizes", bags, "--dtype", "bfloat16",
+           "--methods", KERNEL_METHODS, *sizes]
+    # The dry run takes the Triton path through Triton's interpreter (correct, and slow: its times mean nothing).
+    return run_child(cmd, out / "kernels.md", seconds, {"TRITON_INTERPRET": "1"} if DRY else None)
+
+
+def peer(out: Path, seconds: float) -> str:
+    """The field's fast loop (compiled, Liger's fused linear CE) against tstrain's phase-2 and phase-1 steps."""
+    cmd = [sys.executable, "benchmarks/peer_loop.py", "--gpu", "--preset", PRESETS[0], "--repeats", "2" if DRY else "5"]
+    return run_child(cmd, out / "peer.md", seconds)
 
 
 def step_fn(parts, opt, cfg, autocast, B: int, s: int):
@@ -199,7 +212,7 @@ def compare(out: Path, seconds: float, data: str) -> str:
         cmd = [sys.executable, "-m", "tstrain", "compare", "--preset", preset, "--data", data, "--out", f"{tmp}/cmp",
                "--steps", str(steps), "--no-progress", "--set", f"train.eval_every={3 if DRY else 50}",
                "--set", f"train.device={DEVICE}"]
-        status = run_child(cmd, out / "compare.log", seconds)
+        status = run_child(cmd, None, seconds)  # its log goes to check.log: the tool brings back 8 files at most
         if (Path(tmp) / "cmp" / "report.md").is_file():  # the phase-1 step value and the three views
             shutil.copy(Path(tmp) / "cmp" / "report.md", out / "compare_report.md")
     return status
@@ -212,7 +225,7 @@ def section(name: str, out: Path, seconds: float, data: str) -> str:
     """Run one section: the in-process ones in a child process of this script, so a hang or OOM stays there."""
     if name in IN_PROCESS:
         return run_child([sys.executable, __file__, "--section", name, "--out", str(out)], None, seconds)
-    return {"correctness": correctness, "kernels": kernels}[name](out, seconds) if name != "compare" \
+    return {"correctness": correctness, "kernels": kernels, "peer": peer}[name](out, seconds) if name != "compare" \
         else compare(out, seconds, data)
 
 
@@ -230,7 +243,7 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--data", default="data/corpus", help="prepared data dir for the short comparison")
     ap.add_argument("--budget", type=float, default=500.0, help="seconds for all sections together")
-    ap.add_argument("--sections", default="correctness,speed,kernels,memory,compare",
+    ap.add_argument("--sections", default="correctness,speed,kernels,peer,memory,compare",
                     help="comma-separated sections to run (a rerun after a change need not repeat the rest)")
     ap.add_argument("--section", choices=sorted(IN_PROCESS), help=argparse.SUPPRESS)  # the child's own entry
     args = ap.parse_args()
@@ -243,7 +256,7 @@ def main() -> None:
         sys.exit("no CUDA device: run on the GPU machine, or DRY_RUN=1 for the CPU dry run")
     preamble()
     start, results = time.perf_counter(), {}
-    plan = [("correctness", 0.25), ("speed", 0.35), ("kernels", 0.25), ("memory", 0.3), ("compare", 1.0)]
+    plan = [("correctness", 0.2), ("speed", 0.25), ("kernels", 0.3), ("peer", 0.35), ("memory", 0.3), ("compare", 1.0)]
     wanted = args.sections.split(",")
     plan = [(name, share if name != wanted[-1] else 1.0) for name, share in plan if name in wanted]
     for name, share in plan:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU check (one prepared command for the device machine): correctness, speed, loss kernels,
-# memory and a short TST-vs-baseline, each section writing one file under $OUT.
+# the peer loop, memory and a short TST-vs-baseline, each section writing one file under $OUT.
 #
 #   bash benchmarks/gpu/check.sh [DATA_DIR]        # on the GPU machine (OUT=... or /tmp/tstrain-gpu-check)
 #   DRY_RUN=1 bash benchmarks/gpu/check.sh DIR     # the same code paths on this CPU at tiny sizes

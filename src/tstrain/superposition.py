@@ -289,8 +289,8 @@ def linear_multi_hot_cross_entropy(
 ) -> torch.Tensor:
     """Return ``multi_hot_cross_entropy(hidden @ head_weight.T, targets, weights)`` without ever
     holding the full logits: the head and the loss run fused over chunks of ``chunk_size``
-    positions. ``hidden`` is ``(..., d)``, ``head_weight`` ``(V, d)``, targets ``(..., s)``;
-    ``check_ids`` as there."""
+    positions (on CUDA with the softmax pass in Triton, ``kernels.triton_mce``, when triton imports).
+    ``hidden`` is ``(..., d)``, ``head_weight`` ``(V, d)``, targets ``(..., s)``; ``check_ids`` as there."""
     d, s = hidden.shape[-1], targets.shape[-1]
     V = head_weight.shape[0]
     if hidden.shape[:-1] != targets.shape[:-1] or head_weight.shape[1] != d:
@@ -298,7 +298,12 @@ def linear_multi_hot_cross_entropy(
                          f"and targets {tuple(targets.shape)} disagree")
     safe, scales = _prepared_targets(targets.reshape(-1, s), V, weights, ignore_index, mi_exponent, hidden.device,
                                      check_ids)
-    return _LinearMultiHotCE.apply(hidden.reshape(-1, d), head_weight, safe, scales, max(1, chunk_size))
+    fused = _LinearMultiHotCE
+    if hidden.is_cuda:  # the Triton kernel where it can run; imported here, so the method needs torch alone
+        from .kernels import cuda_linear_mce
+
+        fused = cuda_linear_mce() or fused
+    return fused.apply(hidden.reshape(-1, d), head_weight, safe, scales, max(1, chunk_size))
 
 
 def reference_multi_hot_cross_entropy(
