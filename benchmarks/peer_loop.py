@@ -151,8 +151,8 @@ def peer_step(model, opt, cfg, autocast, B: int, liger):
 def ours_step(model, parts, opt, cfg, autocast, B: int, s: int):
     """Return one tstrain step (phase 2 when ``s`` is 1, else phase 1 with bags of ``s``): the trainer's loss
     (fused head + MCE), clipping, AdamW."""
+    from _common import phase_loss
     from tstrain.superposition import window_length
-    from tstrain.train import phase_loss
 
     L, device = cfg.train.seq_len, parts.head.weight.device
     window = torch.randint(0, cfg.model.vocab_size, (B, window_length(L, s, "both" if s > 1 else None)[1]),
