@@ -142,10 +142,11 @@ def finished_run(data_dir, tmp_path_factory):
     return root / "run"
 
 
-def model_verbs(model_dir, data_dir):
-    return [["export", str(model_dir), "--out", str(model_dir.parent / "again")],
-            ["generate", str(model_dir), "--prompt", "the cat", "--max-new-tokens", "2"],
-            ["eval", str(model_dir), "--data", str(data_dir), "--windows", "2"]]
+def model_verbs(model_dir, data_dir, lm_eval=False):
+    verbs = [["export", str(model_dir), "--out", str(model_dir.parent / "again")],
+             ["generate", str(model_dir), "--prompt", "the cat", "--max-new-tokens", "2"],
+             ["eval", str(model_dir), "--data", str(data_dir), "--windows", "2"]]
+    return verbs + [["lm-eval", str(model_dir), "--tasks", "tstrain_smoke_mc", "--local-only"]] * lm_eval
 
 
 def test_a_model_dir_that_names_its_own_code_is_refused_and_the_code_never_runs(finished_run, data_dir, tmp_path,
@@ -160,7 +161,7 @@ def test_a_model_dir_that_names_its_own_code_is_refused_and_the_code_never_runs(
         (model / "evil.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
         config = json.loads((model / "config.json").read_text())
         (model / "config.json").write_text(json.dumps({**config, **change}))
-        for args in model_verbs(model, data_dir):
+        for args in model_verbs(model, data_dir, lm_eval=True):
             one_line_error(capsys, args, str(model / "config.json"), "transformers", name)
         piped = subprocess.run([sys.executable, "-m", "tstrain", *model_verbs(model, data_dir)[0]], input="y\n" * 8,
                                env=child_env(), capture_output=True, text=True, timeout=120)
@@ -304,6 +305,20 @@ def test_a_manifest_whose_vocabulary_is_not_its_tokenizers_is_refused(data_dir, 
     (data / "manifest.json").write_text(json.dumps({**manifest, "vocab_size": manifest["vocab_size"] + 200}))
     one_line_error(capsys, ["verify-data", str(data)], f"records a vocabulary of {manifest['vocab_size'] + 200} but "
                    f"its tokenizer.json has {manifest['vocab_size']} tokens")
+
+
+def test_a_summary_cut_short_is_written_again_when_the_run_is_reused(finished_run, tmp_path):
+    import shutil
+
+    from tstrain.config import load_config
+    from tstrain.experiments import run_or_reuse
+
+    run = shutil.copytree(finished_run, tmp_path / "run")
+    whole = json.loads((run / "summary.json").read_text())
+    (run / "summary.json").write_text(json.dumps(whole)[:40])
+    again = run_or_reuse(load_config(config_file=run / "config.toml"), run)
+    assert again["final_val_loss"] == whole["final_val_loss"] and again["steps"] == whole["steps"]
+    assert json.loads((run / "summary.json").read_text())["final_val_loss"] == whole["final_val_loss"]
 
 
 def test_eval_of_a_run_repeats_its_val_loss_by_default(finished_run, data_dir, capsys):
@@ -481,12 +496,14 @@ def test_skipped_steps_leave_valid_json_and_are_counted_in_the_summary(tiny_cfg,
 
 
 def test_sigterm_stops_a_run_with_the_command_that_continues_it(data_dir, tmp_path):
+    from tstrain.checkpoint import list_checkpoints
+
     run = tmp_path / "run"
     args = [sys.executable, "-m", "tstrain", "train", "--preset", "tiny", "--data", str(data_dir), "--out", str(run),
             "--no-progress", "--set", "train.steps=100000", "--set", "train.checkpoint_every=20",
             "--set", "train.eval_every=0", "--set", "data.max_epochs=100000"]
     proc = subprocess.Popen(args, env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    wait_for(lambda: (run / "checkpoints").is_dir() and any((run / "checkpoints").iterdir()), "a checkpoint")
+    wait_for(lambda: list_checkpoints(run / "checkpoints"), "a checkpoint")
     proc.send_signal(signal.SIGTERM)
     err = proc.communicate(timeout=120)[1].strip()
     assert proc.returncode == 143, err
