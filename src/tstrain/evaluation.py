@@ -138,6 +138,9 @@ def run_lm_eval(
     ``standard_tasks=False`` skips indexing lm-eval's few hundred built-in task folders (faster
     when every task is local). ``limit`` caps the documents per task (a count, or a fraction < 1).
     """
+    if batch_size < 1 or (num_fewshot is not None and num_fewshot < 0) or (limit is not None and not limit > 0):
+        raise ConfigError(f"--batch-size must be >= 1, --num-fewshot >= 0 and --limit > 0; got {batch_size}, "
+                          f"{num_fewshot}, {limit}")
     path = Path(model_dir)
     if not (path / "config.json").is_file():
         raise CheckpointError(f"{path} is not a Hugging Face model dir; make one with `tstrain export RUN --out DIR`")
