@@ -523,3 +523,21 @@ def test_a_closed_pipe_ends_batch_quietly(data_dir, tmp_path):
     done = subprocess.run(["bash", "-c", shell], env=child_env(), capture_output=True, text=True, timeout=120)
     assert done.stdout.startswith("step 0") and done.stderr == "", done.stderr
     assert done.returncode == 141  # as a program killed by SIGPIPE: the reader closed the pipe
+
+
+def test_under_torchrun_every_process_of_a_refused_job_stops(data_dir, tmp_path):
+    from conftest import cli_args, launch
+
+    run = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(run)], env=child_env(), stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        done = launch(cli_args(data_dir, run, **{"train.device": "cpu"}), processes=2, timeout=300)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert done.returncode != 0
+    assert f"is in use by another tstrain process (pid {holder.pid}" in done.stderr, done.stderr
+    assert done.stderr.count("exitcode  : 2 ") == 2, done.stderr  # both processes stopped with the one-line error
+    assert sorted(p.name for p in run.iterdir()) == [LOCK_NAME]  # nothing was written
