@@ -8,7 +8,9 @@ the ``tokenizer.json`` that made them. Dirs of the first format (``tstrain-token
 ``train.bin`` and one ``val.bin``) open as one shard per split.
 
 Opening trusts the manifest's figures and checks only what is O(shards): each file's size, the
-largest ids against the vocabulary, the tokenizer's hash. ``TokenData.verify()`` (``tstrain
+largest ids against the vocabulary, the tokenizer's hash, shard names that stay inside the dir.
+Every read of a split (``Tokens``) checks the ids it read against the vocabulary, so a token file
+changed after it was written stops a run with a message. ``TokenData.verify()`` (``tstrain
 verify-data``) reads every token. Which windows of the training split a run reads is the
 reader's business (``reader.py``); it sees one sequence of tokens (``Tokens``), not the shards.
 """
