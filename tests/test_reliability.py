@@ -142,10 +142,11 @@ def finished_run(data_dir, tmp_path_factory):
     return root / "run"
 
 
-def model_verbs(model_dir, data_dir):
-    return [["export", str(model_dir), "--out", str(model_dir.parent / "again")],
-            ["generate", str(model_dir), "--prompt", "the cat", "--max-new-tokens", "2"],
-            ["eval", str(model_dir), "--data", str(data_dir), "--windows", "2"]]
+def model_verbs(model_dir, data_dir, lm_eval=False):
+    verbs = [["export", str(model_dir), "--out", str(model_dir.parent / "again")],
+             ["generate", str(model_dir), "--prompt", "the cat", "--max-new-tokens", "2"],
+             ["eval", str(model_dir), "--data", str(data_dir), "--windows", "2"]]
+    return verbs + [["lm-eval", str(model_dir), "--tasks", "tstrain_smoke_mc", "--local-only"]] * lm_eval
 
 
 def test_a_model_dir_that_names_its_own_code_is_refused_and_the_code_never_runs(finished_run, data_dir, tmp_path,
@@ -160,7 +161,7 @@ def test_a_model_dir_that_names_its_own_code_is_refused_and_the_code_never_runs(
         (model / "evil.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
         config = json.loads((model / "config.json").read_text())
         (model / "config.json").write_text(json.dumps({**config, **change}))
-        for args in model_verbs(model, data_dir):
+        for args in model_verbs(model, data_dir, lm_eval=True):
             one_line_error(capsys, args, str(model / "config.json"), "transformers", name)
         piped = subprocess.run([sys.executable, "-m", "tstrain", *model_verbs(model, data_dir)[0]], input="y\n" * 8,
                                env=child_env(), capture_output=True, text=True, timeout=120)
@@ -306,6 +307,20 @@ def test_a_manifest_whose_vocabulary_is_not_its_tokenizers_is_refused(data_dir, 
                    f"its tokenizer.json has {manifest['vocab_size']} tokens")
 
 
+def test_a_summary_cut_short_is_written_again_when_the_run_is_reused(finished_run, tmp_path):
+    import shutil
+
+    from tstrain.config import load_config
+    from tstrain.experiments import run_or_reuse
+
+    run = shutil.copytree(finished_run, tmp_path / "run")
+    whole = json.loads((run / "summary.json").read_text())
+    (run / "summary.json").write_text(json.dumps(whole)[:40])
+    again = run_or_reuse(load_config(config_file=run / "config.toml"), run)
+    assert again["final_val_loss"] == whole["final_val_loss"] and again["steps"] == whole["steps"]
+    assert json.loads((run / "summary.json").read_text())["final_val_loss"] == whole["final_val_loss"]
+
+
 def test_eval_of_a_run_repeats_its_val_loss_by_default(finished_run, data_dir, capsys):
     summary = json.loads((finished_run / "summary.json").read_text())
     for source in (finished_run, finished_run / "final"):
@@ -401,13 +416,17 @@ def test_non_finite_and_out_of_range_values_are_one_line_errors(data_dir, tmp_pa
         (train + ["--set", "optim.eps=nan"], "optim.eps must be a finite number; got 'nan'"),
         (train + ["--set", "model.init_std=inf"], "model.init_std must be a finite number; got 'inf'"),
         (train + ["--set", "optim.weight_decay=-inf"], "optim.weight_decay must be a finite number"),
+        (train + ["--seed", "-1"], "train.seed must be in [0, 2^32); got -1"),
+        (train + ["--set", "train.eval_batch_size=0"], "train.eval_batch_size must be >= 1; got 0"),
         (["sweep", *experiment, "--ratios", "0.3,nan"], "--ratios values must be finite and at least 0; got nan"),
         (["sweep", *experiment, "--bag-sizes", "two"], "--bag-sizes takes comma-separated whole numbers; got 'two'"),
         (["scale", "--data", data, "--out", out, "--arms", "4:nan"], "--arms takes S:R pairs with S >= 1"),
         (["scale", "--data", data, "--out", out, "--steps", "abc"], "--steps takes comma-separated whole numbers"),
         (["scale", "--data", data, "--out", out, "--repeat-within", "nan"], "argument --repeat-within: not a finite"),
         (["generate", str(tmp_path), "--prompt", "a", "--temperature", "inf"], "argument --temperature: not a finite"),
+        (["generate", str(tmp_path), "--prompt", "a", "--seed", str(2**70)], "seed must be in [0, 2^63)"),
         (["eval", str(tmp_path), "--data", data, "--batch-size", "0"], "--batch-size >= 1"),
+        (["lm-eval", str(tmp_path), "--tasks", "x", "--limit", "-1"], "--limit > 0; got 8, None, -1.0"),
         (["info", "--preset", "tiny", "--vocab-size", "-1"], "--vocab-size must be >= 1; got -1"),
         (["mi", "--data", data, "--out", out, "--max-distance", "0"], "--max-distance and --bag-size must be >= 1"),
         (["mi", "--data", data, "--out", out, "--sample-tokens", "-1"], "--sample-tokens above --max-distance + 1"),
@@ -481,12 +500,14 @@ def test_skipped_steps_leave_valid_json_and_are_counted_in_the_summary(tiny_cfg,
 
 
 def test_sigterm_stops_a_run_with_the_command_that_continues_it(data_dir, tmp_path):
+    from tstrain.checkpoint import list_checkpoints
+
     run = tmp_path / "run"
     args = [sys.executable, "-m", "tstrain", "train", "--preset", "tiny", "--data", str(data_dir), "--out", str(run),
             "--no-progress", "--set", "train.steps=100000", "--set", "train.checkpoint_every=20",
             "--set", "train.eval_every=0", "--set", "data.max_epochs=100000"]
     proc = subprocess.Popen(args, env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    wait_for(lambda: (run / "checkpoints").is_dir() and any((run / "checkpoints").iterdir()), "a checkpoint")
+    wait_for(lambda: list_checkpoints(run / "checkpoints"), "a checkpoint")
     proc.send_signal(signal.SIGTERM)
     err = proc.communicate(timeout=120)[1].strip()
     assert proc.returncode == 143, err
@@ -502,3 +523,20 @@ def test_a_closed_pipe_ends_batch_quietly(data_dir, tmp_path):
     done = subprocess.run(["bash", "-c", shell], env=child_env(), capture_output=True, text=True, timeout=120)
     assert done.stdout.startswith("step 0") and done.stderr == "", done.stderr
     assert done.returncode == 141  # as a program killed by SIGPIPE: the reader closed the pipe
+
+
+def test_under_torchrun_every_process_of_a_refused_job_stops(data_dir, tmp_path):
+    from conftest import cli_args, launch
+
+    run = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(run)], env=child_env(), stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        done = launch(cli_args(data_dir, run, **{"train.device": "cpu"}), processes=2, timeout=300)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert done.returncode != 0  # and it ended: no process waits in a collective for the one that stopped
+    assert f"is in use by another tstrain process (pid {holder.pid}" in done.stderr, done.stderr
+    assert sorted(p.name for p in run.iterdir()) == [LOCK_NAME]  # nothing was written

@@ -198,6 +198,8 @@ class TrainConfig:
              "train.eval_every and train.checkpoint_every must be >= 0"),
             (self.loss_chunk_size >= 1, f"train.loss_chunk_size must be >= 1; got {self.loss_chunk_size}"),
             (self.keep_checkpoints >= 1, f"train.keep_checkpoints must be >= 1; got {self.keep_checkpoints}"),
+            (self.eval_batch_size >= 1, f"train.eval_batch_size must be >= 1; got {self.eval_batch_size}"),
+            (0 <= self.seed < 2**32, f"train.seed must be in [0, 2^32); got {self.seed}"),
         ]
 
 

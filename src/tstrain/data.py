@@ -8,7 +8,9 @@ the ``tokenizer.json`` that made them. Dirs of the first format (``tstrain-token
 ``train.bin`` and one ``val.bin``) open as one shard per split.
 
 Opening trusts the manifest's figures and checks only what is O(shards): each file's size, the
-largest ids against the vocabulary, the tokenizer's hash. ``TokenData.verify()`` (``tstrain
+largest ids against the vocabulary, the tokenizer's hash, shard names that stay inside the dir.
+Every read of a split (``Tokens``) checks the ids it read against the vocabulary, so a token file
+changed after it was written stops a run with a message. ``TokenData.verify()`` (``tstrain
 verify-data``) reads every token. Which windows of the training split a run reads is the
 reader's business (``reader.py``); it sees one sequence of tokens (``Tokens``), not the shards.
 """
@@ -158,7 +160,6 @@ class TokenData:
         self._check_tokenizer()
         try:
             self.vocab_size = int(self.manifest["vocab_size"])
-            self._check_vocabulary()
             self.eos_id = int(self.manifest["eos_id"])
             self.dtype = np.dtype(self.manifest["dtype"])
             self.shards = {name: self._shard_list(name) for name in SPLITS}
@@ -182,7 +183,8 @@ class TokenData:
                             "manifest's): restore the original, or re-run `tstrain prepare-data` with the new one")
 
     def _check_vocabulary(self) -> None:
-        """Refuse a manifest whose vocabulary is not its tokenizer's: ids are checked against it."""
+        """Refuse a manifest whose vocabulary is not its tokenizer's (ids are checked against it). Part of
+        ``verify()``, not of opening: parsing a 128K-token tokenizer takes about a second."""
         from tokenizers import Tokenizer
 
         size = Tokenizer.from_file(str(self.path / "tokenizer.json")).get_vocab_size(with_added_tokens=True)
@@ -247,6 +249,7 @@ class TokenData:
         """Read every token of every shard once: raise DataError naming each shard with an id outside the
         vocabulary or a SHA-256 other than the manifest's; return ``{split: largest id}``. Memory: one
         chunk of ``chunk`` tokens."""
+        self._check_vocabulary()
         out, problems = {}, []
         for name in SPLITS:
             out[name] = 0

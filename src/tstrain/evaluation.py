@@ -138,6 +138,13 @@ def run_lm_eval(
     ``standard_tasks=False`` skips indexing lm-eval's few hundred built-in task folders (faster
     when every task is local). ``limit`` caps the documents per task (a count, or a fraction < 1).
     """
+    if batch_size < 1 or (num_fewshot is not None and num_fewshot < 0) or (limit is not None and not limit > 0):
+        raise ConfigError(f"--batch-size must be >= 1, --num-fewshot >= 0 and --limit > 0; got {batch_size}, "
+                          f"{num_fewshot}, {limit}")
+    path = Path(model_dir)
+    if not (path / "config.json").is_file():
+        raise CheckpointError(f"{path} is not a Hugging Face model dir; make one with `tstrain export RUN --out DIR`")
+    check_model_dir(path)  # lm-eval's loader must find nothing that runs code
     try:
         from lm_eval import simple_evaluate
         from lm_eval.tasks import TaskManager
@@ -146,10 +153,6 @@ def run_lm_eval(
             "lm-eval-harness is not installed; install the optional extra with `pip install -e '.[eval]'` "
             "(or `pip install lm-eval`)"
         ) from None
-    path = Path(model_dir)
-    if not (path / "config.json").is_file():
-        raise CheckpointError(f"{path} is not a Hugging Face model dir; make one with `tstrain export RUN --out DIR`")
-    check_model_dir(path)  # lm-eval's loader must find nothing that runs code
     if not tasks:
         raise ValueError("no tasks given; e.g. --tasks tstrain_smoke_mc or --tasks hellaswag,arc_easy")
     manager = TaskManager(include_path=[str(TASKS_DIR), *map(str, include_paths)], include_defaults=standard_tasks)

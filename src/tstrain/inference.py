@@ -31,6 +31,8 @@ def generate(
     """
     if not prompt:
         raise ConfigError("the prompt is empty; give some text to continue (the tokenizer adds no BOS token)")
+    if not 0 <= seed < 2**63:
+        raise ConfigError(f"the sampling seed must be in [0, 2^63); got {seed}")
     if max_new_tokens < 1:
         raise ConfigError(f"max_new_tokens must be >= 1; got {max_new_tokens}")
     if not greedy and not (0 < temperature < float("inf") and 0 < top_p <= 1):  # also catches nan

@@ -119,9 +119,7 @@ def run_tokenizer(run: Path) -> tuple[Path | None, str | None]:
     if want and sha256_file(data / TOKENIZER) != want:
         raise CheckpointError(f"{run} keeps no tokenizer of its own, and {data / TOKENIZER} is no longer the one it "
                               f"trained with (its SHA-256 differs from {run / RUN_DATA}'s): restore the run's data dir")
-    if eos is None and (data / DATA_MANIFEST).is_file():
-        eos = json.loads((data / DATA_MANIFEST).read_text()).get("eos_token")
-    return data / TOKENIZER, eos
+    return data / TOKENIZER, eos or _json_or_empty(data / DATA_MANIFEST).get("eos_token")
 
 
 def _eos_of(model_dir: Path) -> str | None:

@@ -76,13 +76,19 @@ def locked(directory: str | Path, what: str = "run dir") -> Iterator[Path]:
     except OSError as e:
         raise ConfigError(f"cannot write to {directory}: {e.strerror}; choose another --out") from None
     try:
-        record = {"pid": os.getpid(), "command": " ".join(sys.argv)[:300],
+        record = {"pid": os.getpid(), "command": _command()[:300],
                   "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)
         yield directory
     finally:
         _release(directory, fd, created)
+
+
+def _command() -> str:
+    """Return this process's command line as a person typed it (``tstrain train ...``)."""
+    ours = sys.argv and Path(sys.argv[0]).name in ("tstrain", "__main__.py")
+    return " ".join(["tstrain", *sys.argv[1:]] if ours else sys.argv)
 
 
 def _release(directory: Path, fd: int, created: bool) -> None:
