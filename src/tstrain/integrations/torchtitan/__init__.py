@@ -13,8 +13,8 @@ are the components that carry the bags and the switch. Built on ``tstrain.BatchM
 """
 
 from .data import TSTDataLoader, TSTSettings
-from .model import BagEmbedding, BagEmbeddingConverter, CausalAttentionConverter
 from .loss import MultiHotLoss
+from .model import BagEmbedding, BagEmbeddingConverter, CausalAttentionConverter
 from .trainer import TSTTrainer
 
 __all__ = ["TSTTrainer", "TSTSettings", "TSTDataLoader", "MultiHotLoss", "BagEmbedding", "BagEmbeddingConverter",

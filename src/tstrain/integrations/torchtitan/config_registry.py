@@ -14,8 +14,8 @@ from torchtitan.config import ParallelismConfig, TrainingConfig
 from torchtitan.models.llama3 import model_registry
 
 from .data import TSTDataLoader, TSTSettings
-from .model import BagEmbeddingConverter, CausalAttentionConverter
 from .loss import MultiHotLoss
+from .model import BagEmbeddingConverter, CausalAttentionConverter
 from .trainer import TSTTrainer
 
 

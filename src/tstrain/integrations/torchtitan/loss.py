@@ -16,23 +16,29 @@ from functools import partial
 from typing import Any
 
 import torch
-from torch.distributed.tensor import DTensor, Replicate
+from torch.distributed.tensor import DTensor, Replicate, Shard
 from torchtitan.components.loss import BaseLoss
 from torchtitan.config import CompileConfig
 
 from ... import multi_hot_cross_entropy
 
 
-def summed_multi_hot_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, weights: str = "uniform") -> torch.Tensor:
+def summed_multi_hot_cross_entropy(logits: torch.Tensor, targets: torch.Tensor,
+                                   weights: str = "uniform") -> torch.Tensor:
     """Return ``k`` times the summed per-position multi-hot CE of ``logits (B, L, V)`` and ``targets (B, L, k)``.
 
     TST windows hold no ignored targets, so the mean over positions times their count is the sum.
-    A logits DTensor (vocabulary-sharded under tensor parallelism) is gathered first.
+    DTensor logits sharded over the vocabulary (tensor parallelism) are gathered over it; each rank
+    then scores its own positions.
     """
     if isinstance(logits, DTensor):
-        logits = logits.redistribute(placements=[Replicate()] * logits.device_mesh.ndim).to_local()
+        vocab = logits.ndim - 1
+        whole = [Replicate() if isinstance(p, Shard) and p.dim in (vocab, -1) else p for p in logits.placements]
+        logits = logits.redistribute(placements=whole).to_local()
     if isinstance(targets, DTensor):
-        targets = targets.full_tensor()
+        targets = targets.to_local()
+    if targets.dim() == logits.dim() - 1:  # plain next-token labels (B, L): bags of one
+        targets = targets.unsqueeze(-1)
     mean = multi_hot_cross_entropy(logits, targets, weights, check_ids=False)
     return mean * targets.numel()
 

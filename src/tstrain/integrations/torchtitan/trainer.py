@@ -18,16 +18,19 @@ from torchtitan.tools.logging import logger
 from torchtitan.trainer import Trainer
 
 from .data import TSTDataLoader, TSTSettings
-from .model import BagEmbedding
 from .loss import MultiHotLoss
+from .model import BagEmbedding
 
 
 def config_problems(config: TSTTrainer.Config) -> list[str]:
     """Return what keeps ``config`` from training with TST, each with its fix (empty when fine)."""
-    tst, problems = config.tst, []
+    tst = config.tst
     loss = config.loss.loss_fn if isinstance(config.loss, ChunkedLossWrapper.Config) else config.loss
     bags_in = tst.bag_size > 1 and tst.ratio > 0 and tst.variant != "output"
     checks = [
+        (tst.transition in ("hard", "step-down"),
+         f"tst.transition={tst.transition!r}: a blend mixes bag and token sequences in one micro-batch, which "
+         "TorchTitan's one input tensor cannot carry; use hard or step-down"),
         (isinstance(config.dataloader, TSTDataLoader.Config), "the dataloader must be TSTDataLoader.Config"),
         (isinstance(loss, MultiHotLoss.Config),
          "the loss must be MultiHotLoss.Config (alone or as ChunkedLossWrapper.Config's loss_fn)"),
@@ -37,12 +40,14 @@ def config_problems(config: TSTTrainer.Config) -> list[str]:
         (tst.ratio == 0 or tst.bag_size == 1 or config.training.disable_cuda_graphs,
          "CUDA graphs replay one shape, but the batch changes shape at the switch: "
          "set --training.disable_cuda_graphs"),
+        (config.parallelism.tensor_parallel_degree == 1 or config.parallelism.spmd_backend == "partial_dtensor",
+         "under tensor parallelism the spmd_types backend hands the loss vocabulary shards as plain tensors, "
+         "which the multi-hot loss cannot score: set --parallelism.spmd_backend partial_dtensor"),
         (tst.expand == "length" or config.parallelism.pipeline_parallel_degree == 1,
          "pipeline parallelism keeps one micro-batch shape, which tst.expand=batch changes at the switch: "
          "use tst.expand=length"),
     ]
-    problems += [message for ok, message in checks if not ok]
-    return problems
+    return [message for ok, message in checks if not ok]
 
 
 class TSTTrainer(Trainer):
