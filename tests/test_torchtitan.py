@@ -252,3 +252,13 @@ def test_torchtitans_trainer_logs_tstrains_loss_at_every_step_through_the_switch
     assert len(result["losses"]) == len(result["reference"]) == 4  # steps 1-2 on bags of 4, 3-4 next-token
     assert result["losses"] == pytest.approx(result["reference"], rel=1e-4)
     assert "the switch before step 3" in done.stdout + done.stderr
+
+
+def test_the_example_job_parses_with_command_line_overrides_and_is_accepted(monkeypatch):
+    from torchtitan.config import ConfigManager
+
+    monkeypatch.syspath_prepend(str(ROOT / "examples" / "torchtitan"))
+    config = ConfigManager().parse_args(["--module", "tst_job", "--config", "tst_job", "--tst.bag_size", "8",
+                                         "--tst.transition", "step-down", "--loss.loss_fn.weights", "power"])
+    assert (config.tst.bag_size, config.tst.transition, config.loss.loss_fn.weights) == (8, "step-down", "power")
+    assert config_problems(config) == []
