@@ -237,21 +237,32 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_torchtitans_trainer_logs_tstrains_loss_at_every_step_through_the_switch(data_dir, tmp_path):
+def run_titan(data_dir, out, *extra):
+    """Run ``examples/torchtitan/train.py --cpu --check`` in one process; return its JSON line and its log."""
     env = {**os.environ, "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1",
            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
     args = ["--cpu", "--check", "--module", "tstrain.integrations.torchtitan", "--config", "tst_llama3_debugmodel",
-            "--dataloader.dataset_path", str(data_dir), "--dump_folder", str(tmp_path), "--training.steps", "4",
+            "--dataloader.dataset_path", str(data_dir), "--dump_folder", str(out), "--training.steps", "4",
             "--training.seq_len", "16", "--training.local_batch_size", "2", "--training.global_batch_size", "4",
-            "--tst.ratio", "0.5", "--debug.seed", "0", "--training.mixed_precision_param", "float32"]
+            "--tst.ratio", "0.5", "--debug.seed", "0", "--training.mixed_precision_param", "float32",
+            "--checkpoint.enable", "--checkpoint.interval", "1", *extra]
     done = subprocess.run([sys.executable, str(ROOT / "examples" / "torchtitan" / "train.py"), *args], env=env,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(done.stdout.strip().splitlines()[-1])
-    assert len(result["losses"]) == len(result["reference"]) == 4  # steps 1-2 on bags of 4, 3-4 next-token
-    assert result["losses"] == pytest.approx(result["reference"], rel=1e-4)
-    assert "the switch before step 3" in done.stdout + done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1]), done.stdout + done.stderr
+
+
+def test_torchtitans_trainer_logs_tstrains_loss_at_every_step_through_the_switch_and_after_a_resume(data_dir,
+                                                                                                     tmp_path):
+    whole, log = run_titan(data_dir, tmp_path)
+    assert "the switch before step 3" in log  # steps 1-2 on bags of 4 (two micro-batches each), 3-4 next-token
+    assert len(whole["losses"]) == len(whole["reference"]) == 4
+    assert whole["losses"] == pytest.approx(whole["reference"], rel=1e-4)
+    resumed, log = run_titan(data_dir, tmp_path, "--checkpoint.load_step", "1")  # from inside phase 1
+    assert "Training starts at step 2" in log
+    assert resumed["losses"] == pytest.approx(whole["losses"][1:], rel=1e-6)
+    assert resumed["losses"] == pytest.approx(resumed["reference"], rel=1e-4)
 
 
 def test_the_example_job_parses_with_command_line_overrides_and_is_accepted(monkeypatch):
