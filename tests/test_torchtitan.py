@@ -112,6 +112,14 @@ def test_the_loss_component_over_micro_batches_is_tstrains_loss_of_the_whole_bat
     assert torch.allclose(g_ours, g_ref, atol=1e-6)
 
 
+def test_the_loss_component_scores_plain_next_token_labels_as_torchtitans_cross_entropy(model):
+    tokens = torch.randint(0, VOCAB, (2, 9))
+    logits = model(tokens[:, :-1])
+    ours, _ = MultiHotLoss.Config().build()(logits, tokens[:, 1:], torch.tensor(16))
+    theirs, _ = CrossEntropyLoss.Config().build()(logits, tokens[:, 1:], torch.tensor(16))
+    assert ours.item() == pytest.approx(theirs.item(), rel=1e-6)
+
+
 def test_the_loss_component_inside_the_chunked_head_gives_the_same_loss_and_gradients(model):
     sch = tstrain.Schedule(steps=4, batch_size=4, seq_len=8, bag_size=4, ratio=0.5)
     maker = tstrain.BatchMaker(np.random.default_rng(1).integers(0, VOCAB, 5000), sch, seed=0)
