@@ -3,8 +3,9 @@
 TorchTitan's trainer pulls ``(input_dict, labels)`` pairs, ``gradient_accumulation_steps`` (times
 the pipeline micro-batches) per optimizer step on each data-parallel rank. ``TSTDataLoader``
 gives it, in that order, the rank's slices of each step's global batch as ``tstrain.BatchMaker``
-cuts them: ``{"input": ids}`` with ids ``(b, L, s)`` (bags, phase 1) or ``(b, L)`` (tokens), and
-labels ``(b, L, k)``, the target bag of each position (``k`` = 1 in phase 2). The window length
+cuts them: ``{"input": ids, "positions": 0..L-1}`` with ids ``(b, L, s)`` (bags, phase 1) or
+``(b, L)`` (tokens), and labels ``(b, L, k)``, the target bag of each position (``k`` = 1 in
+phase 2). The window length
 and the shapes change at the switch; which tokens a step reads is a pure function of the step and
 the seed, so the loader's state is the number of steps read and a resumed run, at any
 data-parallel degree, reads what an uninterrupted one would.
