@@ -41,18 +41,15 @@ def use_the_cpu() -> None:
             setattr(torch.cpu, name, answer)
 
 
-def reference_loss(trainer, plain: torch.nn.Module, step: int) -> float:
-    """Return ``tstrain.TSTLoss`` of step ``step``'s whole batch on the trainer's current weights.
+def reference_loss(trainer, plain: torch.nn.Module, maker, step: int) -> float:
+    """Return ``tstrain.TSTLoss`` of step ``step``'s whole batch (from ``maker``) on the trainer's current weights.
 
     ``plain`` is an unwrapped copy of the model (no FSDP, no DTensors) that takes those weights.
     """
     import tstrain
-    from tstrain.integrations.torchtitan.data import open_tokens
 
     weights = trainer.model_parts[0].state_dict()
     plain.load_state_dict({k: v.full_tensor() if isinstance(v, DTensor) else v for k, v in weights.items()})
-    tokens, _ = open_tokens(trainer.config.dataloader.dataset_path)
-    maker = tstrain.BatchMaker(tokens, trainer.dataloader.schedule, trainer.config.dataloader.seed)
 
     def body(embeds):
         h = embeds
@@ -60,8 +57,9 @@ def reference_loss(trainer, plain: torch.nn.Module, step: int) -> float:
             h = layer(h, None, None)
         return plain.norm(h)
 
+    loss_config = getattr(trainer.config.loss, "loss_fn", trainer.config.loss)  # inside ChunkedLossWrapper or not
     loss = tstrain.TSTLoss(embedding=plain.tok_embeddings.weight, body=body, head=plain.lm_head,
-                           weights=trainer.config.loss.loss_fn.weights)
+                           weights=loss_config.weights)
     with torch.no_grad():
         return float(loss(maker.batch(step).to(trainer.device)))
 
@@ -71,13 +69,21 @@ def train_and_check(argv: list[str]) -> None:
     from torchtitan.config import ConfigManager
     from torchtitan.tools.logging import init_logger
 
+    import tstrain
+    from tstrain.integrations.torchtitan.data import open_tokens
+
     init_logger()
     config = ConfigManager().parse_args(argv)
     if config.training.mixed_precision_param != "float32":
         raise SystemExit("--check compares float32 computations: add --training.mixed_precision_param float32")
+    config.metrics.log_freq = 1  # the check compares every step's loss
     trainer = config.build()
+    if len(trainer.model_parts) != 1:
+        raise SystemExit("--check needs the whole model in each process: it does not run under pipeline parallelism")
     with torch.device(trainer.device):
         plain = trainer.model_config.build()
+    tokens, _ = open_tokens(config.dataloader.dataset_path)
+    maker = tstrain.BatchMaker(tokens, trainer.dataloader.schedule, config.dataloader.seed)
     losses, reference = [], []
     log, train_step = trainer.metrics_processor.log, trainer.train_step
 
@@ -86,7 +92,7 @@ def train_and_check(argv: list[str]) -> None:
         return log(step, loss, *args, **kwargs)
 
     def checked_step(data_iterator):
-        reference.append(reference_loss(trainer, plain, trainer.step - 1))  # the trainer counts steps from 1
+        reference.append(reference_loss(trainer, plain, maker, trainer.step - 1))  # the trainer counts from 1
         return train_step(data_iterator)
 
     trainer.metrics_processor.log, trainer.train_step = logged, checked_step
