@@ -182,6 +182,15 @@ def test_the_dataloader_yields_each_ranks_micro_batches_of_the_batch_maker_throu
         assert first[0]["input"].shape == (2, 8, settings.bag_size) and first[1].shape == (2, 8, settings.bag_size)
 
 
+def test_the_dataloader_reads_a_token_array_given_in_python_as_it_reads_the_file(token_file):
+    settings = TSTSettings(bag_size=4, ratio=0.5)
+    training = TrainingConfig(local_batch_size=2, global_batch_size=8, steps=6, seq_len=8)
+    given = TSTDataLoader.Config(tokens=np.load(token_file).tolist(), seed=2, tst=settings, training=training)
+    pairs = zip(given.build(dp_world_size=2, dp_rank=0, local_batch_size=2, seq_len=8),
+                loader(token_file, 0, 2, settings))
+    assert all(torch.equal(a[0]["input"], b[0]["input"]) and torch.equal(a[1], b[1]) for a, b in pairs)
+
+
 def test_a_reloaded_dataloader_resumes_at_the_step_it_had_read_at_any_data_parallel_degree(token_file):
     settings = TSTSettings(bag_size=4, ratio=0.5)
     whole = loader(token_file, 0, 1, settings, pull=4)

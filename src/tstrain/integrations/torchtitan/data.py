@@ -86,7 +86,7 @@ def as_model_inputs(batch: Batch) -> tuple[dict[str, torch.Tensor], torch.Tensor
 
 
 class TSTDataLoader(BaseDataLoader):
-    """Each step's micro-batches for this data-parallel rank, from a prepared data dir or a ``.npy`` file.
+    """Each step's micro-batches for this data-parallel rank, from a prepared data dir, a ``.npy`` file or an array.
 
     ``tst``, ``training`` and ``vocab_size`` are filled in by ``TSTTrainer`` from its own config.
     """
@@ -96,6 +96,9 @@ class TSTDataLoader(BaseDataLoader):
         seed: int = 0
         """Keys the order the steps read the data in (as ``tstrain train --seed``)."""
 
+        tokens: Annotated[Any, tyro.conf.Suppress] = None
+        """A 1-D token array (NumPy array or memmap, tensor, list) given in Python, read instead of ``dataset_path``."""
+
         tst: Annotated[TSTSettings | None, tyro.conf.Suppress] = None
         training: Annotated[TrainingConfig | None, tyro.conf.Suppress] = None
         vocab_size: Annotated[int | None, tyro.conf.Suppress] = None
@@ -104,10 +107,13 @@ class TSTDataLoader(BaseDataLoader):
                  seq_len: int, tokenizer=None, snapshot_every_n_steps: int | None = None):
         if config.tst is None or config.training is None:
             raise ValueError("TSTDataLoader is built by TSTTrainer, which gives it the TST settings")
-        if not config.dataset_path:
+        if config.tokens is not None:
+            tokens, data_vocab = config.tokens, None
+        elif config.dataset_path:
+            tokens, data_vocab = open_tokens(config.dataset_path)
+        else:
             raise ValueError("set --dataloader.dataset_path to a data dir made by `tstrain prepare-data` "
                              "or a .npy file of token ids")
-        tokens, data_vocab = open_tokens(config.dataset_path)
         if data_vocab is not None and config.vocab_size is not None and data_vocab > config.vocab_size:
             raise ValueError(f"the data's vocabulary has {data_vocab} ids but the model's {config.vocab_size}; "
                              "choose a model whose vocab_size covers the tokenizer")
