@@ -44,10 +44,10 @@ def tst_llama3(flavor: str, *, steps: int, local_batch_size: int, seq_len: int, 
 
 
 def tst_llama3_debugmodel() -> TSTTrainer.Config:
-    """The debug model (6 layers, d = 256, vocabulary 2048) for a few minutes on one GPU."""
+    """TorchTitan's debug model (6 layers, d = 256, vocabulary 2048), 100 steps of 8 sequences of 512."""
     return tst_llama3("debugmodel", steps=100, local_batch_size=8, seq_len=512, lr=8e-4, warmup=10)
 
 
 def tst_llama3_8b() -> TSTTrainer.Config:
-    """Llama 3 8B with TST, for a node of 8 GPUs (FSDP): set the data and tokenizer paths."""
+    """Llama 3 8B with TST, one sequence of 8192 per GPU (FSDP over all of them): set the data and tokenizer paths."""
     return tst_llama3("8B", steps=10_000, local_batch_size=1, seq_len=8192, lr=3e-4, warmup=200)
