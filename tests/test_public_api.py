@@ -316,3 +316,16 @@ def test_the_command_line_helps_without_extras_and_an_experiment_checks_its_extr
                        "--out", str(tmp_path / "cmp"), "--steps", "4", "--no-progress")
     assert done.returncode == 2 and "[plots] extra" in done.stderr
     assert not (tmp_path / "cmp").exists()  # refused before any training
+
+
+def test_the_embedding_may_be_given_as_a_bare_weight_even_a_non_leaf_view():
+    torch.manual_seed(0)
+    model = build_model(load_config("tiny").model, 97, 8)
+    body = lambda e: model.model(inputs_embeds=e).last_hidden_state  # noqa: E731
+    batch = tstrain.BatchMaker(np.random.default_rng(0).integers(0, 97, 4000), schedule_of(steps=4)).batch(0)
+    module = tstrain.TSTLoss(embedding=model.model.embed_tokens, body=body, head=model.lm_head)(batch)
+    view = model.model.embed_tokens.weight * 1.0  # a non-leaf tensor, as a sharded weight's local view is
+    bare = tstrain.TSTLoss(embedding=view, body=body, head=model.lm_head)(batch)
+    assert bare.item() == module.item()
+    bare.backward()
+    assert model.model.embed_tokens.weight.grad.abs().sum() > 0  # the gradient reaches the weight through the view
