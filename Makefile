@@ -49,11 +49,15 @@ $(QCORPUS)/manifest.json: | venv
 	$(BIN)/tstrain prepare-data --input $(QRAW)/*/*.txt --train-tokenizer 2048 --out $(QCORPUS) --no-progress
 
 # The integrations' examples on the quick corpus: a loop of one's own, the Hugging Face Trainer (alone and
-# under torchrun with 2 processes), each printing {"losses": [...]} last.
+# under torchrun with 2 processes) and TorchTitan (on the CPU, checked against TSTLoss), each printing its losses last.
 examples: venv $(QCORPUS)/manifest.json
 	$(BIN)/python examples/own_loop.py --data $(QCORPUS) --steps 40
 	$(BIN)/python examples/hf_trainer.py --preset tiny --data $(QCORPUS) --steps 40
 	$(BIN)/torchrun --nproc-per-node 2 examples/hf_trainer.py --preset tiny --data $(QCORPUS) --steps 40
+	$(BIN)/torchrun --nproc-per-node 1 examples/torchtitan/train.py --cpu --check --module tstrain.integrations.torchtitan \
+		--config tst_llama3_debugmodel --dataloader.dataset_path $(QCORPUS) --training.steps 6 --training.seq_len 32 \
+		--training.local_batch_size 4 --training.global_batch_size 8 --tst.ratio 0.5 --debug.seed 0 \
+		--training.mixed_precision_param float32
 
 # Benchmarks: each prints a markdown table, saved with its command and machine.
 BENCH := step_throughput loss_kernels embedding mfu peer_loop
