@@ -478,13 +478,13 @@ def test_files_cut_short_are_one_line_errors(finished_run, data_dir, tmp_path, c
 def test_skipped_steps_leave_valid_json_and_are_counted_in_the_summary(tiny_cfg, tmp_path):
     import math
 
-    from tstrain.train import step_loss, train
+    from tstrain.train import train
 
     count = {"n": 0}
 
-    def poisoned(parts, pieces, cfg):
+    def poisoned(tst_loss, batch):
         count["n"] += 1
-        loss = step_loss(parts, pieces, cfg)
+        loss = tst_loss(batch)
         return loss * math.nan if count["n"] in (2, 4) else loss
 
     train(tiny_cfg(**{"train.steps": 6, "tst.ratio": 0.5, "train.skip_nonfinite": True}), tmp_path / "run",

@@ -113,7 +113,8 @@ class _WeightOnly(nn.Module):
 
     def __init__(self, weight: torch.Tensor):
         super().__init__()
-
+        # Held, not registered as a parameter: it may be a non-leaf view (a sharded weight's local part).
+        object.__setattr__(self, "weight", weight)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         return nn.functional.embedding(ids, self.weight)
