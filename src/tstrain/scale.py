@@ -164,15 +164,17 @@ def scale_study(data: str, out_dir: str | Path, sizes: list[str], steps: list[in
     return result
 
 
-def read_study(out_dir: str | Path) -> dict[str, Any]:
+def read_study(out_dir: str | Path, report_dir: str | Path | None = None) -> dict[str, Any]:
     """Return a study rebuilt from the runs saved under ``out_dir`` (``SIZE/stepsN/seedK/{baseline,tst-*}``,
     each with its ``config.toml``, ``metrics.jsonl`` and ``summary.json``), training nothing, and rewrite
-    its ``scale.md``, ``scale.json`` and plots: finished runs re-read with this version's readings.
+    its ``scale.md``, ``scale.json`` and plots in ``report_dir`` (default ``out_dir``): finished runs
+    re-read with this version's readings.
 
-    The arms and each size's LR tuning come from the study's ``scale.json`` where there is one.
+    The arms and each size's LR tuning come from the report dir's ``scale.json`` where there is one.
     """
     out = Path(out_dir)
-    saved = json.loads((out / "scale.json").read_text()) if (out / "scale.json").is_file() else {}
+    report = Path(report_dir) if report_dir else out
+    saved = json.loads((report / "scale.json").read_text()) if (report / "scale.json").is_file() else {}
     result: dict[str, Any] = {"data": saved.get("data"), "arms": list(saved.get("arms", [])), "sizes": {}}
     for size_dir in sorted(p for p in out.iterdir() if p.is_dir() and any(p.glob("steps*/seed*/baseline"))):
         entry: dict[str, Any] = {"cells": {}}
@@ -200,9 +202,9 @@ def read_study(out_dir: str | Path) -> dict[str, Any]:
             entry["lr_tuning"] = saved["sizes"][size_dir.name]["lr_tuning"]
         entry["fits"] = {arm: gap_trend(entry["cells"], arm) for arm in result["arms"]}
         result["sizes"][size_dir.name] = entry
-    (out / "scale.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / "scale.md").write_text(scale_markdown(result))
-    plot_scale(result, out)
+    (report / "scale.json").write_text(json.dumps(result, indent=2) + "\n")
+    (report / "scale.md").write_text(scale_markdown(result))
+    plot_scale(result, report)
     return result
 
 
