@@ -77,6 +77,14 @@ def test_a_gap_is_read_against_the_noise_of_the_baseline_curve(tmp_path):
     r = analyse({"baseline": tmp_path / "baseline", "tst": tmp_path / "close"}, 400, 1600, warmup=20)
     text = " ".join(reading_lines(r))
     assert "within noise" in text and "not resolved" in text and "saves compute" not in text
+    # TST's phase 2 is the baseline's own curve: a phase-1 step bought one baseline step, break-even.
+    from tstrain.compare import report_markdown
+
+    assert r["phase1_step_value"] == pytest.approx(1.0, abs=0.1)
+    lo, hi = r["phase1_step_value_detail"]["interval"]
+    report = report_markdown(r, {"baseline": "baseline", "tst": "tst"}, "test")
+    assert f"Phase-1 step value: **{r['phase1_step_value']:.2f}**" in report
+    assert f"95% interval {lo:.2f} to {hi:.2f}: not resolved" in report and "`phase1_step_value.png`" in report
 
 
 def test_plan_runs_equal_flops_and_equal_data():

@@ -149,7 +149,8 @@ def report_markdown(result: dict[str, Any], labels: dict[str, str], command: str
                   f"({gap_words(result['equal_data'], result.get('eval_noise'))}; the paper finds the "
                   "baseline wins this view).", ""]
     lines += reading_lines(result)
-    lines += ["Plots: `val_loss_vs_flops.png`, `val_loss_vs_data_tokens.png`, `val_loss_vs_wall_time.png`.", ""]
+    lines += ["Plots: `val_loss_vs_flops.png`, `val_loss_vs_data_tokens.png`, `val_loss_vs_wall_time.png`"
+              + (", `phase1_step_value.png`." if result["phase1_step_value_detail"]["course"] else "."), ""]
     return "\n".join(lines)
 
 
@@ -200,7 +201,7 @@ def phase1_value_lines(detail: dict[str, Any], switch: int) -> list[str]:
     fit, steps = detail["fit"], detail["steps"]
     t = detail["at_step"]
     lines += [
-        f"Phase-1 step value: **{detail['value']:.2f}** baseline steps per phase-1 step (95% interval {lo:.2f} to "
+        f"Phase-1 step value: **{detail['value']:.2f}** baseline steps per phase-1 step (95% interval {lo} to "
         f"{hi}: {detail['reading']}). Over its last {len(steps)} evaluations before the LR decay (steps "
         f"{steps[0]}-{steps[-1]}) TST's mean val loss {detail['level']:.4f} is where the baseline's fitted curve "
         f"stands at step {detail['baseline_step']:.0f}{' (extrapolated)' if detail['extrapolated'] else ''}; less "
