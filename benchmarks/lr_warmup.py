@@ -6,7 +6,9 @@ the TST arms). Prints markdown:
 
 - every run's final val loss;
 - the paper's protocol: the baseline's best (LR, warmup) used by every arm;
-- each arm at its own best (LR, warmup) against the baseline at its best.
+- each arm at its own best (LR, warmup) against the baseline at its best (the phase-1 step
+  value is given only within one setting: the stable phases of two LRs stand at different levels,
+  so one curve read against the other's says nothing about phase 1).
 
 Gaps are read against the evaluation noise of the baseline's fitted curve (and the seed spread
 with two seeds or more), phase-1 step values against the baseline's fitted curve, both with 95%
@@ -62,17 +64,18 @@ def reading(base_cell: dict[str, dict[str, Any]], arm_cell: dict[str, dict[str, 
         return "| n/a | | | |"
     gaps = [arm_cell[s][arm]["final"] - base_cell[s]["baseline"]["final"] for s in seeds]
     g = gap_reading(gaps, [noise_of(base_cell[s]["baseline"]) for s in seeds])
+    gi = "n/a" if g["interval"] is None else f"{g['interval'][0]:+.3f} to {g['interval'][1]:+.3f}"
+    head = f"| {', '.join(f'{x:+.4f}' for x in gaps)} | {gi} | {g['reading']} (seeds {', '.join(seeds)}) "
+    if base_cell is not arm_cell:  # the stable phases of two LRs stand at different levels
+        return head + "| not comparable across settings |"
     values = []
     for s in seeds:
         base, tst = base_cell[s]["baseline"], arm_cell[s][arm]
         values.append(phase1_step_value(val_rows(base["dir"]), val_rows(tst["dir"]), tst["cfg"].switch_step,
                                         decay_start(base["cfg"]), base["cfg"].optim.warmup_steps))
     v = value_summary(values)
-    gi = "n/a" if g["interval"] is None else f"{g['interval'][0]:+.3f} to {g['interval'][1]:+.3f}"
     vi = "n/a" if not v["interval"] else " to ".join("unbounded" if x is None else f"{x:.2f}" for x in v["interval"])
-    value = "n/a" if v["value"] is None else f"{v['value']:.2f} ({vi}; {v['reading']})"
-    return (f"| {', '.join(f'{x:+.4f}' for x in gaps)} | {gi} | {g['reading']} (seeds {', '.join(seeds)}) "
-            f"| {value} |")
+    return head + ("| n/a |" if v["value"] is None else f"| {v['value']:.2f} ({vi}; {v['reading']}) |")
 
 
 def label(key: tuple[float, int]) -> str:
