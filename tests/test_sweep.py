@@ -22,10 +22,14 @@ def test_sweep_runs_the_grid_and_the_baseline_once_and_resumes(tiny_cfg, tmp_pat
     # s=2, r=0.25: switch at 2, decay from step 6 (the preset's 20%): measured from the two curves.
     from tstrain.experiments import phase1_step_value, val_rows
 
-    measured = phase1_step_value(val_rows(tmp_path / "sw" / "baseline"), val_rows(tmp_path / "sw" / "s2-r0.25"), 2, 6)
-    assert ({p["step"] for p in measured["points"]} <= {4, 6}
+    measured = phase1_step_value(val_rows(tmp_path / "sw" / "baseline"), val_rows(tmp_path / "sw" / "s2-r0.25"), 2, 6,
+                                 cfg.optim.warmup_steps)
+    assert ({p["step"] for p in measured["course"]} <= {4, 6}
             and (measured["value"] is None) == (measured["reason"] is not None))
     assert table["phase1_step_value"]["2"]["0.25"] == measured["value"]
+    # Eight steps give too few evaluations to estimate the noise: every gap is read as such, none as a win.
+    assert table["eval_noise"] is None and table["gap"]["4"]["0.5"]["reading"] == "noise unknown"
+    assert "noise unknown" in md
     assert (tmp_path / "sw" / "sweep_heatmap.png").stat().st_size > 0
     stamp = (tmp_path / "sw" / "s4-r0.5" / "summary.json").stat().st_mtime
     assert sweep(cfg, tmp_path / "sw", [2, 4], [0.25, 0.5]) == table

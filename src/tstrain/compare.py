@@ -14,7 +14,17 @@ from typing import Any
 
 from .config import Config
 from .errors import ConfigError
-from .experiments import baseline_of, decay_start, first_reaching, phase1_step_value, run_or_reuse, val_rows, value_at
+from .experiments import (
+    baseline_of,
+    decay_start,
+    first_reaching,
+    fit_curve,
+    gap_reading,
+    phase1_step_value,
+    run_or_reuse,
+    val_rows,
+    value_at,
+)
 from .fileio import read_json
 from .phases import window_schedule
 from .run_lock import locked
@@ -52,9 +62,10 @@ def plan_runs(cfg: Config, equal_data: bool = False) -> list[RunSpec]:
     return runs
 
 
-def analyse(run_dirs: dict[str, Path], switch_step: int, decay: int) -> dict[str, Any]:
+def analyse(run_dirs: dict[str, Path], switch_step: int, decay: int, warmup: int = 0) -> dict[str, Any]:
     """Return the comparison figures from finished runs (``baseline``, ``tst``, optional
-    ``baseline-equal-data``); ``decay`` is the first step of the LR decay."""
+    ``baseline-equal-data``); ``decay`` is the first step of the LR decay, ``warmup`` its warmup
+    steps (the baseline's curve is fitted between the two, for the evaluation noise)."""
     rows = {name: val_rows(d) for name, d in run_dirs.items()}
     summaries = {name: read_json(d / "summary.json", ConfigError, "run the same command again to finish that run")
                  for name, d in run_dirs.items()}
@@ -69,7 +80,11 @@ def analyse(run_dirs: dict[str, Path], switch_step: int, decay: int) -> dict[str
             "flops": summaries[name]["flops"],
             "wall_time_s": summaries[name]["wall_time"],
         }
+    fit = fit_curve(base, warmup, decay)
+    noise = fit.noise if fit else None
+    out["eval_noise"] = noise
     out["equal_flops_delta"] = tst[-1]["val_loss"] - target  # negative: TST is better
+    out["equal_flops"] = gap_reading([out["equal_flops_delta"]], [noise])
     b_step, t_step = first_reaching(base, target, "step"), first_reaching(tst, target, "step")
     b_time, t_time = first_reaching(base, target, "wall_time"), first_reaching(tst, target, "wall_time")
     out["equal_loss"] = {
@@ -91,11 +106,12 @@ def analyse(run_dirs: dict[str, Path], switch_step: int, decay: int) -> dict[str
             "spike_vs_baseline": tst_at - base_at,
             "first_eval_below_baseline_after_switch": crossing,
         }
-    step_value = phase1_step_value(base, tst, switch_step, decay)
+    step_value = phase1_step_value(base, tst, switch_step, decay, warmup)
     out["phase1_step_value"] = step_value["value"]
     out["phase1_step_value_detail"] = step_value
     if "baseline-equal-data" in rows:
         out["equal_data_delta"] = tst[-1]["val_loss"] - rows["baseline-equal-data"][-1]["val_loss"]
+        out["equal_data"] = gap_reading([out["equal_data_delta"]], [noise])
     return out
 
 
@@ -114,7 +130,7 @@ def report_markdown(result: dict[str, Any], labels: dict[str, str], command: str
                      f"{r['flops']:.3e} | {r['wall_time_s']:.0f} |")
     lines += ["", "## Equal FLOPs (same steps)", "",
               f"TST minus baseline final val loss: **{result['equal_flops_delta']:+.4f}** nats "
-              f"({'TST better' if result['equal_flops_delta'] < 0 else 'baseline better'}).", "",
+              f"({gap_words(result['equal_flops'], result.get('eval_noise'))}).", "",
               "## Equal loss", "",
               f"Target: the baseline's final val loss {eq['target_val_loss']:.4f}.", "",
               "| | baseline | TST | speedup |", "| --- | --- | --- | --- |",
@@ -134,41 +150,108 @@ def report_markdown(result: dict[str, Any], labels: dict[str, str], command: str
     if "equal_data_delta" in result:
         lines += ["## Equal data", "",
                   f"TST minus the equal-data baseline's final val loss: **{result['equal_data_delta']:+.4f}** nats "
-                  f"({'TST better' if result['equal_data_delta'] < 0 else 'baseline better'}; the paper finds the "
+                  f"({gap_words(result['equal_data'], result.get('eval_noise'))}; the paper finds the "
                   "baseline wins this view).", ""]
     lines += reading_lines(result)
-    lines += ["Plots: `val_loss_vs_flops.png`, `val_loss_vs_data_tokens.png`, `val_loss_vs_wall_time.png`.", ""]
+    lines += ["Plots: `val_loss_vs_flops.png`, `val_loss_vs_data_tokens.png`, `val_loss_vs_wall_time.png`"
+              + (", `phase1_step_value.png`." if result["phase1_step_value_detail"]["course"] else "."), ""]
     return "\n".join(lines)
 
 
+def _end(x: float | None) -> str:
+    """Return one end of a phase-1 step value's interval (None: off the baseline's fitted curve)."""
+    return "unbounded" if x is None else f"{x:.2f}"
+
+
+def gap_words(reading: dict[str, Any], noise: float | None) -> str:
+    """Return a gap's reading with its interval, e.g. "baseline better: 95% interval +0.008 to +0.117"."""
+    if reading["interval"] is None:
+        return ("noise unknown: the baseline has too few evaluations in its stable phase to estimate it "
+                "(evaluate more often, train.eval_every)")
+    lo, hi = reading["interval"]
+    return (f"{reading['reading']}: 95% interval {lo:+.3f} to {hi:+.3f}, evaluation noise {noise:.3f} nats "
+            "on one evaluation")
+
+
 def reading_lines(result: dict[str, Any]) -> list[str]:
-    """Return report.md's plain reading: does TST pay here, and where to look if it does not."""
-    gap, value = result["equal_flops_delta"], result["phase1_step_value"]
-    bought = "" if value is None else f" A phase-1 step bought {value:.2f} baseline steps."
-    if gap < 0:
-        verdict = (f"TST ends {-gap:.3f} nats below the baseline at equal FLOPs: here it saves compute.{bought} "
-                   "Check that the win holds on a second seed (`--seed 1`) before relying on it.")
-    else:
-        verdict = (f"TST ends {gap:.3f} nats above the baseline at equal FLOPs: here it costs compute.{bought} "
-                   "This is expected at small scale: the paper's gains are at 270M-10B parameters and tens of "
+    """Return report.md's plain reading: does TST pay here, beyond the noise, and where to look if it does not."""
+    gap, reading = result["equal_flops_delta"], result["equal_flops"]
+    detail = result["phase1_step_value_detail"]
+    bought = "" if detail["value"] is None else (f" A phase-1 step bought {detail['value']:.2f} baseline steps "
+                                                 f"({detail['reading']}).")
+    small_scale = ("This is expected at small scale: the paper's gains are at 270M-10B parameters and tens of "
                    "thousands of 2M-token steps, and no public result shows TST winning below ~100M parameters "
                    "and ~3k steps. `tstrain scale` (results in the project's `benchmarks/results/scale/`) measures "
                    "how the gap and the phase-1 step value move with run length and model size.")
+    words = gap_words(reading, result.get("eval_noise"))
+    if reading["reading"] == "TST better":
+        verdict = (f"TST ends {-gap:.3f} nats below the baseline at equal FLOPs ({words}): here it saves compute."
+                   f"{bought} Check that the win holds on a second seed (`--seed 1`) before relying on it.")
+    elif reading["reading"] == "baseline better":
+        verdict = (f"TST ends {gap:.3f} nats above the baseline at equal FLOPs ({words}): here it costs compute."
+                   f"{bought} {small_scale}")
+    else:
+        verdict = (f"TST ends {gap:+.3f} nats from the baseline at equal FLOPs ({words}): not resolved, neither a "
+                   f"saving nor a cost.{bought} A second seed (`--seed 1`) or a longer run would say more.")
     return ["## Reading", "", verdict, ""]
 
 
 def phase1_value_lines(detail: dict[str, Any], switch: int) -> list[str]:
-    """Return report.md's section on what a phase-1 step buys."""
+    """Return report.md's section on what a phase-1 step buys: the value, its interval and its course."""
     lines = ["## What a phase-1 step buys", ""]
     if detail["value"] is None:
         return lines + [f"Not measured: {detail['reason']}.", ""]
-    p = detail["points"][-1]
-    return lines + [
-        f"Phase-1 step value: **{detail['value']:.2f}** baseline steps per phase-1 step. At step {p['step']} "
-        f"(the last evaluation before the LR decay) TST's val loss {p['val_loss']:.4f} is the baseline's at step "
-        f"{p['baseline_step']:.1f}; less TST's {p['step'] - switch} phase-2 steps, its {switch} phase-1 steps bought "
-        f"{p['baseline_step'] - (p['step'] - switch):.1f} baseline steps. 1.00 is break-even at equal FLOPs, above 1 "
-        "TST saves compute, 0 means phase 1 bought nothing.", ""]
+    lo, hi = (_end(x) for x in detail["interval"])
+    fit, steps = detail["fit"], detail["steps"]
+    t = detail["at_step"]
+    lines += [
+        f"Phase-1 step value: **{detail['value']:.2f}** baseline steps per phase-1 step (95% interval {lo} to "
+        f"{hi}: {detail['reading']}). Over its last {len(steps)} evaluations before the LR decay (steps "
+        f"{steps[0]}-{steps[-1]}) TST's mean val loss {detail['level']:.4f} is where the baseline's fitted curve "
+        f"stands at step {detail['baseline_step']:.0f}{' (extrapolated)' if detail['extrapolated'] else ''}; less "
+        f"TST's {t - switch:.0f} phase-2 steps, its {switch} phase-1 steps bought "
+        f"{detail['baseline_step'] - (t - switch):.0f} baseline steps. 1.00 is break-even at equal FLOPs, above 1 "
+        "TST saves compute, 0 means phase 1 bought nothing.", "",
+        f"The baseline's curve: {fit['a']:.3f} + {fit['b']:.3g} * step^-{fit['c']:.3f}, fitted to its {fit['evals']} "
+        f"evaluations from step {fit['first']} to {fit['last']}; their scatter about it, {fit['noise']:.4f} nats, is "
+        "the evaluation noise behind every interval here.", ""]
+    course = [p for p in detail["course"] if p["value"] is not None]
+    if course:
+        picks = [course[round(i * (len(course) - 1) / 4)] for i in range(5)] if len(course) > 5 else course
+        lines += ["Along the run (one evaluation each, so wider intervals; plotted in `phase1_step_value.png`): "
+                  + "; ".join(f"step {p['step']}: {p['value']:.2f} ({' to '.join(_end(x) for x in p['interval'])})"
+                              for p in picks) + ".", ""]
+    return lines
+
+
+def plot_step_value(detail: dict[str, Any], path: Path) -> None:
+    """Write the phase-1 step value of each TST evaluation in phase 2 against its step, with its interval."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    course = [p for p in detail["course"] if p["value"] is not None]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    steps = [p["step"] for p in course]
+    lows = [-5.0 if p["interval"][0] is None else max(p["interval"][0], -5.0) for p in course]
+    highs = [5.0 if p["interval"][1] is None else min(p["interval"][1], 5.0) for p in course]
+    ax.fill_between(steps, lows, highs, alpha=0.25, label="95% interval (clipped to -5..5)")
+    ax.plot(steps, [p["value"] for p in course], marker=".", label="one evaluation")
+    if detail["value"] is not None:
+        lo, hi = (5.0 if x is None else min(max(x, -5.0), 5.0) for x in detail["interval"])
+        ax.errorbar([detail["at_step"]], [detail["value"]], fmt="o", color="black",
+                    yerr=[[max(detail["value"] - lo, 0.0)], [max(hi - detail["value"], 0.0)]],
+                    label=f"mean of the last {len(detail['steps'])}")
+    ax.axhline(1.0, color="green", linestyle="--", linewidth=1, label="break-even")
+    ax.axhline(0.0, color="grey", linestyle=":", linewidth=1)
+    ax.set_xlabel("TST step (phase 2, before the LR decay)")
+    ax.set_ylabel("phase-1 step value (baseline steps)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def plot(run_dirs: dict[str, Path], labels: dict[str, str], switch_step: int, out: Path) -> list[Path]:
@@ -214,9 +297,11 @@ def compare(cfg: Config, out_dir: str | Path, equal_data: bool = False,
             print(f"{spec.name}: {spec.label}")
             run_or_reuse(spec.config, dirs[spec.name])
         labels = {s.name: s.label for s in runs}
-        result = analyse(dirs, cfg.switch_step, decay_start(cfg))
+        result = analyse(dirs, cfg.switch_step, decay_start(cfg), cfg.optim.warmup_steps)
         result["labels"] = labels
         (out / "comparison.json").write_text(json.dumps(result, indent=2) + "\n")
         (out / "report.md").write_text(report_markdown(result, labels, command))
         plot(dirs, labels, cfg.switch_step, out)
+        if result["phase1_step_value_detail"]["course"]:
+            plot_step_value(result["phase1_step_value_detail"], out / "phase1_step_value.png")
         return result

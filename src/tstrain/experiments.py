@@ -3,14 +3,25 @@ reading val-loss curves (interpolation, the steps to reach a loss, the phase-1 s
 
 ``compare``, ``sweep`` (with ``ablate``) and ``scale`` are thin reports over these pieces, so a
 run is reused, and a curve read, the same way in all of them.
+
+One noise model feeds every reading. The baseline's stable phase (after twice the warmup, before
+the LR decay) is fitted by a power law in steps, ``loss = a + b * step**-c``; the scatter of its
+evaluations about the fit is the evaluation noise, taken to be the same for every run of the
+comparison. With two seeds or more the seed spread is added. A gap, or a phase-1 step value, is
+read as a win or a loss only when its 95% interval excludes the threshold (0 nats, or break-even);
+otherwise it is "within noise" / "not resolved".
 """
 
 from __future__ import annotations
 
 import json
+import math
 import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from .config import Config, resume_differences
 from .data import TokenData
@@ -112,31 +123,222 @@ def decay_start(cfg: Config) -> int:
     return cfg.train.steps - round(cfg.optim.decay_fraction * cfg.train.steps)
 
 
-def phase1_step_value(base: list[dict[str, Any]], tst: list[dict[str, Any]], switch: int, decay: int) -> dict[str, Any]:
-    """Return what one phase-1 step buys, in baseline steps, from the two val-loss curves.
+Z95 = 1.96  # two-sided 95% for a normal error
+EXPONENTS = np.geomspace(0.02, 4.0, 160)  # the power law's c, searched on a grid (the rest is linear)
+MIN_FIT_EVALS = 5  # three parameters and at least two degrees of freedom for the noise
 
-    For each TST evaluation at step ``t`` in phase 2 before the LR decay: the baseline step ``b``
-    with the same val loss (interpolated), less the ``t - switch`` phase-2 steps TST has done,
-    over its ``switch`` phase-1 steps. 1.0 is break-even at equal FLOPs, above 1 TST saves
-    compute, 0 means phase 1 bought nothing. The value reported is the last such evaluation's
-    (the most recovered); ``value`` is None with a ``reason`` when it cannot be measured.
+
+@dataclass(frozen=True)
+class CurveFit:
+    """``loss = a + b * step**-c`` fitted to a baseline's stable phase, with the scatter about it."""
+
+    a: float
+    b: float
+    c: float
+    noise: float  # residual standard deviation of one evaluation (nats)
+    first: int  # the fitted steps
+    last: int
+    evals: int
+
+    def loss(self, step: float) -> float:
+        return self.a + self.b * step ** -self.c
+
+    def step_of(self, loss: float) -> float | None:
+        """Return the step where the fitted curve reaches ``loss``; None if it never does."""
+        if self.b <= 0 or loss <= self.a:
+            return None
+        return ((loss - self.a) / self.b) ** (-1.0 / self.c)
+
+
+def _best_fits(steps: np.ndarray, losses: np.ndarray, exponents: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Return least-squares ``(a, b, c, rss)`` per row of ``losses`` ``(m, n)``, c from that row's ``exponents``
+    ``(m, k)``: for a fixed c the fit is linear in (a, b), solved in closed form. Only falling curves
+    (b > 0) are accepted when any c gives one."""
+    x = steps[None, None, :] ** -exponents[:, :, None]  # (m, k, n)
+    xc = x - x.mean(axis=2, keepdims=True)
+    yc = losses - losses.mean(axis=1, keepdims=True)
+    sxx = (xc ** 2).sum(axis=2)  # (m, k)
+    sxy = np.einsum("mkn,mn->mk", xc, yc)
+    slope = sxy / sxx
+    rss = (yc ** 2).sum(axis=1, keepdims=True) - sxy ** 2 / sxx
+    rss = np.where((slope > 0) | ~(slope > 0).any(axis=1, keepdims=True), rss, np.inf)
+    j = rss.argmin(axis=1)
+    rows = np.arange(losses.shape[0])
+    b = slope[rows, j]
+    a = losses.mean(axis=1) - b * x.mean(axis=2)[rows, j]
+    return a, b, exponents[rows, j], np.maximum(rss[rows, j], 0.0)
+
+
+def _fit_power_laws(steps: np.ndarray, losses: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Return least-squares ``(a, b, c, rss)`` of ``loss = a + b * step**-c`` for each row of ``losses`` ``(m, n)``.
+
+    c is searched on the coarse grid ``EXPONENTS``, then on a fine one around each row's best.
     """
-    if switch == 0:
-        return {"value": None, "reason": "the run has no phase 1", "points": []}
+    m = losses.shape[0]
+    _, _, c, _ = _best_fits(steps, losses, np.broadcast_to(EXPONENTS, (m, len(EXPONENTS))))
+    step = EXPONENTS[1] / EXPONENTS[0]
+    fine = c[:, None] * step ** np.linspace(-1.0, 1.0, 41)[None, :]
+    return _best_fits(steps, losses, fine)
+
+
+def stable_rows(rows: list[dict[str, Any]], warmup: int, decay: int) -> list[dict[str, Any]]:
+    """Return the evaluations of a run's stable LR phase: from twice the warmup to the decay's start."""
+    return [r for r in rows if max(2 * warmup, 1) <= r["step"] <= decay]
+
+
+def fit_curve(rows: list[dict[str, Any]], warmup: int, decay: int) -> CurveFit | None:
+    """Return the power-law fit of a run's stable phase and its evaluation noise; None with too few evaluations."""
+    stable = stable_rows(rows, warmup, decay)
+    if len(stable) < MIN_FIT_EVALS:
+        return None
+    t = np.array([r["step"] for r in stable], dtype=float)
+    y = np.array([r["val_loss"] for r in stable], dtype=float)
+    a, b, c, rss = _fit_power_laws(t, y[None, :])
+    return CurveFit(float(a[0]), float(b[0]), float(c[0]), math.sqrt(float(rss[0]) / (len(t) - 3)),
+                    int(t[0]), int(t[-1]), len(t))
+
+
+def _steps_of(a: np.ndarray, b: np.ndarray, c: np.ndarray, loss: np.ndarray) -> np.ndarray:
+    """Return each fitted curve's step at ``loss`` (vectorised ``CurveFit.step_of``; inf where never reached)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        step = ((loss - a) / b) ** (-1.0 / c)
+    return np.where((b > 0) & (loss > a), step, np.inf)
+
+
+def _interval(draws: np.ndarray) -> list[float | None]:
+    """Return the central 95% of ``draws``; an end is None (unbounded) where draws run off the fitted curve."""
+    lo, hi = np.quantile(draws, [0.025, 0.975], method="inverted_cdf")
+    return [float(x) if math.isfinite(x) else None for x in (lo, hi)]
+
+
+def value_reading(interval: list[float | None] | None, threshold: float = 1.0) -> str:
+    """Return what a phase-1 step value's interval says against break-even (1 baseline step per step)."""
+    if interval is None:
+        return "not measured"
+    lo, hi = (math.inf if x is None else x for x in interval)
+    if lo > threshold:
+        return "saves compute"
+    if hi < threshold:
+        return "costs compute"
+    return "not resolved"
+
+
+def gap_reading_of(interval: list[float] | None) -> str:
+    """Return what an equal-FLOPs gap's interval (TST minus baseline) says."""
+    if interval is None:
+        return "noise unknown"
+    if interval[1] < 0:
+        return "TST better"
+    if interval[0] > 0:
+        return "baseline better"
+    return "within noise"
+
+
+def combine(values: list[float], errors: list[float | None]) -> dict[str, Any]:
+    """Return the mean of per-seed ``values``, its standard error and 95% interval.
+
+    The error adds each seed's own standard error (from the evaluation noise) to the spread between
+    seeds, ``sqrt((mean err^2 + var) / n)``: with one seed the evaluation noise alone, with more the
+    spread too, so two seeds that disagree widen the interval. None when one seed has no error.
+    """
+    n = len(values)
+    mean = sum(values) / n
+    known = [e for e in errors if e is not None and math.isfinite(e)]
+    if n == 1 and not known:
+        return {"mean": mean, "se": None, "interval": None, "seeds": n}
+    spread = sum((v - mean) ** 2 for v in values) / (n - 1) if n > 1 else 0.0
+    own = sum(e * e for e in known) / len(known) if known else 0.0
+    se = math.sqrt((own + spread) / n)
+    return {"mean": mean, "se": se, "interval": [mean - Z95 * se, mean + Z95 * se], "seeds": n}
+
+
+def gap_reading(gaps: list[float], noises: list[float | None]) -> dict[str, Any]:
+    """Return the equal-FLOPs gap over seeds (TST minus baseline final val loss) with its interval and reading.
+
+    ``noises`` are each seed's evaluation noise (``CurveFit.noise``); a gap of two final evaluations
+    has ``sqrt(2)`` times it. The noise is measured in the stable phase, so it is conservative for
+    the final evaluation, taken after the LR decay.
+    """
+    g = combine(gaps, [None if n is None else math.sqrt(2.0) * n for n in noises])
+    return {"gap": g["mean"], "se": g["se"], "interval": g["interval"], "seeds": g["seeds"],
+            "reading": gap_reading_of(g["interval"])}
+
+
+def value_summary(values: list[dict[str, Any]]) -> dict[str, Any]:
+    """Return the phase-1 step value over seeds (each a ``phase1_step_value`` result) with interval and reading."""
+    measured = [v for v in values if v["value"] is not None]
+    if not measured:
+        return {"value": None, "interval": None, "seeds": 0, "reading": "not measured"}
+    if len(measured) == 1:
+        v = measured[0]
+        return {"value": v["value"], "interval": v["interval"], "seeds": 1, "reading": v["reading"]}
+    ses = [(v["interval"][1] - v["interval"][0]) / (2 * Z95) if v["interval"] and None not in v["interval"] else None
+           for v in measured]
+    c = combine([v["value"] for v in measured], ses)
+    return {"value": c["mean"], "interval": c["interval"], "seeds": c["seeds"], "reading": value_reading(c["interval"])}
+
+
+def _bootstrap(rows: list[dict[str, Any]], fit: CurveFit, draws: int,
+               rng: np.random.Generator) -> tuple[np.ndarray, ...]:
+    """Return ``draws`` refits ``(a, b, c)`` of the baseline's stable phase, redrawn about ``fit`` with its noise."""
+    stable = [r for r in rows if fit.first <= r["step"] <= fit.last]
+    t = np.array([r["step"] for r in stable], dtype=float)
+    y = np.array([fit.loss(s) for s in t])[None, :] + fit.noise * rng.standard_normal((draws, len(t)))
+    a, b, c, _ = _fit_power_laws(t, y)
+    return a, b, c
+
+
+def _value_point(fit: CurveFit, boot: tuple[np.ndarray, ...], step: float, level: float, n: int, switch: int,
+                 rng: np.random.Generator) -> dict[str, Any]:
+    """Return the phase-1 step value of TST standing at ``level`` (a mean of ``n`` evaluations) at ``step``."""
+    b = fit.step_of(level)
+    levels = level + fit.noise / math.sqrt(n) * rng.standard_normal(len(boot[0]))
+    draws = (_steps_of(*boot, levels) - (step - switch)) / switch
+    return {"step": step, "val_loss": level, "baseline_step": b,
+            "value": None if b is None else (b - (step - switch)) / switch, "interval": _interval(draws)}
+
+
+def phase1_step_value(base: list[dict[str, Any]], tst: list[dict[str, Any]], switch: int, decay: int,
+                      warmup: int = 0, k: int = 5, draws: int = 400) -> dict[str, Any]:
+    """Return what one phase-1 step buys, in baseline steps, with its 95% interval and its course along the run.
+
+    TST's level is the mean of its last ``k`` evaluations in phase 2 before the LR decay, at their
+    mean step ``t``; ``b`` is the step where the baseline's fitted stable-phase curve (``fit_curve``)
+    has that level. The value is ``(b - (t - switch)) / switch``: 1.0 is break-even at equal FLOPs,
+    above 1 TST saves compute, 0 means phase 1 bought nothing. A fitted curve, not the raw one,
+    because the raw curve's first crossing of a level lands early by the evaluation noise. The
+    interval refits the baseline and redraws TST's level under the evaluation noise (a parametric
+    bootstrap, fixed seed); "not resolved" where it spans break-even. ``course`` is the value of
+    each single evaluation, to show how it moves along the run.
+    """
+    out: dict[str, Any] = {"value": None, "interval": None, "reading": "not measured", "reason": None,
+                           "course": [], "k": k, "fit": None, "extrapolated": False}
     evals = [r for r in tst if switch < r["step"] <= decay]
-    if not evals:
-        return {"value": None, "points": [], "reason": f"no TST evaluation between the switch (step {switch}) and "
-                f"the LR decay (step {decay}); evaluate more often (train.eval_every)"}
-    points, reason = [], None
-    for r in evals:
-        b = first_reaching([x for x in base if x["step"] <= decay], r["val_loss"], "step")
-        if b is None:
-            bound = (decay - (r["step"] - switch)) / switch
-            reason = (f"at step {r['step']} TST's val loss {r['val_loss']:.4f} is below anything the baseline reaches "
-                      f"before its LR decay: a phase-1 step is worth more than {bound:.2f} baseline steps")
-            continue
-        points.append({"step": r["step"], "val_loss": r["val_loss"], "baseline_step": b,
-                       "value": (b - (r["step"] - switch)) / switch})
-    last_measured = bool(points) and points[-1]["step"] == evals[-1]["step"]
-    return {"value": points[-1]["value"] if last_measured else None, "reason": None if last_measured else reason,
-            "points": points}
+    fit = fit_curve(base, warmup, decay)
+    if switch == 0:
+        out["reason"] = "the run has no phase 1"
+    elif not evals:
+        out["reason"] = (f"no TST evaluation between the switch (step {switch}) and the LR decay (step {decay}); "
+                         "evaluate more often (train.eval_every)")
+    elif fit is None:
+        out["reason"] = (f"the baseline has {len(stable_rows(base, warmup, decay))} evaluations in its stable phase "
+                         f"(steps {max(2 * warmup, 1)} to {decay}), and fitting its curve needs {MIN_FIT_EVALS}; "
+                         "evaluate more often (train.eval_every)")
+    if out["reason"]:
+        return out
+    rng = np.random.default_rng(0)
+    boot = _bootstrap(base, fit, draws, rng)
+    out["fit"] = fit.__dict__.copy()
+    out["course"] = [_value_point(fit, boot, r["step"], r["val_loss"], 1, switch, rng) for r in evals]
+    last = evals[-k:]
+    at = sum(r["step"] for r in last) / len(last)
+    head = _value_point(fit, boot, at, sum(r["val_loss"] for r in last) / len(last), len(last), switch, rng)
+    out.update(level=head["val_loss"], at_step=at, steps=[r["step"] for r in last], baseline_step=head["baseline_step"],
+               value=head["value"], interval=head["interval"], reading=value_reading(head["interval"]))
+    if head["value"] is None:
+        out["reason"] = (f"TST's mean val loss {head['val_loss']:.4f} over steps {last[0]['step']}-{last[-1]['step']} "
+                         f"is below the baseline's fitted asymptote {fit.a:.4f}: a phase-1 step is worth more than "
+                         "any number of baseline steps on this fit")
+    else:
+        out["extrapolated"] = head["baseline_step"] > fit.last
+    return out

@@ -5,7 +5,10 @@ own baseline first (``--lrs``, the best final val loss at ``tune_steps``), then 
 arms at every run length: one tuning protocol for both. For every (size, steps, seed) cell the
 study records tokens per parameter, the equal-FLOPs gap, the phase-1 step value, the gap at the
 switch and the steps TST takes to halve it, then fits the gap against log10(steps) per size to
-say where the trend crosses zero. Runs are reused when finished and resumed when interrupted.
+say where the trend crosses zero. Gaps and phase-1 step values are read against the evaluation
+noise of each baseline's curve and, with two seeds or more, the seed spread
+(``experiments.gap_reading``, ``experiments.value_summary``). Runs are reused when finished and
+resumed when interrupted.
 """
 
 from __future__ import annotations
@@ -17,7 +20,17 @@ from typing import Any
 
 from .config import Config, load_config, padded_vocab
 from .data import TokenData
-from .experiments import baseline_of, decay_start, phase1_step_value, run_or_reuse, val_rows, value_at
+from .experiments import (
+    baseline_of,
+    decay_start,
+    fit_curve,
+    gap_reading,
+    phase1_step_value,
+    run_or_reuse,
+    val_rows,
+    value_at,
+    value_summary,
+)
 from .models import model_info
 from .run_lock import locked
 
@@ -53,7 +66,8 @@ def cell_figures(base_dir: Path, tst_dir: Path, cfg: Config, params: int) -> dic
     b_sum = json.loads((base_dir / "summary.json").read_text())
     t_sum = json.loads((tst_dir / "summary.json").read_text())
     S = cfg.switch_step
-    value = phase1_step_value(base, tst, S, decay_start(cfg))
+    value = phase1_step_value(base, tst, S, decay_start(cfg), cfg.optim.warmup_steps)
+    fit = fit_curve(base, cfg.optim.warmup_steps, decay_start(cfg))
     switch_gap = None
     if value_at(tst, S) is not None and value_at(base, S) is not None:
         switch_gap = value_at(tst, S) - value_at(base, S)
@@ -61,7 +75,10 @@ def cell_figures(base_dir: Path, tst_dir: Path, cfg: Config, params: int) -> dic
         "baseline_val_loss": b_sum["final_val_loss"], "tst_val_loss": t_sum["final_val_loss"],
         "gap": t_sum["final_val_loss"] - b_sum["final_val_loss"], "flops": b_sum["flops"],
         "tokens_per_param": b_sum["data_tokens"] / params, "tst_tokens_per_param": t_sum["data_tokens"] / params,
+        "eval_noise": fit.noise if fit else None,
         "phase1_step_value": value["value"], "phase1_step_value_reason": value["reason"],
+        "phase1_step_value_interval": value["interval"], "phase1_step_value_reading": value["reading"],
+        "phase1_step_value_course": [[p["step"], p["value"]] for p in value["course"]],
         "gap_at_switch": switch_gap, "half_recovery_steps": half_recovery_steps(base, tst, S),
     }
 
@@ -105,6 +122,12 @@ def fit_crossing(points: list[tuple[int, float]]) -> dict[str, Any] | None:
             "crossing_range": [crossing(b - se), crossing(b + se)] if math.isfinite(se) else None}
 
 
+def gap_trend(cells: dict[str, dict], arm: str) -> dict[str, Any] | None:
+    """Return ``fit_crossing`` over the run lengths at which ``arm`` was measured (each cell's mean gap)."""
+    points = [(int(n), _mean(cell, arm, "gap")) for n, cell in cells.items()]
+    return fit_crossing([(n, g) for n, g in points if g is not None])
+
+
 def scale_study(data: str, out_dir: str | Path, sizes: list[str], steps: list[int], arms: list[tuple[int, float]],
                 seeds: list[int], lrs: list[float] | None = None, tune_steps: int = 2000,
                 overrides: dict | None = None, repeat_within: float = 0.05) -> dict[str, Any]:
@@ -134,8 +157,7 @@ def scale_study(data: str, out_dir: str | Path, sizes: list[str], steps: list[in
                         break
                     per_seed[seed] = run_cell(seeded, out / size / f"steps{n}" / f"seed{seed}", arms, params)
                 entry["cells"][str(n)] = {str(seed): figs for seed, figs in per_seed.items()}
-            entry["fits"] = {arm_name(s, r): fit_crossing([(int(n), _mean(cell, arm_name(s, r), "gap"))
-                                                           for n, cell in entry["cells"].items()]) for s, r in arms}
+            entry["fits"] = {arm_name(s, r): gap_trend(entry["cells"], arm_name(s, r)) for s, r in arms}
             result["sizes"][size] = entry
             (out / "scale.json").write_text(json.dumps(result, indent=2) + "\n")
         (out / "scale.md").write_text(scale_markdown(result))
@@ -143,8 +165,52 @@ def scale_study(data: str, out_dir: str | Path, sizes: list[str], steps: list[in
         return result
 
 
+def read_study(out_dir: str | Path, report_dir: str | Path | None = None) -> dict[str, Any]:
+    """Return a study rebuilt from the runs saved under ``out_dir`` (``SIZE/stepsN/seedK/{baseline,tst-*}``,
+    each with its ``config.toml``, ``metrics.jsonl`` and ``summary.json``), training nothing, and rewrite
+    its ``scale.md``, ``scale.json`` and plots in ``report_dir`` (default ``out_dir``): finished runs
+    re-read with this version's readings.
+
+    The arms and each size's LR tuning come from the report dir's ``scale.json`` where there is one.
+    """
+    out = Path(out_dir)
+    report = Path(report_dir) if report_dir else out
+    saved = json.loads((report / "scale.json").read_text()) if (report / "scale.json").is_file() else {}
+    result: dict[str, Any] = {"data": saved.get("data"), "arms": list(saved.get("arms", [])), "sizes": {}}
+    for size_dir in sorted(p for p in out.iterdir() if p.is_dir() and any(p.glob("steps*/seed*/baseline"))):
+        entry: dict[str, Any] = {"cells": {}}
+        for steps_dir in sorted(size_dir.glob("steps*"), key=lambda p: int(p.name.removeprefix("steps"))):
+            cell = {}
+            for seed_dir in sorted(steps_dir.glob("seed*"), key=lambda p: int(p.name.removeprefix("seed"))):
+                figs = {}
+                finished = [d for d in sorted(seed_dir.glob("tst-*")) if (d / "summary.json").is_file()]
+                if not (seed_dir / "baseline" / "summary.json").is_file():
+                    finished = []
+                for arm_dir in finished:
+                    cfg = load_config(config_file=arm_dir / "config.toml")
+                    entry["lr"] = cfg.optim.lr
+                    entry["parameters"] = model_info(cfg.model, padded_vocab(cfg.model.vocab_size,
+                                                     cfg.model.pad_vocab_multiple),
+                                                     cfg.train.seq_len)["parameters"]["total"]
+                    figs[arm_dir.name] = cell_figures(seed_dir / "baseline", arm_dir, cfg, entry["parameters"])
+                    if arm_dir.name not in result["arms"]:
+                        result["arms"].append(arm_dir.name)
+                if figs:
+                    cell[seed_dir.name.removeprefix("seed")] = figs
+            if cell:
+                entry["cells"][steps_dir.name.removeprefix("steps")] = cell
+        if "lr_tuning" in saved.get("sizes", {}).get(size_dir.name, {}):
+            entry["lr_tuning"] = saved["sizes"][size_dir.name]["lr_tuning"]
+        entry["fits"] = {arm: gap_trend(entry["cells"], arm) for arm in result["arms"]}
+        result["sizes"][size_dir.name] = entry
+    (report / "scale.json").write_text(json.dumps(result, indent=2) + "\n")
+    (report / "scale.md").write_text(scale_markdown(result))
+    plot_scale(result, report)
+    return result
+
+
 def _mean(cell: dict[str, dict], arm: str, key: str) -> float | None:
-    values = [figs[arm][key] for figs in cell.values() if figs[arm][key] is not None]
+    values = [figs[arm][key] for figs in cell.values() if arm in figs and figs[arm][key] is not None]
     return sum(values) / len(values) if values else None
 
 
@@ -152,22 +218,45 @@ def _num(x: float | None, spec: str) -> str:
     return "n/a" if x is None or not math.isfinite(x) else format(x, spec)
 
 
+def cell_readings(cell: dict[str, dict], arm: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Return one cell's gap reading and phase-1 step value over its seeds (``gap_reading``, ``value_summary``)."""
+    figs = [f[arm] for f in cell.values() if arm in f]
+    gap = gap_reading([f["gap"] for f in figs], [f.get("eval_noise") for f in figs])
+    value = value_summary([{"value": f["phase1_step_value"], "interval": f.get("phase1_step_value_interval"),
+                            "reading": f.get("phase1_step_value_reading", "not measured")} for f in figs])
+    return gap, value
+
+
+def interval_text(interval: list[float | None] | None, spec: str) -> str:
+    """Return a 95% interval as "lo to hi" ("unbounded" for an open end, "n/a" for none)."""
+    if not interval:
+        return "n/a"
+    return " to ".join("unbounded" if x is None else format(x, spec) for x in interval)
+
+
 def scale_markdown(result: dict[str, Any]) -> str:
-    """Return the study's tables: one row per (size, steps, arm), seeds averaged (and listed)."""
+    """Return the study's tables: one row per (size, steps, arm), seeds averaged (and listed), with 95% intervals."""
     lines = ["| size | params | steps | arm | tokens/param (baseline, TST) | baseline | TST | gap (seeds) | "
-             "phase-1 step value | gap at switch | steps to halve it |", "| --- |" * 1 + " --- |" * 10]
+             "gap 95% interval | reading | phase-1 step value (95% interval) | gap at switch | steps to halve it |",
+             "| --- |" * 1 + " --- |" * 12]
     for size, entry in result["sizes"].items():
         for n, cell in entry["cells"].items():
-            for arm in result["arms"]:
-                first = next(iter(cell.values()))[arm]
-                gaps = ", ".join(f"{figs[arm]['gap']:+.4f}" for figs in cell.values())
+            for arm in [a for a in result["arms"] if any(a in figs for figs in cell.values())]:
+                first = next(figs[arm] for figs in cell.values() if arm in figs)
+                gaps = ", ".join(f"{figs[arm]['gap']:+.4f}" for figs in cell.values() if arm in figs)
+                gap, value = cell_readings(cell, arm)
                 lines.append(
                     f"| {size} | {entry['parameters'] / 1e6:.2f}M | {n} | {arm} | {first['tokens_per_param']:.1f}, "
                     f"{first['tst_tokens_per_param']:.1f} | {_mean(cell, arm, 'baseline_val_loss'):.4f} | "
                     f"{_mean(cell, arm, 'tst_val_loss'):.4f} | {_mean(cell, arm, 'gap'):+.4f} ({gaps}) | "
-                    f"{_num(_mean(cell, arm, 'phase1_step_value'), '.2f')} | "
+                    f"{interval_text(gap['interval'], '+.3f')} | {gap['reading']} | "
+                    f"{_num(value['value'], '.2f')} ({interval_text(value['interval'], '.2f')}; {value['reading']}) | "
                     f"{_num(_mean(cell, arm, 'gap_at_switch'), '+.3f')} | "
                     f"{_num(_mean(cell, arm, 'half_recovery_steps'), '.0f')} |")
+    lines += ["", "Gap: TST minus baseline final val loss at equal FLOPs; its 95% interval comes from the evaluation "
+              "noise of the baseline's fitted curve and, with two seeds or more, their spread. Phase-1 step value: "
+              "TST's last 5 evaluations before the LR decay against the baseline's fitted stable-phase curve "
+              "(1 is break-even; \"not resolved\" where the interval spans it)."]
     lines += ["", "Trend of the gap against log10(steps), per size and arm "
               "(least squares over the cells' mean gaps):", "",
               "| size | arm | gap per decade of steps | +- 1 s.e. | crossing at steps | range (slope +- 1 s.e.) |",
@@ -196,9 +285,12 @@ def plot_scale(result: dict[str, Any], out: Path) -> None:
             ns = [int(n) for n in cells]
             label = f"{size} ({entry['parameters'] / 1e6:.2f}M), {arm}"
             axes[0].plot(ns, [_mean(c, arm, "gap") for c in cells.values()], marker="o", label=label)
-            values = [_mean(c, arm, "phase1_step_value") for c in cells.values()]
-            axes[1].plot([n for n, v in zip(ns, values) if v is not None], [v for v in values if v is not None],
-                         marker="o", label=label)
+            values = [(n, cell_readings(c, arm)[1]) for n, c in zip(ns, cells.values())]
+            values = [(n, v) for n, v in values
+                      if v["value"] is not None and v["interval"] and None not in v["interval"]]
+            axes[1].errorbar([n for n, _ in values], [v["value"] for _, v in values], marker="o", capsize=3,
+                             label=label, yerr=[[v["value"] - v["interval"][0] for _, v in values],
+                                                [v["interval"][1] - v["value"] for _, v in values]])
             axes[2].plot([_mean(c, arm, "flops") for c in cells.values()],
                          [_mean(c, arm, "gap") for c in cells.values()], marker="o", label=label)
     for ax, (xlabel, ylabel, level) in zip(axes, [("steps", "TST minus baseline val loss (nats)", 0.0),
@@ -212,4 +304,31 @@ def plot_scale(result: dict[str, Any], out: Path) -> None:
     axes[0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out / "scale_gap.png", dpi=120)
+    plt.close(fig)
+    plot_course(result, out / "scale_step_value_course.png")
+
+
+def plot_course(result: dict[str, Any], path: Path) -> None:
+    """Write the phase-1 step value of each TST evaluation along the run, for each size's longest cell."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for size, entry in result["sizes"].items():
+        n, cell = max(entry["cells"].items(), key=lambda kv: int(kv[0]))
+        for arm in result["arms"]:
+            for seed, figs in cell.items():
+                course = [(t, v) for t, v in figs.get(arm, {}).get("phase1_step_value_course", []) if v is not None]
+                ax.plot([t for t, _ in course], [v for _, v in course], marker=".", linewidth=1,
+                        label=f"{size}, {n} steps, {arm}, seed {seed}")
+    ax.axhline(1.0, color="green", linestyle="--", linewidth=1)
+    ax.axhline(0.0, color="grey", linestyle=":", linewidth=1)
+    ax.set_xlabel("TST step (phase 2, before the LR decay)")
+    ax.set_ylabel("phase-1 step value of one evaluation")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -3,7 +3,9 @@
 Every run lives in its own directory under the sweep dir; a finished run (``summary.json``) is
 skipped and an interrupted one resumed, so a sweep can be stopped and restarted at will. The
 result is the paper's kind of table: final next-token validation loss per (s, r), with the
-baseline row, and plots (a heat map, and the loss against s at the best r: the U-shape).
+baseline row, and plots (a heat map, and the loss against s at the best r: the U-shape). Each
+gap to the baseline is read against the evaluation noise of the baseline's curve
+(``experiments.gap_reading``): "within noise" rather than a win or a loss where it is.
 """
 
 from __future__ import annotations
@@ -13,7 +15,16 @@ from pathlib import Path
 from typing import Any
 
 from .config import Config
-from .experiments import baseline_of, decay_start, phase1_step_value, run_or_reuse, val_rows, value_at
+from .experiments import (
+    baseline_of,
+    decay_start,
+    fit_curve,
+    gap_reading,
+    phase1_step_value,
+    run_or_reuse,
+    val_rows,
+    value_at,
+)
 from .run_lock import locked
 
 
@@ -32,24 +43,48 @@ def sweep(cfg: Config, out_dir: str | Path, bag_sizes: list[int], ratios: list[f
         runs = grid_configs(cfg, bag_sizes, ratios)
         results = {name: run_or_reuse(c, out / name)["final_val_loss"] for name, c in runs.items()}
         values = step_values(runs, out)
-        table = {"baseline": results["baseline"], "bag_sizes": bag_sizes, "ratios": ratios,
-                 "grid": {f"{s}": {f"{r:g}": results[f"s{s}-r{r:g}"] for r in ratios} for s in bag_sizes},
-                 "phase1_step_value": {f"{s}": {f"{r:g}": values[f"s{s}-r{r:g}"] for r in ratios} for s in bag_sizes}}
+        noise = eval_noise(cfg, out)
+        names = {f"{s}": {f"{r:g}": f"s{s}-r{r:g}" for r in ratios} for s in bag_sizes}
+        table = {"baseline": results["baseline"], "bag_sizes": bag_sizes, "ratios": ratios, "eval_noise": noise,
+                 "grid": {s: {r: results[n] for r, n in row.items()} for s, row in names.items()},
+                 "gap": {s: {r: gap_reading([results[n] - results["baseline"]], [noise]) for r, n in row.items()}
+                         for s, row in names.items()},
+                 "phase1_step_value": {s: {r: values[n]["value"] for r, n in row.items()} for s, row in names.items()},
+                 "phase1_step_value_interval": {s: {r: values[n]["interval"] for r, n in row.items()}
+                                                for s, row in names.items()}}
         (out / "sweep.json").write_text(json.dumps(table, indent=2) + "\n")
         (out / "sweep.md").write_text(sweep_markdown(table, cfg))
         plot_sweep(table, out)
         return table
 
 
-def step_values(runs: dict[str, Config], out: Path) -> dict[str, float | None]:
-    """Return each TST run's phase-1 step value against the ``baseline`` run of the same dir."""
+def step_values(runs: dict[str, Config], out: Path) -> dict[str, dict[str, Any]]:
+    """Return each TST run's phase-1 step value (``experiments.phase1_step_value``) against the dir's ``baseline``."""
     base = val_rows(out / "baseline")
-    return {name: phase1_step_value(base, val_rows(out / name), c.switch_step, decay_start(c))["value"]
+    return {name: phase1_step_value(base, val_rows(out / name), c.switch_step, decay_start(c), c.optim.warmup_steps)
             for name, c in runs.items() if name != "baseline"}
 
 
-def _value(v: float | None) -> str:
-    return "n/a" if v is None else f"{v:.2f}"
+def eval_noise(cfg: Config, out: Path) -> float | None:
+    """Return the evaluation noise of the dir's ``baseline`` run (None with too few evaluations to fit its curve)."""
+    fit = fit_curve(val_rows(out / "baseline"), cfg.optim.warmup_steps, decay_start(cfg))
+    return fit.noise if fit else None
+
+
+def _value(v: float | None, interval: list[float | None] | None = None) -> str:
+    if v is None:
+        return "n/a"
+    if not interval:
+        return f"{v:.2f}"
+    lo, hi = ("unbounded" if x is None else f"{x:.2f}" for x in interval)
+    return f"{v:.2f} ({lo} to {hi})"
+
+
+def _gap(g: dict[str, Any]) -> str:
+    """Return a gap with its 95% half-width and reading, e.g. "+0.0123 +- 0.0390 (within noise)"."""
+    if g["se"] is None:
+        return f"{g['gap']:+.4f} (noise unknown)"
+    return f"{g['gap']:+.4f} +- {1.96 * g['se']:.4f} ({g['reading']})"
 
 
 def sweep_markdown(table: dict[str, Any], cfg: Config) -> str:
@@ -59,16 +94,25 @@ def sweep_markdown(table: dict[str, Any], cfg: Config) -> str:
     lines = [f"Final next-token validation loss, {cfg.train.steps} steps, "
              f"B={cfg.train.batch_size}, L={cfg.train.seq_len} "
              f"(lower is better; baseline {table['baseline']:.4f}; best s={best[1]}, r={best[2]}: {best[0]:.4f}, "
-             f"{best[0] - table['baseline']:+.4f} vs baseline).", "",
+             f"{best[0] - table['baseline']:+.4f} vs baseline, {table['gap'][best[1]][best[2]]['reading']}).", "",
              "| s \\ r | " + " | ".join(f"{r:g}" for r in rs) + " |", "| --- |" + " --- |" * len(rs),
              "| baseline | " + " | ".join(f"{table['baseline']:.4f}" for _ in rs) + " |"]
     for s, row in table["grid"].items():
         lines.append(f"| {s} | " + " | ".join(f"{row[f'{r:g}']:.4f}" for r in rs) + " |")
-    lines += ["", "Phase-1 step value (baseline steps a phase-1 step buys, at the last evaluation before the LR decay; "
-              "1 is break-even at equal FLOPs; n/a: not measurable, see each run's curves):", "",
+    noise = table["eval_noise"]
+    lines += ["", "TST minus baseline, with the 95% half-width from the evaluation noise of the baseline's curve "
+              f"({'unknown: too few evaluations' if noise is None else f'{noise:.4f} nats on one evaluation'}; "
+              "one seed):", "",
+              "| s \\ r | " + " | ".join(f"{r:g}" for r in rs) + " |", "| --- |" + " --- |" * len(rs)]
+    for s, row in table["gap"].items():
+        lines.append(f"| {s} | " + " | ".join(_gap(row[f"{r:g}"]) for r in rs) + " |")
+    lines += ["", "Phase-1 step value (baseline steps a phase-1 step buys: TST's last 5 evaluations before the LR "
+              "decay against the baseline's fitted curve, with its 95% interval; 1 is break-even at equal FLOPs; "
+              "n/a: not measurable, see each run's curves):", "",
               "| s \\ r | " + " | ".join(f"{r:g}" for r in rs) + " |", "| --- |" + " --- |" * len(rs)]
     for s, row in table["phase1_step_value"].items():
-        lines.append(f"| {s} | " + " | ".join(_value(row[f"{r:g}"]) for r in rs) + " |")
+        ivs = table["phase1_step_value_interval"][s]
+        lines.append(f"| {s} | " + " | ".join(_value(row[f"{r:g}"], ivs[f"{r:g}"]) for r in rs) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -144,23 +188,29 @@ def ablate(cfg: Config, out_dir: str | Path, names: list[str] | None = None,
         switch = cfg.switch_step
         vals = {n: val_rows(out / n) for n in runs}
         values = step_values(runs, out)
+        noise = eval_noise(cfg, out)
+        base = summaries["baseline"]["final_val_loss"]
         result = {n: {"final_val_loss": s["final_val_loss"], "val_loss_at_switch": value_at(vals[n], switch),
-                      "phase1_step_value": values.get(n), "data_tokens": s["data_tokens"],
-                      "overrides": table_of.get(n, {"tst.ratio": 0.0})}
+                      "phase1_step_value": values[n]["value"] if n in values else None,
+                      "phase1_step_value_interval": values[n]["interval"] if n in values else None,
+                      "vs_baseline": gap_reading([s["final_val_loss"] - base], [noise]),
+                      "data_tokens": s["data_tokens"], "overrides": table_of.get(n, {"tst.ratio": 0.0})}
                   for n, s in summaries.items()}
         (out / "ablations.json").write_text(json.dumps(result, indent=2) + "\n")
-        base = result["baseline"]["final_val_loss"]
         lines = [f"Ablations at s={cfg.tst.bag_size}, r={cfg.tst.ratio}, {cfg.train.steps} steps, "
-                 f"switch at step {switch} (next-token val loss; lower is better).", "",
+                 f"switch at step {switch} (next-token val loss; lower is better; vs baseline with the 95% "
+                 f"half-width from the evaluation noise of the baseline's curve, "
+                 f"{'unknown: too few evaluations' if noise is None else f'{noise:.4f} nats on one evaluation'}; "
+                 "phase-1 step value with its 95% interval).", "",
                  f"| run | overrides | val loss at step {switch} | final val loss | vs baseline | "
                  "phase-1 step value | data tokens |",
                  "| --- | --- | --- | --- | --- | --- | --- |"]
         for n, r in result.items():
             ov = ", ".join(f"{k}={v}" for k, v in r["overrides"].items()) or "(the method)"
             at = "" if r["val_loss_at_switch"] is None else f"{r['val_loss_at_switch']:.4f}"
-            value = "" if n == "baseline" else _value(r["phase1_step_value"])
-            lines.append(f"| {n} | {ov} | {at} | {r['final_val_loss']:.4f} | {r['final_val_loss'] - base:+.4f} | "
-                         f"{value} | {r['data_tokens']:,} |")
+            value = "" if n == "baseline" else _value(r["phase1_step_value"], r["phase1_step_value_interval"])
+            vs = "" if n == "baseline" else _gap(r["vs_baseline"])
+            lines.append(f"| {n} | {ov} | {at} | {r['final_val_loss']:.4f} | {vs} | {value} | {r['data_tokens']:,} |")
         (out / "ablations.md").write_text("\n".join(lines) + "\n")
         plot_ablations(vals, switch, out / "ablations.png")
         return result

@@ -1,0 +1,138 @@
+"""Read an LR x warmup grid of scale cells two ways, with the noise-aware readings.
+
+Each cell is one ``tstrain scale`` study dir, ``ROOT/lr{LR}-w{WARMUP}/``, made with
+``--set optim.lr=LR --set optim.warmup_steps=WARMUP`` (one size, one run length, the baseline and
+the TST arms). Prints markdown:
+
+- every run's final val loss;
+- the paper's protocol: the baseline's best (LR, warmup) used by every arm;
+- each arm at its own best (LR, warmup) against the baseline at its best (the phase-1 step
+  value is given only within one setting: the stable phases of two LRs stand at different levels,
+  so one curve read against the other's says nothing about phase 1).
+
+Gaps are read against the evaluation noise of the baseline's fitted curve (and the seed spread
+with two seeds or more), phase-1 step values against the baseline's fitted curve, both with 95%
+intervals (``tstrain.experiments``). Nothing is trained.
+
+    python benchmarks/lr_warmup.py ROOT [SIZE] [STEPS]
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from tstrain.config import load_config
+from tstrain.experiments import decay_start, fit_curve, gap_reading, phase1_step_value, val_rows, value_summary
+
+
+def load_runs(root: Path, size: str, steps: int) -> dict[tuple[float, int], dict[str, dict[str, Any]]]:
+    """Return ``{(lr, warmup): {seed: {run name: {dir, cfg, final}}}}`` for every finished run."""
+    cells: dict[tuple[float, int], dict[str, dict[str, Any]]] = {}
+    for cell_dir in sorted(root.glob("lr*-w*")):
+        for seed_dir in sorted((cell_dir / size / f"steps{steps}").glob("seed*")):
+            runs = {}
+            for run in sorted(seed_dir.iterdir()):
+                if (run / "summary.json").is_file():
+                    cfg = load_config(config_file=run / "config.toml")
+                    runs[run.name] = {"dir": run, "cfg": cfg,
+                                      "final": json.loads((run / "summary.json").read_text())["final_val_loss"]}
+            if "baseline" in runs:
+                key = (runs["baseline"]["cfg"].optim.lr, runs["baseline"]["cfg"].optim.warmup_steps)
+                cells.setdefault(key, {})[seed_dir.name.removeprefix("seed")] = runs
+    return cells
+
+
+def noise_of(run: dict[str, Any]) -> float | None:
+    cfg = run["cfg"]
+    fit = fit_curve(val_rows(run["dir"]), cfg.optim.warmup_steps, decay_start(cfg))
+    return fit.noise if fit else None
+
+
+def mean_final(cell: dict[str, dict[str, Any]], name: str) -> float | None:
+    finals = [runs[name]["final"] for runs in cell.values() if name in runs]
+    return sum(finals) / len(finals) if finals else None
+
+
+def reading(base_cell: dict[str, dict[str, Any]], arm_cell: dict[str, dict[str, Any]], arm: str) -> str:
+    """Return one table row's gap and phase-1 step value of ``arm`` (from ``arm_cell``) against the
+    baseline of ``base_cell``, seed by seed where both have the seed."""
+    seeds = [s for s in arm_cell if arm in arm_cell[s] and s in base_cell]
+    if not seeds:
+        return "| n/a | | | |"
+    gaps = [arm_cell[s][arm]["final"] - base_cell[s]["baseline"]["final"] for s in seeds]
+    g = gap_reading(gaps, [noise_of(base_cell[s]["baseline"]) for s in seeds])
+    gi = "n/a" if g["interval"] is None else f"{g['interval'][0]:+.3f} to {g['interval'][1]:+.3f}"
+    head = f"| {', '.join(f'{x:+.4f}' for x in gaps)} | {gi} | {g['reading']} (seeds {', '.join(seeds)}) "
+    if base_cell is not arm_cell:  # the stable phases of two LRs stand at different levels
+        return head + "| not comparable across settings |"
+    values = []
+    for s in seeds:
+        base, tst = base_cell[s]["baseline"], arm_cell[s][arm]
+        values.append(phase1_step_value(val_rows(base["dir"]), val_rows(tst["dir"]), tst["cfg"].switch_step,
+                                        decay_start(base["cfg"]), base["cfg"].optim.warmup_steps))
+    v = value_summary(values)
+    vi = "n/a" if not v["interval"] else " to ".join("unbounded" if x is None else f"{x:.2f}" for x in v["interval"])
+    return head + ("| n/a |" if v["value"] is None else f"| {v['value']:.2f} ({vi}; {v['reading']}) |")
+
+
+def label(key: tuple[float, int]) -> str:
+    return f"lr {key[0]:g}, warmup {key[1]}"
+
+
+def report(root: Path, size: str, steps: int) -> str:
+    cells = load_runs(root, size, steps)
+    arms = sorted({n for c in cells.values() for runs in c.values() for n in runs if n != "baseline"}, reverse=True)
+    lines = [f"Every run's final val loss ({size}, {steps} steps):", "",
+             "| LR | warmup | seed | baseline | " + " | ".join(arms) + " | eval noise (baseline) |",
+             "| --- | --- | --- | --- | " + "--- | " * len(arms) + "--- |"]
+    for key, cell in sorted(cells.items()):
+        for seed, runs in sorted(cell.items()):
+            finals = " | ".join(f"{runs[a]['final']:.4f}" if a in runs else "not run" for a in arms)
+            noise = noise_of(runs["baseline"])
+            lines.append(f"| {key[0]:g} | {key[1]} | {seed} | {runs['baseline']['final']:.4f} | {finals} | "
+                         f"{'n/a' if noise is None else f'{noise:.4f}'} |")
+    best = min(cells, key=lambda k: mean_final(cells[k], "baseline"))
+    lines += ["", f"The baseline's best setting: {label(best)} (mean final {mean_final(cells[best], 'baseline'):.4f}). "
+              "Other baselines against it:", "",
+              "| setting | baseline minus the best baseline (seeds) | 95% interval | reading |",
+              "| --- | --- | --- | --- |"]
+    for key, cell in sorted(cells.items()):
+        if key != best:
+            seeds = [s for s in cell if s in cells[best]]
+            gaps = [cell[s]["baseline"]["final"] - cells[best][s]["baseline"]["final"] for s in seeds]
+            g = gap_reading(gaps, [noise_of(cells[best][s]["baseline"]) for s in seeds])
+            gi = "n/a" if g["interval"] is None else f"{g['interval'][0]:+.3f} to {g['interval'][1]:+.3f}"
+            within = {"baseline better": "worse, beyond the noise", "TST better": "better, beyond the noise"}
+            lines.append(f"| {label(key)} | {', '.join(f'{x:+.4f}' for x in gaps)} | {gi} | "
+                         f"{within.get(g['reading'], g['reading'])} |")
+    header = ["| arm | setting | gap (seeds) | gap 95% interval | reading | phase-1 step value (95% interval) |",
+              "| --- | --- | --- | --- | --- | --- |"]
+    lines += ["", f"The paper's protocol: every arm at the baseline's best setting ({label(best)}):", "", *header]
+    for arm in arms:
+        lines.append(f"| {arm} | {label(best)} " + reading(cells[best], cells[best], arm))
+    lines += ["", f"Each arm at its own best setting, against the baseline at its best ({label(best)}):", "", *header]
+    for arm in arms:
+        own = min((k for k in cells if mean_final(cells[k], arm) is not None), key=lambda k: mean_final(cells[k], arm))
+        lines.append(f"| {arm} | {label(own)} " + reading(cells[best], cells[own], arm))
+    lines += ["", "Each arm against the baseline of the same setting:", "", *header]
+    for key, cell in sorted(cells.items()):
+        for arm in arms:
+            lines.append(f"| {arm} | {label(key)} " + reading(cell, cell, arm))
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str]) -> int:
+    if not 1 <= len(argv) <= 3:
+        print(__doc__.strip().splitlines()[-1].strip(), file=sys.stderr)
+        return 2
+    size = argv[1] if len(argv) > 1 else "cpu-micro"
+    steps = int(argv[2]) if len(argv) > 2 else 6000
+    print(report(Path(argv[0]), size, steps), end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,65 @@
+"""scale: a study re-read from its saved runs, its gaps and phase-1 step values read against the noise."""
+
+import json
+
+import numpy as np
+import pytest
+
+from tstrain.config import load_config
+from tstrain.scale import fit_crossing, read_study
+
+STEPS, SWITCH = 2000, 600  # cpu-micro's WSD: warmup 50, decay from step 1600; s=4, r=0.3
+
+
+def curve(step):
+    return 3.6 + 26.0 * max(step, 25) ** -0.55
+
+
+def write_run(d, cfg, losses):
+    d.mkdir(parents=True)
+    (d / "config.toml").write_text(cfg.to_toml())
+    rows = [{"step": s, "phase": 2, "val_loss": v, "data_tokens": s * 1280, "flops": s * 1.0} for s, v in losses]
+    (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (d / "summary.json").write_text(json.dumps({"final_val_loss": losses[-1][1], "flops": STEPS * 1.0,
+                                                "data_tokens": STEPS * 1280, "steps": STEPS}))
+
+
+def write_cell(root, seed, final_gap, value, noise=0.01):
+    """A baseline and a TST arm whose phase-1 steps are each worth ``value`` baseline steps and whose
+    final val loss is ``final_gap`` above the baseline's."""
+    rng = np.random.default_rng(seed)
+    cfg = load_config("cpu-micro", overrides={"train.steps": STEPS, "model.vocab_size": 2048, "train.seed": seed})
+    steps = range(0, STEPS + 1, 50)
+    base = [(s, curve(s) + noise * rng.normal()) for s in steps]
+    tst = [(s, 6.0 if s <= SWITCH else curve(s - SWITCH + value * SWITCH) + noise * rng.normal()) for s in steps]
+    tst[-1] = (STEPS, base[-1][1] + final_gap)
+    cell = root / "cpu-micro" / f"steps{STEPS}" / f"seed{seed}"
+    write_run(cell / "baseline", cfg.with_values({"tst.ratio": 0.0}), base)
+    write_run(cell / "tst-s4-r0.3", cfg, tst)
+
+
+def test_a_study_is_re_read_from_its_saved_runs_with_intervals(tmp_path):
+    write_cell(tmp_path, 0, final_gap=0.005, value=0.5)
+    result = read_study(tmp_path)
+    figs = result["sizes"]["cpu-micro"]["cells"][str(STEPS)]["0"]["tst-s4-r0.3"]
+    assert figs["gap"] == pytest.approx(0.005) and figs["eval_noise"] == pytest.approx(0.01, rel=0.35)
+    lo, hi = figs["phase1_step_value_interval"]
+    assert lo < 0.5 < hi and figs["phase1_step_value_reading"] == "costs compute"
+    md = (tmp_path / "scale.md").read_text()
+    assert "| cpu-micro |" in md and "within noise" in md and "costs compute" in md
+    assert (tmp_path / "scale_gap.png").is_file() and (tmp_path / "scale_step_value_course.png").is_file()
+
+
+def test_two_seeds_that_disagree_are_within_noise(tmp_path):
+    write_cell(tmp_path, 0, final_gap=0.1, value=0.5)
+    read_study(tmp_path)
+    assert "baseline better" in (tmp_path / "scale.md").read_text()  # one seed, 0.1 nats: beyond the noise
+    write_cell(tmp_path, 1, final_gap=-0.07, value=0.5)
+    read_study(tmp_path)
+    row = next(line for line in (tmp_path / "scale.md").read_text().splitlines() if "tst-s4-r0.3" in line)
+    assert "+0.1000, -0.0700" in row and "within noise" in row
+
+
+def test_the_gap_trend_crosses_zero_where_its_line_does():
+    fit = fit_crossing([(100, 0.4), (1000, 0.2), (10000, 0.0)])
+    assert fit["slope_per_decade"] == pytest.approx(-0.2) and fit["crossing_steps"] == pytest.approx(10000)
