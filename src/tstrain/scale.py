@@ -296,8 +296,9 @@ def plot_scale(result: dict[str, Any], out: Path) -> None:
     for ax, (xlabel, ylabel, level) in zip(axes, [("steps", "TST minus baseline val loss (nats)", 0.0),
                                                    ("steps", "phase-1 step value (baseline steps)", 1.0),
                                                    ("training FLOPs", "TST minus baseline val loss (nats)", 0.0)]):
+        if ax.has_data():  # a step value needs two evaluations before the decay: a tiny study may have none
+            ax.set_xscale("log")
         ax.axhline(level, color="grey", linestyle="--", linewidth=1)
-        ax.set_xscale("log")
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
