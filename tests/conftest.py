@@ -99,3 +99,15 @@ class NanGrad(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         return grad * float("nan")
+
+
+def one_line_error(capsys, args, *fragments):
+    """Run the CLI, expect exit 2 and a single stderr line holding every fragment."""
+    from tstrain.cli import main
+
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "Traceback" not in err, err
+    for fragment in fragments:
+        assert fragment in err, err
+    return err

@@ -6,6 +6,7 @@ import shutil
 import pytest
 import torch
 
+from conftest import one_line_error
 from tstrain.cli import main
 from tstrain.config import load_config
 from tstrain.data import TokenData
@@ -13,16 +14,6 @@ from tstrain.errors import CheckpointError, ConfigError, DataError
 from tstrain.experiments import run_or_reuse
 from tstrain.prepare import prepare_data
 from tstrain.train import train
-
-
-def one_line_error(capsys, args, *fragments):
-    """Run the CLI, expect exit 2 and a single stderr line holding every fragment."""
-    assert main(args) == 2
-    err = capsys.readouterr().err.strip()
-    assert "\n" not in err and "Traceback" not in err, err
-    for fragment in fragments:
-        assert fragment in err, err
-    return err
 
 
 def test_a_reused_run_must_have_the_settings_asked_for(tiny_cfg, tmp_path):

@@ -11,18 +11,9 @@ import time
 
 import pytest
 
+from conftest import one_line_error
 from tstrain.cli import main
 from tstrain.run_lock import LOCK_NAME
-
-
-def one_line_error(capsys, args, *fragments):
-    """Run the CLI, expect exit 2 and a single stderr line holding every fragment."""
-    assert main(args) == 2
-    err = capsys.readouterr().err.strip()
-    assert "\n" not in err and "Traceback" not in err, err
-    for fragment in fragments:
-        assert fragment in err, err
-    return err
 
 
 def child_env():
