@@ -22,6 +22,7 @@ from .experiments import (
     gap_reading,
     phase1_step_value,
     run_or_reuse,
+    save_step_value_course,
     val_rows,
     value_at,
 )
@@ -243,15 +244,7 @@ def plot_step_value(detail: dict[str, Any], path: Path) -> None:
         ax.errorbar([detail["at_step"]], [detail["value"]], fmt="o", color="black",
                     yerr=[[max(detail["value"] - lo, 0.0)], [max(hi - detail["value"], 0.0)]],
                     label=f"mean of the last {len(detail['steps'])}")
-    ax.axhline(1.0, color="green", linestyle="--", linewidth=1, label="break-even")
-    ax.axhline(0.0, color="grey", linestyle=":", linewidth=1)
-    ax.set_xlabel("TST step (phase 2, before the LR decay)")
-    ax.set_ylabel("phase-1 step value (baseline steps)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_step_value_course(fig, ax, "phase-1 step value (baseline steps)", path, 8)
 
 
 def plot(run_dirs: dict[str, Path], labels: dict[str, str], switch_step: int, out: Path) -> list[Path]:

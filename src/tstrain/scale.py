@@ -27,6 +27,7 @@ from .experiments import (
     gap_reading,
     phase1_step_value,
     run_or_reuse,
+    save_step_value_course,
     val_rows,
     value_at,
     value_summary,
@@ -324,12 +325,4 @@ def plot_course(result: dict[str, Any], path: Path) -> None:
                 course = [(t, v) for t, v in figs.get(arm, {}).get("phase1_step_value_course", []) if v is not None]
                 ax.plot([t for t, _ in course], [v for _, v in course], marker=".", linewidth=1,
                         label=f"{size}, {n} steps, {arm}, seed {seed}")
-    ax.axhline(1.0, color="green", linestyle="--", linewidth=1)
-    ax.axhline(0.0, color="grey", linestyle=":", linewidth=1)
-    ax.set_xlabel("TST step (phase 2, before the LR decay)")
-    ax.set_ylabel("phase-1 step value of one evaluation")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_step_value_course(fig, ax, "phase-1 step value of one evaluation", path, 7)
