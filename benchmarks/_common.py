@@ -50,7 +50,7 @@ def interleaved(fns: dict, repeats: int, warmup: int = 2) -> dict[str, float]:
 def training_setup(cfg, vocab: int):
     """Return ``(model, parts, optimizer, device, autocast)`` for timing training steps of ``cfg``."""
     from tstrain.models import CausalLMParts, build_model
-    from tstrain.train import autocast_for, make_optimizer, resolve_device
+    from tstrain.train.loop import autocast_for, make_optimizer, resolve_device
 
     device = resolve_device(cfg)
     if device.type == "cpu":
@@ -63,7 +63,7 @@ def training_setup(cfg, vocab: int):
 def phase_loss(parts, window, phase: int, cfg):
     """Return the trainer's loss of a batch of windows: bags of ``tst.bag_size`` (phase 1) or next-token (2)."""
     from tstrain.batches import Piece
-    from tstrain.train import tst_loss_of
+    from tstrain.train.loop import tst_loss_of
 
     size = cfg.tst.bag_size if phase == 1 else 1
     return tst_loss_of(parts, cfg)(Piece(cfg.schedule.group(size, window.shape[0]), window))

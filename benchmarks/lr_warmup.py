@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from tstrain.config import load_config
-from tstrain.experiments import decay_start, fit_curve, gap_reading, phase1_step_value, val_rows, value_summary
+from tstrain.experiments.base import decay_start, fit_curve, gap_reading, phase1_step_value, val_rows, value_summary
 
 
 def load_runs(root: Path, size: str, steps: int) -> dict[tuple[float, int], dict[str, dict[str, Any]]]:

@@ -17,8 +17,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from _common import interleaved, machine, phase_loss, training_setup
 from tstrain.config import load_config
-from tstrain.metrics import PEAK_BF16_FLOPS
 from tstrain.models import flops_per_position
+from tstrain.train.metrics import PEAK_BF16_FLOPS
 
 
 def measured_peak(device: torch.device, n: int) -> float:

@@ -31,8 +31,8 @@ import numpy as np
 
 from _common import machine, timed
 from tstrain.config import load_config
+from tstrain.data.reader import READER_ORDER, WindowReader
 from tstrain.phases import window_schedule
-from tstrain.reader import READER_ORDER, WindowReader
 
 SCHEDULES = {
     "cpu-small (L=128, s=4, B=16)": ("cpu-small", {}),

@@ -25,10 +25,10 @@ from pathlib import Path
 
 from _common import machine
 from tstrain.config import load_config
-from tstrain.data import TokenData, shard_name
+from tstrain.data.reader import WindowReader, check_appetite
+from tstrain.data.tokens import TokenData, shard_name
 from tstrain.models import build_model
 from tstrain.phases import window_schedule
-from tstrain.reader import WindowReader, check_appetite
 
 
 def synthetic_data_dir(root: Path, gigabytes: float, tokenizer: Path, shard_gb: float) -> Path:

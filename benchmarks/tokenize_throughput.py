@@ -27,8 +27,8 @@ import sys
 import tempfile
 import time
 
-from tstrain.prepare import BATCH_CHARS, _batches, prepare_data
-from tstrain.text_sources import iter_documents
+from tstrain.data.prepare import BATCH_CHARS, _batches, prepare_data
+from tstrain.data.text_sources import iter_documents
 
 ONE_THREAD = {"TOKENIZERS_PARALLELISM": "false", "RAYON_NUM_THREADS": "1"}
 CASES = {  # name -> (what runs, workers, one thread)

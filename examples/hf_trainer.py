@@ -13,7 +13,7 @@ from transformers import TrainingArguments
 
 import tstrain
 from tstrain.config import load_config
-from tstrain.data import TokenData
+from tstrain.data.tokens import TokenData
 from tstrain.integrations.hf_trainer import TSTTrainer
 from tstrain.models import build_model
 

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import tstrain
-from tstrain.data import TokenData
+from tstrain.data.tokens import TokenData
 
 
 class GPT(nn.Module):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tstrain.config import load_config
-from tstrain.prepare import prepare_data
+from tstrain.data.prepare import prepare_data
 
 WORDS = (
     "the a cat dog bird sat ran flew on under over mat tree house red big small old blue "
@@ -82,7 +82,7 @@ def launch(args, processes=1, fault=None, timeout=300):
 @pytest.fixture(scope="session")
 def reference_run(data_dir, tmp_path_factory):
     """The uninterrupted single-process run of RUN_FLAGS, trained in this process."""
-    from tstrain.train import train
+    from tstrain.train.loop import train
 
     out = tmp_path_factory.mktemp("reference") / "run"
     train(load_config("tiny", overrides={"data.path": str(data_dir), "log.progress": False, **RUN_FLAGS}), out)

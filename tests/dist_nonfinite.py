@@ -11,7 +11,7 @@ import torch.distributed as dist
 from conftest import NanGrad
 from tstrain.config import load_config
 from tstrain.errors import TrainingError
-from tstrain.train import call_loss, train
+from tstrain.train.loop import call_loss, train
 
 data, out = sys.argv[1:3]
 rank = int(os.environ["RANK"])

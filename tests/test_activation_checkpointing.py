@@ -3,11 +3,11 @@
 import torch
 
 from tstrain.config import load_config
-from tstrain.distributed import checkpoint_activations
-from tstrain.metrics import read_jsonl
 from tstrain.models import CausalLMParts, build_model
 from tstrain.superposition import IGNORE_INDEX, linear_multi_hot_cross_entropy
-from tstrain.train import train
+from tstrain.train.distributed import checkpoint_activations
+from tstrain.train.loop import train
+from tstrain.train.metrics import read_jsonl
 
 TIMING_KEYS = {"wall_time", "tokens_per_s", "positions_per_s", "mfu"}
 

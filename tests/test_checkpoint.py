@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from tstrain.checkpoint import (
+from tstrain.train.checkpoint import (
     CheckpointError,
     latest_good_checkpoint,
     list_checkpoints,
@@ -109,7 +109,7 @@ def test_a_malicious_dcp_metadata_is_refused_without_running_it(tmp_path):
 
     import torch.distributed.checkpoint as dcp
 
-    from tstrain.checkpoint import check_dcp_metadata
+    from tstrain.train.checkpoint import check_dcp_metadata
 
     path = tmp_path / "dcp"
     with pytest.warns(UserWarning):  # DCP warns when it saves without a process group

@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from tstrain.compare import analyse, plan_runs
 from tstrain.config import load_config
-from tstrain.experiments import first_reaching
+from tstrain.experiments.base import first_reaching
+from tstrain.experiments.compare import analyse, plan_runs
 
 
 def write_run(d, val, steps, data_per_step, wall_per_step=1.0):
@@ -19,7 +19,7 @@ def write_run(d, val, steps, data_per_step, wall_per_step=1.0):
 
 
 def test_value_at_interpolates_and_is_none_outside():
-    from tstrain.experiments import value_at
+    from tstrain.experiments.base import value_at
 
     rows = [{"step": 0, "val_loss": 5.0}, {"step": 10, "val_loss": 4.0}]
     assert value_at(rows, 4) == pytest.approx(4.6) and value_at(rows, 10) == 4.0 and value_at(rows, 11) is None
@@ -72,13 +72,13 @@ def test_a_gap_is_read_against_the_noise_of_the_baseline_curve(tmp_path):
         readings[name] = r["equal_flops"]["reading"]
         assert r["eval_noise"] == pytest.approx(0.03, rel=0.3)
     assert readings == {"close": "within noise", "far": "baseline better", "ahead": "TST better"}
-    from tstrain.compare import reading_lines
+    from tstrain.experiments.compare import reading_lines
 
     r = analyse({"baseline": tmp_path / "baseline", "tst": tmp_path / "close"}, 400, 1600, warmup=20)
     text = " ".join(reading_lines(r))
     assert "within noise" in text and "not resolved" in text and "saves compute" not in text
     # TST's phase 2 is the baseline's own curve: a phase-1 step bought one baseline step, break-even.
-    from tstrain.compare import report_markdown
+    from tstrain.experiments.compare import report_markdown
 
     assert r["phase1_step_value"] == pytest.approx(1.0, abs=0.1)
     lo, hi = r["phase1_step_value_detail"]["interval"]
@@ -102,7 +102,7 @@ def test_plan_runs_equal_flops_and_equal_data():
 
 
 def test_compare_end_to_end_writes_report_json_and_plots(tiny_cfg, tmp_path):
-    from tstrain.compare import compare
+    from tstrain.experiments.compare import compare
 
     cfg = tiny_cfg(**{"train.steps": 12, "tst.ratio": 0.5, "train.eval_every": 3})
     result = compare(cfg, tmp_path / "cmp", command="test")

@@ -1,6 +1,6 @@
 """The corpus cleaners on small fixtures (the registry fetches run in `make demo-quick`)."""
 
-from tstrain.corpus import html_prose, sword_paragraphs
+from tstrain.data.corpus import html_prose, sword_paragraphs
 
 
 def test_sword_dump_is_split_by_book_with_markup_notes_and_repeats_removed():
@@ -30,7 +30,7 @@ def test_html_prose_keeps_sentences_and_drops_code_navigation_and_symbols():
 
 
 def test_the_default_sources_stay_the_five_and_every_source_has_a_licence_and_a_fetcher():
-    from tstrain.corpus import DEFAULT_SOURCES, HTML_DOCS, LICENCES, SOURCES
+    from tstrain.data.corpus import DEFAULT_SOURCES, HTML_DOCS, LICENCES, SOURCES
 
     assert DEFAULT_SOURCES == ("sotu", "sword", "python-doc", "django-doc", "postgresql-doc")
     assert set(DEFAULT_SOURCES) < set(SOURCES) and {"linux-doc", "rust-doc", "debian-handbook"} <= set(SOURCES)
@@ -41,7 +41,7 @@ def test_the_default_sources_stay_the_five_and_every_source_has_a_licence_and_a_
 def test_an_unknown_source_is_refused_naming_the_choices(tmp_path):
     import pytest
 
-    from tstrain.corpus import fetch_corpus
+    from tstrain.data.corpus import fetch_corpus
     from tstrain.errors import CorpusError
 
     with pytest.raises(CorpusError, match="unknown corpus source 'nope'.*linux-doc"):
@@ -49,7 +49,7 @@ def test_an_unknown_source_is_refused_naming_the_choices(tmp_path):
 
 
 def test_the_html_walk_skips_translations_and_sphinx_sources(tmp_path, monkeypatch):
-    import tstrain.corpus as corpus
+    import tstrain.data.corpus as corpus
 
     prose = "<p>This page explains in plain words how the scheduler picks the next task to run.</p>"
     for rel in ("guide/intro.html", "translations/it_IT/intro.html", "_sources/intro.html"):

@@ -111,7 +111,7 @@ def device_cfg(tiny_cfg, **overrides):
 
 def test_compiled_and_eager_layers_give_the_same_loss_curve_in_bf16(tiny_cfg, tmp_path):
     from test_train import train_rows
-    from tstrain.train import train
+    from tstrain.train.loop import train
 
     for mode in ("off", "on"):
         train(device_cfg(tiny_cfg, **{"train.compile": mode}), tmp_path / mode)
@@ -121,7 +121,7 @@ def test_compiled_and_eager_layers_give_the_same_loss_curve_in_bf16(tiny_cfg, tm
 
 def test_a_checkpoint_on_this_device_resumes_to_identical_weights(tiny_cfg, tmp_path, monkeypatch):
     from test_train import train_crashing_at
-    from tstrain.train import train
+    from tstrain.train.loop import train
 
     # Bit-identical resumption needs deterministic kernels (the embedding's backward adds with atomics on CUDA).
     monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -142,7 +142,7 @@ def test_an_exported_model_generates_on_this_device_as_on_the_cpu(tiny_cfg, tmp_
     from transformers import AutoModelForCausalLM
 
     from tstrain.model_io import export
-    from tstrain.train import train
+    from tstrain.train.loop import train
 
     train(device_cfg(tiny_cfg), tmp_path / "run")
     export(tmp_path / "run", tmp_path / "hf")

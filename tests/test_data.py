@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from tokenizers import Tokenizer
 
-from tstrain.data import DataError, TokenData
-from tstrain.prepare import prepare_data
-from tstrain.text_sources import iter_documents
+from tstrain.data.prepare import prepare_data
+from tstrain.data.text_sources import iter_documents
+from tstrain.data.tokens import DataError, TokenData
 
 
 def test_prepare_data_packs_documents_with_eos_and_holds_out_validation(data_dir, tmp_path):

@@ -11,11 +11,11 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import RUN_FLAGS, cli_args, launch
-from tstrain.checkpoint import latest_good_checkpoint, list_checkpoints, verify_checkpoint
 from tstrain.config import load_config
-from tstrain.metrics import read_jsonl
 from tstrain.model_io import export
-from tstrain.train import train
+from tstrain.train.checkpoint import latest_good_checkpoint, list_checkpoints, verify_checkpoint
+from tstrain.train.loop import train
+from tstrain.train.metrics import read_jsonl
 
 TIMING_KEYS = {"wall_time", "tokens_per_s", "positions_per_s", "mfu"}
 # Each of the two processes reads 4 of the 8 sequences as two micro-batches of 2.

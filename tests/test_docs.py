@@ -31,7 +31,7 @@ def test_every_snippet_of_the_page_runs(page, data_dir, tmp_path, monkeypatch):
 
 def test_the_readmes_own_loop_trains_a_model(data_dir, tmp_path, monkeypatch):
     from tstrain.config import ModelConfig
-    from tstrain.data import TokenData
+    from tstrain.data.tokens import TokenData
     from tstrain.models import build_model
 
     monkeypatch.chdir(tmp_path)

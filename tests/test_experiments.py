@@ -4,7 +4,7 @@ and gaps read against the evaluation noise, on synthetic curves whose answers ar
 import numpy as np
 import pytest
 
-from tstrain.experiments import (
+from tstrain.experiments.base import (
     combine,
     fit_curve,
     gap_reading,

@@ -7,14 +7,14 @@ import pytest
 import torch
 from safetensors.torch import load_model
 
-from tstrain.checkpoint import CheckpointError, list_checkpoints
 from tstrain.cli import main
 from tstrain.config import load_config
 from tstrain.evaluation import evaluate
 from tstrain.inference import generate
 from tstrain.model_io import export
 from tstrain.models import build_model
-from tstrain.train import train
+from tstrain.train.checkpoint import CheckpointError, list_checkpoints
+from tstrain.train.loop import train
 
 
 @pytest.fixture(scope="module")

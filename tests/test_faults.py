@@ -8,9 +8,9 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import cli_args, launch
-from tstrain.checkpoint import latest_good_checkpoint, list_checkpoints
 from tstrain.faults import parse
-from tstrain.metrics import read_jsonl
+from tstrain.train.checkpoint import latest_good_checkpoint, list_checkpoints
+from tstrain.train.metrics import read_jsonl
 
 TIMING_KEYS = {"wall_time", "tokens_per_s", "positions_per_s", "mfu"}
 

@@ -169,8 +169,8 @@ def test_router_loss_is_transformers_own_times_the_coefficient_in_both_phases():
 
 @pytest.mark.parametrize("preset", ["tiny-qwen3", "tiny-qwen3-moe"])  # tiny-llama: test_export's run
 def test_tiny_family_presets_train_through_both_phases(preset, data_dir, tmp_path):
-    from tstrain.metrics import read_jsonl
-    from tstrain.train import train
+    from tstrain.train.loop import train
+    from tstrain.train.metrics import read_jsonl
 
     cfg = load_config(preset, overrides={"data.path": str(data_dir), "log.progress": False, "train.steps": 12,
                                          "train.eval_every": 6})

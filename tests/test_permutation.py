@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from tstrain.permutation import KeyedPermutation
+from tstrain.data.permutation import KeyedPermutation
 
 KEYS = [(0, 0), (0, 1), (1, 0), (7, 2), (123_456_789, 3)]
 SIZES = [1, 2, 3, 4, 5, 7, 16, 17, 100, 1000, 4096, 4097, *np.random.default_rng(0).integers(2, 60_000, 4).tolist()]

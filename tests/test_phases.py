@@ -8,12 +8,11 @@ import torch
 
 from tstrain.batches import Batch, Piece
 from tstrain.config import ConfigError, load_config
+from tstrain.data.reader import WindowReader, WindowSchedule
 from tstrain.loss import TSTLoss
-from tstrain.metrics import read_jsonl
 from tstrain.models import CausalLMParts, build_model
-from tstrain.phases import window_schedule
-from tstrain.reader import WindowReader
-from tstrain.train import train
+from tstrain.train.loop import train
+from tstrain.train.metrics import read_jsonl
 
 
 def cfg_of(**overrides):
@@ -58,7 +57,7 @@ def test_blend_moves_the_bag_share_from_1_to_0_around_the_switch_at_equal_budget
 @pytest.mark.parametrize("transition", ["step-down", "blend"])
 def test_transition_windows_are_contiguous_text_read_once_per_epoch(transition):
     cfg = cfg_of(**{"tst.transition": transition, "tst.transition_steps": 8})
-    sched = window_schedule(cfg)
+    sched = WindowSchedule.for_run(cfg.schedule)
     assert sched.block_size == 4 * 16
     tokens = np.arange(sched.offset(40) + 4 * 16 * 3 + sched.tail, dtype=np.int64)
     reader = WindowReader(tokens, sched, seed=3)
@@ -158,13 +157,13 @@ def test_blend_loss_differs_from_the_hard_switch_only_inside_the_window(tiny_cfg
     {"tst.transition": "blend", "tst.transition_steps": 7},
 ])
 def test_the_declared_plan_changes_give_the_per_step_layout(overrides):
-    from tstrain.reader import WindowSchedule
+    from tstrain.data.reader import WindowSchedule
 
     cfg = cfg_of(**overrides)
     plan = cfg.schedule.plan
     N, changes = cfg.train.steps, set(cfg.schedule.changes())
     assert all(plan(t) == plan(t - 1) for t in range(1, N) if t not in changes)
-    fast = window_schedule(cfg)
+    fast = WindowSchedule.for_run(cfg.schedule)
     slow = WindowSchedule(plan, N)  # every step its own segment
     assert [fast.offset(t) for t in range(N + 1)] == [slow.offset(t) for t in range(N + 1)]
     assert [fast.group_starts(t) for t in range(N)] == [slow.group_starts(t) for t in range(N)]

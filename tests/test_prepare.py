@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from tstrain.cli import main
-from tstrain.data import FORMAT_V1, TokenData, Tokens
+from tstrain.data.prepare import STATE, prepare_data
+from tstrain.data.tokens import FORMAT_V1, TokenData, Tokens
 from tstrain.errors import DataError
 from tstrain.fileio import sha256_file
-from tstrain.prepare import STATE, prepare_data
 
 
 class Stop(Exception):
@@ -64,7 +64,7 @@ def test_shards_are_bounded_and_the_manifest_adds_them_up(sharded, corpus, data_
 
 
 def test_any_number_of_workers_writes_the_same_bytes(sharded, corpus, data_dir, tmp_path, monkeypatch):
-    from tstrain import prepare as prep
+    from tstrain.data import prepare as prep
 
     monkeypatch.setattr(prep, "IN_FLIGHT_CHARS", 4000)  # the writing waits for results, not only at the end
     prepare(corpus, data_dir, tmp_path / "two", workers=2)
@@ -72,7 +72,7 @@ def test_any_number_of_workers_writes_the_same_bytes(sharded, corpus, data_dir, 
 
 
 def test_an_interrupted_preparation_resumes_to_the_same_bytes(corpus, tmp_path, monkeypatch, capsys):
-    from tstrain import prepare as prep
+    from tstrain.data import prepare as prep
 
     args = {"train_tokenizer": 300, "doc_separator": "\n\n\n", "val_fraction": 0.1, "progress": False,
             "shard_tokens": 1500, "batch_chars": 3000}
@@ -145,7 +145,7 @@ def write_v1(src, dst):
 
 
 def test_a_v1_data_dir_opens_verifies_and_trains_like_its_sharded_twin(sharded, tiny_cfg, tmp_path, capsys):
-    from tstrain.train import train
+    from tstrain.train.loop import train
 
     v1 = write_v1(sharded, tmp_path / "v1")
     old, new = TokenData(v1), TokenData(sharded)
@@ -212,7 +212,7 @@ def test_verify_names_each_corrupt_shard(sharded, tmp_path, capsys):
 
 
 def test_opening_trusts_the_manifest_and_reads_no_token(sharded, tmp_path, monkeypatch):
-    from tstrain import data as data_module
+    from tstrain.data import tokens as data_module
 
     d = shutil.copytree(sharded, tmp_path / "d")
     for f in d.glob("*-*.bin"):  # every token replaced by one outside the vocabulary, sizes kept
@@ -231,12 +231,11 @@ def test_opening_trusts_the_manifest_and_reads_no_token(sharded, tmp_path, monke
 
 
 def test_windows_across_shards_are_what_one_file_gives(sharded, tiny_cfg, tmp_path):
-    from tstrain.phases import window_schedule
-    from tstrain.reader import WindowReader, validation_windows
+    from tstrain.data.reader import WindowReader, WindowSchedule, validation_windows
 
     one, many = TokenData(write_v1(sharded, tmp_path / "v1")), TokenData(sharded)
     cfg = tiny_cfg(**{"data.path": str(sharded), "train.steps": 40, "tst.ratio": 0.5}).resolved_for(many.vocab_size)
-    readers = [WindowReader(d.train, window_schedule(cfg), cfg.train.seed) for d in (one, many)]
+    readers = [WindowReader(d.train, WindowSchedule.for_run(cfg.schedule), cfg.train.seed) for d in (one, many)]
     for step in (0, 7, 19, 20, 33):
         for (s1, rows1), (s2, rows2) in zip(readers[0].pieces(step), readers[1].pieces(step)):
             assert s1 == s2 and np.array_equal(rows1.numpy(), rows2.numpy())

@@ -13,11 +13,11 @@ import torch
 import tstrain
 from tstrain.batches import Piece
 from tstrain.config import load_config
-from tstrain.data import DataError, TokenData
-from tstrain.metrics import read_jsonl
+from tstrain.data.tokens import DataError, TokenData
 from tstrain.models import build_model
 from tstrain.superposition import reference_multi_hot_cross_entropy
-from tstrain.train import train
+from tstrain.train.loop import train
+from tstrain.train.metrics import read_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 EXTRAS = "transformers,tokenizers,pyarrow,matplotlib,tensorboard,safetensors,tomli_w"

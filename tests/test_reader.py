@@ -6,10 +6,9 @@ import numpy as np
 import pytest
 
 from tstrain.config import load_config
+from tstrain.data.permutation import KeyedPermutation
+from tstrain.data.reader import WindowReader, WindowSchedule, check_appetite, validation_windows
 from tstrain.errors import DataError
-from tstrain.permutation import KeyedPermutation
-from tstrain.phases import window_schedule
-from tstrain.reader import WindowReader, WindowSchedule, check_appetite, validation_windows
 from tstrain.schedule import SequenceGroup
 
 
@@ -133,7 +132,7 @@ def adjacent_pairs(reads):
 @pytest.mark.parametrize("name", PLANS)
 def test_no_two_sequences_of_a_step_continue_each_other_beyond_chance(name):
     cfg = plan_cfg(PLANS[name])
-    sched = window_schedule(cfg)
+    sched = WindowSchedule.for_run(cfg.schedule)
     reader = WindowReader(np.arange(2_000_000, dtype=np.int64), sched, seed=0)
     adjacent = sum(adjacent_pairs(step_reads(reader, t)) for t in range(60))
     # By chance: each ordered pair continues with probability about 1 / blocks (here > 7,000),
@@ -145,7 +144,7 @@ def test_no_two_sequences_of_a_step_continue_each_other_beyond_chance(name):
 @pytest.mark.parametrize("name", PLANS)
 def test_over_an_epoch_no_input_token_is_read_twice(name):
     cfg = plan_cfg(PLANS[name])
-    sched = window_schedule(cfg)
+    sched = WindowSchedule.for_run(cfg.schedule)
     reader = WindowReader(np.arange(sched.offset(60) + sched.tail, dtype=np.int64), sched, seed=2)
     assert reader.epochs(60) == 1.0  # the corpus is exactly the run's appetite
     inputs = [np.arange(o, o + stride) for t in range(60) for o, stride in step_reads(reader, t)]
@@ -159,7 +158,7 @@ def test_over_an_epoch_no_input_token_is_read_twice(name):
 
 def test_later_epochs_read_every_token_once_again_in_a_new_order():
     cfg = plan_cfg({}, steps=40)
-    sched = window_schedule(cfg)
+    sched = WindowSchedule.for_run(cfg.schedule)
     tokens = np.arange(sched.offset(20) + 64 * 16 * 5 + sched.tail, dtype=np.int64)  # phase 2 spans epochs
     reader = WindowReader(tokens, sched, seed=1)
     E = reader.epoch_tokens
@@ -180,7 +179,7 @@ def test_phase_1_and_the_baseline_read_placed_block_i_for_sequence_i():
     # is the identity: sequence i of the run reads block i as the epoch's order places it.
     for overrides, steps in (({"tst.ratio": 0.0}, 30), ({}, 30)):
         cfg = plan_cfg(overrides)
-        sched = window_schedule(cfg)
+        sched = WindowSchedule.for_run(cfg.schedule)
         reader = WindowReader(np.arange(500_000, dtype=np.int64), sched, seed=4)
         perm = KeyedPermutation(reader.num_blocks, 4, 0)(np.arange(reader.num_blocks))
         for t in range(steps):
@@ -192,8 +191,8 @@ def test_phase_1_and_the_baseline_read_placed_block_i_for_sequence_i():
 def test_a_step_s_layout_is_a_pure_function_of_the_step():
     cfg = plan_cfg(PLANS["blend"])
     tokens = np.arange(1_000_000, dtype=np.int64)
-    a = WindowReader(tokens, window_schedule(cfg), seed=9)
-    b = WindowReader(tokens, window_schedule(cfg), seed=9)
+    a = WindowReader(tokens, WindowSchedule.for_run(cfg.schedule), seed=9)
+    b = WindowReader(tokens, WindowSchedule.for_run(cfg.schedule), seed=9)
     for t in itertools.chain(range(50, 60), range(0, 60, 7)):  # any order, fresh or warm reader
         assert all(np.array_equal(x[1], y[1]) for x, y in zip(a.layout(t), b.layout(t)))
 

@@ -9,11 +9,11 @@ import torch
 from conftest import one_line_error
 from tstrain.cli import main
 from tstrain.config import load_config
-from tstrain.data import TokenData
+from tstrain.data.prepare import prepare_data
+from tstrain.data.tokens import TokenData
 from tstrain.errors import CheckpointError, ConfigError, DataError
-from tstrain.experiments import run_or_reuse
-from tstrain.prepare import prepare_data
-from tstrain.train import train
+from tstrain.experiments.base import run_or_reuse
+from tstrain.train.loop import train
 
 
 def test_a_reused_run_must_have_the_settings_asked_for(tiny_cfg, tmp_path):
@@ -59,7 +59,7 @@ def test_resuming_on_other_data_is_refused_and_on_a_moved_copy_accepted(tiny_cfg
         train(tiny_cfg(**flags, **{"data.path": str(tmp_path / "other")}), tmp_path / "run", resume=True)
     moved = shutil.copytree(data_dir, tmp_path / "moved")
     train(tiny_cfg(**flags, **{"data.path": str(moved)}), tmp_path / "run", resume=True)
-    from tstrain.metrics import read_jsonl
+    from tstrain.train.metrics import read_jsonl
 
     resumed, whole = read_jsonl(tmp_path / "run" / "metrics.jsonl"), read_jsonl(tmp_path / "whole" / "metrics.jsonl")
     assert numbers(resumed) == numbers(whole)
@@ -71,7 +71,7 @@ def test_a_run_read_in_another_order_is_neither_resumed_nor_reused(data_dir, tmp
     # permutation: resuming it in this reader's order would reread some tokens and skip others, and
     # reusing it would put a run of another order in a report. Both are refused, nothing is changed.
     from conftest import cli_args
-    from tstrain.reader import FIRST_READER_ORDER, READER_ORDER
+    from tstrain.data.reader import FIRST_READER_ORDER, READER_ORDER
 
     run, flags = tmp_path / "run", {"train.steps": 4}
     assert main(cli_args(data_dir, run, **flags)) == 0
@@ -182,7 +182,7 @@ def test_bad_inputs_are_one_line_errors(data_dir, tmp_path, capsys):
 
 
 def test_ctrl_c_stops_with_one_line_that_says_how_to_resume(data_dir, tmp_path, capsys, monkeypatch):
-    from tstrain.train import Trainer
+    from tstrain.train.loop import Trainer
 
     real = Trainer.train_step
 
@@ -202,7 +202,7 @@ def test_ctrl_c_stops_with_one_line_that_says_how_to_resume(data_dir, tmp_path, 
 
 def test_a_full_disk_while_checkpointing_is_one_clear_error_and_leaves_no_temporary_dir(
         tiny_cfg, tmp_path, monkeypatch):
-    from tstrain import checkpoint
+    from tstrain.train import checkpoint
 
     real = torch.save
 

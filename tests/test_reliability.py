@@ -35,7 +35,7 @@ def wait_for(condition, what, timeout=120.0):
 SLOW_TRAIN = textwrap.dedent("""
     import sys, time
     from tstrain.config import load_config
-    from tstrain.train import train
+    from tstrain.train.loop import train
     cfg = load_config("tiny", overrides={"data.path": sys.argv[1], "log.progress": False, "train.steps": 40,
                                          "tst.ratio": 0.5, "train.checkpoint_every": 4, "train.eval_every": 0})
     train(cfg, sys.argv[2], on_step=lambda done: time.sleep(0.3))  # slow enough to be caught running
@@ -101,7 +101,7 @@ def test_every_verb_that_writes_a_dir_refuses_one_another_process_holds(data_dir
 def test_a_refused_run_leaves_no_dir_it_created_and_a_lock_is_released_after_the_job(tiny_cfg, tmp_path):
     from tstrain.errors import DataError
     from tstrain.run_lock import locked
-    from tstrain.train import train
+    from tstrain.train.loop import train
 
     with pytest.raises(DataError, match="does not exist"):
         train(tiny_cfg(**{"data.path": str(tmp_path / "no-data")}), tmp_path / "new")
@@ -123,7 +123,7 @@ def finished_run(data_dir, tmp_path_factory):
     """A finished tiny run (its final/ model dir) and an export of it."""
     from tstrain.config import load_config
     from tstrain.model_io import export
-    from tstrain.train import train
+    from tstrain.train.loop import train
 
     root = tmp_path_factory.mktemp("finished")
     cfg = load_config("tiny", overrides={"data.path": str(data_dir), "log.progress": False, "train.steps": 4,
@@ -204,10 +204,10 @@ def test_a_run_keeps_its_tokenizer_when_its_data_dir_is_prepared_again(data_dir,
 
     from conftest import make_corpus
     from tstrain.config import load_config
+    from tstrain.data.prepare import prepare_data
     from tstrain.fileio import sha256_file
     from tstrain.model_io import load_trained_model
-    from tstrain.prepare import prepare_data
-    from tstrain.train import train
+    from tstrain.train.loop import train
 
     data = shutil.copytree(data_dir, tmp_path / "data")
     original = Tokenizer.from_file(str(data / "tokenizer.json")).get_vocab()
@@ -302,7 +302,7 @@ def test_a_summary_cut_short_is_written_again_when_the_run_is_reused(finished_ru
     import shutil
 
     from tstrain.config import load_config
-    from tstrain.experiments import run_or_reuse
+    from tstrain.experiments.base import run_or_reuse
 
     run = shutil.copytree(finished_run, tmp_path / "run")
     whole = json.loads((run / "summary.json").read_text())
@@ -341,8 +341,8 @@ def test_doc_separator_escapes_typed_on_a_command_line_split_like_the_characters
 
 def test_a_separator_that_never_matches_is_reported_and_one_big_text_holds_out_its_tail(data_dir, tmp_path, capsys):
     from conftest import make_corpus
-    from tstrain.data import TokenData
-    from tstrain.prepare import is_validation_doc, prepare_data
+    from tstrain.data.prepare import is_validation_doc, prepare_data
+    from tstrain.data.tokens import TokenData
 
     text = make_corpus(tmp_path / "one big file.txt", docs=300)
     with pytest.warns(UserWarning, match=r"--doc-separator '@@@' occurs in none of the 1 text inputs"):
@@ -361,7 +361,7 @@ def test_a_separator_that_never_matches_is_reported_and_one_big_text_holds_out_i
 
 
 def test_eos_text_inside_a_document_is_warned_about(data_dir, tmp_path):
-    from tstrain.prepare import prepare_data
+    from tstrain.data.prepare import prepare_data
 
     text = tmp_path / "c.txt"
     text.write_text("the cat sat <|endoftext|> on the mat\n\n\n" * 40 + "the dog ran <|endoftext|>\n\n\n" * 40)
@@ -469,7 +469,7 @@ def test_files_cut_short_are_one_line_errors(finished_run, data_dir, tmp_path, c
 def test_skipped_steps_leave_valid_json_and_are_counted_in_the_summary(tiny_cfg, tmp_path):
     import math
 
-    from tstrain.train import train
+    from tstrain.train.loop import train
 
     count = {"n": 0}
 
@@ -491,7 +491,7 @@ def test_skipped_steps_leave_valid_json_and_are_counted_in_the_summary(tiny_cfg,
 
 
 def test_sigterm_stops_a_run_with_the_command_that_continues_it(data_dir, tmp_path):
-    from tstrain.checkpoint import list_checkpoints
+    from tstrain.train.checkpoint import list_checkpoints
 
     run = tmp_path / "run"
     args = [sys.executable, "-m", "tstrain", "train", "--preset", "tiny", "--data", str(data_dir), "--out", str(run),

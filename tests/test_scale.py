@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from tstrain.config import load_config
-from tstrain.scale import fit_crossing, read_study
+from tstrain.experiments.scale import fit_crossing, read_study
 
 STEPS, SWITCH = 2000, 600  # cpu-micro's WSD: warmup 50, decay from step 1600; s=4, r=0.3
 

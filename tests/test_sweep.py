@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from tstrain.sweep import ABLATIONS, ablate, sweep
+from tstrain.experiments.sweep import ABLATIONS, ablate, sweep
 
 
 def test_sweep_runs_the_grid_and_the_baseline_once_and_resumes(tiny_cfg, tmp_path):
@@ -20,7 +20,7 @@ def test_sweep_runs_the_grid_and_the_baseline_once_and_resumes(tiny_cfg, tmp_pat
     md = (tmp_path / "sw" / "sweep.md").read_text()
     assert f"{table['baseline']:.4f}" in md and "| 4 |" in md and "Phase-1 step value" in md
     # s=2, r=0.25: switch at 2, decay from step 6 (the preset's 20%): measured from the two curves.
-    from tstrain.experiments import phase1_step_value, val_rows
+    from tstrain.experiments.base import phase1_step_value, val_rows
 
     measured = phase1_step_value(val_rows(tmp_path / "sw" / "baseline"), val_rows(tmp_path / "sw" / "s2-r0.25"), 2, 6,
                                  cfg.optim.warmup_steps)

@@ -7,10 +7,10 @@ import json
 import pyarrow as pa
 import pytest
 
-from tstrain.data import TokenData
+from tstrain.data.prepare import prepare_data, train_bpe_tokenizer
+from tstrain.data.text_sources import expand_inputs, iter_documents
+from tstrain.data.tokens import TokenData
 from tstrain.errors import DataError
-from tstrain.prepare import prepare_data, train_bpe_tokenizer
-from tstrain.text_sources import expand_inputs, iter_documents
 
 DOCS = [f"document {i}: the cat sat on the mat and the dog ran home {i % 7}" for i in range(60)]
 

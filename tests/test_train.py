@@ -11,9 +11,9 @@ from safetensors.torch import load_file
 from tstrain.config import ConfigError
 from tstrain.errors import TrainingError
 from tstrain.evaluation import validation_loss
-from tstrain.metrics import read_jsonl
 from tstrain.schedule import wsd_lr
-from tstrain.train import lr_at, train
+from tstrain.train.loop import lr_at, train
+from tstrain.train.metrics import read_jsonl
 
 TIMING_KEYS = {"wall_time", "tokens_per_s", "positions_per_s", "mfu"}
 
@@ -166,7 +166,7 @@ def test_non_finite_loss_stops_with_a_message_and_keeps_the_checkpoint(tiny_cfg,
 
 
 def test_corpus_too_small_for_phase_1_is_refused_before_training(tiny_cfg, tmp_path):
-    from tstrain.data import DataError
+    from tstrain.data.tokens import DataError
 
     with pytest.raises(DataError, match="Phase 1 reads bag_size times"):
         train(tiny_cfg(**{"train.steps": 400, "tst.bag_size": 16, "tst.ratio": 0.9, "train.batch_size": 64}),
@@ -319,9 +319,9 @@ def test_checkpoints_read_in_an_earlier_order_are_refused_and_newer_ones_too(tin
     # Checkpoints before TrainState (unversioned) and of version 1 were read by the stored
     # permutation, whose order the reader no longer follows: going on would reread some tokens and
     # skip others, so they are refused, before anything is written; version 2 records the order.
+    from tstrain.data.reader import FIRST_READER_ORDER, READER_ORDER
     from tstrain.errors import CheckpointError, DataError
-    from tstrain.reader import FIRST_READER_ORDER, READER_ORDER
-    from tstrain.train import TrainState
+    from tstrain.train.loop import TrainState
 
     flags = {"tst.ratio": 0.5, "train.checkpoint_every": 5}
     train(tiny_cfg(**flags), tmp_path / "whole")
@@ -350,7 +350,7 @@ def test_checkpoints_read_in_an_earlier_order_are_refused_and_newer_ones_too(tin
 
 def test_wandb_offline_gets_every_logged_scalar_and_a_resumed_run_keeps_its_id(tiny_cfg, tmp_path, monkeypatch):
     pytest.importorskip("wandb", reason="the wandb extra: pip install -e '.[wandb]' (make test installs it)")
-    from tstrain import metrics
+    from tstrain.train import metrics
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")

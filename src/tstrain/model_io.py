@@ -18,12 +18,12 @@ from pathlib import Path
 
 import torch
 
-from . import checkpoint as ckpt
 from .config import Config, load_config
-from .data import MANIFEST as DATA_MANIFEST
+from .data.tokens import MANIFEST as DATA_MANIFEST
 from .errors import CheckpointError
 from .fileio import read_json, sha256_file
 from .models import build_model
+from .train import checkpoint as ckpt
 
 RUN_CONFIG = "config.toml"
 RUN_DATA = "data.json"  # the run's record of its data (``train.DATA_IDENTITY``): the tokenizer's hash and EOS

@@ -93,7 +93,7 @@ def run_mi(data_dir, out_dir, max_distance: int = 64, sample_tokens: int = 2_000
     import json
     from pathlib import Path
 
-    from .data import TokenData
+    from .data.tokens import TokenData
     from .errors import ConfigError
 
     if max_distance < 1 or bag_size < 1 or sample_tokens < max_distance + 2:

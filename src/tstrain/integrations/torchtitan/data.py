@@ -25,7 +25,7 @@ from torchtitan.components.dataloader import BaseDataLoader
 from torchtitan.config import TrainingConfig
 
 from ... import Batch, BatchMaker, Schedule, superposition_batch
-from ...data import TokenData
+from ...data.tokens import TokenData
 
 
 @dataclass(kw_only=True, slots=True)

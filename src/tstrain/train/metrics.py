@@ -113,7 +113,7 @@ def open_wandb_run(run_dir: Path, settings: dict[str, Any], resumed: bool):
     try:
         import wandb
     except ImportError:
-        from .errors import ConfigError
+        from ..errors import ConfigError
 
         raise ConfigError("log.wandb needs the wandb package: pip install 'tstrain[wandb]' "
                           "(or set log.wandb=false)") from None

@@ -23,13 +23,13 @@ from typing import Any
 
 import numpy as np
 
-from .config import Config, resume_differences
-from .data import TokenData
-from .errors import ConfigError
-from .fileio import read_json
-from .metrics import read_jsonl
-from .reader import FIRST_READER_ORDER, READER_ORDER
-from .train import DATA_IDENTITY, data_differences, train
+from ..config import Config, resume_differences
+from ..data.reader import FIRST_READER_ORDER, READER_ORDER
+from ..data.tokens import TokenData
+from ..errors import ConfigError
+from ..fileio import read_json
+from ..train.loop import DATA_IDENTITY, data_differences, train
+from ..train.metrics import read_jsonl
 
 
 def baseline_of(cfg: Config) -> Config:

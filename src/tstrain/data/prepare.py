@@ -49,12 +49,12 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import faults
-from .data import FORMAT, MANIFEST, SPLITS, shard_name
-from .errors import DataError
-from .fileio import sha256_file, write_text_atomic
-from .run_lock import locked
+from .. import faults
+from ..errors import DataError
+from ..fileio import sha256_file, write_text_atomic
+from ..run_lock import locked
 from .text_sources import TextStats, expand_inputs, iter_documents
+from .tokens import FORMAT, MANIFEST, SPLITS, shard_name
 
 STATE = "prepare-state.json"
 STATE_FORMAT = "tstrain-prepare-state-v1"

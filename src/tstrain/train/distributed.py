@@ -25,7 +25,7 @@ import torch
 import torch.utils.checkpoint
 from torch import nn
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 
 def launched_by_torchrun() -> bool:

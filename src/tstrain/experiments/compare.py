@@ -12,9 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import Config
-from .errors import ConfigError
-from .experiments import (
+from ..config import Config
+from ..data.reader import WindowSchedule
+from ..errors import ConfigError
+from ..fileio import read_json
+from ..run_lock import locked
+from .base import (
     baseline_of,
     decay_start,
     first_reaching,
@@ -26,9 +29,6 @@ from .experiments import (
     val_rows,
     value_at,
 )
-from .fileio import read_json
-from .phases import window_schedule
-from .run_lock import locked
 
 
 @dataclass
@@ -56,7 +56,7 @@ def plan_runs(cfg: Config, equal_data: bool = False) -> list[RunSpec]:
         RunSpec("tst", f"TST s={s} r={r}{_variant_label(cfg)} ({cfg.train.steps} steps)", cfg),
     ]
     if equal_data:
-        sched = window_schedule(cfg)
+        sched = WindowSchedule.for_run(cfg.schedule)
         read = sum(sched.tokens_read(t) for t in range(cfg.train.steps))  # TST's data tokens
         eq = base.with_values({"train.steps": round(read / (cfg.train.batch_size * cfg.train.seq_len))})
         runs.append(RunSpec("baseline-equal-data", f"baseline, equal data ({eq.train.steps} steps)", eq))

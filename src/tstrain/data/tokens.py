@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DataError
-from .fileio import sha256_file
+from ..errors import DataError
+from ..fileio import sha256_file
 
 MANIFEST = "manifest.json"
 FORMAT = "tstrain-tokens-v2"

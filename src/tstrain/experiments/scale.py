@@ -18,9 +18,11 @@ import math
 from pathlib import Path
 from typing import Any
 
-from .config import Config, load_config, padded_vocab
-from .data import TokenData
-from .experiments import (
+from ..config import Config, load_config, padded_vocab
+from ..data.tokens import TokenData
+from ..models import model_info
+from ..run_lock import locked
+from .base import (
     baseline_of,
     decay_start,
     fit_curve,
@@ -32,8 +34,6 @@ from .experiments import (
     value_at,
     value_summary,
 )
-from .models import model_info
-from .run_lock import locked
 
 
 def tune_lr(cfg: Config, out: Path, lrs: list[float], steps: int) -> tuple[float, dict[str, float]]:

@@ -14,8 +14,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .config import Config
-from .experiments import (
+from ..config import Config
+from ..run_lock import locked
+from .base import (
     baseline_of,
     decay_start,
     fit_curve,
@@ -25,7 +26,6 @@ from .experiments import (
     val_rows,
     value_at,
 )
-from .run_lock import locked
 
 
 def grid_configs(cfg: Config, bag_sizes: list[int], ratios: list[float]) -> dict[str, Config]:

@@ -28,9 +28,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .errors import DataError
+from ..errors import DataError
+from ..schedule import Schedule, SequenceGroup, StepPlan
 from .permutation import KeyedPermutation
-from .schedule import Schedule, SequenceGroup, StepPlan
 
 # The name of the order in which the reader places blocks: recorded with each run (data.json) and
 # checkpoint (state.json), since a run continued in another order would reread some tokens and

@@ -25,23 +25,24 @@ from typing import Any, ClassVar
 
 import torch
 
+from .. import run_lock
+from ..batches import Batch, BatchMaker
+from ..config import Config, resume_differences
+from ..data.reader import FIRST_READER_ORDER, READER_ORDER, validation_windows
+from ..data.tokens import TokenData
+from ..errors import CheckpointError, ConfigError, DataError, TrainingError, TstrainError
+from ..evaluation import validation_loss
+from ..faults import maybe_die
+from ..fileio import read_json, sha256_file, write_text_atomic
+from ..loss import TSTLoss
+from ..model_io import TOKENIZER as RUN_TOKENIZER
+from ..model_io import export_hf
+from ..models import CausalLMParts, build_model, flops_per_position
+from ..optim import adamw
+from ..schedule import SequenceGroup
 from . import checkpoint as ckpt
-from . import distributed, run_lock
-from .batches import Batch, BatchMaker
-from .config import Config, resume_differences
-from .data import TokenData
-from .errors import CheckpointError, ConfigError, DataError, TrainingError, TstrainError
-from .evaluation import validation_loss
-from .faults import maybe_die
-from .fileio import read_json, sha256_file, write_text_atomic
-from .loss import TSTLoss
+from . import distributed
 from .metrics import MetricsLog, Progress, device_peak_flops
-from .model_io import TOKENIZER as RUN_TOKENIZER
-from .model_io import export_hf
-from .models import CausalLMParts, build_model, flops_per_position
-from .optim import adamw
-from .reader import FIRST_READER_ORDER, READER_ORDER, validation_windows
-from .schedule import SequenceGroup
 
 DATA_IDENTITY = "data.json"  # in the run dir: which data the run trains on (see check_data_identity)
 
