@@ -29,8 +29,10 @@ from _common import interleaved, machine, sync, training_setup
 from tstrain.config import load_config
 from tstrain.data.tokens import TokenData
 from tstrain.models import build_model
-from tstrain.train.loop import make_optimizer, resolve_device, train
+from tstrain.train.device import resolve_device
+from tstrain.train.loop import train
 from tstrain.train.metrics import read_jsonl
+from tstrain.train.optim import make_optimizer
 
 
 def peer_step_times(cfg, data: TokenData, steps: int, device) -> list[float]:

@@ -89,9 +89,14 @@ def test_a_run_read_in_another_order_is_neither_resumed_nor_reused(data_dir, tmp
         with pytest.raises(ConfigError, match=f"other settings \\(reader order: the run read its data in '{order}'"):
             run_or_reuse(cfg, run)
         assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
-    identity.unlink()  # from before data.json was written: the stored permutation too
+    identity.unlink()  # from before data.json was written: the stored permutation too, for both
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    one_line_error(capsys, cli_args(data_dir, run, resume=True, **flags),
+                   f"read its data in the order '{FIRST_READER_ORDER}', and this tstrain reads them in "
+                   f"'{READER_ORDER}'")
     with pytest.raises(ConfigError, match=f"reader order: the run read its data in '{FIRST_READER_ORDER}'"):
         run_or_reuse(cfg, run)
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
 
 
 def test_when_every_checkpoint_is_corrupt_the_run_is_refused_not_restarted(tiny_cfg, tmp_path):

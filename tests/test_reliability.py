@@ -35,19 +35,37 @@ def wait_for(condition, what, timeout=120.0):
 SLOW_TRAIN = textwrap.dedent("""
     import sys, time
     from tstrain.config import load_config
-    from tstrain.train.loop import train
+    from tstrain.train.loop import Trainer, train
     cfg = load_config("tiny", overrides={"data.path": sys.argv[1], "log.progress": False, "train.steps": 40,
                                          "tst.ratio": 0.5, "train.checkpoint_every": 4, "train.eval_every": 0})
-    train(cfg, sys.argv[2], on_step=lambda done: time.sleep(0.3))  # slow enough to be caught running
+    slow = lambda done: time.sleep(0.3)  # slow enough to be caught running
+    if sys.argv[3] == "fit":
+        Trainer(cfg, sys.argv[2], on_step=slow).fit()
+    else:
+        train(cfg, sys.argv[2], on_step=slow)
 """)
+
+
+def start_slow_run(data_dir, run, how="train"):
+    """Start a slow tiny run into ``run`` in another process (``train()`` or ``Trainer.fit()``), once it has a
+    checkpoint; return the process."""
+    first = subprocess.Popen([sys.executable, "-c", SLOW_TRAIN, str(data_dir), str(run), how], env=child_env(),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: first.poll() is not None or (run / "checkpoints").is_dir()
+                 and any((run / "checkpoints").iterdir()), "a checkpoint")
+        assert first.poll() is None, first.stderr.read()
+    except BaseException:
+        first.kill()
+        first.wait()
+        raise
+    return first
 
 
 def test_a_second_train_on_a_running_run_dir_is_refused_and_a_killed_one_resumes(data_dir, tmp_path):
     run = tmp_path / "run"
-    first = subprocess.Popen([sys.executable, "-c", SLOW_TRAIN, str(data_dir), str(run)], env=child_env(),
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    first = start_slow_run(data_dir, run)
     try:
-        wait_for(lambda: (run / "checkpoints").is_dir() and any((run / "checkpoints").iterdir()), "a checkpoint")
         before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name == "config.toml"}
         args = [sys.executable, "-m", "tstrain", "train", "--preset", "tiny", "--data", str(data_dir),
                 "--out", str(run), "--no-progress", "--lr", "1e-3", "--set", "train.steps=40"]
@@ -68,6 +86,29 @@ def test_a_second_train_on_a_running_run_dir_is_refused_and_a_killed_one_resumes
                              env=child_env(), capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     assert json.loads((run / "summary.json").read_text())["steps"] == 40
+
+
+def test_a_second_trainer_fit_on_a_running_run_dir_is_refused(data_dir, tmp_path):
+    # Trainer(cfg, run).fit() holds the run dir's lock as train() does: a second one, fresh or resuming,
+    # stops at once, naming the first, and writes nothing.
+    from tstrain.config import load_config
+    from tstrain.errors import BusyError
+    from tstrain.train.loop import Trainer
+
+    run = tmp_path / "run"
+    first = start_slow_run(data_dir, run, "fit")
+    try:
+        saved = (run / "config.toml").read_text()
+        cfg = load_config("tiny", overrides={"data.path": str(data_dir), "log.progress": False, "train.steps": 40,
+                                             "optim.lr": 1e-3})
+        for resume in (False, True):
+            with pytest.raises(BusyError, match=rf"is in use by another tstrain process \(pid {first.pid}"):
+                Trainer(cfg, run, resume=resume).fit()
+        assert (run / "config.toml").read_text() == saved  # the second one wrote nothing
+        assert first.poll() is None  # and the first goes on
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
 
 
 HOLD = textwrap.dedent("""

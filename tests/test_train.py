@@ -12,8 +12,9 @@ from tstrain.config import ConfigError
 from tstrain.errors import TrainingError
 from tstrain.evaluation import validation_loss
 from tstrain.schedule import wsd_lr
-from tstrain.train.loop import lr_at, train
+from tstrain.train.loop import train
 from tstrain.train.metrics import read_jsonl
+from tstrain.train.optim import lr_at
 
 TIMING_KEYS = {"wall_time", "tokens_per_s", "positions_per_s", "mfu"}
 

@@ -24,10 +24,9 @@ from .errors import CheckpointError
 from .fileio import read_json, sha256_file
 from .models import build_model
 from .train import checkpoint as ckpt
-
-RUN_CONFIG = "config.toml"
-RUN_DATA = "data.json"  # the run's record of its data (``train.DATA_IDENTITY``): the tokenizer's hash and EOS
-TOKENIZER = "tokenizer.json"  # the run's own copy of its training tokenizer, made when the run starts
+from .train.run_dir import CHECKPOINTS, FINAL, TOKENIZER
+from .train.run_dir import CONFIG as RUN_CONFIG
+from .train.run_dir import DATA_IDENTITY as RUN_DATA
 
 
 def _is_hf_dir(path: Path) -> bool:
@@ -110,9 +109,9 @@ def run_tokenizer(run: Path) -> tuple[Path | None, str | None]:
         if want and sha256_file(own) != want:
             raise CheckpointError(f"{own} is not the tokenizer the run trained with (its SHA-256 differs from "
                                   f"{run / RUN_DATA}'s): restore it, or export the run's final/ model instead")
-        return own, eos or _eos_of(run / "final")
-    if (run / "final" / TOKENIZER).is_file():
-        return run / "final" / TOKENIZER, eos or _eos_of(run / "final")
+        return own, eos or _eos_of(run / FINAL)
+    if (run / FINAL / TOKENIZER).is_file():
+        return run / FINAL / TOKENIZER, eos or _eos_of(run / FINAL)
     data = Path(load_config(config_file=run / RUN_CONFIG).data.path or "") if (run / RUN_CONFIG).is_file() else None
     if data is None or not (data / TOKENIZER).is_file():
         return None, None
@@ -142,7 +141,7 @@ def _tokenizer_of(run: Path | None, model_dir: Path | None) -> tuple[Path | None
 def run_of(source: str | Path) -> Path | None:
     """Return the run dir a source belongs to (a run dir, its ``final/``, one of its checkpoints), else None."""
     path = Path(source)
-    candidates = (path, path.parent.parent) if path.parent.name == "checkpoints" else (path, path.parent)
+    candidates = (path, path.parent.parent) if path.parent.name == CHECKPOINTS else (path, path.parent)
     return next((c for c in candidates if (c / RUN_CONFIG).is_file()), None)
 
 
@@ -171,10 +170,10 @@ def load_trained_model(source: str | Path) -> tuple[torch.nn.Module, Path | None
     if not path.is_dir():
         raise CheckpointError(f"{path} does not exist; pass a run dir, RUN/checkpoints/step-N or a model dir")
     if (path / RUN_CONFIG).is_file() and not _is_hf_dir(path):  # a run dir
-        if _is_hf_dir(path / "final"):
-            path = path / "final"
+        if _is_hf_dir(path / FINAL):
+            path = path / FINAL
         else:
-            found = ckpt.latest_good_checkpoint(path / "checkpoints")
+            found = ckpt.latest_good_checkpoint(path / CHECKPOINTS)
             if found is None:
                 raise CheckpointError(f"run {path} has neither final/ nor a checkpoint that verifies")
             path = found[0]
@@ -187,7 +186,7 @@ def load_trained_model(source: str | Path) -> tuple[torch.nn.Module, Path | None
         ckpt.verify_checkpoint(path)
         run = path.parent.parent
         cfg = _run_config(run)
-        tokenizer, eos = _tokenizer_of(run, run / "final")
+        tokenizer, eos = _tokenizer_of(run, run / FINAL)
         model = build_model(cfg.model, cfg.model.vocab_size, cfg.train.seq_len)
         ckpt.load_checkpoint(path, model, None)  # either form: single-process or sharded (DCP)
     else:

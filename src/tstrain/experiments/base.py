@@ -16,51 +16,21 @@ from __future__ import annotations
 
 import json
 import math
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..config import Config, resume_differences
-from ..data.reader import FIRST_READER_ORDER, READER_ORDER
-from ..data.tokens import TokenData
-from ..errors import ConfigError
-from ..fileio import read_json
-from ..train.loop import DATA_IDENTITY, data_differences, train
+from ..config import Config
+from ..train.loop import train
 from ..train.metrics import read_jsonl
+from ..train.run_dir import CHECKPOINTS, METRICS, SUMMARY, refuse_reuse
 
 
 def baseline_of(cfg: Config) -> Config:
     """Return the baseline of a TST config: the same run with no phase 1 (ratio 0)."""
     return cfg.with_values({"tst.ratio": 0.0})
-
-
-def reuse_differences(run_dir: Path, cfg: Config) -> list[str]:
-    """Return the settings in which the run saved in ``run_dir`` differs from ``cfg`` (fields that the
-    data fills in, such as the vocabulary, and logging fields do not count), the reader's order included:
-    a run that records none (or no data.json at all) was read in the first one."""
-    try:
-        saved = tomllib.loads((run_dir / "config.toml").read_text())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{run_dir / 'config.toml'} is not valid TOML ({e}); delete that run dir to train it "
-                          "again") from None
-    follows = {"model.vocab_size": cfg.model.vocab_size == 0,
-               "model.max_position_embeddings": cfg.model.max_position_embeddings == 0}
-    diffs = [d for d in resume_differences(saved, cfg) if not follows.get(d.split(":")[0])]
-    identity = run_dir / DATA_IDENTITY
-    was = read_json(identity, ConfigError, "delete that run dir to train it again") if identity.is_file() else {}
-    if identity.is_file():  # the data themselves, wherever they live now
-        if data_differences(was, TokenData(cfg.data.path).identity):
-            diffs.append(f"data: the run read {was.get('path')}, whose tokens differ from those in {cfg.data.path}")
-    elif Path(saved.get("data", {}).get("path", "")).resolve() != Path(cfg.data.path).resolve():
-        diffs.append(f"data.path: saved {saved.get('data', {}).get('path')!r}, now {cfg.data.path!r}")
-    order = was.get("reader_order", FIRST_READER_ORDER)
-    if order != READER_ORDER:
-        diffs.append(f"reader order: the run read its data in {order!r}, this tstrain in {READER_ORDER!r}, "
-                     "so only the tstrain version that made it can reuse it")
-    return diffs
 
 
 def run_or_reuse(cfg: Config, run_dir: Path) -> dict[str, Any]:
@@ -70,12 +40,8 @@ def run_or_reuse(cfg: Config, run_dir: Path) -> dict[str, Any]:
     otherwise the call is refused with the differing fields, so a report never labels one run
     with another's settings.
     """
-    summary = run_dir / "summary.json"
-    if (run_dir / "config.toml").is_file():
-        diffs = reuse_differences(run_dir, cfg)
-        if diffs:
-            raise ConfigError(f"{run_dir} holds a run with other settings ({'; '.join(diffs)}); "
-                              "give a new --out, or delete that run dir to train it again")
+    refuse_reuse(run_dir, cfg)
+    summary = run_dir / SUMMARY
     if summary.is_file():
         try:
             found = json.loads(summary.read_text())
@@ -83,14 +49,14 @@ def run_or_reuse(cfg: Config, run_dir: Path) -> dict[str, Any]:
             return found
         except ValueError:  # cut short: the run's final checkpoint writes it again
             print(f"{run_dir.name}: {summary} does not parse; finishing the run again from its last checkpoint")
-    ckpts = run_dir / "checkpoints"
+    ckpts = run_dir / CHECKPOINTS
     train(cfg, run_dir, resume=ckpts.is_dir() and any(ckpts.iterdir()))
     return json.loads(summary.read_text())
 
 
 def val_rows(run_dir: Path) -> list[dict[str, Any]]:
     """Return a run's evaluation rows (step, val loss, FLOPs, ...) from its metrics log."""
-    return [r for r in read_jsonl(run_dir / "metrics.jsonl") if r.get("val_loss") is not None]
+    return [r for r in read_jsonl(run_dir / METRICS) if r.get("val_loss") is not None]
 
 
 def first_reaching(rows: list[dict[str, Any]], target: float, key: str) -> float | None:

@@ -17,6 +17,7 @@ from ..data.reader import WindowSchedule
 from ..errors import ConfigError
 from ..fileio import read_json
 from ..run_lock import locked
+from ..train.run_dir import SUMMARY
 from .base import (
     baseline_of,
     decay_start,
@@ -68,7 +69,7 @@ def analyse(run_dirs: dict[str, Path], switch_step: int, decay: int, warmup: int
     ``baseline-equal-data``); ``decay`` is the first step of the LR decay, ``warmup`` its warmup
     steps (the baseline's curve is fitted between the two, for the evaluation noise)."""
     rows = {name: val_rows(d) for name, d in run_dirs.items()}
-    summaries = {name: read_json(d / "summary.json", ConfigError, "run the same command again to finish that run")
+    summaries = {name: read_json(d / SUMMARY, ConfigError, "run the same command again to finish that run")
                  for name, d in run_dirs.items()}
     base, tst = rows["baseline"], rows["tst"]
     target = base[-1]["val_loss"]

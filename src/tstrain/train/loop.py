@@ -5,19 +5,16 @@ TST core for each phase's inputs and loss; everything it reads is a pure functio
 so a run resumed from any checkpoint, the one at the switch included, repeats the same numbers.
 Its counters live in one ``TrainState``, the thing a checkpoint restores besides weights,
 optimizer and RNG. Under torchrun the same loop runs in every process (see ``distributed``): each
-reads its own slice of every global batch, and only rank 0 writes files.
+reads its own slice of every global batch, and only rank 0 writes files. What the trainer steps
+with is ``optim``; what a run dir holds, and when it may be resumed, ``run_dir``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import math
-import os
-import shutil
 import time
-import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,38 +22,35 @@ from typing import Any, ClassVar
 
 import torch
 
-from .. import run_lock
 from ..batches import Batch, BatchMaker
-from ..config import Config, resume_differences
+from ..config import Config
 from ..data.reader import FIRST_READER_ORDER, READER_ORDER, validation_windows
 from ..data.tokens import TokenData
-from ..errors import CheckpointError, ConfigError, DataError, TrainingError, TstrainError
+from ..errors import CheckpointError, ConfigError, TrainingError
 from ..evaluation import validation_loss
 from ..faults import maybe_die
-from ..fileio import read_json, sha256_file, write_text_atomic
+from ..fileio import write_text_atomic
 from ..loss import TSTLoss
-from ..model_io import TOKENIZER as RUN_TOKENIZER
 from ..model_io import export_hf
 from ..models import CausalLMParts, build_model, flops_per_position
-from ..optim import adamw
 from ..schedule import SequenceGroup
 from . import checkpoint as ckpt
 from . import distributed
+from .device import autocast_for, resolve_device
 from .metrics import MetricsLog, Progress, device_peak_flops
-
-DATA_IDENTITY = "data.json"  # in the run dir: which data the run trains on (see check_data_identity)
-
-# ----------------------------------------------------------------------------------------------
-# Schedule
-# ----------------------------------------------------------------------------------------------
-
-
-def lr_at(cfg: Config, step: int) -> float:
-    """Return the LR of ``step``: one WSD schedule over the run, or one per phase if restarted."""
-    o = cfg.optim
-    return cfg.schedule.lr(step, o.lr, o.warmup_steps, o.decay_fraction, o.final_lr_fraction,
-                           restart=cfg.tst.restart_schedule)
-
+from .optim import lr_at, make_optimizer, reinitialise_embeddings
+from .run_dir import (
+    CHECKPOINTS,
+    FINAL,
+    SUMMARY,
+    TOKENIZER,
+    locked,
+    refuse_checkpoint,
+    refuse_restart,
+    refuse_resume,
+    refuse_unverified,
+    write_record,
+)
 
 # ----------------------------------------------------------------------------------------------
 # Losses of a step
@@ -74,75 +68,11 @@ def call_loss(tst_loss: TSTLoss, batch: Batch) -> torch.Tensor:
     return tst_loss(batch)
 
 
-# ----------------------------------------------------------------------------------------------
-# Set-up helpers
-# ----------------------------------------------------------------------------------------------
-
-
-def make_optimizer(model: torch.nn.Module, cfg: Config, device: torch.device) -> torch.optim.AdamW:
-    """Return the run's AdamW (``optim.adamw``: weight decay on matrices only)."""
-    o = cfg.optim
-    return adamw(model, o.lr, weight_decay=o.weight_decay, betas=(o.beta1, o.beta2), eps=o.eps,
-                 fused=device.type == "cuda")
-
-
-def resolve_device(cfg: Config) -> torch.device:
-    if cfg.train.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if cfg.train.device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("train.device is cuda but no CUDA device is available; use --set train.device=cpu")
-    return torch.device(cfg.train.device)
-
-
-def autocast_for(cfg: Config, device: torch.device):
-    """Return a context factory: bf16 autocast on CUDA (or when asked), else nothing."""
-    bf16 = cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and device.type == "cuda")
-    if bf16:
-        return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext
-
-
-@torch.no_grad()
-def reinitialise_embeddings(parts: CausalLMParts, optimizer: torch.optim.Optimizer, cfg: Config) -> None:
-    """Redraw the input embedding and LM head from N(0, init_std) and drop their AdamW state.
-
-    The paper's negative control at the switch. The draw is seeded by (seed, switch step), so a
-    run resumed from the switch checkpoint redraws the same weights.
-    """
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.train.seed * 1_000_003 + cfg.switch_step)
-        for p in {id(p): p for p in (parts.embedding.weight, parts.head.weight)}.values():
-            p.normal_(0.0, cfg.model.init_std)
-            optimizer.state.pop(p, None)
-
-
 def first_non_finite_grad(model: torch.nn.Module) -> str | None:
     for name, p in model.named_parameters():
         if p.grad is not None and not torch.isfinite(distributed.local(p.grad)).all():
             return name
     return None
-
-
-def check_resume_config(saved: dict[str, Any], cfg: Config) -> None:
-    """Raise ConfigError if ``cfg`` differs from the run's saved config in a field that matters."""
-    diffs = resume_differences(saved, cfg)
-    if diffs:
-        raise ConfigError(
-            "cannot resume with a different config (" + "; ".join(diffs) + "). "
-            "Resume with the run's saved config.toml (`tstrain train --out RUN --resume` alone loads it), "
-            "or start a new run in another --out"
-        )
-
-
-def check_checkpoint_config(trained: dict[str, Any] | None, cfg: Config, path: Path) -> None:
-    """Raise ConfigError if ``cfg`` differs from the config a checkpoint's steps were trained with (recorded in
-    its ``state.json``) in a field that may not change on resume: an edited ``config.toml`` is caught too."""
-    diffs = resume_differences(trained, cfg) if trained else []
-    if diffs:
-        raise ConfigError(
-            f"cannot resume: the steps in {path} were trained with another config than this one ({'; '.join(diffs)}); "
-            "put the saved values back (config.toml or the flags), or start a new run in another --out"
-        )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -185,34 +115,6 @@ class TrainState:
             return cls(**{k: v for k, v in saved.items() if k in names})
         except TypeError as e:
             raise CheckpointError(f"the checkpoint's state.json is not a tstrain state ({e})") from None
-
-
-def data_differences(was: dict[str, Any], now: dict[str, Any]) -> list[str]:
-    """Return the identity fields (``TokenData.identity``) in which a run's recorded data (``data.json``)
-    differ from ``now``'s; the path is not one of them (a moved copy is the same data)."""
-    return [k for k in now if k in was and was[k] != now[k]]
-
-
-def keep_tokenizer(data: TokenData, run: Path) -> None:
-    """Copy the data's tokenizer into the run (once): the model keeps the tokenizer it was trained with
-    whatever later happens to the data dir (re-prepared, moved, edited)."""
-    own = run / RUN_TOKENIZER
-    if own.is_file() and sha256_file(own) == data.manifest.get("tokenizer_sha256"):
-        return
-    tmp = own.with_name(f".{own.name}.tmp")
-    shutil.copyfile(data.path / "tokenizer.json", tmp)
-    os.replace(tmp, own)
-
-
-def check_reader_order(order: str, what: str) -> None:
-    """Refuse to resume ``what`` (a run dir, a checkpoint) whose steps read the data in another ``order``:
-    going on in this reader's order would read some tokens twice in an epoch and others never."""
-    if order != READER_ORDER:
-        raise DataError(
-            f"{what} read its data in the order {order!r}, and this tstrain reads them in {READER_ORDER!r}: "
-            "resuming would reread some tokens and skip others. Finish the run with the tstrain version that "
-            "started it, or start a new run in another --out"
-        )
 
 
 @dataclass
@@ -268,7 +170,7 @@ class Trainer:
         self.data = TokenData(cfg.data.path)
         self.cfg = cfg.resolved_for(self.data.vocab_size)
         distributed.check_batch(self.cfg.train.batch_size, self.cfg.train.grad_accum, self.ctx.world_size)
-        self.ckpt_root = self.run / "checkpoints"
+        self.ckpt_root = self.run / CHECKPOINTS
         self.schedule = self.cfg.schedule  # what each step trains on: the public Schedule
         self.state = TrainState(phase=self.schedule.phase_after(0))
         self._flops_per_position: dict[int, float] = {}  # by sequence length: it walks the model
@@ -276,43 +178,20 @@ class Trainer:
     # -- set-up ------------------------------------------------------------------------------
 
     def find_checkpoint(self) -> tuple[Path, dict[str, Any]] | None:
-        """Return the checkpoint to resume from (None: start at step 0), refusing what must not run."""
+        """Return the checkpoint to resume from (None: start at step 0), refusing what must not run
+        (``run_dir``'s refusals), before anything is written: a refused resume changes nothing."""
         if not self.resume:
-            if ckpt.list_checkpoints(self.ckpt_root):
-                raise ConfigError(f"{self.run} already holds checkpoints; "
-                                  "pass --resume to continue it or choose a new --out")
+            refuse_restart(self.run)
             return None
-        saved = self.run / "config.toml"
-        if saved.is_file():
-            check_resume_config(tomllib.loads(saved.read_text()), self.cfg)
-        self.check_data_identity()
+        refuse_resume(self.run, self.cfg, self.data)
         found = self.ctx.agree(ckpt.latest_good_checkpoint(self.ckpt_root) if self.ctx.is_main else None)
-        if found is not None:  # before anything is written: a refused resume changes nothing
-            check_reader_order(TrainState.from_dict(found[1]).reader_order, f"the checkpoint {found[0]}")
-            check_checkpoint_config(found[1].get("config"), self.cfg, found[0])
-        if found is None and ckpt.list_checkpoints(self.ckpt_root):
-            raise CheckpointError(
-                f"none of the {len(ckpt.list_checkpoints(self.ckpt_root))} checkpoints under {self.ckpt_root} verifies "
-                "(each is named in the warnings above); nothing was changed. To start over, delete that dir or train "
-                "into a new --out"
-            )
-        if found is None and self.ctx.is_main:
-            print(f"no checkpoint under {self.ckpt_root}; starting from step 0")
+        if found is not None:
+            refuse_checkpoint(found[0], TrainState.from_dict(found[1]).reader_order, found[1].get("config"), self.cfg)
+        else:
+            refuse_unverified(self.run)
+            if self.ctx.is_main:
+                print(f"no checkpoint under {self.ckpt_root}; starting from step 0")
         return found
-
-    def check_data_identity(self) -> None:
-        """Refuse to resume on data other than the run's (a moved copy of the same data is fine)."""
-        saved = self.run / DATA_IDENTITY
-        if not saved.is_file():
-            return
-        was = read_json(saved, DataError, "restore it, or start a new run in another --out")
-        diffs = data_differences(was, self.data.identity)
-        if diffs:
-            raise DataError(
-                f"{self.run} was trained on other data than {self.data.path} ({', '.join(diffs)} differ; the run's "
-                f"data were at {was.get('path')}): resume it with that data, or start a new run in another --out"
-            )
-        check_reader_order(was.get("reader_order", FIRST_READER_ORDER), str(self.run))
 
     def build(self) -> None:
         """Make the model, its optimizer, the data reader and the validation windows."""
@@ -344,12 +223,7 @@ class Trainer:
         found = self.find_checkpoint()
         self.ctx.barrier()  # every process has read the run dir before rank 0 writes to it
         if self.ctx.is_main:
-            self.run.mkdir(parents=True, exist_ok=True)
-            write_text_atomic(self.run / "config.toml", self.cfg.to_toml())  # a kill mid-write must not break --resume
-            identity = {**self.data.identity, "path": str(self.data.path.resolve()), "reader_order": READER_ORDER,
-                        "eos_token": self.data.manifest.get("eos_token")}
-            write_text_atomic(self.run / DATA_IDENTITY, json.dumps(identity, indent=2) + "\n")
-            keep_tokenizer(self.data, self.run)
+            write_record(self.run, self.cfg, self.data)
         self.build()
         if found is not None:
             path, saved = found
@@ -494,24 +368,28 @@ class Trainer:
     # -- the run -----------------------------------------------------------------------------
 
     def fit(self) -> RunSummary:
-        """Train from the restored step to the end; return the summary (and write the final model)."""
-        self.setup()
-        if self.state.step == 0:
-            self.evaluate()
-        progress = Progress(self.cfg.train.steps, self.state.step, self.cfg.log.progress and self.ctx.is_main)
-        last_val = math.nan
-        try:
-            for step in range(self.state.step, self.cfg.train.steps):
-                result = self.train_step(step)
-                progress.update(self.state.phase, result.loss, self.schedule.tokens_read(step) / result.seconds)
-                if self.on_step is not None:
-                    self.on_step(self.state.step)
-                val = self.after_step(step, result)
-                last_val = last_val if val is None else val
-        finally:
-            progress.close()
-            self.log.close()
-        return self.finish(last_val)
+        """Train from the restored step to the end; return the summary (and write the final model).
+
+        The run dir's lock (``run_dir.locked``) is held throughout: a second job on the same dir is refused.
+        """
+        with locked(self.ctx, self.run):
+            self.setup()
+            if self.state.step == 0:
+                self.evaluate()
+            progress = Progress(self.cfg.train.steps, self.state.step, self.cfg.log.progress and self.ctx.is_main)
+            last_val = math.nan
+            try:
+                for step in range(self.state.step, self.cfg.train.steps):
+                    result = self.train_step(step)
+                    progress.update(self.state.phase, result.loss, self.schedule.tokens_read(step) / result.seconds)
+                    if self.on_step is not None:
+                        self.on_step(self.state.step)
+                    val = self.after_step(step, result)
+                    last_val = last_val if val is None else val
+            finally:
+                progress.close()
+                self.log.close()
+            return self.finish(last_val)
 
     def finish(self, last_val: float) -> RunSummary:
         """Write ``final/`` (a Hugging Face model dir) and ``summary.json``; return the summary."""
@@ -524,40 +402,21 @@ class Trainer:
         summary = RunSummary(self.run, last_val, self.cfg.train.steps, self.cfg.switch_step, s.data_tokens, s.flops,
                              self.elapsed(), s.skipped_steps)
         if self.ctx.is_main:
-            export_hf(self.model, self.run / "final", self.run / RUN_TOKENIZER, self.data.manifest.get("eos_token"),
-                      weights)
-            write_text_atomic(self.run / "summary.json", json.dumps(summary.to_dict(), indent=2) + "\n")
+            export_hf(self.model, self.run / FINAL, self.run / TOKENIZER, self.data.manifest.get("eos_token"), weights)
+            write_text_atomic(self.run / SUMMARY, json.dumps(summary.to_dict(), indent=2) + "\n")
         return summary
 
 
 def train(cfg: Config, out_dir: str | Path, resume: bool = False, **seams: Any) -> RunSummary:
     """Train through both phases into ``out_dir``; return the final summary.
 
-    Writes ``config.toml``, ``metrics.jsonl``, ``checkpoints/`` and ``final/`` (a Hugging Face
-    model dir). With ``resume``, continues from the newest checkpoint that verifies. Under
-    torchrun every process calls this; they share the work of each step and rank 0 writes.
-    ``seams`` go to the ``Trainer`` (``loss_fn``, ``on_step``).
+    Writes what a run dir holds (``run_dir``): ``config.toml``, ``metrics.jsonl``, ``checkpoints/``, ``final/``
+    (a Hugging Face model dir) and ``summary.json``. With ``resume``, continues from the newest checkpoint
+    that verifies. Under torchrun every process calls this; they share the work of each step and rank 0
+    writes. ``seams`` go to the ``Trainer`` (``loss_fn``, ``on_step``).
     """
     ctx = distributed.setup(resolve_device(cfg))
     try:
-        with lock_run_dir(ctx, Path(out_dir)):
-            return Trainer(cfg, out_dir, resume, ctx, **seams).fit()
+        return Trainer(cfg, out_dir, resume, ctx, **seams).fit()
     finally:
         ctx.close()
-
-
-@contextlib.contextmanager
-def lock_run_dir(ctx: distributed.Single, run: Path):
-    """Hold the run dir's exclusive lock (``run_lock``) for the job: rank 0 takes it for all the job's
-    processes, and every process stops if another job holds it."""
-    with contextlib.ExitStack() as stack:
-        refused = None
-        if ctx.is_main:
-            try:
-                stack.enter_context(run_lock.locked(run, "run dir"))
-            except TstrainError as e:
-                refused = e
-        refused = ctx.agree(refused)
-        if refused is not None:
-            raise refused
-        yield

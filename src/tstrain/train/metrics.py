@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+from .run_dir import METRICS, TENSORBOARD, WANDB_ID
+
 # Dense bf16 peak FLOP/s of common accelerators (vendor datasheets, without sparsity).
 PEAK_BF16_FLOPS = {
     "H100": 989e12,
@@ -69,7 +71,7 @@ class MetricsLog:
 
     def __init__(self, run_dir: Path, tensorboard: bool = False, resume_step: int | None = None, enabled: bool = True,
                  wandb: dict[str, Any] | None = None):
-        self.path = run_dir / "metrics.jsonl"
+        self.path = run_dir / METRICS
         self.file = self.tb = self.wb = None
         if not enabled:  # processes other than rank 0 of a torchrun job write nothing
             return
@@ -83,7 +85,7 @@ class MetricsLog:
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.tb = SummaryWriter(str(run_dir / "tensorboard"))
+            self.tb = SummaryWriter(str(run_dir / TENSORBOARD))
         if wandb is not None:
             self.wb = open_wandb_run(run_dir, wandb, resumed=resume_step is not None)
 
@@ -117,7 +119,7 @@ def open_wandb_run(run_dir: Path, settings: dict[str, Any], resumed: bool):
 
         raise ConfigError("log.wandb needs the wandb package: pip install 'tstrain[wandb]' "
                           "(or set log.wandb=false)") from None
-    id_file = run_dir / "wandb_id"
+    id_file = run_dir / WANDB_ID
     run_id = id_file.read_text().strip() if resumed and id_file.is_file() else secrets.token_hex(6)
     id_file.write_text(run_id + "\n")
     return wandb.init(project=settings["project"], name=settings["name"], id=run_id, resume="allow",
