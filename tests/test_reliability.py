@@ -36,9 +36,9 @@ SLOW_TRAIN = textwrap.dedent("""
     import sys, time
     from tstrain.config import load_config
     from tstrain.train.loop import Trainer, train
-    cfg = load_config("tiny", overrides={"data.path": sys.argv[1], "log.progress": False, "train.steps": 40,
+    cfg = load_config("tiny", overrides={"data.path": sys.argv[1], "log.progress": False, "train.steps": 200,
                                          "tst.ratio": 0.5, "train.checkpoint_every": 4, "train.eval_every": 0})
-    slow = lambda done: time.sleep(0.3)  # slow enough to be caught running
+    slow = lambda done: time.sleep(0.3)  # slow enough to be caught running, on a loaded machine too
     if sys.argv[3] == "fit":
         Trainer(cfg, sys.argv[2], on_step=slow).fit()
     else:
@@ -68,7 +68,7 @@ def test_a_second_train_on_a_running_run_dir_is_refused_and_a_killed_one_resumes
     try:
         before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name == "config.toml"}
         args = [sys.executable, "-m", "tstrain", "train", "--preset", "tiny", "--data", str(data_dir),
-                "--out", str(run), "--no-progress", "--lr", "1e-3", "--set", "train.steps=40"]
+                "--out", str(run), "--no-progress", "--lr", "1e-3", "--set", "train.steps=200"]
         for extra in ([], ["--resume"]):  # a new run and a resume are both refused while the first one runs
             second = subprocess.run(args + extra, env=child_env(), capture_output=True, text=True, timeout=120)
             assert second.returncode == 2, second.stderr
@@ -85,7 +85,7 @@ def test_a_second_train_on_a_running_run_dir_is_refused_and_a_killed_one_resumes
     resumed = subprocess.run([sys.executable, "-m", "tstrain", "train", "--out", str(run), "--resume", "--no-progress"],
                              env=child_env(), capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
-    assert json.loads((run / "summary.json").read_text())["steps"] == 40
+    assert json.loads((run / "summary.json").read_text())["steps"] == 200
 
 
 def test_a_second_trainer_fit_on_a_running_run_dir_is_refused(data_dir, tmp_path):
@@ -99,7 +99,7 @@ def test_a_second_trainer_fit_on_a_running_run_dir_is_refused(data_dir, tmp_path
     first = start_slow_run(data_dir, run, "fit")
     try:
         saved = (run / "config.toml").read_text()
-        cfg = load_config("tiny", overrides={"data.path": str(data_dir), "log.progress": False, "train.steps": 40,
+        cfg = load_config("tiny", overrides={"data.path": str(data_dir), "log.progress": False, "train.steps": 200,
                                              "optim.lr": 1e-3})
         for resume in (False, True):
             with pytest.raises(BusyError, match=rf"is in use by another tstrain process \(pid {first.pid}"):
