@@ -78,6 +78,24 @@ def reading(base_cell: dict[str, dict[str, Any]], arm_cell: dict[str, dict[str, 
     return head + ("| n/a |" if v["value"] is None else f"| {v['value']:.2f} ({vi}; {v['reading']}) |")
 
 
+def gap_course(cell: dict[str, dict[str, Any]], arm: str, steps: int, points: int = 10, window: int = 10) -> str:
+    """Return one table row per seed: ``arm`` minus the baseline of the same setting at ``points`` steps
+    along the run, each the mean over the last ``window`` evaluations both runs made up to that step."""
+    rows = []
+    for seed, runs in sorted(cell.items()):
+        if arm not in runs:
+            continue
+        base = {r["step"]: r["val_loss"] for r in val_rows(runs["baseline"]["dir"])}
+        diffs = sorted((r["step"], r["val_loss"] - base[r["step"]]) for r in val_rows(runs[arm]["dir"])
+                       if r["step"] in base)
+        cells = []
+        for k in range(1, points + 1):
+            upto = [d for s, d in diffs if s <= steps * k // points][-window:]
+            cells.append(f"{sum(upto) / len(upto):+.3f}" if upto else "n/a")
+        rows.append(f"| {arm} | {seed} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
 def label(key: tuple[float, int]) -> str:
     return f"lr {key[0]:g}, warmup {key[1]}"
 
@@ -121,6 +139,13 @@ def report(root: Path, size: str, steps: int) -> str:
     for key, cell in sorted(cells.items()):
         for arm in arms:
             lines.append(f"| {arm} | {label(key)} " + reading(cell, cell, arm))
+    marks = [steps * k // 10 for k in range(1, 11)]
+    for key, cell in sorted(cells.items()):
+        lines += ["", f"The gap along the run at {label(key)}: TST minus the baseline of the same setting, the mean of "
+                  "the last 10 evaluations up to each step (the LR decays over the last 20%):", "",
+                  "| arm | seed | " + " | ".join(f"{m:,}" for m in marks) + " |",
+                  ("| --- | --- | " + "--- | " * len(marks)).rstrip()]
+        lines += [row for arm in arms if (row := gap_course(cell, arm, steps))]
     return "\n".join(lines) + "\n"
 
 
