@@ -83,11 +83,11 @@ def same_weights(a: Path, b: Path) -> bool:
 def prepared_data(work: Path) -> Path:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     from conftest import make_corpus  # the test suite's toy corpus
-    from tstrain.data.prepare import prepare_data
+    from tstrain.data.prepare import PrepareOptions, prepare_data
 
     out = work / "data"
-    prepare_data([make_corpus(work / "corpus.txt")], out, train_tokenizer=320, doc_separator="\n\n\n",
-                 val_fraction=0.05, progress=False)
+    prepare_data([make_corpus(work / "corpus.txt")], out, PrepareOptions(train_tokenizer=320, doc_separator="\n\n\n",
+                 val_fraction=0.05, progress=False))
     return out
 
 

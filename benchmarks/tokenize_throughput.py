@@ -27,7 +27,8 @@ import sys
 import tempfile
 import time
 
-from tstrain.data.prepare import BATCH_CHARS, _batches, prepare_data
+from tstrain.data import encoding
+from tstrain.data.prepare import PrepareOptions, prepare_data
 from tstrain.data.text_sources import iter_documents
 
 ONE_THREAD = {"TOKENIZERS_PARALLELISM": "false", "RAYON_NUM_THREADS": "1"}
@@ -47,7 +48,7 @@ def peer(inputs: list[str], tokenizer: str, part: int = 0, parts: int = 1) -> di
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_file(tokenizer)
-    batches = [docs for _, docs in _batches(iter_documents(inputs), 0, BATCH_CHARS)]
+    batches = [docs for _, docs in encoding.batches(iter_documents(inputs), 0, encoding.BATCH_CHARS)]
     load = [0] * parts  # largest batch first to the least loaded process: as even a split of the text as can be
     owner = {}
     for i in sorted(range(len(batches)), key=lambda i: -sum(map(len, batches[i]))):
@@ -67,7 +68,8 @@ def ours(inputs: list[str], tokenizer: str, workers: int) -> dict:
     """Return the seconds and tokens of a whole ``prepare_data`` call into a fresh dir."""
     with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter()
-        m = prepare_data(inputs, tmp, tokenizer=tokenizer, workers=workers, progress=False, overwrite=True)
+        m = prepare_data(inputs, tmp, PrepareOptions(tokenizer=tokenizer, workers=workers, progress=False,
+                         overwrite=True))
         return {"seconds": time.perf_counter() - t, "tokens": m["train_tokens"] + m["val_tokens"]}
 
 

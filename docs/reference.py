@@ -4,8 +4,8 @@
     python docs/reference.py --check   # exit 1 if either page differs from the code
 
 The configuration reference comes from the config's field docs (``config.field_help``), the
-command-line reference from the parsers (``cli.build_parser``); tests/test_docs.py fails when a
-page drifts from them.
+command-line reference from the parsers (``cli.build_parser``) and the fields of the verbs' options
+dataclasses (``options.option_help``); tests/test_docs.py fails when a page drifts from them.
 """
 
 from __future__ import annotations
@@ -56,9 +56,33 @@ def cli_reference() -> str:
         out += ["", f"### `tstrain {verb}`", "", _cell(helps.get(verb, "")), "",
                 "| argument | default | meaning |", "| --- | --- | --- |"]
         actions = [a for a in parser._actions if not isinstance(a, argparse._HelpAction)]
-        out += [_option_row(a) for a in actions if not a.dest.startswith("field:")]
+        out += [_option_row(a) for a in actions if not a.dest.startswith(("field:", "option:"))]
         if any(a.dest.startswith("field:") for a in actions):
             out += ["", "and every config field as `--SECTION.FIELD VALUE` ([configuration](configuration.md))."]
+        if parser.get_default("options"):
+            out += ["", f"and every field of `{parser.get_default('options').__name__}` as a flag (below)."]
+    return "\n".join(out) + "\n" + options_reference(sub.choices)
+
+
+def options_reference(parsers: dict[str, argparse.ArgumentParser]) -> str:
+    """Return the table of each verb's options dataclass: flag, Python field, default and its doc line."""
+    from tstrain.options import as_text, option_help
+
+    out = ["", "## The options of prepare-data and scale", "",
+           "Their flags are the fields of an options dataclass, which the Python functions take too "
+           "(`prepare_data(inputs, out, PrepareOptions(...))`, `scale_study(data, out, ScaleOptions(...))`)."]
+    for verb, parser in parsers.items():
+        cls = parser.get_default("options")
+        if cls is None:
+            continue
+        out += ["", f"### `{cls.__module__.removeprefix('tstrain.')}.{cls.__name__}` (`tstrain {verb}`)", "",
+                _cell((cls.__doc__ or "").strip().splitlines()[0]), "",
+                "| flag | field | default | meaning |", "| --- | --- | --- | --- |"]
+        for f in option_help(cls):
+            takes = f"; on a command line, {f['takes']}" if f["takes"] else ""
+            choices = f" (one of {', '.join(f'`{c}`' for c in f['choices'])})" if f["choices"] else ""
+            default = "" if f["default"] in (None, ()) else f"`{as_text(f['default'])}`"
+            out.append(f"| `{f['flag']}` | `{f['name']}` | {default} | {_cell(f['doc'] + takes)}{choices} |")
     return "\n".join(out) + "\n"
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tstrain.config import load_config
-from tstrain.data.prepare import prepare_data
+from tstrain.data.prepare import PrepareOptions, prepare_data
 
 WORDS = (
     "the a cat dog bird sat ran flew on under over mat tree house red big small old blue "
@@ -34,7 +34,8 @@ def data_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("corpus")
     text = make_corpus(root / "corpus.txt")
     out = root / "data"
-    prepare_data([text], out, train_tokenizer=320, doc_separator="\n\n\n", val_fraction=0.05, progress=False)
+    prepare_data([text], out, PrepareOptions(train_tokenizer=320, doc_separator="\n\n\n", val_fraction=0.05,
+                 progress=False))
     return out
 
 

@@ -87,7 +87,8 @@ def test_the_method_and_the_reader_import_nothing_above_them():
         assert imports_of(kernel) == set()  # within kernels/ only
     assert g["data.permutation"] == set()  # numpy only, under the reader
     assert g["schedule"] == {"superposition"}  # the two phases from the settings alone
-    assert g["data.reader"] <= {"errors", "data.permutation", "schedule"} and g["config"] <= {"errors", "schedule"}
+    assert g["data.reader"] <= {"errors", "data.permutation", "schedule"}
+    assert g["config"] <= {"errors", "options", "schedule"} and g["options"] == {"errors"}
     below_trainer = {m for m in g if not m.startswith(("train.loop", "experiments", "cli"))}
     assert not any(d.startswith(("train.loop", "experiments")) for m in below_trainer for d in g[m])
 
@@ -144,6 +145,12 @@ def test_no_function_is_longer_than_80_lines():
         for node in ast.walk(ast.parse(p.read_text())):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > 80:
                 long.append(f"{module_name(p)}.{node.name}: {node.end_lineno - node.lineno + 1} lines")
+    assert long == []
+
+
+def test_no_source_file_is_longer_than_500_lines():
+    long = [f"{p.relative_to(PACKAGE)}: {n} lines" for p in sorted(PACKAGE.rglob("*.py"))
+            if (n := len(p.read_text().splitlines())) > 500]
     assert long == []
 
 

@@ -71,3 +71,52 @@ def test_batch_shows_what_a_step_reads(data_dir, tmp_path, capsys):
     assert f"{offsets[0]:,}" in text and "'" in text.splitlines()[2]
     assert main(["batch", str(run), "--step", "20"]) == 2
     assert "--step must be in [0, 20)" in capsys.readouterr().err
+
+
+PREPARE_FLAGS = ("--tokenizer", "--train-tokenizer", "--eos-token", "--val-fraction", "--doc-separator", "--text-field",
+                 "--overwrite", "--max-bad-text", "--seed", "--workers", "--shard-tokens", "--no-progress")
+SCALE_FLAGS = ("--sizes", "--steps", "--arms", "--seeds", "--repeat-within", "--lrs", "--tune-steps")
+
+
+def test_prepare_data_and_scale_flags_are_their_options_fields(capsys):
+    from tstrain.cli.verbs import options_of
+    from tstrain.data.prepare import PrepareOptions
+    from tstrain.experiments.scale import ScaleOptions
+    from tstrain.options import option_help
+
+    for verb, cls, flags, default in (("prepare-data", PrepareOptions, PREPARE_FLAGS, "(default: 0.01)"),
+                                      ("scale", ScaleOptions, SCALE_FLAGS, "(default: 600,2000,6000)")):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args([verb, "--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        assert [f["flag"] for f in option_help(cls)] == list(flags)
+        assert all(f" {flag} " in text for flag in flags) and default in text
+    args = build_parser().parse_args(["scale", "--data", "d", "--out", "o", "--steps", "8,16", "--arms", "4:0.3,2:0.2",
+                                      "--lrs", "1e-3", "--repeat-within", "0.1"])
+    assert options_of(args) == ScaleOptions(steps=(8, 16), arms=((4, 0.3), (2, 0.2)), lrs=(0.001,), repeat_within=0.1)
+    args = build_parser().parse_args(["prepare-data", "--input", "x", "--out", "o", "--tokenizer", "t", "--workers",
+                                      "3", "--doc-separator", r"\n\n", "--no-progress", "--overwrite"])
+    assert options_of(args) == PrepareOptions(tokenizer="t", workers=3, doc_separator="\n\n", progress=False,
+                                              overwrite=True)
+    assert options_of(build_parser().parse_args(["prepare-data", "--input", "x", "--out", "o"])) == PrepareOptions()
+
+
+def test_options_given_from_python_are_checked_before_anything_is_written(data_dir, tmp_path):
+    from tstrain.data.prepare import PrepareOptions, prepare_data
+    from tstrain.errors import ConfigError, DataError
+    from tstrain.experiments.scale import ScaleOptions, scale_study
+
+    text = tmp_path / "c.txt"
+    text.write_text("the cat sat on the mat")
+    tok = data_dir / "tokenizer.json"
+    for options, message in ((PrepareOptions(tokenizer=tok, val_fraction=float("nan")), "--val-fraction must be in"),
+                             (PrepareOptions(tokenizer=tok, workers=0), "--workers must be"),
+                             (PrepareOptions(), "give exactly one of --tokenizer")):
+        with pytest.raises(DataError, match=message):
+            prepare_data([text], tmp_path / "data", options)
+    for options, message in ((ScaleOptions(sizes=("tiny",), steps=(0, 8)), "--steps values must be at least 1"),
+                             (ScaleOptions(sizes=("tiny", "huge")), "--sizes takes preset names; unknown: huge"),
+                             (ScaleOptions(sizes=("tiny",), repeat_within=float("inf")), "--repeat-within must be")):
+        with pytest.raises(ConfigError, match=message):
+            scale_study(str(data_dir), tmp_path / "study", options)
+    assert not (tmp_path / "data").exists() and not (tmp_path / "study").exists()

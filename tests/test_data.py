@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from tokenizers import Tokenizer
 
-from tstrain.data.prepare import prepare_data
+from tstrain.data.prepare import PrepareOptions, prepare_data
 from tstrain.data.text_sources import iter_documents
 from tstrain.data.tokens import DataError, TokenData
 
@@ -33,7 +33,7 @@ def test_validation_documents_never_appear_in_training(tmp_path):
     src = tmp_path / "docs.jsonl"
     src.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
     out = tmp_path / "data"
-    prepare_data([src], out, train_tokenizer=300, val_fraction=0.1, progress=False)
+    prepare_data([src], out, PrepareOptions(train_tokenizer=300, val_fraction=0.1, progress=False))
     data = TokenData(out)
     tok = Tokenizer.from_file(str(out / "tokenizer.json"))
 
@@ -52,8 +52,8 @@ def test_prepare_data_reads_parquet_and_reuses_a_tokenizer(data_dir, tmp_path):
 
     pq.write_table(pa.table({"text": [f"the cat sat on mat {i}" for i in range(200)], "id": list(range(200))}),
                    tmp_path / "t.parquet")
-    m = prepare_data([tmp_path / "t.parquet"], tmp_path / "out", tokenizer=data_dir / "tokenizer.json",
-                     val_fraction=0.1, progress=False)
+    m = prepare_data([tmp_path / "t.parquet"], tmp_path / "out",
+                     PrepareOptions(tokenizer=data_dir / "tokenizer.json", val_fraction=0.1, progress=False))
     assert m["tokenizer_sha256"] == json.loads((data_dir / "manifest.json").read_text())["tokenizer_sha256"]
     assert m["train_documents"] + m["val_documents"] == 200
 
@@ -62,7 +62,7 @@ def test_bad_inputs_give_clear_errors(tmp_path, data_dir):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "ok"}\n{"title": "no text"}\n')
     with pytest.raises(DataError, match=r"bad.jsonl:2 is not a JSON object with a 'text' field"):
-        prepare_data([bad], tmp_path / "o", tokenizer=data_dir / "tokenizer.json", progress=False)
+        prepare_data([bad], tmp_path / "o", PrepareOptions(tokenizer=data_dir / "tokenizer.json", progress=False))
     with pytest.raises(DataError, match="does not exist or is not a file"):
         list(iter_documents([tmp_path / "missing.txt"]))
     (tmp_path / "x.csv").write_text("a,b")

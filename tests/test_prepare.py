@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from tstrain.cli import main
-from tstrain.data.prepare import STATE, prepare_data
+from tstrain.data.prepare import STATE, PrepareOptions, prepare_data
 from tstrain.data.tokens import FORMAT_V1, TokenData, Tokens
 from tstrain.errors import DataError
 from tstrain.fileio import sha256_file
@@ -25,10 +25,10 @@ def corpus(tmp_path_factory):
     return make_corpus(tmp_path_factory.mktemp("text") / "c.txt", docs=800, seed=3)
 
 
-def prepare(corpus, data_dir, out, **kw):
+def prepare(corpus, data_dir, out, on_part=None, **kw):
     args = {"tokenizer": data_dir / "tokenizer.json", "doc_separator": "\n\n\n", "val_fraction": 0.1,
-            "progress": False, "shard_tokens": 1500, "batch_chars": 3000, **kw}
-    return prepare_data([corpus], out, **args)
+            "progress": False, "shard_tokens": 1500, **kw}
+    return prepare_data([corpus], out, PrepareOptions(**args), batch_chars=3000, on_part=on_part)
 
 
 def files_of(d):
@@ -64,9 +64,9 @@ def test_shards_are_bounded_and_the_manifest_adds_them_up(sharded, corpus, data_
 
 
 def test_any_number_of_workers_writes_the_same_bytes(sharded, corpus, data_dir, tmp_path, monkeypatch):
-    from tstrain.data import prepare as prep
+    from tstrain.data import encoding
 
-    monkeypatch.setattr(prep, "IN_FLIGHT_CHARS", 4000)  # the writing waits for results, not only at the end
+    monkeypatch.setattr(encoding, "IN_FLIGHT_CHARS", 4000)  # the writing waits for results, not only at the end
     prepare(corpus, data_dir, tmp_path / "two", workers=2)
     assert files_of(tmp_path / "two") == files_of(sharded)
 
@@ -74,20 +74,20 @@ def test_any_number_of_workers_writes_the_same_bytes(sharded, corpus, data_dir, 
 def test_an_interrupted_preparation_resumes_to_the_same_bytes(corpus, tmp_path, monkeypatch, capsys):
     from tstrain.data import prepare as prep
 
-    args = {"train_tokenizer": 300, "doc_separator": "\n\n\n", "val_fraction": 0.1, "progress": False,
-            "shard_tokens": 1500, "batch_chars": 3000}
-    prepare_data([corpus], tmp_path / "clean", **args)
+    options = PrepareOptions(train_tokenizer=300, doc_separator="\n\n\n", val_fraction=0.1, progress=False,
+                             shard_tokens=1500)
+    prepare_data([corpus], tmp_path / "clean", options, batch_chars=3000)
 
     def crash(part):
         if part == 3:
             raise Stop
 
     with pytest.raises(Stop):
-        prepare_data([corpus], tmp_path / "cut", on_part=crash, **args)
+        prepare_data([corpus], tmp_path / "cut", options, batch_chars=3000, on_part=crash)
     assert (tmp_path / "cut" / STATE).is_file() and not (tmp_path / "cut" / "manifest.json").exists()
     (tmp_path / "cut" / "train-00004.bin.tmp").write_bytes(b"half a part")  # what a kill mid-part leaves
     monkeypatch.setattr(prep, "train_bpe_tokenizer", lambda *a, **k: pytest.fail("the saved tokenizer is reused"))
-    prepare_data([corpus], tmp_path / "cut", **args)
+    prepare_data([corpus], tmp_path / "cut", options, batch_chars=3000)
     assert "resuming the preparation of" in capsys.readouterr().out
     assert files_of(tmp_path / "cut") == files_of(tmp_path / "clean")
 

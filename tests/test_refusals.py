@@ -9,7 +9,7 @@ import torch
 from conftest import one_line_error
 from tstrain.cli import main
 from tstrain.config import load_config
-from tstrain.data.prepare import prepare_data
+from tstrain.data.prepare import PrepareOptions, prepare_data
 from tstrain.data.tokens import TokenData
 from tstrain.errors import CheckpointError, ConfigError, DataError
 from tstrain.experiments.base import run_or_reuse
@@ -37,8 +37,8 @@ def test_eval_refuses_data_made_with_another_tokenizer(tiny_cfg, data_dir, tmp_p
     from conftest import make_corpus
 
     train(tiny_cfg(**{"train.steps": 4, "tst.ratio": 0.5}), tmp_path / "run")
-    other = prepare_data([make_corpus(tmp_path / "c.txt", docs=300, seed=5)], tmp_path / "other", train_tokenizer=300,
-                         doc_separator="\n\n\n", val_fraction=0.05, progress=False)
+    other = prepare_data([make_corpus(tmp_path / "c.txt", docs=300, seed=5)], tmp_path / "other",
+                         PrepareOptions(train_tokenizer=300, doc_separator="\n\n\n", val_fraction=0.05, progress=False))
     assert other["vocab_size"] <= 320  # a vocabulary the model covers: only the tokenizer check can catch it
     one_line_error(capsys, ["eval", str(tmp_path / "run"), "--data", str(tmp_path / "other")],
                    "was prepared with another tokenizer than the model's")
@@ -53,8 +53,8 @@ def test_resuming_on_other_data_is_refused_and_on_a_moved_copy_accepted(tiny_cfg
     from test_train import numbers, train_crashing_at
 
     train_crashing_at(5, tiny_cfg(**flags), tmp_path / "run")
-    prepare_data([make_corpus(tmp_path / "c.txt", docs=1500, seed=9)], tmp_path / "other", train_tokenizer=320,
-                 doc_separator="\n\n\n", val_fraction=0.05, progress=False)
+    prepare_data([make_corpus(tmp_path / "c.txt", docs=1500, seed=9)], tmp_path / "other",
+                 PrepareOptions(train_tokenizer=320, doc_separator="\n\n\n", val_fraction=0.05, progress=False))
     with pytest.raises(DataError, match="was trained on other data"):
         train(tiny_cfg(**flags, **{"data.path": str(tmp_path / "other")}), tmp_path / "run", resume=True)
     moved = shutil.copytree(data_dir, tmp_path / "moved")
@@ -124,18 +124,19 @@ def test_text_that_is_not_utf8_is_counted_warned_and_past_a_share_refused(data_d
     mostly = tmp_path / "mostly.txt"
     mostly.write_bytes(((good + "\n\n\n") * 30).encode() + b"caf\xe9 ")  # one latin-1 byte among many characters
     with pytest.warns(UserWarning, match="1 characters .* were not valid UTF-8"):
-        m = prepare_data([mostly], tmp_path / "a", tokenizer=tok, doc_separator="\n\n\n", val_fraction=0.2,
-                         progress=False)
+        m = prepare_data([mostly], tmp_path / "a", PrepareOptions(tokenizer=tok, doc_separator="\n\n\n",
+                         val_fraction=0.2, progress=False))
     assert m["replaced_characters"] == 1
     latin = tmp_path / "latin.txt"
     latin.write_bytes(("caf\xe9 na\xefve \n\n\n" * 200).encode("latin-1"))
     with pytest.raises(DataError, match=r"were not valid UTF-8.*--max-bad-text"):
-        prepare_data([latin], tmp_path / "b", tokenizer=tok, doc_separator="\n\n\n", val_fraction=0.2, progress=False)
+        prepare_data([latin], tmp_path / "b", PrepareOptions(tokenizer=tok, doc_separator="\n\n\n", val_fraction=0.2,
+                     progress=False))
     assert not (tmp_path / "b" / "manifest.json").exists() and not list((tmp_path / "b").glob("*.bin*"))
     binary = tmp_path / "blob.txt"
     binary.write_bytes(bytes(range(256)) * 10)
     with pytest.raises(DataError, match="NUL bytes: it is a binary file"):
-        prepare_data([binary], tmp_path / "c", tokenizer=tok, progress=False)
+        prepare_data([binary], tmp_path / "c", PrepareOptions(tokenizer=tok, progress=False))
 
 
 def test_prepare_data_never_overwrites_a_data_dir_unasked(data_dir, tmp_path, capsys):

@@ -245,7 +245,7 @@ def test_a_run_keeps_its_tokenizer_when_its_data_dir_is_prepared_again(data_dir,
 
     from conftest import make_corpus
     from tstrain.config import load_config
-    from tstrain.data.prepare import prepare_data
+    from tstrain.data.prepare import PrepareOptions, prepare_data
     from tstrain.fileio import sha256_file
     from tstrain.model_io import load_trained_model
     from tstrain.train.loop import train
@@ -258,8 +258,8 @@ def test_a_run_keeps_its_tokenizer_when_its_data_dir_is_prepared_again(data_dir,
     recorded = json.loads((run / "data.json").read_text())["tokenizer_sha256"]
     assert sha256_file(run / "tokenizer.json") == recorded
     shutil.rmtree(run / "final")  # the checkpoint path too: no final/ tokenizer to fall back on
-    prepare_data([make_corpus(tmp_path / "c.txt", docs=300, seed=5)], data, train_tokenizer=300, overwrite=True,
-                 doc_separator="\n\n\n", val_fraction=0.05, progress=False)
+    prepare_data([make_corpus(tmp_path / "c.txt", docs=300, seed=5)], data, PrepareOptions(train_tokenizer=300,
+                 overwrite=True, doc_separator="\n\n\n", val_fraction=0.05, progress=False))
     assert Tokenizer.from_file(str(data / "tokenizer.json")).get_vocab() != original
     assert load_trained_model(run)[1] == run / "tokenizer.json"
     assert main(["export", str(run), "--out", str(tmp_path / "exported")]) == 0
@@ -382,17 +382,17 @@ def test_doc_separator_escapes_typed_on_a_command_line_split_like_the_characters
 
 def test_a_separator_that_never_matches_is_reported_and_one_big_text_holds_out_its_tail(data_dir, tmp_path, capsys):
     from conftest import make_corpus
-    from tstrain.data.prepare import is_validation_doc, prepare_data
+    from tstrain.data.prepare import PrepareOptions, is_validation_doc, prepare_data
     from tstrain.data.tokens import TokenData
 
     text = make_corpus(tmp_path / "one big file.txt", docs=300)
     with pytest.warns(UserWarning, match=r"--doc-separator '@@@' occurs in none of the 1 text inputs"):
-        m = prepare_data([text], tmp_path / "data", tokenizer=data_dir / "tokenizer.json", doc_separator="@@@",
-                         val_fraction=0.05, progress=False)
+        m = prepare_data([text], tmp_path / "data", PrepareOptions(tokenizer=data_dir / "tokenizer.json",
+                         doc_separator="@@@", val_fraction=0.05, progress=False))
     assert "1 document too few to hold any out whole: the validation split is the last" in capsys.readouterr().out
     assert is_validation_doc(0, 0.5, 0)  # a split that holds the one document out: it trains, less its tail
-    whole = prepare_data([text], tmp_path / "whole", tokenizer=data_dir / "tokenizer.json", val_fraction=0.5,
-                         progress=False, seed=0)
+    whole = prepare_data([text], tmp_path / "whole", PrepareOptions(tokenizer=data_dir / "tokenizer.json",
+                         val_fraction=0.5, progress=False, seed=0))
     data, ref = TokenData(tmp_path / "data"), TokenData(tmp_path / "whole")
     stream = list(data.train[:]) + list(data.val[:])
     assert stream == list(ref.train[:]) + list(ref.val[:])  # the stream, cut in two
@@ -402,13 +402,13 @@ def test_a_separator_that_never_matches_is_reported_and_one_big_text_holds_out_i
 
 
 def test_eos_text_inside_a_document_is_warned_about(data_dir, tmp_path):
-    from tstrain.data.prepare import prepare_data
+    from tstrain.data.prepare import PrepareOptions, prepare_data
 
     text = tmp_path / "c.txt"
     text.write_text("the cat sat <|endoftext|> on the mat\n\n\n" * 40 + "the dog ran <|endoftext|>\n\n\n" * 40)
     with pytest.warns(UserWarning, match=r"holds the EOS token's text '<\|endoftext\|>' 80 times"):
-        m = prepare_data([text], tmp_path / "data", tokenizer=data_dir / "tokenizer.json", doc_separator="\n\n\n",
-                         val_fraction=0.2, progress=False)
+        m = prepare_data([text], tmp_path / "data", PrepareOptions(tokenizer=data_dir / "tokenizer.json",
+                         doc_separator="\n\n\n", val_fraction=0.2, progress=False))
     assert m["eos_in_text"] == 80
 
 

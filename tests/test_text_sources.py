@@ -7,8 +7,9 @@ import json
 import pyarrow as pa
 import pytest
 
-from tstrain.data.prepare import prepare_data, train_bpe_tokenizer
+from tstrain.data.prepare import PrepareOptions, prepare_data
 from tstrain.data.text_sources import expand_inputs, iter_documents
+from tstrain.data.tokenizer import train_bpe_tokenizer
 from tstrain.data.tokens import TokenData
 from tstrain.errors import DataError
 
@@ -53,8 +54,8 @@ def test_prepare_data_takes_a_hugging_face_tokenizer_dir_and_its_eos(tmp_path):
     for i in range(0, 60, 10):
         part = "".join(json.dumps({"text": d}) + "\n" for d in DOCS[i:i + 10])
         (tmp_path / "docs" / f"part{i}.jsonl").write_text(part)
-    m = prepare_data([tmp_path / "docs"], tmp_path / "data", tokenizer=tmp_path / "tok", val_fraction=0.2,
-                     progress=False)
+    m = prepare_data([tmp_path / "docs"], tmp_path / "data", PrepareOptions(tokenizer=tmp_path / "tok",
+                     val_fraction=0.2, progress=False))
     assert m["eos_token"] == "<eot>" and m["eos_id"] == tok.token_to_id("<eot>")
     assert m["train_documents"] + m["val_documents"] == 60 and len(m["sources"]) == 6
     assert TokenData(tmp_path / "data").verify()["train"] < m["vocab_size"]

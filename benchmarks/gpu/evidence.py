@@ -30,7 +30,7 @@ from _common import machine  # noqa: E402
 from tstrain.config import load_config, padded_vocab  # noqa: E402
 from tstrain.data.tokens import TokenData  # noqa: E402
 from tstrain.experiments.base import val_rows  # noqa: E402
-from tstrain.experiments.scale import arm_name, scale_study  # noqa: E402
+from tstrain.experiments.scale import ScaleOptions, arm_name, scale_study  # noqa: E402
 from tstrain.models import model_info  # noqa: E402
 
 DRY = os.environ.get("DRY_RUN") == "1"
@@ -131,8 +131,9 @@ def main() -> None:
     print(f"preset {run['preset']}: {run['body']:,} non-embedding parameters, {run['ends']:,} in embedding and head; "
           f"{run['steps']} steps a run; arms {ARMS}; LRs {run['lrs']}", flush=True)
     start = time.perf_counter()
-    result = scale_study(args.data, work, [run["preset"]], [run["steps"]], ARMS, [0], run["lrs"], run["tune_steps"],
-                         run["overrides"], 0.0)
+    grid = ScaleOptions(sizes=(run["preset"],), steps=(run["steps"],), arms=tuple(ARMS), seeds=(0,),
+                        lrs=tuple(run["lrs"] or ()), tune_steps=run["tune_steps"], repeat_within=0.0)
+    result = scale_study(args.data, work, grid, run["overrides"])
     cell = work / run["preset"] / f"steps{run['steps']}" / "seed0"
     names = ["baseline", *(arm_name(s, r) for s, r in ARMS)]
     for name in names:

@@ -23,17 +23,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from .errors import ConfigError
+from .options import choices_of, knob
 
 if TYPE_CHECKING:
     from .schedule import Schedule
 
 __all__ = ["Config", "ConfigError", "load_config", "preset_names", "field_help", "resume_differences"]
-
-
-def knob(default: Any, doc: str, *, resume_free: bool = False) -> Any:
-    """Return a dataclass field with its documentation; ``resume_free`` fields may change on resume
-    because they do not change the numbers (logging, checkpoint cadence, where the data lives)."""
-    return field(default=default, metadata={"doc": doc, "resume_free": resume_free})
 
 
 @dataclass
@@ -334,11 +329,6 @@ SECTIONS = {f.name: f.default_factory for f in fields(Config)}
 
 def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
-
-
-def choices_of(hint: Any) -> tuple[Any, ...] | None:
-    """Return the allowed values of a ``Literal`` field (None for a free one)."""
-    return typing.get_args(hint) if typing.get_origin(hint) is Literal else None
 
 
 def _coerce(key: str, value: Any, hint: Any) -> Any:

@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import Config, load_config, padded_vocab
+from ..config import Config, load_config, padded_vocab, preset_names
 from ..data.tokens import TokenData
+from ..errors import ConfigError
 from ..models import model_info
+from ..options import as_text, check, knob
 from ..run_lock import locked
 from .base import (
     baseline_of,
@@ -34,6 +37,50 @@ from .base import (
     value_at,
     value_summary,
 )
+
+
+def _listed(kind: type):
+    """Return the parser of a comma-separated list of ``kind`` values."""
+    return lambda text: tuple(kind(x) for x in text.split(","))
+
+
+def _pairs(text: str) -> tuple[tuple[int, float], ...]:
+    return tuple((int(s), float(r)) for s, r in (item.split(":") for item in text.split(",")))
+
+
+@dataclass
+class ScaleOptions:
+    """The grid of a scale study: model sizes x run lengths x seeds, each TST arm against its baseline."""
+
+    sizes: tuple[str, ...] = knob(("cpu-micro", "cpu-mini"), "presets, one per model size", parse=_listed(str),
+                                  takes="comma-separated preset names")
+    steps: tuple[int, ...] = knob((600, 2000, 6000), "run lengths", parse=_listed(int),
+                                  takes="comma-separated whole numbers")
+    arms: tuple[tuple[int, float], ...] = knob(((4, 0.3),), "TST settings (bag size, ratio), each against the baseline",
+                                               parse=_pairs, takes="S:R pairs, e.g. 4:0.3,2:0.2")
+    seeds: tuple[int, ...] = knob((0, 1), "seeds (past the first, only cells with a gap within --repeat-within run)",
+                                  parse=_listed(int), takes="comma-separated whole numbers")
+    repeat_within: float = knob(0.05, "repeat a cell on every seed when a gap is within this many nats")
+    lrs: tuple[float, ...] = knob((), "LRs to try on each size's baseline first, keeping the best (none: the preset's)",
+                                  parse=_listed(float), takes="comma-separated numbers")
+    tune_steps: int = knob(2000, "steps of the LR-tuning baseline runs")
+
+    def rules(self) -> list[tuple[bool, str]]:
+        unknown = [s for s in self.sizes if s not in preset_names()]
+        return [
+            (len(self.sizes) > 0 and not unknown,
+             f"--sizes takes preset names; unknown: {', '.join(unknown)} (presets: {', '.join(preset_names())})"),
+            (len(self.steps) > 0 and all(n >= 1 for n in self.steps),
+             f"--steps values must be at least 1; got {as_text(self.steps)!r}"),
+            (len(self.arms) > 0 and all(s >= 1 and 0 <= r < 1 for s, r in self.arms),  # also false for nan
+             f"--arms takes S:R pairs with S >= 1 and R in [0, 1), e.g. 4:0.3; got {as_text(self.arms)!r}"),
+            (len(self.seeds) > 0 and all(0 <= s < 2**32 for s in self.seeds),
+             f"--seeds values must be in [0, 2^32); got {as_text(self.seeds)!r}"),
+            (all(math.isfinite(lr) and lr > 0 for lr in self.lrs),
+             f"--lrs values must be finite and positive; got {as_text(self.lrs)!r}"),
+            (math.isfinite(self.repeat_within) and self.repeat_within >= 0 and self.tune_steps >= 1,
+             f"--repeat-within must be >= 0 and --tune-steps >= 1; got {self.repeat_within}, {self.tune_steps}"),
+        ]
 
 
 def tune_lr(cfg: Config, out: Path, lrs: list[float], steps: int) -> tuple[float, dict[str, float]]:
@@ -129,36 +176,38 @@ def gap_trend(cells: dict[str, dict], arm: str) -> dict[str, Any] | None:
     return fit_crossing([(n, g) for n, g in points if g is not None])
 
 
-def scale_study(data: str, out_dir: str | Path, sizes: list[str], steps: list[int], arms: list[tuple[int, float]],
-                seeds: list[int], lrs: list[float] | None = None, tune_steps: int = 2000,
-                overrides: dict | None = None, repeat_within: float = 0.05) -> dict[str, Any]:
-    """Run the study and write ``scale.json``, ``scale.md`` and plots under ``out_dir``.
+def scale_study(data: str, out_dir: str | Path, options: ScaleOptions | None = None,
+                overrides: dict | None = None) -> dict[str, Any]:
+    """Run the study of ``options`` (``ScaleOptions``) on the prepared data dir ``data`` and write ``scale.json``,
+    ``scale.md`` and plots under ``out_dir``; ``overrides`` set config fields in every run.
 
     A cell whose gap is within ``repeat_within`` nats on the first seed is repeated on every seed
-    in ``seeds`` (others run on the first seed only), so close calls are not read from one run.
+    (others run on the first seed only), so close calls are not read from one run.
     """
+    o = options or ScaleOptions()
+    check(o, ConfigError)
     with locked(out_dir, "study dir") as out:
         vocab = TokenData(data).vocab_size
-        result: dict[str, Any] = {"data": str(Path(data).resolve()), "arms": [arm_name(s, r) for s, r in arms],
+        result: dict[str, Any] = {"data": str(Path(data).resolve()), "arms": [arm_name(s, r) for s, r in o.arms],
                                   "sizes": {}}
-        for size in sizes:
+        for size in o.sizes:
             cfg = load_config(size, overrides={**(overrides or {}), "data.path": data})
             params = model_info(cfg.model, padded_vocab(vocab, cfg.model.pad_vocab_multiple),
                                 cfg.train.seq_len)["parameters"]["total"]
             entry: dict[str, Any] = {"parameters": params, "lr": cfg.optim.lr, "cells": {}}
-            if lrs:
-                entry["lr"], entry["lr_tuning"] = tune_lr(cfg, out / size / "lr-tuning", lrs, tune_steps)
+            if o.lrs:
+                entry["lr"], entry["lr_tuning"] = tune_lr(cfg, out / size / "lr-tuning", list(o.lrs), o.tune_steps)
                 cfg = cfg.with_values({"optim.lr": entry["lr"]})
-            for n in steps:
+            for n in o.steps:
                 cell_cfg = cfg.with_values({"train.steps": n})
                 per_seed = {}
-                for i, seed in enumerate(seeds):
+                for i, seed in enumerate(o.seeds):
                     seeded = cell_cfg.with_values({"train.seed": seed})
-                    if i > 0 and all(abs(f["gap"]) > repeat_within for f in per_seed[seeds[0]].values()):
+                    if i > 0 and all(abs(f["gap"]) > o.repeat_within for f in per_seed[o.seeds[0]].values()):
                         break
-                    per_seed[seed] = run_cell(seeded, out / size / f"steps{n}" / f"seed{seed}", arms, params)
+                    per_seed[seed] = run_cell(seeded, out / size / f"steps{n}" / f"seed{seed}", list(o.arms), params)
                 entry["cells"][str(n)] = {str(seed): figs for seed, figs in per_seed.items()}
-            entry["fits"] = {arm_name(s, r): gap_trend(entry["cells"], arm_name(s, r)) for s, r in arms}
+            entry["fits"] = {arm_name(s, r): gap_trend(entry["cells"], arm_name(s, r)) for s, r in o.arms}
             result["sizes"][size] = entry
             (out / "scale.json").write_text(json.dumps(result, indent=2) + "\n")
         (out / "scale.md").write_text(scale_markdown(result))
