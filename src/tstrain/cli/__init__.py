@@ -25,8 +25,9 @@ def _how_to_continue(args: argparse.Namespace) -> str:
     """Return what continues an interrupted verb: --resume for train, the same command for the experiments."""
     if args.verb == "train":
         from ..train.checkpoint import list_checkpoints
+        from ..train.run_dir import CHECKPOINTS
 
-        ckpts = list_checkpoints(Path(args.out) / "checkpoints")
+        ckpts = list_checkpoints(Path(args.out) / CHECKPOINTS)
         where = f"the newest checkpoint is {ckpts[-1].name}" if ckpts else "no checkpoint was written yet"
         return f"{where}; continue with `tstrain train --out {args.out} --resume`"
     if args.verb in ("compare", "sweep", "ablate", "scale"):

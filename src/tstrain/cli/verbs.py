@@ -68,9 +68,10 @@ def cmd_prepare_data(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from ..train.loop import train
+    from ..train.run_dir import CONFIG
 
     config_file = args.config
-    saved = Path(args.out) / "config.toml"
+    saved = Path(args.out) / CONFIG
     if args.resume and not args.preset and not config_file and saved.is_file():
         config_file = saved  # `tstrain train --out RUN --resume` continues with the run's own config
     cfg = load_config(args.preset, config_file, _overrides(args))
@@ -117,11 +118,12 @@ def cmd_ablate(args: argparse.Namespace) -> int:
 def cmd_batch(args: argparse.Namespace) -> int:
     from ..batch_layout import format_layout, step_layout
     from ..data.tokens import TokenData
+    from ..train.run_dir import CONFIG
 
     overrides = _overrides(args)
     config_file = args.config
     if args.run:
-        saved = Path(args.run) / "config.toml"
+        saved = Path(args.run) / CONFIG
         if not saved.is_file():
             raise ConfigError(f"{args.run} is not a run dir (no config.toml); "
                               "give a run dir or --preset NAME --data DIR")

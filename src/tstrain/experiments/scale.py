@@ -25,6 +25,7 @@ from ..errors import ConfigError
 from ..models import model_info
 from ..options import as_text, check, knob
 from ..run_lock import locked
+from ..train.run_dir import CONFIG, SUMMARY
 from .base import (
     baseline_of,
     decay_start,
@@ -111,8 +112,8 @@ def half_recovery_steps(base: list[dict], tst: list[dict], switch: int) -> float
 def cell_figures(base_dir: Path, tst_dir: Path, cfg: Config, params: int) -> dict[str, Any]:
     """Return the figures of one (size, steps, seed, arm) cell against its baseline."""
     base, tst = val_rows(base_dir), val_rows(tst_dir)
-    b_sum = json.loads((base_dir / "summary.json").read_text())
-    t_sum = json.loads((tst_dir / "summary.json").read_text())
+    b_sum = json.loads((base_dir / SUMMARY).read_text())
+    t_sum = json.loads((tst_dir / SUMMARY).read_text())
     S = cfg.switch_step
     value = phase1_step_value(base, tst, S, decay_start(cfg), cfg.optim.warmup_steps)
     fit = fit_curve(base, cfg.optim.warmup_steps, decay_start(cfg))
@@ -233,11 +234,11 @@ def read_study(out_dir: str | Path, report_dir: str | Path | None = None) -> dic
             cell = {}
             for seed_dir in sorted(steps_dir.glob("seed*"), key=lambda p: int(p.name.removeprefix("seed"))):
                 figs = {}
-                finished = [d for d in sorted(seed_dir.glob("tst-*")) if (d / "summary.json").is_file()]
-                if not (seed_dir / "baseline" / "summary.json").is_file():
+                finished = [d for d in sorted(seed_dir.glob("tst-*")) if (d / SUMMARY).is_file()]
+                if not (seed_dir / "baseline" / SUMMARY).is_file():
                     finished = []
                 for arm_dir in finished:
-                    cfg = load_config(config_file=arm_dir / "config.toml")
+                    cfg = load_config(config_file=arm_dir / CONFIG)
                     entry["lr"] = cfg.optim.lr
                     entry["parameters"] = model_info(cfg.model, padded_vocab(cfg.model.vocab_size,
                                                      cfg.model.pad_vocab_multiple),
