@@ -92,7 +92,7 @@ Foo - a module
 =head1 DESCRIPTION
 
 The B<new> method returns an object that C<< $obj->run >> starts, as
-L<perlfunc/open> and L<the guide|perlintro> explain E<gt> twice, caf\xe9 E<eacute> E<0x263A>.
+L<perlfunc/open> and L<the guide|perlintro> explain E<gt> twice, caf\xe9 E<eacute> E<0x263A> (L<https://perl.org/x>).
 
     my $x = Foo->new;   # verbatim code paragraph, indented, with enough words to pass
 
@@ -112,7 +112,7 @@ sub new { return bless {}, shift }  # code after =cut, with enough words to pass
 """
     assert pod_prose(pod).split("\n\n") == [
         "The new method returns an object that $obj->run starts, as perlfunc open and the guide explain > twice,"
-        " caf\xe9 \xe9 \u263a.",
+        " caf\xe9 \xe9 \u263a (https://perl.org/x).",
         "Each list item that is a sentence of eight words or more is kept too.",
     ]
 

@@ -273,8 +273,10 @@ def _pod_code(m: re.Match) -> str:
     code, text = m.group(1), m.group(2)
     if code in "XZ":  # index entries, zero-width marks
         return ""
-    if code == "L":  # L<text|target>, L<page/"section">
-        return text.split("|")[0] if "|" in text else text.replace('"', "").replace("/", " ")
+    if code == "L":  # L<text|target>, L<page/"section">, L<https://...>
+        if "|" in text or "://" in text:
+            return text.split("|")[0]
+        return text.replace('"', "").replace("/", " ")
     if code == "E":  # E<gt>, E<eacute>, E<0x201C>, E<181>, E<0265> (octal)
         if text[:1].isdigit():
             base = 16 if text[:2].lower() == "0x" else 8 if text[:1] == "0" else 10
