@@ -92,7 +92,7 @@ Foo - a module
 =head1 DESCRIPTION
 
 The B<new> method returns an object that C<< $obj->run >> starts, as
-L<perlfunc/open> and L<the guide|perlintro> explain E<gt> twice, caf\xe9 E<eacute> E<0x263A> (L<https://perl.org/x>).
+L<perlfunc/open> and L<the guide|perlintro> explain E<gt> twice, caf\xe9 E<eacute> E<0x263A> E<09> (L<https://perl.org/x>).
 
     my $x = Foo->new;   # verbatim code paragraph, indented, with enough words to pass
 
