@@ -5,7 +5,7 @@ import json
 import pytest
 
 from tstrain.config import load_config
-from tstrain.experiments.base import first_reaching
+from tstrain.experiments.base import decay_start, first_reaching
 from tstrain.experiments.compare import analyse, plan_runs
 
 
@@ -118,7 +118,89 @@ def test_compare_end_to_end_writes_report_json_and_plots(tiny_cfg, tmp_path):
     # 12 steps evaluated every 3: too few stable-phase evaluations to estimate the noise, so no verdict.
     assert result["equal_flops"]["reading"] == "noise unknown"
     assert "## Reading" in report and "not resolved" in report and "saves compute" not in report
-    # A second call reuses the finished runs instead of training again.
+    # A second call reuses the finished runs instead of training again; a baseline LR equal to TST's is the
+    # default comparison, and its report and figures are the same bytes.
     before = (tmp_path / "cmp" / "tst" / "summary.json").stat().st_mtime
-    compare(cfg, tmp_path / "cmp", command="test")
+    written = {name: (tmp_path / "cmp" / name).read_bytes() for name in ("report.md", "comparison.json")}
+    compare(cfg, tmp_path / "cmp", command="test", baseline_lr=cfg.optim.lr)
     assert (tmp_path / "cmp" / "tst" / "summary.json").stat().st_mtime == before
+    assert {name: (tmp_path / "cmp" / name).read_bytes() for name in written} == written
+    assert "lr " not in report.split("## Equal FLOPs")[0] and "own LR" not in report
+
+
+def test_a_gap_at_different_lrs_keeps_its_reading_and_the_step_value_is_not_comparable(tmp_path):
+    import numpy as np
+
+    from tstrain.experiments.compare import NOT_COMPARABLE, report_markdown
+
+    rng = np.random.default_rng(0)
+    base = [(s, 3.5 + 20.0 * max(s, 10) ** -0.5 + 0.03 * rng.normal()) for s in range(0, 2001, 20)]
+    write_run(tmp_path / "baseline", base, 2000, 100)
+    write_run(tmp_path / "tst", base[:-1] + [(2000, base[-1][1] - 0.3)], 2000, 100)
+    dirs = {"baseline": tmp_path / "baseline", "tst": tmp_path / "tst"}
+    same = analyse(dirs, 400, 1600, warmup=20)
+    assert analyse(dirs, 400, 1600, warmup=20, lrs={"baseline": 2e-3, "tst": 2e-3}) == same
+    assert same["phase1_step_value"] is not None and same["switch"]["spike_vs_baseline"] is not None
+    own = analyse(dirs, 400, 1600, warmup=20, lrs={"baseline": 4e-3, "tst": 2e-3})
+    # The gap between the runs as trained is read against the same noise ...
+    assert own["equal_flops"] == same["equal_flops"] and own["equal_flops"]["reading"] == "TST better"
+    assert own["equal_loss"] == same["equal_loss"]
+    # ... while what reads the baseline's curve as TST's counterfactual gives no figure.
+    assert own["phase1_step_value"] is None and own["phase1_step_value_detail"]["course"] == []
+    assert own["phase1_step_value_detail"]["reading"] == "not comparable"
+    assert own["switch"]["spike_vs_baseline"] is None
+    assert own["switch"]["first_eval_below_baseline_after_switch"] is None
+    assert own["lrs"] == {"baseline": 4e-3, "tst": 2e-3} and own["each_arm_at_its_own_lr"] is True
+    report = report_markdown(own, {"baseline": "baseline", "tst": "tst"}, "test")
+    assert f"Not comparable: {NOT_COMPARABLE}." in report and "Phase-1 step value:" not in report
+    assert "the baseline at 0.004, TST at 0.002" in report and "phase1_step_value.png" not in report
+    assert "TST ends 0.300 nats below the baseline at equal FLOPs, each arm at its own LR (TST better" in report
+
+
+def test_compare_with_the_baseline_at_its_own_lr(tiny_cfg, tmp_path):
+    from tstrain.errors import ConfigError
+    from tstrain.experiments.compare import NOT_COMPARABLE, compare
+
+    # 24 steps evaluated every 2: enough stable-phase evaluations for a phase-1 step value at one LR.
+    cfg = tiny_cfg(**{"train.steps": 24, "tst.ratio": 0.5, "train.eval_every": 2})
+    out = tmp_path / "cmp"
+    result = compare(cfg, out, equal_data=True, command="test", baseline_lr=6e-3)
+    saved = {name: load_config(None, out / name / "config.toml").optim.lr
+             for name in ("baseline", "tst", "baseline-equal-data")}
+    assert saved == {"baseline": 6e-3, "tst": cfg.optim.lr, "baseline-equal-data": 6e-3} and cfg.optim.lr == 3e-3
+    report = (out / "report.md").read_text()
+    assert "| baseline (24 steps, lr 0.006) |" in report and "(24 steps, lr 0.003) |" in report
+    assert "Each arm ran at its own LR: the baseline at 0.006, TST at 0.003." in report
+    assert f"Not comparable: {NOT_COMPARABLE}." in report and "Phase-1 step value:" not in report
+    assert not (out / "phase1_step_value.png").exists()
+    saved_json = json.loads((out / "comparison.json").read_text())
+    assert saved_json["phase1_step_value"] is None and saved_json["lrs"] == {"baseline": 6e-3, "tst": 3e-3}
+    assert saved_json["phase1_step_value_detail"]["value"] is None
+    assert saved_json["phase1_step_value_detail"]["reading"] == "not comparable"
+    assert result["equal_flops"]["interval"] is not None  # the gaps keep their noise-aware reading
+    assert f"{result['equal_flops_delta']:+.4f}** nats ({result['equal_flops']['reading']}: 95% interval" in report
+    # The same runs read at one LR would give a figure: the LRs, not the runs, withhold it.
+    same = analyse({name: out / name for name in ("baseline", "tst")}, cfg.switch_step, decay_start(cfg),
+                   cfg.optim.warmup_steps)
+    assert same["phase1_step_value_detail"]["course"]
+    # The baseline saved at 0.006 is not reused for a comparison at one LR.
+    before = (out / "baseline" / "summary.json").stat().st_mtime
+    with pytest.raises(ConfigError, match="optim.lr: saved 0.006, now 0.003"):
+        compare(cfg, out, command="test")
+    assert (out / "baseline" / "summary.json").stat().st_mtime == before
+
+
+@pytest.mark.parametrize("value, shown", [("nan", "nan"), ("inf", "inf"), ("0", "0.0"), ("-1e-3", "-0.001")])
+def test_a_baseline_lr_no_run_could_train_at_is_refused_before_anything_is_written(data_dir, tmp_path, capsys,
+                                                                                  value, shown):
+    from conftest import one_line_error
+    from tstrain.errors import ConfigError
+    from tstrain.experiments.compare import compare
+
+    out = tmp_path / "cmp"
+    one_line_error(capsys, ["compare", "--preset", "tiny", "--data", str(data_dir), "--out", str(out), "--steps", "4",
+                            "--no-progress", f"--baseline-lr={value}"],
+                   f"tstrain compare: error: --baseline-lr must be a finite number above 0; got {shown}")
+    with pytest.raises(ConfigError, match="--baseline-lr must be a finite number above 0"):
+        compare(load_config("tiny", overrides={"data.path": str(data_dir)}), out, baseline_lr=float(value))
+    assert not out.exists()

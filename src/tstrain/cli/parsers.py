@@ -135,6 +135,9 @@ def _add_experiment_verbs(sub) -> None:
     """Add the experiment verbs: compare, sweep, ablate, scale."""
     p = sub.add_parser("compare", help="train baseline and TST at equal FLOPs and write a report with plots")
     p.add_argument("--equal-data", action="store_true", help="also train a baseline that reads as many tokens as TST")
+    p.add_argument("--baseline-lr", type=float, metavar="LR",
+                   help="train the baseline (and the equal-data one) at LR, TST at --lr (optim.lr); default: both at "
+                        "--lr. At different LRs the phase-1 step value is reported as not comparable")
     p.add_argument("--command", help=argparse.SUPPRESS)
     _add_run_flags(p, "comparison dir: baseline/, tst/, report.md, comparison.json, *.png")
     p.set_defaults(func=verbs.cmd_compare)

@@ -3,11 +3,17 @@
 ``compare`` trains the runs (skipping any already finished, so it resumes), then reads their
 ``metrics.jsonl`` and writes ``comparison.json``, ``report.md`` and PNG plots of next-token
 validation loss against FLOPs, data tokens read and wall-clock time, with the switch marked.
+
+By default both arms train at the config's LR (the paper's protocol: tuned on the baseline, reused
+for TST). With ``baseline_lr`` the baseline trains at its own LR: the gaps between the runs as
+trained keep their reading, but whatever reads the baseline's curve as what TST would have done
+without phase 1 (the phase-1 step value, the spike at the switch) is reported as not comparable.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +37,9 @@ from .base import (
     value_at,
 )
 
+# What a reading of the baseline's curve as TST's counterfactual says when the arms ran at different LRs.
+NOT_COMPARABLE = "the arms ran at different LRs (the baseline's stable phase stands at another level)"
+
 
 @dataclass
 class RunSpec:
@@ -47,33 +56,55 @@ def _variant_label(cfg: Config) -> str:
     return (", " + ", ".join(parts)) if parts else ""
 
 
-def plan_runs(cfg: Config, equal_data: bool = False) -> list[RunSpec]:
+def check_baseline_lr(lr: float | None) -> None:
+    """Refuse a baseline LR that no run could train at (None: the baseline trains at TST's LR)."""
+    if lr is not None and not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+        raise ConfigError(f"--baseline-lr must be a finite number above 0; got {lr!r}: give the baseline's "
+                          "peak learning rate (e.g. --baseline-lr 4e-3), or leave it out to train both arms at --lr")
+
+
+def plan_runs(cfg: Config, equal_data: bool = False, baseline_lr: float | None = None) -> list[RunSpec]:
     """Return the runs of a comparison: baseline and TST at equal steps (equal FLOPs), and
-    optionally a baseline that reads as many tokens as TST does (equal data)."""
+    optionally a baseline that reads as many tokens as TST does (equal data). With ``baseline_lr``
+    (other than TST's ``optim.lr``) both baselines train at it, and every label names its run's LR."""
     base = baseline_of(cfg)
+    own = baseline_lr is not None and baseline_lr != cfg.optim.lr
+    if own:
+        base = base.with_values({"optim.lr": baseline_lr})
+
+    def lr(c: Config) -> str:
+        return f", lr {c.optim.lr:g}" if own else ""
+
     s, r = cfg.tst.bag_size, cfg.tst.ratio
     runs = [
-        RunSpec("baseline", f"baseline ({cfg.train.steps} steps)", base),
-        RunSpec("tst", f"TST s={s} r={r}{_variant_label(cfg)} ({cfg.train.steps} steps)", cfg),
+        RunSpec("baseline", f"baseline ({cfg.train.steps} steps{lr(base)})", base),
+        RunSpec("tst", f"TST s={s} r={r}{_variant_label(cfg)} ({cfg.train.steps} steps{lr(cfg)})", cfg),
     ]
     if equal_data:
         sched = WindowSchedule.for_run(cfg.schedule)
         read = sum(sched.tokens_read(t) for t in range(cfg.train.steps))  # TST's data tokens
         eq = base.with_values({"train.steps": round(read / (cfg.train.batch_size * cfg.train.seq_len))})
-        runs.append(RunSpec("baseline-equal-data", f"baseline, equal data ({eq.train.steps} steps)", eq))
+        runs.append(RunSpec("baseline-equal-data", f"baseline, equal data ({eq.train.steps} steps{lr(eq)})", eq))
     return runs
 
 
-def analyse(run_dirs: dict[str, Path], switch_step: int, decay: int, warmup: int = 0) -> dict[str, Any]:
+def analyse(run_dirs: dict[str, Path], switch_step: int, decay: int, warmup: int = 0,
+            lrs: dict[str, float] | None = None) -> dict[str, Any]:
     """Return the comparison figures from finished runs (``baseline``, ``tst``, optional
     ``baseline-equal-data``); ``decay`` is the first step of the LR decay, ``warmup`` its warmup
-    steps (the baseline's curve is fitted between the two, for the evaluation noise)."""
+    steps (the baseline's curve is fitted between the two, for the evaluation noise). ``lrs``
+    (``baseline``, ``tst``) that differ mark a comparison where each arm ran at its own LR: its
+    readings of the baseline's curve as TST's counterfactual are reported as not comparable."""
+    own_lrs = lrs is not None and lrs["baseline"] != lrs["tst"]
     rows = {name: val_rows(d) for name, d in run_dirs.items()}
     summaries = {name: read_json(d / SUMMARY, ConfigError, "run the same command again to finish that run")
                  for name, d in run_dirs.items()}
     base, tst = rows["baseline"], rows["tst"]
     target = base[-1]["val_loss"]
     out: dict[str, Any] = {"switch_step": switch_step, "runs": {}}
+    if own_lrs:
+        out["lrs"] = {"baseline": lrs["baseline"], "tst": lrs["tst"]}
+        out["each_arm_at_its_own_lr"] = True
     for name, r in rows.items():
         out["runs"][name] = {
             "final_val_loss": r[-1]["val_loss"],
@@ -105,16 +136,25 @@ def analyse(run_dirs: dict[str, Path], switch_step: int, decay: int, warmup: int
         out["switch"] = {
             "tst_val_loss_at_switch": tst_at,
             "baseline_val_loss_at_switch": base_at,
-            "spike_vs_baseline": tst_at - base_at,
-            "first_eval_below_baseline_after_switch": crossing,
+            "spike_vs_baseline": None if own_lrs else tst_at - base_at,
+            "first_eval_below_baseline_after_switch": None if own_lrs else crossing,
         }
-    step_value = phase1_step_value(base, tst, switch_step, decay, warmup)
+        if own_lrs:
+            out["switch"]["not_comparable"] = NOT_COMPARABLE
+    step_value = not_comparable_value() if own_lrs else phase1_step_value(base, tst, switch_step, decay, warmup)
     out["phase1_step_value"] = step_value["value"]
     out["phase1_step_value_detail"] = step_value
     if "baseline-equal-data" in rows:
         out["equal_data_delta"] = tst[-1]["val_loss"] - rows["baseline-equal-data"][-1]["val_loss"]
         out["equal_data"] = gap_reading([out["equal_data_delta"]], [noise])
     return out
+
+
+def not_comparable_value() -> dict[str, Any]:
+    """Return the phase-1 step value's record of a comparison whose arms ran at different LRs: no figure, since
+    the baseline's curve is not what TST would have done without phase 1."""
+    return {"value": None, "interval": None, "reading": "not comparable", "reason": NOT_COMPARABLE, "course": [],
+            "fit": None, "extrapolated": False}
 
 
 def _fmt(x: float | None, spec: str, suffix: str = "") -> str:
@@ -130,6 +170,12 @@ def report_markdown(result: dict[str, Any], labels: dict[str, str], command: str
     for name, r in runs.items():
         lines.append(f"| {labels[name]} | {r['steps']} | {r['final_val_loss']:.4f} | {r['data_tokens']:,} | "
                      f"{r['flops']:.3e} | {r['wall_time_s']:.0f} |")
+    if result.get("each_arm_at_its_own_lr"):
+        lines += ["", f"Each arm ran at its own LR: the baseline at {result['lrs']['baseline']:g}, TST at "
+                  f"{result['lrs']['tst']:g}. The gaps below, and the equal-loss view (each arm's own curve against "
+                  "the baseline's final val loss), compare the runs as trained; the readings of the baseline's "
+                  "curve as what TST would have done without phase 1 (the phase-1 step value, the spike at the "
+                  f"switch) are not comparable: {NOT_COMPARABLE}."]
     lines += ["", "## Equal FLOPs (same steps)", "",
               f"TST minus baseline final val loss: **{result['equal_flops_delta']:+.4f}** nats "
               f"({gap_words(result['equal_flops'], result.get('eval_noise'))}).", "",
@@ -141,7 +187,13 @@ def report_markdown(result: dict[str, Any], labels: dict[str, str], command: str
               f"| wall time to reach it (s) | {_fmt(eq['baseline_time_s'], '.0f')} | {_fmt(eq['tst_time_s'], '.0f')} | "
               f"{_fmt(eq['speedup_time'], '.2f', 'x')} |", ""]
     lines += phase1_value_lines(result["phase1_step_value_detail"], result["switch_step"])
-    if "switch" in result:
+    if "switch" in result and "not_comparable" in result["switch"]:
+        sw = result["switch"]
+        lines += ["## The switch", "",
+                  f"At step {result['switch_step']} TST's next-token val loss is {sw['tst_val_loss_at_switch']:.4f}, "
+                  f"the baseline's {sw['baseline_val_loss_at_switch']:.4f}. The spike against the baseline and the "
+                  f"first evaluation below it: not comparable: {sw['not_comparable']}.", ""]
+    elif "switch" in result:
         sw = result["switch"]
         lines += ["## The switch", "",
                   f"At step {result['switch_step']} TST's next-token val loss is {sw['tst_val_loss_at_switch']:.4f} "
@@ -186,14 +238,15 @@ def reading_lines(result: dict[str, Any]) -> list[str]:
                    "and ~3k steps. `tstrain scale` (results in the project's `benchmarks/results/scale/`) measures "
                    "how the gap and the phase-1 step value move with run length and model size.")
     words = gap_words(reading, result.get("eval_noise"))
+    at = "at equal FLOPs" + (", each arm at its own LR" if result.get("each_arm_at_its_own_lr") else "")
     if reading["reading"] == "TST better":
-        verdict = (f"TST ends {-gap:.3f} nats below the baseline at equal FLOPs ({words}): here it saves compute."
+        verdict = (f"TST ends {-gap:.3f} nats below the baseline {at} ({words}): here it saves compute."
                    f"{bought} Check that the win holds on a second seed (`--seed 1`) before relying on it.")
     elif reading["reading"] == "baseline better":
-        verdict = (f"TST ends {gap:.3f} nats above the baseline at equal FLOPs ({words}): here it costs compute."
+        verdict = (f"TST ends {gap:.3f} nats above the baseline {at} ({words}): here it costs compute."
                    f"{bought} {small_scale}")
     else:
-        verdict = (f"TST ends {gap:+.3f} nats from the baseline at equal FLOPs ({words}): not resolved, neither a "
+        verdict = (f"TST ends {gap:+.3f} nats from the baseline {at} ({words}): not resolved, neither a "
                    f"saving nor a cost.{bought} A second seed (`--seed 1`) or a longer run would say more.")
     return ["## Reading", "", verdict, ""]
 
@@ -202,7 +255,8 @@ def phase1_value_lines(detail: dict[str, Any], switch: int) -> list[str]:
     """Return report.md's section on what a phase-1 step buys: the value, its interval and its course."""
     lines = ["## What a phase-1 step buys", ""]
     if detail["value"] is None:
-        return lines + [f"Not measured: {detail['reason']}.", ""]
+        what = "Not comparable" if detail["reading"] == "not comparable" else "Not measured"
+        return lines + [f"{what}: {detail['reason']}.", ""]
     lo, hi = (_end(x) for x in detail["interval"])
     fit, steps = detail["fit"], detail["steps"]
     t = detail["at_step"]
@@ -282,20 +336,27 @@ def plot(run_dirs: dict[str, Path], labels: dict[str, str], switch_step: int, ou
 
 
 def compare(cfg: Config, out_dir: str | Path, equal_data: bool = False,
-            command: str = "tstrain compare") -> dict[str, Any]:
-    """Train (or reuse) the runs of a comparison and write report.md, comparison.json and plots."""
+            command: str = "tstrain compare", baseline_lr: float | None = None) -> dict[str, Any]:
+    """Train (or reuse) the runs of a comparison and write report.md, comparison.json and plots.
+
+    ``baseline_lr``: the LR of the baseline (and the equal-data baseline); TST trains at ``cfg.optim.lr``.
+    None, the default, trains both at ``cfg.optim.lr``."""
+    check_baseline_lr(baseline_lr)
     with locked(out_dir, "comparison dir") as out:
-        runs = plan_runs(cfg, equal_data)
+        runs = plan_runs(cfg, equal_data, baseline_lr)
         dirs = {spec.name: out / spec.name for spec in runs}
         for spec in runs:
             print(f"{spec.name}: {spec.label}")
             run_or_reuse(spec.config, dirs[spec.name])
         labels = {s.name: s.label for s in runs}
-        result = analyse(dirs, cfg.switch_step, decay_start(cfg), cfg.optim.warmup_steps)
+        result = analyse(dirs, cfg.switch_step, decay_start(cfg), cfg.optim.warmup_steps,
+                         {"baseline": runs[0].config.optim.lr, "tst": cfg.optim.lr})
         result["labels"] = labels
         (out / "comparison.json").write_text(json.dumps(result, indent=2) + "\n")
         (out / "report.md").write_text(report_markdown(result, labels, command))
         plot(dirs, labels, cfg.switch_step, out)
         if result["phase1_step_value_detail"]["course"]:
             plot_step_value(result["phase1_step_value_detail"], out / "phase1_step_value.png")
+        else:  # an earlier report's plot would be read as this one's
+            (out / "phase1_step_value.png").unlink(missing_ok=True)
         return result
