@@ -288,7 +288,7 @@ class Trainer:
     def train_step(self, step: int) -> StepResult:
         """Run optimizer step ``step`` (0-based) and account it in ``self.state``."""
         self.at_switch(step)
-        lr = lr_at(self.cfg, step)
+        lr = lr_at(self.cfg, step, self.schedule)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         start = time.perf_counter()

@@ -11,6 +11,7 @@ import torch
 from ..config import Config
 from ..model_parts import CausalLMParts
 from ..optim import adamw
+from ..schedule import Schedule
 
 
 def make_optimizer(model: torch.nn.Module, cfg: Config, device: torch.device) -> torch.optim.AdamW:
@@ -20,11 +21,12 @@ def make_optimizer(model: torch.nn.Module, cfg: Config, device: torch.device) ->
                  fused=device.type == "cuda")
 
 
-def lr_at(cfg: Config, step: int) -> float:
-    """Return the LR of ``step``: one WSD schedule over the run, or one per phase if restarted."""
+def lr_at(cfg: Config, step: int, schedule: Schedule | None = None) -> float:
+    """Return the LR of ``step``: one WSD schedule over the run, or one per phase if restarted.
+    ``schedule``: the config's, when the caller holds it already (the trainer, every step)."""
     o = cfg.optim
-    return cfg.schedule.lr(step, o.lr, o.warmup_steps, o.decay_fraction, o.final_lr_fraction,
-                           restart=cfg.tst.restart_schedule)
+    return (schedule or cfg.schedule).lr(step, o.lr, o.warmup_steps, o.decay_fraction, o.final_lr_fraction,
+                                         restart=cfg.tst.restart_schedule)
 
 
 @torch.no_grad()
