@@ -75,7 +75,8 @@ def test_batch_shows_what_a_step_reads(data_dir, tmp_path, capsys):
 
 PREPARE_FLAGS = ("--tokenizer", "--train-tokenizer", "--eos-token", "--val-fraction", "--doc-separator", "--text-field",
                  "--overwrite", "--max-bad-text", "--seed", "--workers", "--shard-tokens", "--no-progress")
-SCALE_FLAGS = ("--sizes", "--steps", "--arms", "--seeds", "--repeat-within", "--lrs", "--tune-steps")
+SCALE_FLAGS = ("--sizes", "--steps", "--arms", "--seeds", "--repeat-within", "--lrs", "--tune-steps",
+               "--tune-arms")
 
 
 def test_prepare_data_and_scale_flags_are_their_options_fields(capsys):

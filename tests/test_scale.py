@@ -63,3 +63,56 @@ def test_two_seeds_that_disagree_are_within_noise(tmp_path):
 def test_the_gap_trend_crosses_zero_where_its_line_does():
     fit = fit_crossing([(100, 0.4), (1000, 0.2), (10000, 0.0)])
     assert fit["slope_per_decade"] == pytest.approx(-0.2) and fit["crossing_steps"] == pytest.approx(10000)
+
+
+def test_an_arm_at_its_own_lr_is_read_without_a_phase1_step_value(tmp_path):
+    write_cell(tmp_path, 0, final_gap=-0.1, value=0.5)
+    arm_dir = tmp_path / "cpu-micro" / f"steps{STEPS}" / "seed0" / "tst-s4-r0.3"
+    cfg = load_config(config_file=arm_dir / "config.toml")
+    (arm_dir / "config.toml").write_text(cfg.with_values({"optim.lr": cfg.optim.lr / 2}).to_toml())
+    figs = read_study(tmp_path)["sizes"]["cpu-micro"]["cells"][str(STEPS)]["0"]["tst-s4-r0.3"]
+    assert figs["lr"] == cfg.optim.lr / 2 and figs["baseline_lr"] == cfg.optim.lr
+    assert figs["phase1_step_value"] is None and figs["phase1_step_value_reading"] == "not comparable"
+    assert figs["gap_at_switch"] is None and figs["half_recovery_steps"] is None
+    assert figs["gap"] == pytest.approx(-0.1)
+    row = next(line for line in (tmp_path / "scale.md").read_text().splitlines() if "tst-s4-r0.3" in line)
+    assert f"tst-s4-r0.3 at LR {cfg.optim.lr / 2:g}" in row and "TST better" in row and "not comparable" in row
+
+
+def fake_run(best_lr_of_ratio):
+    """A stand-in for training: a run's final val loss is lowest at ``best_lr_of_ratio[ratio]``."""
+    def run(cfg, run_dir):
+        miss = abs(np.log2(cfg.optim.lr / best_lr_of_ratio[cfg.tst.ratio]))
+        steps = range(0, cfg.train.steps + 1, 50)
+        write_run(run_dir, cfg, [(s, curve(s) + 0.1 * miss + 0.001 * (s % 100)) for s in steps])
+        return json.loads((run_dir / "summary.json").read_text())
+    return run
+
+
+def test_tune_arms_trains_each_arm_at_its_own_best_lr(data_dir, tmp_path, monkeypatch):
+    from tstrain.experiments import scale
+
+    monkeypatch.setattr(scale, "run_or_reuse", fake_run({0.0: 4e-3, 0.2: 2e-3}))
+    options = scale.ScaleOptions(sizes=("cpu-micro",), steps=(STEPS,), arms=((2, 0.2),), seeds=(0,),
+                                 lrs=(1e-3, 2e-3, 4e-3), tune_steps=500, tune_arms=True)
+    result = scale.scale_study(str(data_dir), tmp_path, options)
+    entry = result["sizes"]["cpu-micro"]
+    assert entry["lr"] == 4e-3 and entry["arm_lrs"] == {"tst-s2-r0.2": 2e-3}
+    assert set(entry["arm_lr_tuning"]["tst-s2-r0.2"]) == {"0.001", "0.002", "0.004"}
+    cell = tmp_path / "cpu-micro" / f"steps{STEPS}" / "seed0"
+    assert load_config(config_file=cell / "baseline" / "config.toml").optim.lr == 4e-3
+    assert load_config(config_file=cell / "tst-s2-r0.2" / "config.toml").optim.lr == 2e-3
+    tuned = load_config(config_file=tmp_path / "cpu-micro" / "lr-tuning" / "tst-s2-r0.2" / "lr0.001" / "config.toml")
+    assert tuned.tst.ratio == 0.2 and tuned.train.steps == 500
+    md = (tmp_path / "scale.md").read_text()
+    assert "cpu-micro: the baseline at LR 0.004" in md and "tst-s2-r0.2 at its own LR 0.002" in md
+    assert read_study(tmp_path)["sizes"]["cpu-micro"]["arm_lrs"] == {"tst-s2-r0.2": 2e-3}
+
+
+def test_tune_arms_needs_the_lrs_to_tune_over(data_dir, tmp_path):
+    from tstrain.errors import ConfigError
+    from tstrain.experiments.scale import ScaleOptions, scale_study
+
+    with pytest.raises(ConfigError, match="--tune-arms tunes over --lrs"):
+        scale_study(str(data_dir), tmp_path / "study", ScaleOptions(sizes=("tiny",), tune_arms=True))
+    assert not (tmp_path / "study").exists()

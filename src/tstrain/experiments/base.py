@@ -234,7 +234,9 @@ def value_summary(values: list[dict[str, Any]]) -> dict[str, Any]:
     """Return the phase-1 step value over seeds (each a ``phase1_step_value`` result) with interval and reading."""
     measured = [v for v in values if v["value"] is not None]
     if not measured:
-        return {"value": None, "interval": None, "seeds": 0, "reading": "not measured"}
+        comparable = not values or any(v["reading"] != "not comparable" for v in values)
+        reading = "not measured" if comparable else "not comparable"
+        return {"value": None, "interval": None, "seeds": 0, "reading": reading}
     if len(measured) == 1:
         v = measured[0]
         return {"value": v["value"], "interval": v["interval"], "seeds": 1, "reading": v["reading"]}

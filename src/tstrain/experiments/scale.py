@@ -2,7 +2,9 @@
 
 Each size is a preset (a model shape and its batch geometry). Its learning rate is tuned on its
 own baseline first (``--lrs``, the best final val loss at ``tune_steps``), then used by both
-arms at every run length: one tuning protocol for both. For every (size, steps, seed) cell the
+arms at every run length: the paper's protocol. With ``--tune-arms`` each TST arm is tuned the
+same way on its own runs and trained at its own best LR (TST's best LR can sit below the
+baseline's); its phase-1 step value and switch figures are then not comparable. For every (size, steps, seed) cell the
 study records tokens per parameter, the equal-FLOPs gap, the phase-1 step value, the gap at the
 switch and the steps TST takes to halve it, then fits the gap against log10(steps) per size to
 say where the trend crosses zero. Gaps and phase-1 step values are read against the evaluation
@@ -65,6 +67,8 @@ class ScaleOptions:
     lrs: tuple[float, ...] = knob((), "LRs to try on each size's baseline first, keeping the best (none: the preset's)",
                                   parse=_listed(float), takes="comma-separated numbers")
     tune_steps: int = knob(2000, "steps of the LR-tuning baseline runs")
+    tune_arms: bool = knob(False, "tune each TST arm's LR over --lrs too (same steps, same grid) and train it at "
+                                  "its own best, against the baseline at the baseline's best")
 
     def rules(self) -> list[tuple[bool, str]]:
         unknown = [s for s in self.sizes if s not in preset_names()]
@@ -79,19 +83,35 @@ class ScaleOptions:
              f"--seeds values must be in [0, 2^32); got {as_text(self.seeds)!r}"),
             (all(math.isfinite(lr) and lr > 0 for lr in self.lrs),
              f"--lrs values must be finite and positive; got {as_text(self.lrs)!r}"),
+            (self.lrs or not self.tune_arms, "--tune-arms tunes over --lrs: give the LRs, e.g. --lrs 1e-3,2e-3,4e-3"),
             (math.isfinite(self.repeat_within) and self.repeat_within >= 0 and self.tune_steps >= 1,
              f"--repeat-within must be >= 0 and --tune-steps >= 1; got {self.repeat_within}, {self.tune_steps}"),
         ]
 
 
 def tune_lr(cfg: Config, out: Path, lrs: list[float], steps: int) -> tuple[float, dict[str, float]]:
-    """Return the LR whose baseline run of ``steps`` ends lowest, and every LR's final val loss."""
+    """Return the LR whose run of ``cfg`` (a baseline or an arm) for ``steps`` ends lowest, and every LR's
+    final val loss."""
     finals = {}
     for lr in lrs:
-        c = baseline_of(cfg).with_values({"optim.lr": lr, "train.steps": steps})
+        c = cfg.with_values({"optim.lr": lr, "train.steps": steps})
         finals[f"{lr:g}"] = run_or_reuse(c, out / f"lr{lr:g}")["final_val_loss"]
     best = min(lrs, key=lambda lr: finals[f"{lr:g}"])
     return best, finals
+
+
+def tune_size(cfg: Config, out: Path, o: ScaleOptions) -> dict[str, Any]:
+    """Tune one size's baseline LR over ``o.lrs`` (and, with ``o.tune_arms``, each arm's on its own runs
+    under ``out/ARM``); return ``lr``, ``lr_tuning`` and, when tuned, ``arm_lrs``, ``arm_lr_tuning``."""
+    found: dict[str, Any] = {}
+    found["lr"], found["lr_tuning"] = tune_lr(baseline_of(cfg), out, list(o.lrs), o.tune_steps)
+    if o.tune_arms:
+        found["arm_lrs"], found["arm_lr_tuning"] = {}, {}
+        for s, r in o.arms:
+            name = arm_name(s, r)
+            arm = cfg.with_values({"tst.bag_size": s, "tst.ratio": r})
+            found["arm_lrs"][name], found["arm_lr_tuning"][name] = tune_lr(arm, out / name, list(o.lrs), o.tune_steps)
+    return found
 
 
 def half_recovery_steps(base: list[dict], tst: list[dict], switch: int) -> float | None:
@@ -109,18 +129,28 @@ def half_recovery_steps(base: list[dict], tst: list[dict], switch: int) -> float
     return None
 
 
+NOT_COMPARABLE = ("the arm trained at its own LR: the stable phases of two LRs stand at different levels, "
+                  "so TST's curve read against the baseline's says nothing about phase 1")
+
+
 def cell_figures(base_dir: Path, tst_dir: Path, cfg: Config, params: int) -> dict[str, Any]:
     """Return the figures of one (size, steps, seed, arm) cell against its baseline."""
     base, tst = val_rows(base_dir), val_rows(tst_dir)
     b_sum = json.loads((base_dir / SUMMARY).read_text())
     t_sum = json.loads((tst_dir / SUMMARY).read_text())
     S = cfg.switch_step
-    value = phase1_step_value(base, tst, S, decay_start(cfg), cfg.optim.warmup_steps)
+    base_lr = load_config(config_file=base_dir / CONFIG).optim.lr
     fit = fit_curve(base, cfg.optim.warmup_steps, decay_start(cfg))
     switch_gap = None
-    if value_at(tst, S) is not None and value_at(base, S) is not None:
-        switch_gap = value_at(tst, S) - value_at(base, S)
+    if base_lr != cfg.optim.lr:
+        value = {"value": None, "reason": NOT_COMPARABLE, "interval": None, "reading": "not comparable",
+                 "course": []}
+    else:
+        value = phase1_step_value(base, tst, S, decay_start(cfg), cfg.optim.warmup_steps)
+        if value_at(tst, S) is not None and value_at(base, S) is not None:
+            switch_gap = value_at(tst, S) - value_at(base, S)
     return {
+        "lr": cfg.optim.lr, "baseline_lr": base_lr,
         "baseline_val_loss": b_sum["final_val_loss"], "tst_val_loss": t_sum["final_val_loss"],
         "gap": t_sum["final_val_loss"] - b_sum["final_val_loss"], "flops": b_sum["flops"],
         "tokens_per_param": b_sum["data_tokens"] / params, "tst_tokens_per_param": t_sum["data_tokens"] / params,
@@ -128,7 +158,8 @@ def cell_figures(base_dir: Path, tst_dir: Path, cfg: Config, params: int) -> dic
         "phase1_step_value": value["value"], "phase1_step_value_reason": value["reason"],
         "phase1_step_value_interval": value["interval"], "phase1_step_value_reading": value["reading"],
         "phase1_step_value_course": [[p["step"], p["value"]] for p in value["course"]],
-        "gap_at_switch": switch_gap, "half_recovery_steps": half_recovery_steps(base, tst, S),
+        "gap_at_switch": switch_gap,
+        "half_recovery_steps": None if switch_gap is None else half_recovery_steps(base, tst, S),
     }
 
 
@@ -136,12 +167,15 @@ def arm_name(bag_size: int, ratio: float) -> str:
     return f"tst-s{bag_size}-r{ratio:g}"
 
 
-def run_cell(cfg: Config, out: Path, arms: list[tuple[int, float]], params: int) -> dict[str, Any]:
-    """Train (or reuse) one cell's baseline and TST arms; return each arm's figures."""
+def run_cell(cfg: Config, out: Path, arms: list[tuple[int, float]], params: int,
+             arm_lrs: dict[str, float] | None = None) -> dict[str, Any]:
+    """Train (or reuse) one cell's baseline and TST arms (each at its LR in ``arm_lrs``, else the
+    baseline's); return each arm's figures."""
     run_or_reuse(baseline_of(cfg), out / "baseline")
     figures = {}
     for s, r in arms:
-        c = cfg.with_values({"tst.bag_size": s, "tst.ratio": r})
+        c = cfg.with_values({"tst.bag_size": s, "tst.ratio": r,
+                             "optim.lr": (arm_lrs or {}).get(arm_name(s, r), cfg.optim.lr)})
         run_or_reuse(c, out / arm_name(s, r))
         figures[arm_name(s, r)] = cell_figures(out / "baseline", out / arm_name(s, r), c, params)
     return figures
@@ -197,7 +231,7 @@ def scale_study(data: str, out_dir: str | Path, options: ScaleOptions | None = N
                                 cfg.train.seq_len)["parameters"]["total"]
             entry: dict[str, Any] = {"parameters": params, "lr": cfg.optim.lr, "cells": {}}
             if o.lrs:
-                entry["lr"], entry["lr_tuning"] = tune_lr(cfg, out / size / "lr-tuning", list(o.lrs), o.tune_steps)
+                entry.update(tune_size(cfg, out / size / "lr-tuning", o))
                 cfg = cfg.with_values({"optim.lr": entry["lr"]})
             for n in o.steps:
                 cell_cfg = cfg.with_values({"train.steps": n})
@@ -206,7 +240,8 @@ def scale_study(data: str, out_dir: str | Path, options: ScaleOptions | None = N
                     seeded = cell_cfg.with_values({"train.seed": seed})
                     if i > 0 and all(abs(f["gap"]) > o.repeat_within for f in per_seed[o.seeds[0]].values()):
                         break
-                    per_seed[seed] = run_cell(seeded, out / size / f"steps{n}" / f"seed{seed}", list(o.arms), params)
+                    per_seed[seed] = run_cell(seeded, out / size / f"steps{n}" / f"seed{seed}", list(o.arms), params,
+                                              entry.get("arm_lrs"))
                 entry["cells"][str(n)] = {str(seed): figs for seed, figs in per_seed.items()}
             entry["fits"] = {arm_name(s, r): gap_trend(entry["cells"], arm_name(s, r)) for s, r in o.arms}
             result["sizes"][size] = entry
@@ -239,7 +274,7 @@ def read_study(out_dir: str | Path, report_dir: str | Path | None = None) -> dic
                     finished = []
                 for arm_dir in finished:
                     cfg = load_config(config_file=arm_dir / CONFIG)
-                    entry["lr"] = cfg.optim.lr
+                    entry["lr"] = load_config(config_file=seed_dir / "baseline" / CONFIG).optim.lr
                     entry["parameters"] = model_info(cfg.model, padded_vocab(cfg.model.vocab_size,
                                                      cfg.model.pad_vocab_multiple),
                                                      cfg.train.seq_len)["parameters"]["total"]
@@ -250,8 +285,9 @@ def read_study(out_dir: str | Path, report_dir: str | Path | None = None) -> dic
                     cell[seed_dir.name.removeprefix("seed")] = figs
             if cell:
                 entry["cells"][steps_dir.name.removeprefix("steps")] = cell
-        if "lr_tuning" in saved.get("sizes", {}).get(size_dir.name, {}):
-            entry["lr_tuning"] = saved["sizes"][size_dir.name]["lr_tuning"]
+        for key in ("lr_tuning", "arm_lrs", "arm_lr_tuning"):
+            if key in saved.get("sizes", {}).get(size_dir.name, {}):
+                entry[key] = saved["sizes"][size_dir.name][key]
         entry["fits"] = {arm: gap_trend(entry["cells"], arm) for arm in result["arms"]}
         result["sizes"][size_dir.name] = entry
     (report / "scale.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -287,17 +323,19 @@ def interval_text(interval: list[float | None] | None, spec: str) -> str:
 
 def scale_markdown(result: dict[str, Any]) -> str:
     """Return the study's tables: one row per (size, steps, arm), seeds averaged (and listed), with 95% intervals."""
-    lines = ["| size | params | steps | arm | tokens/param (baseline, TST) | baseline | TST | gap (seeds) | "
-             "gap 95% interval | reading | phase-1 step value (95% interval) | gap at switch | steps to halve it |",
-             "| --- |" * 1 + " --- |" * 12]
+    lines = lr_lines(result) + [
+        "| size | params | steps | arm | tokens/param (baseline, TST) | baseline | TST | gap (seeds) | "
+        "gap 95% interval | reading | phase-1 step value (95% interval) | gap at switch | steps to halve it |",
+        "| --- |" * 1 + " --- |" * 12]
     for size, entry in result["sizes"].items():
         for n, cell in entry["cells"].items():
             for arm in [a for a in result["arms"] if any(a in figs for figs in cell.values())]:
                 first = next(figs[arm] for figs in cell.values() if arm in figs)
                 gaps = ", ".join(f"{figs[arm]['gap']:+.4f}" for figs in cell.values() if arm in figs)
                 gap, value = cell_readings(cell, arm)
+                label = arm if first.get("lr") == first.get("baseline_lr") else f"{arm} at LR {first['lr']:g}"
                 lines.append(
-                    f"| {size} | {entry['parameters'] / 1e6:.2f}M | {n} | {arm} | {first['tokens_per_param']:.1f}, "
+                    f"| {size} | {entry['parameters'] / 1e6:.2f}M | {n} | {label} | {first['tokens_per_param']:.1f}, "
                     f"{first['tst_tokens_per_param']:.1f} | {_mean(cell, arm, 'baseline_val_loss'):.4f} | "
                     f"{_mean(cell, arm, 'tst_val_loss'):.4f} | {_mean(cell, arm, 'gap'):+.4f} ({gaps}) | "
                     f"{interval_text(gap['interval'], '+.3f')} | {gap['reading']} | "
@@ -320,6 +358,25 @@ def scale_markdown(result: dict[str, Any]) -> str:
             lines.append(f"| {size} | {arm} | {fit['slope_per_decade']:+.4f} | {_num(fit['slope_se'], '.4f')} | "
                          f"{_num(fit['crossing_steps'], ',.0f')} | {_num(rng[0], ',.0f')} to {_num(rng[1], ',.0f')} |")
     return "\n".join(lines) + "\n"
+
+
+def lr_lines(result: dict[str, Any]) -> list[str]:
+    """Return the LR each size's baseline (and, tuned on their own, each arm) trained at, with the tuning runs'
+    final val losses."""
+    def tried(finals: dict[str, float]) -> str:
+        return ", ".join(f"{lr}: {loss:.4f}" for lr, loss in finals.items())
+
+    lines = []
+    for size, entry in result["sizes"].items():
+        if "lr_tuning" not in entry:
+            continue
+        line = f"- {size}: the baseline at LR {entry['lr']:g} (tuned over {tried(entry['lr_tuning'])})"
+        for arm, lr in entry.get("arm_lrs", {}).items():
+            line += f"; {arm} at its own LR {lr:g} (tuned over {tried(entry['arm_lr_tuning'][arm])})"
+        lines.append(line + ".")
+    if not lines:
+        return []
+    return ["LRs (the best final val loss of each LR's tuning run):", "", *lines, ""]
 
 
 def plot_scale(result: dict[str, Any], out: Path) -> None:
