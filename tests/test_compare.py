@@ -77,6 +77,13 @@ def test_a_gap_is_read_against_the_noise_of_the_baseline_curve(tmp_path):
     r = analyse({"baseline": tmp_path / "baseline", "tst": tmp_path / "close"}, 400, 1600, warmup=20)
     text = " ".join(reading_lines(r))
     assert "within noise" in text and "not resolved" in text and "saves compute" not in text
+    far = analyse({"baseline": tmp_path / "baseline", "tst": tmp_path / "far"}, 400, 1600, warmup=20)
+    text = " ".join(reading_lines(far))
+    assert "costs compute" in text and "`--baseline-lr` at this one" in text and "--tune-arms" not in text
+    far = analyse({"baseline": tmp_path / "baseline", "tst": tmp_path / "far"}, 400, 1600, warmup=20,
+                  lrs={"baseline": 4e-3, "tst": 2e-3})
+    text = " ".join(reading_lines(far))
+    assert "each arm at its own LR" in text and "--tune-arms" in text and "`--baseline-lr` at this one" not in text
     # TST's phase 2 is the baseline's own curve: a phase-1 step bought one baseline step, break-even.
     from tstrain.experiments.compare import report_markdown
 

@@ -233,12 +233,18 @@ def reading_lines(result: dict[str, Any]) -> list[str]:
     detail = result["phase1_step_value_detail"]
     bought = "" if detail["value"] is None else (f" A phase-1 step bought {detail['value']:.2f} baseline steps "
                                                  f"({detail['reading']}).")
-    small_scale = ("This is expected at small scale: the paper's gains are at 270M-10B parameters and tens of "
-                   "thousands of 2M-token steps, and no public result shows TST winning below ~100M parameters "
-                   "and ~3k steps. `tstrain scale` (results in the project's `benchmarks/results/scale/`) measures "
-                   "how the gap and the phase-1 step value move with run length and model size.")
+    own_lr = result.get("each_arm_at_its_own_lr")
+    tune = ("Tune TST's LR on its own before concluding: "
+            + ("try other `--lr` values against this baseline, or `tstrain scale --lrs ... --tune-arms`, which "
+               "tunes both arms over one grid. " if own_lr else
+               "its best LR can sit below the baseline's (on the project's 0.35M-parameter `cpu-micro`, s=2, r=0.2 "
+               "at half the baseline's LR ends ahead beyond the noise, `benchmarks/results/lr-warmup/`); run "
+               "`--lr` at about half this LR with `--baseline-lr` at this one. "))
+    small_scale = (tune + "The paper's gains are at 270M-10B parameters and tens of thousands of 2M-token steps; "
+                   "`tstrain scale` measures how the gap and the phase-1 step value move with run length and model "
+                   "size.")
     words = gap_words(reading, result.get("eval_noise"))
-    at = "at equal FLOPs" + (", each arm at its own LR" if result.get("each_arm_at_its_own_lr") else "")
+    at = "at equal FLOPs" + (", each arm at its own LR" if own_lr else "")
     if reading["reading"] == "TST better":
         verdict = (f"TST ends {-gap:.3f} nats below the baseline {at} ({words}): here it saves compute."
                    f"{bought} Check that the win holds on a second seed (`--seed 1`) before relying on it.")
