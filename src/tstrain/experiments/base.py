@@ -230,6 +230,17 @@ def gap_reading(gaps: list[float], noises: list[float | None]) -> dict[str, Any]
             "reading": gap_reading_of(g["interval"])}
 
 
+# What a reading of the baseline's curve as TST's counterfactual says when the arms ran at different LRs.
+NOT_COMPARABLE = "the arms ran at different LRs (the baseline's stable phase stands at another level)"
+
+
+def not_comparable_value() -> dict[str, Any]:
+    """Return the phase-1 step value's record of a comparison whose arms ran at different LRs: no figure, since
+    the baseline's curve is not what TST would have done without phase 1."""
+    return {"value": None, "interval": None, "reading": "not comparable", "reason": NOT_COMPARABLE, "course": [],
+            "fit": None, "extrapolated": False}
+
+
 def value_summary(values: list[dict[str, Any]]) -> dict[str, Any]:
     """Return the phase-1 step value over seeds (each a ``phase1_step_value`` result) with interval and reading."""
     measured = [v for v in values if v["value"] is not None]

@@ -25,20 +25,19 @@ from ..fileio import read_json
 from ..run_lock import locked
 from ..train.run_dir import SUMMARY
 from .base import (
+    NOT_COMPARABLE,
     baseline_of,
     decay_start,
     first_reaching,
     fit_curve,
     gap_reading,
+    not_comparable_value,
     phase1_step_value,
     run_or_reuse,
     save_step_value_course,
     val_rows,
     value_at,
 )
-
-# What a reading of the baseline's curve as TST's counterfactual says when the arms ran at different LRs.
-NOT_COMPARABLE = "the arms ran at different LRs (the baseline's stable phase stands at another level)"
 
 
 @dataclass
@@ -148,13 +147,6 @@ def analyse(run_dirs: dict[str, Path], switch_step: int, decay: int, warmup: int
         out["equal_data_delta"] = tst[-1]["val_loss"] - rows["baseline-equal-data"][-1]["val_loss"]
         out["equal_data"] = gap_reading([out["equal_data_delta"]], [noise])
     return out
-
-
-def not_comparable_value() -> dict[str, Any]:
-    """Return the phase-1 step value's record of a comparison whose arms ran at different LRs: no figure, since
-    the baseline's curve is not what TST would have done without phase 1."""
-    return {"value": None, "interval": None, "reading": "not comparable", "reason": NOT_COMPARABLE, "course": [],
-            "fit": None, "extrapolated": False}
 
 
 def _fmt(x: float | None, spec: str, suffix: str = "") -> str:

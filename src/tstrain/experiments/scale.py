@@ -33,6 +33,7 @@ from .base import (
     decay_start,
     fit_curve,
     gap_reading,
+    not_comparable_value,
     phase1_step_value,
     run_or_reuse,
     save_step_value_course,
@@ -129,10 +130,6 @@ def half_recovery_steps(base: list[dict], tst: list[dict], switch: int) -> float
     return None
 
 
-NOT_COMPARABLE = ("the arm trained at its own LR: the stable phases of two LRs stand at different levels, "
-                  "so TST's curve read against the baseline's says nothing about phase 1")
-
-
 def cell_figures(base_dir: Path, tst_dir: Path, cfg: Config, params: int) -> dict[str, Any]:
     """Return the figures of one (size, steps, seed, arm) cell against its baseline."""
     base, tst = val_rows(base_dir), val_rows(tst_dir)
@@ -143,8 +140,7 @@ def cell_figures(base_dir: Path, tst_dir: Path, cfg: Config, params: int) -> dic
     fit = fit_curve(base, cfg.optim.warmup_steps, decay_start(cfg))
     switch_gap = None
     if base_lr != cfg.optim.lr:
-        value = {"value": None, "reason": NOT_COMPARABLE, "interval": None, "reading": "not comparable",
-                 "course": []}
+        value = not_comparable_value()
     else:
         value = phase1_step_value(base, tst, S, decay_start(cfg), cfg.optim.warmup_steps)
         if value_at(tst, S) is not None and value_at(base, S) is not None:
@@ -274,11 +270,11 @@ def read_study(out_dir: str | Path, report_dir: str | Path | None = None) -> dic
                     finished = []
                 for arm_dir in finished:
                     cfg = load_config(config_file=arm_dir / CONFIG)
-                    entry["lr"] = load_config(config_file=seed_dir / "baseline" / CONFIG).optim.lr
                     entry["parameters"] = model_info(cfg.model, padded_vocab(cfg.model.vocab_size,
                                                      cfg.model.pad_vocab_multiple),
                                                      cfg.train.seq_len)["parameters"]["total"]
                     figs[arm_dir.name] = cell_figures(seed_dir / "baseline", arm_dir, cfg, entry["parameters"])
+                    entry["lr"] = figs[arm_dir.name]["baseline_lr"]
                     if arm_dir.name not in result["arms"]:
                         result["arms"].append(arm_dir.name)
                 if figs:
