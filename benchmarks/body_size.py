@@ -19,9 +19,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from lr_warmup import load_runs, mean_final, noise_of
+from lr_warmup import load_runs, mean_final, seed_gaps, step_value
 from tstrain.config import padded_vocab
-from tstrain.experiments.base import decay_start, gap_reading, phase1_step_value, val_rows, value_summary
 from tstrain.models import model_info
 
 
@@ -35,24 +34,16 @@ def body_and_rest(cfg) -> tuple[int, int]:
 
 def gap_text(base_cell: dict[str, Any], arm_cell: dict[str, Any], arm: str) -> str:
     """Return ``arm`` minus the baseline, seed by seed where both have the seed, with interval and reading."""
-    seeds = [s for s in arm_cell if arm in arm_cell[s] and s in base_cell]
+    seeds, gaps, g = seed_gaps(base_cell, arm_cell, arm)
     if not seeds:
         return "n/a"
-    gaps = [arm_cell[s][arm]["final"] - base_cell[s]["baseline"]["final"] for s in seeds]
-    g = gap_reading(gaps, [noise_of(base_cell[s]["baseline"]) for s in seeds])
     interval = "" if g["interval"] is None else f"; {g['interval'][0]:+.3f} to {g['interval'][1]:+.3f}"
     return f"{', '.join(f'{x:+.3f}' for x in gaps)} ({g['reading']}{interval})"
 
 
 def step_value_text(cell: dict[str, Any], arm: str) -> str:
     """Return the phase-1 step value of ``arm`` against the baseline of the same cell, over its seeds."""
-    values = []
-    for runs in cell.values():
-        if arm in runs:
-            base, tst = runs["baseline"], runs[arm]
-            values.append(phase1_step_value(val_rows(base["dir"]), val_rows(tst["dir"]), tst["cfg"].switch_step,
-                                            decay_start(base["cfg"]), base["cfg"].optim.warmup_steps))
-    v = value_summary(values)
+    v = step_value(cell, arm)
     if v["value"] is None:
         return "n/a"
     lo, hi = ("unbounded" if x is None else f"{x:.2f}" for x in v["interval"])

@@ -56,24 +56,37 @@ def mean_final(cell: dict[str, dict[str, Any]], name: str) -> float | None:
     return sum(finals) / len(finals) if finals else None
 
 
+def seed_gaps(base_cell: dict[str, dict[str, Any]], arm_cell: dict[str, dict[str, Any]],
+              arm: str) -> tuple[list[str], list[float], dict[str, Any] | None]:
+    """Return the seeds both cells ran, ``arm`` minus the baseline's final val loss on each, and their
+    ``gap_reading`` (None without a shared seed)."""
+    seeds = [s for s in arm_cell if arm in arm_cell[s] and s in base_cell]
+    gaps = [arm_cell[s][arm]["final"] - base_cell[s]["baseline"]["final"] for s in seeds]
+    return seeds, gaps, gap_reading(gaps, [noise_of(base_cell[s]["baseline"]) for s in seeds]) if seeds else None
+
+
+def step_value(cell: dict[str, dict[str, Any]], arm: str) -> dict[str, Any]:
+    """Return the ``value_summary`` of ``arm``'s phase-1 step value against the baseline of the same cell."""
+    values = []
+    for runs in cell.values():
+        if arm in runs and "baseline" in runs:
+            base, tst = runs["baseline"], runs[arm]
+            values.append(phase1_step_value(val_rows(base["dir"]), val_rows(tst["dir"]), tst["cfg"].switch_step,
+                                            decay_start(base["cfg"]), base["cfg"].optim.warmup_steps))
+    return value_summary(values)
+
+
 def reading(base_cell: dict[str, dict[str, Any]], arm_cell: dict[str, dict[str, Any]], arm: str) -> str:
     """Return one table row's gap and phase-1 step value of ``arm`` (from ``arm_cell``) against the
     baseline of ``base_cell``, seed by seed where both have the seed."""
-    seeds = [s for s in arm_cell if arm in arm_cell[s] and s in base_cell]
+    seeds, gaps, g = seed_gaps(base_cell, arm_cell, arm)
     if not seeds:
         return "| n/a | | | |"
-    gaps = [arm_cell[s][arm]["final"] - base_cell[s]["baseline"]["final"] for s in seeds]
-    g = gap_reading(gaps, [noise_of(base_cell[s]["baseline"]) for s in seeds])
     gi = "n/a" if g["interval"] is None else f"{g['interval'][0]:+.3f} to {g['interval'][1]:+.3f}"
     head = f"| {', '.join(f'{x:+.4f}' for x in gaps)} | {gi} | {g['reading']} (seeds {', '.join(seeds)}) "
     if base_cell is not arm_cell:  # the stable phases of two LRs stand at different levels
         return head + "| not comparable across settings |"
-    values = []
-    for s in seeds:
-        base, tst = base_cell[s]["baseline"], arm_cell[s][arm]
-        values.append(phase1_step_value(val_rows(base["dir"]), val_rows(tst["dir"]), tst["cfg"].switch_step,
-                                        decay_start(base["cfg"]), base["cfg"].optim.warmup_steps))
-    v = value_summary(values)
+    v = step_value(arm_cell, arm)
     vi = "n/a" if not v["interval"] else " to ".join("unbounded" if x is None else f"{x:.2f}" for x in v["interval"])
     return head + ("| n/a |" if v["value"] is None else f"| {v['value']:.2f} ({vi}; {v['reading']}) |")
 
