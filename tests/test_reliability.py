@@ -273,6 +273,21 @@ def test_a_run_keeps_its_tokenizer_when_its_data_dir_is_prepared_again(data_dir,
         one_line_error(capsys, args, f"{run / 'tokenizer.json'} is not the tokenizer the run trained with")
 
 
+def test_a_final_model_holding_another_tokenizer_is_refused_by_every_model_verb(finished_run, data_dir, tmp_path,
+                                                                                 capsys):
+    import shutil
+
+    run = shutil.copytree(finished_run, tmp_path / "run")
+    tok = json.loads((run / "final" / "tokenizer.json").read_text())
+    tok["model"]["vocab"]["zzz-edited"] = len(tok["model"]["vocab"])
+    (run / "final" / "tokenizer.json").write_text(json.dumps(tok))
+    lm_eval = ["lm-eval", str(run / "final"), "--tasks", "tstrain_smoke_mc", "--local-only"]
+    one_line_error(capsys, lm_eval, f"{run / 'final' / 'tokenizer.json'} is not the tokenizer the run trained with")
+    (run / "tokenizer.json").unlink()  # no copy of its own: the loaders fall back on final/'s, which must match too
+    for args in model_verbs(run, data_dir):
+        one_line_error(capsys, args, f"{run / 'final' / 'tokenizer.json'} is not the tokenizer the run trained with")
+
+
 # ----------------------------------------------------------------------------------------------
 # Resume
 # ----------------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ import torch
 from .data.reader import validation_windows
 from .data.tokens import TokenData
 from .errors import CheckpointError, ConfigError, DataError
-from .model_io import check_model_dir, load_trained_model, run_settings
+from .model_io import check_model_dir, check_model_tokenizer, load_trained_model, run_settings
 from .models import CausalLMParts
 from .superposition import multi_hot_cross_entropy, next_token_batch
 
@@ -145,6 +145,7 @@ def run_lm_eval(
     if not (path / "config.json").is_file():
         raise CheckpointError(f"{path} is not a Hugging Face model dir; make one with `tstrain export RUN --out DIR`")
     check_model_dir(path)  # lm-eval's loader must find nothing that runs code
+    check_model_tokenizer(path)  # nor, in a run's final/, a tokenizer the run did not train with
     try:
         from lm_eval import simple_evaluate
         from lm_eval.tasks import TaskManager

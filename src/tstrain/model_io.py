@@ -111,6 +111,7 @@ def run_tokenizer(run: Path) -> tuple[Path | None, str | None]:
                                   f"{run / RUN_DATA}'s): restore it, or export the run's final/ model instead")
         return own, eos or _eos_of(run / FINAL)
     if (run / FINAL / TOKENIZER).is_file():
+        check_model_tokenizer(run / FINAL)
         return run / FINAL / TOKENIZER, eos or _eos_of(run / FINAL)
     data = Path(load_config(config_file=run / RUN_CONFIG).data.path or "") if (run / RUN_CONFIG).is_file() else None
     if data is None or not (data / TOKENIZER).is_file():
@@ -119,6 +120,21 @@ def run_tokenizer(run: Path) -> tuple[Path | None, str | None]:
         raise CheckpointError(f"{run} keeps no tokenizer of its own, and {data / TOKENIZER} is no longer the one it "
                               f"trained with (its SHA-256 differs from {run / RUN_DATA}'s): restore the run's data dir")
     return data / TOKENIZER, eos or _json_or_empty(data / DATA_MANIFEST).get("eos_token")
+
+
+def check_model_tokenizer(model_dir: Path) -> None:
+    """Raise CheckpointError if a run's model dir (``RUN/final``) holds another tokenizer than the run trained with.
+
+    Loaders that read the model dir's own files (lm-eval, ``transformers``) would otherwise pair the
+    weights with whatever ``tokenizer.json`` was copied there.
+    """
+    run, own = model_dir.parent, model_dir / TOKENIZER
+    if not (run / RUN_CONFIG).is_file() or not (run / RUN_DATA).is_file() or not own.is_file():
+        return
+    want = read_json(run / RUN_DATA, CheckpointError, "restore it").get("tokenizer_sha256")
+    if want and sha256_file(own) != want:
+        raise CheckpointError(f"{own} is not the tokenizer the run trained with (its SHA-256 differs from "
+                              f"{run / RUN_DATA}'s): restore it from RUN/tokenizer.json, or export the run again")
 
 
 def _eos_of(model_dir: Path) -> str | None:
