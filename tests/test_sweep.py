@@ -55,3 +55,37 @@ def test_ablations_apply_their_overrides(tiny_cfg, tmp_path):
         ablate(cfg, tmp_path / "ab", ["nonsense"])
     assert set(ABLATIONS) >= {"input-only", "output-only", "reset-optimizer", "restart-schedule", "weights-mi",
                               "step-down", "blend", "reinit-embeddings", "batch-expansion"}
+
+
+def test_sweep_and_ablate_train_the_baseline_at_its_own_lr(tiny_cfg, tmp_path):
+    from tstrain.config import load_config
+    from tstrain.errors import ConfigError
+    from tstrain.experiments.base import NOT_COMPARABLE
+
+    cfg = tiny_cfg(**{"train.steps": 8, "train.eval_every": 2, "tst.ratio": 0.5})
+    table = sweep(cfg, tmp_path / "sw", [2], [0.5], baseline_lr=6e-3)
+    saved = {n: load_config(None, tmp_path / "sw" / n / "config.toml").optim.lr for n in ("baseline", "s2-r0.5")}
+    assert saved == {"baseline": 6e-3, "s2-r0.5": cfg.optim.lr} and cfg.optim.lr != 6e-3
+    assert table["lrs"] == {"baseline": 6e-3, "tst": cfg.optim.lr}
+    assert table["phase1_step_value"]["2"]["0.5"] is None and table["gap"]["2"]["0.5"]["reading"] == "noise unknown"
+    md = (tmp_path / "sw" / "sweep.md").read_text()
+    assert f"Each arm at its own LR: the baseline at 0.006, TST at {cfg.optim.lr:g}." in md
+    assert f"Phase-1 step value: not comparable: {NOT_COMPARABLE}." in md
+    with pytest.raises(ConfigError, match="optim.lr: saved 0.006"):  # not reused for a sweep at one LR
+        sweep(cfg, tmp_path / "sw", [2], [0.5])
+
+    result = ablate(cfg, tmp_path / "ab", ["method"], baseline_lr=6e-3)
+    assert result["method"]["phase1_step_value"] is None
+    md = (tmp_path / "ab" / "ablations.md").read_text()
+    assert "the baseline at 0.006" in md and "| not comparable |" in md
+
+
+@pytest.mark.parametrize("verb", ["sweep", "ablate"])
+def test_a_baseline_lr_no_run_could_train_at_is_refused_before_a_sweep_writes(data_dir, tmp_path, capsys, verb):
+    from conftest import one_line_error
+
+    out = tmp_path / verb
+    one_line_error(capsys, [verb, "--preset", "tiny", "--data", str(data_dir), "--out", str(out), "--steps", "4",
+                            "--no-progress", "--baseline-lr=-1e-3"],
+                   f"tstrain {verb}: error: --baseline-lr must be a finite number above 0; got -0.001")
+    assert not out.exists()

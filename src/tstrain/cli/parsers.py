@@ -131,13 +131,18 @@ def _add_training_verbs(sub) -> None:
     p.set_defaults(func=verbs.cmd_train)
 
 
+def _add_baseline_lr(p: argparse.ArgumentParser, which: str) -> None:
+    """Add --baseline-lr: the baseline tuned apart from TST, as the results recommend."""
+    p.add_argument("--baseline-lr", type=float, metavar="LR",
+                   help=f"train {which} at LR, TST at --lr (optim.lr); default: both at --lr. At different LRs "
+                        "the phase-1 step value is reported as not comparable")
+
+
 def _add_experiment_verbs(sub) -> None:
     """Add the experiment verbs: compare, sweep, ablate, scale."""
     p = sub.add_parser("compare", help="train baseline and TST at equal FLOPs and write a report with plots")
     p.add_argument("--equal-data", action="store_true", help="also train a baseline that reads as many tokens as TST")
-    p.add_argument("--baseline-lr", type=float, metavar="LR",
-                   help="train the baseline (and the equal-data one) at LR, TST at --lr (optim.lr); default: both at "
-                        "--lr. At different LRs the phase-1 step value is reported as not comparable")
+    _add_baseline_lr(p, "the baseline (and the equal-data one)")
     p.add_argument("--command", help=argparse.SUPPRESS)
     _add_run_flags(p, "comparison dir: baseline/, tst/, report.md, comparison.json, *.png")
     p.set_defaults(func=verbs.cmd_compare)
@@ -145,6 +150,7 @@ def _add_experiment_verbs(sub) -> None:
     p = sub.add_parser("sweep", help="the s x r grid plus the baseline: a table of final val loss and plots")
     p.add_argument("--bag-sizes", default="2,4,8", help="comma-separated s values")
     p.add_argument("--ratios", default="0.2,0.3,0.4", help="comma-separated r values")
+    _add_baseline_lr(p, "the baseline")
     _add_run_flags(p, "sweep dir: one run dir each, sweep.md, sweep.json, *.png")
     p.set_defaults(func=verbs.cmd_sweep)
 
@@ -152,6 +158,7 @@ def _add_experiment_verbs(sub) -> None:
 
     p = sub.add_parser("ablate", help="the paper's ablations at one (s, r), each against the baseline")
     p.add_argument("--runs", help=f"comma-separated subset of: {', '.join(ABLATIONS)} (default: all)")
+    _add_baseline_lr(p, "the baseline")
     _add_run_flags(p, "ablation dir: one run dir each, ablations.md, ablations.json")
     p.set_defaults(func=verbs.cmd_ablate)
 

@@ -101,7 +101,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from ..experiments.sweep import sweep
 
     cfg = _config_with_data(args)
-    sweep(cfg, args.out, numbers(args.bag_sizes, int, "--bag-sizes", 1), numbers(args.ratios, float, "--ratios", 0))
+    sweep(cfg, args.out, numbers(args.bag_sizes, int, "--bag-sizes", 1), numbers(args.ratios, float, "--ratios", 0),
+          baseline_lr=args.baseline_lr)
     print((Path(args.out) / "sweep.md").read_text())
     return 0
 
@@ -110,7 +111,7 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     from ..experiments.sweep import ablate
 
     cfg = _config_with_data(args)
-    ablate(cfg, args.out, args.runs.split(",") if args.runs else None)
+    ablate(cfg, args.out, args.runs.split(",") if args.runs else None, baseline_lr=args.baseline_lr)
     print((Path(args.out) / "ablations.md").read_text())
     return 0
 

@@ -23,14 +23,24 @@ from typing import Any
 import numpy as np
 
 from ..config import Config
+from ..errors import ConfigError
 from ..train.loop import train
 from ..train.metrics import read_jsonl
 from ..train.run_dir import CHECKPOINTS, METRICS, SUMMARY, refuse_reuse
 
 
-def baseline_of(cfg: Config) -> Config:
-    """Return the baseline of a TST config: the same run with no phase 1 (ratio 0)."""
-    return cfg.with_values({"tst.ratio": 0.0})
+def baseline_of(cfg: Config, lr: float | None = None) -> Config:
+    """Return the baseline of a TST config: the same run with no phase 1 (ratio 0), at ``lr`` when given
+    (the baseline tuned apart from TST) and else at TST's ``optim.lr``."""
+    check_baseline_lr(lr)
+    return cfg.with_values({"tst.ratio": 0.0, **({} if lr is None else {"optim.lr": lr})})
+
+
+def check_baseline_lr(lr: float | None) -> None:
+    """Refuse a baseline LR that no run could train at (None: the baseline trains at TST's LR)."""
+    if lr is not None and not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+        raise ConfigError(f"--baseline-lr must be a finite number above 0; got {lr!r}: give the baseline's "
+                          "peak learning rate (e.g. --baseline-lr 4e-3), or leave it out to train both arms at --lr")
 
 
 def run_or_reuse(cfg: Config, run_dir: Path) -> dict[str, Any]:

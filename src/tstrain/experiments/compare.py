@@ -13,7 +13,6 @@ without phase 1 (the phase-1 step value, the spike at the switch) is reported as
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from ..train.run_dir import SUMMARY
 from .base import (
     NOT_COMPARABLE,
     baseline_of,
+    check_baseline_lr,
     decay_start,
     first_reaching,
     fit_curve,
@@ -55,21 +55,12 @@ def _variant_label(cfg: Config) -> str:
     return (", " + ", ".join(parts)) if parts else ""
 
 
-def check_baseline_lr(lr: float | None) -> None:
-    """Refuse a baseline LR that no run could train at (None: the baseline trains at TST's LR)."""
-    if lr is not None and not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
-        raise ConfigError(f"--baseline-lr must be a finite number above 0; got {lr!r}: give the baseline's "
-                          "peak learning rate (e.g. --baseline-lr 4e-3), or leave it out to train both arms at --lr")
-
-
 def plan_runs(cfg: Config, equal_data: bool = False, baseline_lr: float | None = None) -> list[RunSpec]:
     """Return the runs of a comparison: baseline and TST at equal steps (equal FLOPs), and
     optionally a baseline that reads as many tokens as TST does (equal data). With ``baseline_lr``
     (other than TST's ``optim.lr``) both baselines train at it, and every label names its run's LR."""
-    base = baseline_of(cfg)
-    own = baseline_lr is not None and baseline_lr != cfg.optim.lr
-    if own:
-        base = base.with_values({"optim.lr": baseline_lr})
+    base = baseline_of(cfg, baseline_lr)
+    own = base.optim.lr != cfg.optim.lr
 
     def lr(c: Config) -> str:
         return f", lr {c.optim.lr:g}" if own else ""

@@ -5,7 +5,9 @@ skipped and an interrupted one resumed, so a sweep can be stopped and restarted 
 result is the paper's kind of table: final next-token validation loss per (s, r), with the
 baseline row, and plots (a heat map, and the loss against s at the best r: the U-shape). Each
 gap to the baseline is read against the evaluation noise of the baseline's curve
-(``experiments.gap_reading``): "within noise" rather than a win or a loss where it is.
+(``experiments.gap_reading``): "within noise" rather than a win or a loss where it is. With
+``baseline_lr`` the baseline trains at its own LR and every TST run at ``optim.lr`` (each arm tuned
+apart); the gaps keep their reading and the phase-1 step values are not comparable.
 """
 
 from __future__ import annotations
@@ -17,10 +19,12 @@ from typing import Any
 from ..config import Config
 from ..run_lock import locked
 from .base import (
+    NOT_COMPARABLE,
     baseline_of,
     decay_start,
     fit_curve,
     gap_reading,
+    not_comparable_value,
     phase1_step_value,
     run_or_reuse,
     val_rows,
@@ -28,24 +32,27 @@ from .base import (
 )
 
 
-def grid_configs(cfg: Config, bag_sizes: list[int], ratios: list[float]) -> dict[str, Config]:
-    """Return ``{run name: config}`` for the baseline and every (s, r) of the grid."""
-    runs = {"baseline": baseline_of(cfg)}
+def grid_configs(cfg: Config, bag_sizes: list[int], ratios: list[float],
+                 baseline_lr: float | None = None) -> dict[str, Config]:
+    """Return ``{run name: config}`` for the baseline (at ``baseline_lr`` if given) and every (s, r) of the grid."""
+    runs = {"baseline": baseline_of(cfg, baseline_lr)}
     for s in bag_sizes:
         for r in ratios:
             runs[f"s{s}-r{r:g}"] = cfg.with_values({"tst.bag_size": s, "tst.ratio": r})
     return runs
 
 
-def sweep(cfg: Config, out_dir: str | Path, bag_sizes: list[int], ratios: list[float]) -> dict[str, Any]:
+def sweep(cfg: Config, out_dir: str | Path, bag_sizes: list[int], ratios: list[float],
+          baseline_lr: float | None = None) -> dict[str, Any]:
     """Run the s x r grid and the baseline; write ``sweep.json``, ``sweep.md`` and plots."""
+    runs = grid_configs(cfg, bag_sizes, ratios, baseline_lr)
     with locked(out_dir, "sweep dir") as out:
-        runs = grid_configs(cfg, bag_sizes, ratios)
         results = {name: run_or_reuse(c, out / name)["final_val_loss"] for name, c in runs.items()}
         values = step_values(runs, out)
         noise = eval_noise(cfg, out)
         names = {f"{s}": {f"{r:g}": f"s{s}-r{r:g}" for r in ratios} for s in bag_sizes}
         table = {"baseline": results["baseline"], "bag_sizes": bag_sizes, "ratios": ratios, "eval_noise": noise,
+                 "lrs": lrs_of(runs),
                  "grid": {s: {r: results[n] for r, n in row.items()} for s, row in names.items()},
                  "gap": {s: {r: gap_reading([results[n] - results["baseline"]], [noise]) for r, n in row.items()}
                          for s, row in names.items()},
@@ -59,10 +66,25 @@ def sweep(cfg: Config, out_dir: str | Path, bag_sizes: list[int], ratios: list[f
 
 
 def step_values(runs: dict[str, Config], out: Path) -> dict[str, dict[str, Any]]:
-    """Return each TST run's phase-1 step value (``experiments.phase1_step_value``) against the dir's ``baseline``."""
-    base = val_rows(out / "baseline")
+    """Return each TST run's phase-1 step value (``experiments.phase1_step_value``) against the dir's ``baseline``:
+    not comparable for a run at another LR than the baseline's."""
+    base, base_lr = val_rows(out / "baseline"), runs["baseline"].optim.lr
     return {name: phase1_step_value(base, val_rows(out / name), c.switch_step, decay_start(c), c.optim.warmup_steps)
+            if c.optim.lr == base_lr else not_comparable_value()
             for name, c in runs.items() if name != "baseline"}
+
+
+def lrs_of(runs: dict[str, Config]) -> dict[str, float]:
+    """Return the baseline's LR and the TST runs' (one LR for all of them)."""
+    return {"baseline": runs["baseline"].optim.lr,
+            "tst": next(c.optim.lr for name, c in runs.items() if name != "baseline")}
+
+
+def lr_line(lrs: dict[str, float]) -> str:
+    """Return the report's sentence on the arms' LRs ("" when they share one)."""
+    if lrs["baseline"] == lrs["tst"]:
+        return ""
+    return f" Each arm at its own LR: the baseline at {lrs['baseline']:g}, TST at {lrs['tst']:g}."
 
 
 def eval_noise(cfg: Config, out: Path) -> float | None:
@@ -94,7 +116,8 @@ def sweep_markdown(table: dict[str, Any], cfg: Config) -> str:
     lines = [f"Final next-token validation loss, {cfg.train.steps} steps, "
              f"B={cfg.train.batch_size}, L={cfg.train.seq_len} "
              f"(lower is better; baseline {table['baseline']:.4f}; best s={best[1]}, r={best[2]}: {best[0]:.4f}, "
-             f"{best[0] - table['baseline']:+.4f} vs baseline, {table['gap'][best[1]][best[2]]['reading']}).", "",
+             f"{best[0] - table['baseline']:+.4f} vs baseline, {table['gap'][best[1]][best[2]]['reading']})."
+             + lr_line(table["lrs"]), "",
              "| s \\ r | " + " | ".join(f"{r:g}" for r in rs) + " |", "| --- |" + " --- |" * len(rs),
              "| baseline | " + " | ".join(f"{table['baseline']:.4f}" for _ in rs) + " |"]
     for s, row in table["grid"].items():
@@ -106,6 +129,8 @@ def sweep_markdown(table: dict[str, Any], cfg: Config) -> str:
               "| s \\ r | " + " | ".join(f"{r:g}" for r in rs) + " |", "| --- |" + " --- |" * len(rs)]
     for s, row in table["gap"].items():
         lines.append(f"| {s} | " + " | ".join(_gap(row[f"{r:g}"]) for r in rs) + " |")
+    if table["lrs"]["baseline"] != table["lrs"]["tst"]:
+        return "\n".join([*lines, "", f"Phase-1 step value: not comparable: {NOT_COMPARABLE}."]) + "\n"
     lines += ["", "Phase-1 step value (baseline steps a phase-1 step buys: TST's last 5 evaluations before the LR "
               "decay against the baseline's fitted curve, with its 95% interval; 1 is break-even at equal FLOPs; "
               "n/a: not measurable, see each run's curves):", "",
@@ -173,17 +198,18 @@ ABLATIONS: dict[str, dict[str, Any]] = {
 
 
 def ablate(cfg: Config, out_dir: str | Path, names: list[str] | None = None,
-           extra: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
-    """Run the baseline and each named ablation at the config's (s, r); write ``ablations.json/md``."""
+           extra: dict[str, dict[str, Any]] | None = None, baseline_lr: float | None = None) -> dict[str, Any]:
+    """Run the baseline (at ``baseline_lr`` if given) and each named ablation at the config's (s, r);
+    write ``ablations.json/md``."""
     table_of: dict[str, dict[str, Any]] = {**ABLATIONS, **(extra or {})}
     names = names or list(table_of)
     unknown = [n for n in names if n not in table_of]
     if unknown:
         raise ValueError(f"unknown ablation(s) {', '.join(unknown)}; known: {', '.join(table_of)}")
+    runs: dict[str, Config] = {"baseline": baseline_of(cfg, baseline_lr)}
+    for n in names:
+        runs[n] = cfg.with_values(table_of[n])
     with locked(out_dir, "ablation dir") as out:
-        runs: dict[str, Config] = {"baseline": baseline_of(cfg)}
-        for n in names:
-            runs[n] = cfg.with_values(table_of[n])
         summaries = {n: run_or_reuse(c, out / n) for n, c in runs.items()}
         switch = cfg.switch_step
         vals = {n: val_rows(out / n) for n in runs}
@@ -201,14 +227,16 @@ def ablate(cfg: Config, out_dir: str | Path, names: list[str] | None = None,
                  f"switch at step {switch} (next-token val loss; lower is better; vs baseline with the 95% "
                  f"half-width from the evaluation noise of the baseline's curve, "
                  f"{'unknown: too few evaluations' if noise is None else f'{noise:.4f} nats on one evaluation'}; "
-                 "phase-1 step value with its 95% interval).", "",
+                 "phase-1 step value with its 95% interval)." + lr_line(lrs_of(runs)), "",
                  f"| run | overrides | val loss at step {switch} | final val loss | vs baseline | "
                  "phase-1 step value | data tokens |",
                  "| --- | --- | --- | --- | --- | --- | --- |"]
         for n, r in result.items():
             ov = ", ".join(f"{k}={v}" for k, v in r["overrides"].items()) or "(the method)"
             at = "" if r["val_loss_at_switch"] is None else f"{r['val_loss_at_switch']:.4f}"
-            value = "" if n == "baseline" else _value(r["phase1_step_value"], r["phase1_step_value_interval"])
+            value = "" if n == "baseline" else (
+                "not comparable" if values[n]["reading"] == "not comparable"
+                else _value(r["phase1_step_value"], r["phase1_step_value_interval"]))
             vs = "" if n == "baseline" else _gap(r["vs_baseline"])
             lines.append(f"| {n} | {ov} | {at} | {r['final_val_loss']:.4f} | {vs} | {value} | {r['data_tokens']:,} |")
         (out / "ablations.md").write_text("\n".join(lines) + "\n")
