@@ -10,7 +10,9 @@ baseline's best LR) and with each at its own best, and the phase-1 step value at
 LR (against the baseline of that LR). Gaps are read against the evaluation noise of the
 baseline's fitted curve and, with two seeds, their spread. Nothing is trained.
 
-    python benchmarks/body_size.py STEPS WARMUP ROOT:SIZE [ROOT:SIZE ...]
+With ``--plot FILE`` it also draws each arm's two gaps against the body share.
+
+    python benchmarks/body_size.py STEPS WARMUP ROOT:SIZE [ROOT:SIZE ...] [--plot FILE]
 """
 
 from __future__ import annotations
@@ -50,26 +52,67 @@ def step_value_text(cell: dict[str, Any], arm: str) -> str:
     return f"{v['value']:.2f} ({lo} to {hi}; {v['reading']})"
 
 
-def model_rows(root: Path, size: str, steps: int, warmup: int) -> list[str]:
-    """Return one table row per TST arm of one model's grid at ``warmup``."""
+def model_points(root: Path, size: str, steps: int, warmup: int) -> list[dict[str, Any]]:
+    """Return one record per TST arm of one model's grid at ``warmup``: its shape, the best LRs and both gaps."""
     cells = {k: c for k, c in load_runs(root, size, steps).items() if k[1] == warmup}
     if not cells:
-        return [f"| {size} ({root}) | no finished cell | | | | | | |"]
+        return []
     best = min(cells, key=lambda k: mean_final(cells[k], "baseline"))
     some = next(iter(cells[best].values()))["baseline"]["cfg"]
     body, rest = body_and_rest(some)
-    shape = f"hidden {some.model.hidden_size}, {some.model.num_layers} layers"
     arms = sorted({n for c in cells.values() for runs in c.values() for n in runs if n != "baseline"}, reverse=True)
-    tried = ", ".join(f"{k[0]:g}" for k in sorted(cells))
-    rows = []
+    points = []
     for arm in arms:
         own = min((k for k in cells if mean_final(cells[k], arm) is not None), key=lambda k: mean_final(cells[k], arm))
-        rows.append(
-            f"| {size}: {shape} | {body / 1e6:.2f}M / {rest / 1e6:.2f}M ({body / (body + rest):.0%}) | {tried} | "
-            f"{best[0]:g}: {mean_final(cells[best], 'baseline'):.4f} | {arm} | "
-            f"{own[0]:g}: {mean_final(cells[own], arm):.4f} | {gap_text(cells[best], cells[best], arm)} | "
-            f"{gap_text(cells[best], cells[own], arm)} | {step_value_text(cells[own], arm)} |")
-    return rows
+        points.append({"size": size, "shape": f"hidden {some.model.hidden_size}, {some.model.num_layers} layers",
+                       "body": body, "rest": rest, "tried": sorted(cells), "arm": arm, "best": best, "own": own,
+                       "best_final": mean_final(cells[best], "baseline"), "own_final": mean_final(cells[own], arm),
+                       "protocol": seed_gaps(cells[best], cells[best], arm),
+                       "own_gap": seed_gaps(cells[best], cells[own], arm),
+                       "text": (gap_text(cells[best], cells[best], arm), gap_text(cells[best], cells[own], arm),
+                                step_value_text(cells[own], arm))})
+    return points
+
+
+def model_rows(root: Path, size: str, steps: int, warmup: int) -> list[str]:
+    """Return one table row per TST arm of one model's grid at ``warmup``."""
+    points = model_points(root, size, steps, warmup)
+    if not points:
+        return [f"| {size} ({root}) | no finished cell | | | | | | |"]
+    return [f"| {p['size']}: {p['shape']} | {p['body'] / 1e6:.2f}M / {p['rest'] / 1e6:.2f}M "
+            f"({p['body'] / (p['body'] + p['rest']):.0%}) | {', '.join(f'{k[0]:g}' for k in p['tried'])} | "
+            f"{p['best'][0]:g}: {p['best_final']:.4f} | {p['arm']} | {p['own'][0]:g}: {p['own_final']:.4f} | "
+            f"{' | '.join(p['text'])} |" for p in points]
+
+
+def plot(points: list[dict[str, Any]], path: Path) -> None:
+    """Write each arm's gap against the body share: at the baseline's best LR and each at its own best,
+    the mean over seeds with its 95% interval."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for arm in sorted({p["arm"] for p in points}, reverse=True):
+        mine = sorted((p for p in points if p["arm"] == arm), key=lambda p: p["body"] / (p["body"] + p["rest"]))
+        for key, label, style in (("protocol", "at the baseline's best LR", "--"),
+                                  ("own_gap", "each at its own best", "-")):
+            done = [p for p in mine if p[key][0]]
+            x = [100 * p["body"] / (p["body"] + p["rest"]) for p in done]
+            mid = [sum(p[key][1]) / len(p[key][1]) for p in done]
+            lo = [m - p[key][2]["interval"][0] for m, p in zip(mid, done)]
+            hi = [p[key][2]["interval"][1] - m for m, p in zip(mid, done)]
+            ax.errorbar(x, mid, yerr=[lo, hi], linestyle=style, marker="o", capsize=3, label=f"{arm}, {label}")
+    ax.axhline(0, color="grey", linewidth=1)
+    ax.set_xlabel("share of the parameters in the transformer body (%)")
+    ax.set_ylabel("final val loss, TST minus baseline (nats)")
+    ax.set_title("Below 0: TST better at equal FLOPs (95% intervals)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def report(steps: int, warmup: int, models: list[tuple[Path, str]]) -> str:
@@ -85,11 +128,16 @@ def report(steps: int, warmup: int, models: list[tuple[Path, str]]) -> str:
 
 
 def main(argv: list[str]) -> int:
+    figure = Path(argv.pop(argv.index("--plot") + 1)) if "--plot" in argv[:-1] else None
+    argv = [a for a in argv if a != "--plot"]
     if len(argv) < 3 or not (argv[0].isdigit() and argv[1].isdigit()) or any(":" not in a for a in argv[2:]):
         print(__doc__.strip().splitlines()[-1].strip(), file=sys.stderr)
         return 2
+    steps, warmup = int(argv[0]), int(argv[1])
     models = [(Path(a.rsplit(":", 1)[0]), a.rsplit(":", 1)[1]) for a in argv[2:]]
-    print(report(int(argv[0]), int(argv[1]), models), end="")
+    print(report(steps, warmup, models), end="")
+    if figure is not None:
+        plot([p for root, size in models for p in model_points(root, size, steps, warmup)], figure)
     return 0
 
 
