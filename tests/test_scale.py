@@ -116,3 +116,29 @@ def test_tune_arms_needs_the_lrs_to_tune_over(data_dir, tmp_path):
     with pytest.raises(ConfigError, match="--tune-arms tunes over --lrs"):
         scale_study(str(data_dir), tmp_path / "study", ScaleOptions(sizes=("tiny",), tune_arms=True))
     assert not (tmp_path / "study").exists()
+
+
+def noisy_run(gap, noise):
+    """A stand-in for training: evaluations scattered by ``noise`` around one curve, TST ending ``gap`` above."""
+    def run(cfg, run_dir):
+        rng = np.random.default_rng(cfg.train.seed)
+        steps = list(range(0, cfg.train.steps + 1, 50))
+        losses = [(s, curve(s) + noise * rng.normal()) for s in steps[:-1]]
+        end = curve(steps[-1]) + (gap if cfg.tst.ratio > 0 else 0.0)
+        write_run(run_dir, cfg, [*losses, (steps[-1], end)])
+        return json.loads((run_dir / "summary.json").read_text())
+    return run
+
+
+@pytest.mark.parametrize("gap, noise, seeds_run", [(0.08, 0.002, ["seed0"]),  # beyond 0.05 and the noise
+                                                    (0.08, 0.05, ["seed0", "seed1"]),  # beyond 0.05, not the noise
+                                                    (0.03, 0.002, ["seed0", "seed1"])])  # within 0.05
+def test_a_cell_is_repeated_unless_its_first_seed_settles_the_gap(data_dir, tmp_path, monkeypatch, gap, noise,
+                                                                  seeds_run):
+    from tstrain.experiments import scale
+
+    monkeypatch.setattr(scale, "run_or_reuse", noisy_run(gap, noise))
+    options = scale.ScaleOptions(sizes=("cpu-micro",), steps=(STEPS,), arms=((2, 0.2),), seeds=(0, 1))
+    cells = scale.scale_study(str(data_dir), tmp_path, options)["sizes"]["cpu-micro"]["cells"][str(STEPS)]
+    assert sorted(p.name for p in (tmp_path / "cpu-micro" / f"steps{STEPS}").iterdir()) == seeds_run
+    assert len(cells) == len(seeds_run) and cells["0"]["tst-s2-r0.2"]["gap"] == pytest.approx(gap)

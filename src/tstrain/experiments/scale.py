@@ -62,9 +62,10 @@ class ScaleOptions:
                                   takes="comma-separated whole numbers")
     arms: tuple[tuple[int, float], ...] = knob(((4, 0.3),), "TST settings (bag size, ratio), each against the baseline",
                                                parse=_pairs, takes="S:R pairs, e.g. 4:0.3,2:0.2")
-    seeds: tuple[int, ...] = knob((0, 1), "seeds (past the first, only cells with a gap within --repeat-within run)",
+    seeds: tuple[int, ...] = knob((0, 1), "seeds (past the first, only cells that one seed does not settle run)",
                                   parse=_listed(int), takes="comma-separated whole numbers")
-    repeat_within: float = knob(0.05, "repeat a cell on every seed when a gap is within this many nats")
+    repeat_within: float = knob(0.05, "repeat a cell on every seed when a gap is within this many nats, or within "
+                                      "the noise of its first seed")
     lrs: tuple[float, ...] = knob((), "LRs to try on each size's baseline first, keeping the best (none: the preset's)",
                                   parse=_listed(float), takes="comma-separated numbers")
     tune_steps: int = knob(2000, "steps of the LR-tuning baseline runs")
@@ -207,13 +208,20 @@ def gap_trend(cells: dict[str, dict], arm: str) -> dict[str, Any] | None:
     return fit_crossing([(n, g) for n, g in points if g is not None])
 
 
+def settled(figures: dict[str, Any], within: float) -> bool:
+    """Return whether one seed's cell figures (``cell_figures``) settle the gap: more than ``within`` nats
+    and beyond the evaluation noise of the baseline's curve (a gap of unknown noise is not settled)."""
+    read = gap_reading([figures["gap"]], [figures["eval_noise"]])["reading"]
+    return abs(figures["gap"]) > within and read in ("TST better", "baseline better")
+
+
 def scale_study(data: str, out_dir: str | Path, options: ScaleOptions | None = None,
                 overrides: dict | None = None) -> dict[str, Any]:
     """Run the study of ``options`` (``ScaleOptions``) on the prepared data dir ``data`` and write ``scale.json``,
     ``scale.md`` and plots under ``out_dir``; ``overrides`` set config fields in every run.
 
-    A cell whose gap is within ``repeat_within`` nats on the first seed is repeated on every seed
-    (others run on the first seed only), so close calls are not read from one run.
+    A cell that its first seed does not settle (``settled``) is repeated on every seed; others run
+    on the first seed only, so close calls are not read from one run.
     """
     o = options or ScaleOptions()
     check(o, ConfigError)
@@ -234,7 +242,7 @@ def scale_study(data: str, out_dir: str | Path, options: ScaleOptions | None = N
                 per_seed = {}
                 for i, seed in enumerate(o.seeds):
                     seeded = cell_cfg.with_values({"train.seed": seed})
-                    if i > 0 and all(abs(f["gap"]) > o.repeat_within for f in per_seed[o.seeds[0]].values()):
+                    if i > 0 and all(settled(f, o.repeat_within) for f in per_seed[o.seeds[0]].values()):
                         break
                     per_seed[seed] = run_cell(seeded, out / size / f"steps{n}" / f"seed{seed}", list(o.arms), params,
                                               entry.get("arm_lrs"))
