@@ -261,6 +261,12 @@ def test_import_tstrain_needs_only_torch_and_numpy():
     assert done.stdout.split() == tstrain.__all__
 
 
+@pytest.mark.parametrize("args", [["--help"], ["scale", "--help"], ["ablate", "--help"], ["train", "--help"]])
+def test_the_command_lines_help_loads_no_torch(args):
+    done = run_blocked("torch", "-m", "tstrain", *args)
+    assert done.returncode == 0 and done.stdout.startswith("usage: tstrain"), done.stderr[-2000:]
+
+
 def test_a_verb_missing_its_extra_names_it_in_one_line(data_dir, tmp_path):
     done = run_blocked("transformers", "-m", "tstrain", "train", "--preset", "tiny", "--data", str(data_dir),
                        "--out", str(tmp_path / "run"), "--steps", "2", "--no-progress")

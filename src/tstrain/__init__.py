@@ -15,19 +15,33 @@ The public surface needs torch and numpy only:
 ``tstrain train`` is the first client of this surface: a loop built from it gets its numbers.
 """
 
-from .batches import Batch, BatchMaker, Piece
-from .loss import TSTLoss
-from .model_parts import CallableParts, CausalLMParts
-from .optim import adamw
-from .schedule import Schedule, SequenceGroup, StepPlan, wsd_lr
-from .superposition import (
-    bag_embeddings,
-    bag_weights,
-    linear_multi_hot_cross_entropy,
-    multi_hot_cross_entropy,
-    superposition_batch,
-    window_length,
-)
+import importlib
+
+# Each public name and the module that defines it, loaded on first use (PEP 562): the command line
+# imports this package too, and its flags and help need no torch.
+_HOMES = {
+    "Batch": "batches", "BatchMaker": "batches", "Piece": "batches",
+    "TSTLoss": "loss",
+    "CallableParts": "model_parts", "CausalLMParts": "model_parts",
+    "adamw": "optim",
+    "Schedule": "schedule", "SequenceGroup": "schedule", "StepPlan": "schedule", "wsd_lr": "schedule",
+    "bag_embeddings": "superposition", "bag_weights": "superposition",
+    "linear_multi_hot_cross_entropy": "superposition", "multi_hot_cross_entropy": "superposition",
+    "superposition_batch": "superposition", "window_length": "superposition",
+}
+
+
+def __getattr__(name: str):
+    if name not in _HOMES:
+        raise AttributeError(f"module 'tstrain' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_HOMES[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_HOMES})
+
 
 __all__ = [
     "Schedule",

@@ -154,7 +154,7 @@ def _add_experiment_verbs(sub) -> None:
     _add_run_flags(p, "sweep dir: one run dir each, sweep.md, sweep.json, *.png")
     p.set_defaults(func=verbs.cmd_sweep)
 
-    from ..experiments.sweep import ABLATIONS
+    from ..experiments.plans import ABLATIONS
 
     p = sub.add_parser("ablate", help="the paper's ablations at one (s, r), each against the baseline")
     p.add_argument("--runs", help=f"comma-separated subset of: {', '.join(ABLATIONS)} (default: all)")
@@ -162,7 +162,7 @@ def _add_experiment_verbs(sub) -> None:
     _add_run_flags(p, "ablation dir: one run dir each, ablations.md, ablations.json")
     p.set_defaults(func=verbs.cmd_ablate)
 
-    from ..experiments.scale import ScaleOptions
+    from ..experiments.plans import ScaleOptions
 
     p = sub.add_parser("scale", help="baseline vs TST over run lengths and model sizes: where TST starts to pay")
     p.add_argument("--data", required=True, help="prepared data dir")

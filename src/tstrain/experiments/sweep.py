@@ -30,6 +30,7 @@ from .base import (
     val_rows,
     value_at,
 )
+from .plans import ABLATIONS
 
 
 def grid_configs(cfg: Config, bag_sizes: list[int], ratios: list[float],
@@ -177,24 +178,6 @@ def plot_sweep(table: dict[str, Any], out: Path) -> None:
     fig.tight_layout()
     fig.savefig(out / "sweep_bag_size.png", dpi=120)
     plt.close(fig)
-
-
-# Named ablations: each is a set of config overrides on top of the method at (s, r).
-ABLATIONS: dict[str, dict[str, Any]] = {
-    "method": {},
-    "input-only": {"tst.variant": "input"},
-    "output-only": {"tst.variant": "output"},
-    "reset-optimizer": {"tst.reset_optimizer": True},
-    "restart-schedule": {"tst.restart_schedule": True},
-    "reinit-embeddings": {"tst.reinit_embeddings": True},
-    "batch-expansion": {"tst.expand": "batch"},
-    "weights-power": {"tst.weights": "power"},
-    "weights-exponential": {"tst.weights": "exponential"},
-    "weights-first": {"tst.weights": "first"},
-    "weights-mi": {"tst.weights": "mi"},
-    "step-down": {"tst.transition": "step-down"},
-    "blend": {"tst.transition": "blend"},
-}
 
 
 def ablate(cfg: Config, out_dir: str | Path, names: list[str] | None = None,

@@ -1,0 +1,79 @@
+"""What each experiment verb runs, as data: the scale study's grid (``ScaleOptions``) and the named
+ablations (``ABLATIONS``). Nothing here trains, so the command line builds its flags and help
+from these without loading torch.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from ..config import preset_names
+from ..options import as_text, knob
+
+
+def _listed(kind: type):
+    """Return the parser of a comma-separated list of ``kind`` values."""
+    return lambda text: tuple(kind(x) for x in text.split(","))
+
+
+def _pairs(text: str) -> tuple[tuple[int, float], ...]:
+    return tuple((int(s), float(r)) for s, r in (item.split(":") for item in text.split(",")))
+
+
+@dataclass
+class ScaleOptions:
+    """The grid of a scale study: model sizes x run lengths x seeds, each TST arm against its baseline."""
+
+    sizes: tuple[str, ...] = knob(("cpu-micro", "cpu-mini"), "presets, one per model size", parse=_listed(str),
+                                  takes="comma-separated preset names")
+    steps: tuple[int, ...] = knob((600, 2000, 6000), "run lengths", parse=_listed(int),
+                                  takes="comma-separated whole numbers")
+    arms: tuple[tuple[int, float], ...] = knob(((4, 0.3),), "TST settings (bag size, ratio), each against the baseline",
+                                               parse=_pairs, takes="S:R pairs, e.g. 4:0.3,2:0.2")
+    seeds: tuple[int, ...] = knob((0, 1), "seeds (past the first, only cells that one seed does not settle run)",
+                                  parse=_listed(int), takes="comma-separated whole numbers")
+    repeat_within: float = knob(0.05, "repeat a cell on every seed when a gap is within this many nats, or within "
+                                      "the noise of its first seed")
+    lrs: tuple[float, ...] = knob((), "LRs to try on each size's baseline first, keeping the best (none: the preset's)",
+                                  parse=_listed(float), takes="comma-separated numbers")
+    tune_steps: int = knob(2000, "steps of the LR-tuning baseline runs")
+    tune_arms: bool = knob(False, "tune each TST arm's LR over --lrs too (same steps, same grid) and train it at "
+                                  "its own best, against the baseline at the baseline's best")
+
+    def rules(self) -> list[tuple[bool, str]]:
+        unknown = [s for s in self.sizes if s not in preset_names()]
+        return [
+            (len(self.sizes) > 0 and not unknown,
+             f"--sizes takes preset names; unknown: {', '.join(unknown)} (presets: {', '.join(preset_names())})"),
+            (len(self.steps) > 0 and all(n >= 1 for n in self.steps),
+             f"--steps values must be at least 1; got {as_text(self.steps)!r}"),
+            (len(self.arms) > 0 and all(s >= 1 and 0 <= r < 1 for s, r in self.arms),  # also false for nan
+             f"--arms takes S:R pairs with S >= 1 and R in [0, 1), e.g. 4:0.3; got {as_text(self.arms)!r}"),
+            (len(self.seeds) > 0 and all(0 <= s < 2**32 for s in self.seeds),
+             f"--seeds values must be in [0, 2^32); got {as_text(self.seeds)!r}"),
+            (all(math.isfinite(lr) and lr > 0 for lr in self.lrs),
+             f"--lrs values must be finite and positive; got {as_text(self.lrs)!r}"),
+            (self.lrs or not self.tune_arms, "--tune-arms tunes over --lrs: give the LRs, e.g. --lrs 1e-3,2e-3,4e-3"),
+            (math.isfinite(self.repeat_within) and self.repeat_within >= 0 and self.tune_steps >= 1,
+             f"--repeat-within must be >= 0 and --tune-steps >= 1; got {self.repeat_within}, {self.tune_steps}"),
+        ]
+
+
+# Named ablations: each is a set of config overrides on top of the method at (s, r).
+ABLATIONS: dict[str, dict[str, Any]] = {
+    "method": {},
+    "input-only": {"tst.variant": "input"},
+    "output-only": {"tst.variant": "output"},
+    "reset-optimizer": {"tst.reset_optimizer": True},
+    "restart-schedule": {"tst.restart_schedule": True},
+    "reinit-embeddings": {"tst.reinit_embeddings": True},
+    "batch-expansion": {"tst.expand": "batch"},
+    "weights-power": {"tst.weights": "power"},
+    "weights-exponential": {"tst.weights": "exponential"},
+    "weights-first": {"tst.weights": "first"},
+    "weights-mi": {"tst.weights": "mi"},
+    "step-down": {"tst.transition": "step-down"},
+    "blend": {"tst.transition": "blend"},
+}
