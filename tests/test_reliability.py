@@ -509,12 +509,16 @@ def test_files_cut_short_are_one_line_errors(finished_run, data_dir, tmp_path, c
     assert not out.exists()
     for name, fragment in (("data.json", "data.json is not valid JSON"),
                            ("final/model.safetensors", "a file is cut short or corrupt"),
-                           ("final/tokenizer.json", "final/tokenizer.json is not a readable tokenizer.json")):
+                           ("final/tokenizer.json", "final/tokenizer.json is not the tokenizer the run trained "
+                                                    "with (its SHA-256 differs from")):
         run = shutil.copytree(finished_run, tmp_path / name.replace("/", "-"))
         if name == "final/tokenizer.json":
             (run / "tokenizer.json").unlink()  # a run from before runs kept their own
         cut(run / name)
         refused(capsys, ["generate", str(run), "--prompt", "the cat"], fragment)
+    record = json.loads((run / "data.json").read_text())  # a record without the hash: the file itself is read
+    (run / "data.json").write_text(json.dumps({k: v for k, v in record.items() if k != "tokenizer_sha256"}))
+    refused(capsys, ["generate", str(run), "--prompt", "the cat"], "final/tokenizer.json is not a readable tokenizer")
     data = shutil.copytree(data_dir, tmp_path / "data")
     manifest = json.loads((data / "manifest.json").read_text())
     manifest["shards"]["train"][0]["tokens"] = "many"

@@ -134,7 +134,8 @@ def check_model_tokenizer(model_dir: Path) -> None:
     want = read_json(run / RUN_DATA, CheckpointError, "restore it").get("tokenizer_sha256")
     if want and sha256_file(own) != want:
         raise CheckpointError(f"{own} is not the tokenizer the run trained with (its SHA-256 differs from "
-                              f"{run / RUN_DATA}'s): restore it from RUN/tokenizer.json, or export the run again")
+                              f"{run / RUN_DATA}'s: cut short, edited or replaced): restore it from "
+                              "RUN/tokenizer.json, or export the run again")
 
 
 def _eos_of(model_dir: Path) -> str | None:
