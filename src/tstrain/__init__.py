@@ -20,13 +20,13 @@ import importlib
 # Each public name and the module that defines it, loaded on first use (PEP 562): the command line
 # imports this package too, and its flags and help need no torch.
 _HOMES = {
-    "Batch": "batches", "BatchMaker": "batches", "Piece": "batches",
+    "Schedule": "schedule", "SequenceGroup": "schedule", "StepPlan": "schedule",
+    "BatchMaker": "batches", "Batch": "batches", "Piece": "batches",
     "TSTLoss": "loss",
-    "CallableParts": "model_parts", "CausalLMParts": "model_parts",
-    "adamw": "optim",
-    "Schedule": "schedule", "SequenceGroup": "schedule", "StepPlan": "schedule", "wsd_lr": "schedule",
+    "CausalLMParts": "model_parts", "CallableParts": "model_parts",
+    "adamw": "optim", "wsd_lr": "schedule",
     "bag_embeddings": "superposition", "bag_weights": "superposition",
-    "linear_multi_hot_cross_entropy": "superposition", "multi_hot_cross_entropy": "superposition",
+    "multi_hot_cross_entropy": "superposition", "linear_multi_hot_cross_entropy": "superposition",
     "superposition_batch": "superposition", "window_length": "superposition",
 }
 
@@ -43,22 +43,4 @@ def __dir__() -> list[str]:
     return sorted({*globals(), *_HOMES})
 
 
-__all__ = [
-    "Schedule",
-    "SequenceGroup",
-    "StepPlan",
-    "BatchMaker",
-    "Batch",
-    "Piece",
-    "TSTLoss",
-    "CausalLMParts",
-    "CallableParts",
-    "adamw",
-    "wsd_lr",
-    "bag_embeddings",
-    "bag_weights",
-    "multi_hot_cross_entropy",
-    "linear_multi_hot_cross_entropy",
-    "superposition_batch",
-    "window_length",
-]
+__all__ = list(_HOMES)

@@ -26,7 +26,6 @@ from ..train.run_dir import SUMMARY
 from .base import (
     NOT_COMPARABLE,
     baseline_of,
-    check_baseline_lr,
     decay_start,
     first_reaching,
     fit_curve,
@@ -330,9 +329,8 @@ def compare(cfg: Config, out_dir: str | Path, equal_data: bool = False,
 
     ``baseline_lr``: the LR of the baseline (and the equal-data baseline); TST trains at ``cfg.optim.lr``.
     None, the default, trains both at ``cfg.optim.lr``."""
-    check_baseline_lr(baseline_lr)
+    runs = plan_runs(cfg, equal_data, baseline_lr)  # refuses a bad baseline LR before anything is written
     with locked(out_dir, "comparison dir") as out:
-        runs = plan_runs(cfg, equal_data, baseline_lr)
         dirs = {spec.name: out / spec.name for spec in runs}
         for spec in runs:
             print(f"{spec.name}: {spec.label}")
