@@ -34,9 +34,9 @@ def body_and_rest(cfg) -> tuple[int, int]:
     return p["total"] - p["embedding"] - head, p["embedding"] + head
 
 
-def gap_text(base_cell: dict[str, Any], arm_cell: dict[str, Any], arm: str) -> str:
-    """Return ``arm`` minus the baseline, seed by seed where both have the seed, with interval and reading."""
-    seeds, gaps, g = seed_gaps(base_cell, arm_cell, arm)
+def gap_text(found: tuple[list[str], list[float], dict[str, Any] | None]) -> str:
+    """Return ``seed_gaps``' result as text: the gap on each shared seed, with its reading and interval."""
+    seeds, gaps, g = found
     if not seeds:
         return "n/a"
     interval = "" if g["interval"] is None else f"; {g['interval'][0]:+.3f} to {g['interval'][1]:+.3f}"
@@ -68,9 +68,9 @@ def model_points(root: Path, size: str, steps: int, warmup: int) -> list[dict[st
                        "body": body, "rest": rest, "tried": sorted(cells), "arm": arm, "best": best, "own": own,
                        "best_final": mean_final(cells[best], "baseline"), "own_final": mean_final(cells[own], arm),
                        "protocol": seed_gaps(cells[best], cells[best], arm),
-                       "own_gap": seed_gaps(cells[best], cells[own], arm),
-                       "text": (gap_text(cells[best], cells[best], arm), gap_text(cells[best], cells[own], arm),
-                                step_value_text(cells[own], arm))})
+                       "own_gap": seed_gaps(cells[best], cells[own], arm)})
+        p = points[-1]
+        p["text"] = (gap_text(p["protocol"]), gap_text(p["own_gap"]), step_value_text(cells[own], arm))
     return points
 
 
