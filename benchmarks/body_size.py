@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from lr_warmup import load_runs, mean_final, seed_gaps, step_value
+from lr_warmup import best_setting, load_runs, mean_final, seed_gaps, step_value
 from tstrain.config import padded_vocab
 from tstrain.models import model_info
 
@@ -57,13 +57,13 @@ def model_points(root: Path, size: str, steps: int, warmup: int) -> list[dict[st
     cells = {k: c for k, c in load_runs(root, size, steps).items() if k[1] == warmup}
     if not cells:
         return []
-    best = min(cells, key=lambda k: mean_final(cells[k], "baseline"))
+    best, _ = best_setting(cells, "baseline")
     some = next(iter(cells[best].values()))["baseline"]["cfg"]
     body, rest = body_and_rest(some)
     arms = sorted({n for c in cells.values() for runs in c.values() for n in runs if n != "baseline"}, reverse=True)
     points = []
     for arm in arms:
-        own = min((k for k in cells if mean_final(cells[k], arm) is not None), key=lambda k: mean_final(cells[k], arm))
+        own, _ = best_setting(cells, arm)
         points.append({"size": size, "shape": f"hidden {some.model.hidden_size}, {some.model.num_layers} layers",
                        "body": body, "rest": rest, "tried": sorted(cells), "arm": arm, "best": best, "own": own,
                        "best_final": mean_final(cells[best], "baseline"), "own_final": mean_final(cells[own], arm),

@@ -56,6 +56,24 @@ def mean_final(cell: dict[str, dict[str, Any]], name: str) -> float | None:
     return sum(finals) / len(finals) if finals else None
 
 
+Cells = dict[tuple[float, int], dict[str, dict[str, Any]]]
+
+
+def best_setting(cells: Cells, name: str) -> tuple[tuple[float, int], list[str]]:
+    """Return the setting where run ``name`` ends lowest and the seeds that decided it: the seeds every
+    setting ran, so that a setting with one lucky seed does not beat one with two; all seeds where no seed
+    is shared."""
+    ran = {k: {s for s, runs in c.items() if name in runs} for k, c in cells.items()}
+    ran = {k: seeds for k, seeds in ran.items() if seeds}
+    shared = set.intersection(*ran.values())
+
+    def mean(key: tuple[float, int]) -> float:
+        finals = [cells[key][s][name]["final"] for s in (shared or ran[key])]
+        return sum(finals) / len(finals)
+    best = min(ran, key=mean)
+    return best, sorted(shared or ran[best])
+
+
 def seed_gaps(base_cell: dict[str, dict[str, Any]], arm_cell: dict[str, dict[str, Any]],
               arm: str) -> tuple[list[str], list[float], dict[str, Any] | None]:
     """Return the seeds both cells ran, ``arm`` minus the baseline's final val loss on each, and their
@@ -125,9 +143,9 @@ def report(root: Path, size: str, steps: int) -> str:
             noise = noise_of(runs["baseline"])
             lines.append(f"| {key[0]:g} | {key[1]} | {seed} | {runs['baseline']['final']:.4f} | {finals} | "
                          f"{'n/a' if noise is None else f'{noise:.4f}'} |")
-    best = min(cells, key=lambda k: mean_final(cells[k], "baseline"))
-    lines += ["", f"The baseline's best setting: {label(best)} (mean final {mean_final(cells[best], 'baseline'):.4f}). "
-              "Other baselines against it:", "",
+    best, by = best_setting(cells, "baseline")
+    lines += ["", f"The baseline's best setting: {label(best)} (mean final {mean_final(cells[best], 'baseline'):.4f}; "
+              f"chosen on seeds {', '.join(by)}, the seeds every setting ran). Other baselines against it:", "",
               "| setting | baseline minus the best baseline (seeds) | 95% interval | reading |",
               "| --- | --- | --- | --- |"]
     for key, cell in sorted(cells.items()):
@@ -146,7 +164,7 @@ def report(root: Path, size: str, steps: int) -> str:
         lines.append(f"| {arm} | {label(best)} " + reading(cells[best], cells[best], arm))
     lines += ["", f"Each arm at its own best setting, against the baseline at its best ({label(best)}):", "", *header]
     for arm in arms:
-        own = min((k for k in cells if mean_final(cells[k], arm) is not None), key=lambda k: mean_final(cells[k], arm))
+        own, _ = best_setting(cells, arm)
         lines.append(f"| {arm} | {label(own)} " + reading(cells[best], cells[own], arm))
     lines += ["", "Each arm against the baseline of the same setting:", "", *header]
     for key, cell in sorted(cells.items()):
@@ -168,6 +186,10 @@ def main(argv: list[str]) -> int:
         return 2
     size = argv[1] if len(argv) > 1 else "cpu-micro"
     steps = int(argv[2]) if len(argv) > 2 else 6000
+    if not load_runs(Path(argv[0]), size, steps):
+        print(f"lr_warmup.py: no finished run of {size} at {steps} steps under {argv[0]} "
+              "(expected ROOT/lr*-w*/SIZE/stepsN/seedK/baseline); check the size name and the steps", file=sys.stderr)
+        return 2
     print(report(Path(argv[0]), size, steps), end="")
     return 0
 

@@ -1,0 +1,30 @@
+"""The results readers in benchmarks/: which setting counts as an arm's best."""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+from lr_warmup import best_setting  # noqa: E402
+
+
+def cells_of(finals: dict[tuple[float, int], dict[str, float]]) -> dict:
+    return {key: {seed: {"baseline": {"final": f}} for seed, f in seeds.items()} for key, seeds in finals.items()}
+
+
+def test_the_best_setting_is_chosen_on_the_seeds_every_setting_ran():
+    # 1e-3 has an unlucky second seed; 2e-3 has one seed only. On seed 0, 1e-3 ends lower.
+    cells = cells_of({(1e-3, 50): {"0": 3.30, "1": 3.40}, (2e-3, 50): {"0": 3.32}})
+    assert best_setting(cells, "baseline") == ((1e-3, 50), ["0"])
+    cells = cells_of({(1e-3, 50): {"0": 3.34, "1": 3.40}, (2e-3, 50): {"0": 3.32, "1": 3.38}})
+    assert best_setting(cells, "baseline") == ((2e-3, 50), ["0", "1"])
+
+
+def test_without_a_shared_seed_each_setting_is_read_on_its_own_seeds():
+    cells = cells_of({(1e-3, 50): {"0": 3.30}, (2e-3, 50): {"1": 3.20, "2": 3.26}})
+    assert best_setting(cells, "baseline") == ((2e-3, 50), ["1", "2"])
+
+
+def test_settings_where_the_run_is_missing_are_not_candidates():
+    cells = cells_of({(1e-3, 50): {"0": 3.30}, (2e-3, 50): {"0": 3.20}})
+    cells[(1e-3, 50)]["0"]["tst-s2-r0.2"] = {"final": 3.25}
+    assert best_setting(cells, "tst-s2-r0.2") == ((1e-3, 50), ["0"])
