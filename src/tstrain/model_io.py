@@ -106,20 +106,21 @@ def run_tokenizer(run: Path) -> tuple[Path | None, str | None]:
     want, eos = record.get("tokenizer_sha256"), record.get("eos_token")
     own = run / TOKENIZER
     if own.is_file():
-        if want and sha256_file(own) != want:
-            raise CheckpointError(f"{own} is not the tokenizer the run trained with (its SHA-256 differs from "
-                                  f"{run / RUN_DATA}'s): restore it, or export the run's final/ model instead")
+        _refuse_other_tokenizer(own, want, run / RUN_DATA, "restore it, or export the run's final/ model instead")
         return own, eos or _eos_of(run / FINAL)
     if (run / FINAL / TOKENIZER).is_file():
-        check_model_tokenizer(run / FINAL)
+        _refuse_other_tokenizer(run / FINAL / TOKENIZER, want, run / RUN_DATA, _FINAL_FIX)
         return run / FINAL / TOKENIZER, eos or _eos_of(run / FINAL)
     data = Path(load_config(config_file=run / RUN_CONFIG).data.path or "") if (run / RUN_CONFIG).is_file() else None
     if data is None or not (data / TOKENIZER).is_file():
         return None, None
-    if want and sha256_file(data / TOKENIZER) != want:
-        raise CheckpointError(f"{run} keeps no tokenizer of its own, and {data / TOKENIZER} is no longer the one it "
-                              f"trained with (its SHA-256 differs from {run / RUN_DATA}'s): restore the run's data dir")
+    _refuse_other_tokenizer(data / TOKENIZER, want, run / RUN_DATA, "restore the run's data dir",
+                            f"{run} keeps no tokenizer of its own, and {data / TOKENIZER} is no longer the one it "
+                            "trained with")
     return data / TOKENIZER, eos or _json_or_empty(data / DATA_MANIFEST).get("eos_token")
+
+
+_FINAL_FIX = "restore it from RUN/tokenizer.json, or export the run again"
 
 
 def check_model_tokenizer(model_dir: Path) -> None:
@@ -132,10 +133,14 @@ def check_model_tokenizer(model_dir: Path) -> None:
     if not (run / RUN_CONFIG).is_file() or not (run / RUN_DATA).is_file() or not own.is_file():
         return
     want = read_json(run / RUN_DATA, CheckpointError, "restore it").get("tokenizer_sha256")
-    if want and sha256_file(own) != want:
-        raise CheckpointError(f"{own} is not the tokenizer the run trained with (its SHA-256 differs from "
-                              f"{run / RUN_DATA}'s: cut short, edited or replaced): restore it from "
-                              "RUN/tokenizer.json, or export the run again")
+    _refuse_other_tokenizer(own, want, run / RUN_DATA, _FINAL_FIX)
+
+
+def _refuse_other_tokenizer(file: Path, want: str | None, record: Path, fix: str, what: str = "") -> None:
+    """Raise CheckpointError if ``file``'s SHA-256 is not ``want``, the hash the run recorded in ``record``."""
+    if want and sha256_file(file) != want:
+        raise CheckpointError(f"{what or f'{file} is not the tokenizer the run trained with'} (its SHA-256 differs "
+                              f"from {record}'s: cut short, edited or replaced): {fix}")
 
 
 def _eos_of(model_dir: Path) -> str | None:
