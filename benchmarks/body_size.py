@@ -58,7 +58,7 @@ def model_points(root: Path, size: str, steps: int, warmup: int) -> list[dict[st
     if not cells:
         return []
     best, _ = best_setting(cells, "baseline")
-    some = next(iter(cells[best].values()))["baseline"]["cfg"]
+    some = next(runs for runs in cells[best].values() if "baseline" in runs)["baseline"]["cfg"]
     body, rest = body_and_rest(some)
     arms = sorted({n for c in cells.values() for runs in c.values() for n in runs if n != "baseline"}, reverse=True)
     points = []

@@ -29,9 +29,11 @@ from tstrain.experiments.base import decay_start, fit_curve, gap_reading, phase1
 
 
 def load_runs(root: Path, size: str, steps: int) -> dict[tuple[float, int], dict[str, dict[str, Any]]]:
-    """Return ``{(lr, warmup): {seed: {run name: {dir, cfg, final}}}}`` for every finished run."""
+    """Return ``{(lr, warmup): {seed: {run name: {dir, cfg, final}}}}`` for every finished run; a cell's
+    setting is its baselines' (a seed may lack its baseline: a second seed of one arm only)."""
     cells: dict[tuple[float, int], dict[str, dict[str, Any]]] = {}
     for cell_dir in sorted(root.glob("lr*-w*")):
+        seeds = {}
         for seed_dir in sorted((cell_dir / size / f"steps{steps}").glob("seed*")):
             runs = {}
             for run in sorted(seed_dir.iterdir()):
@@ -39,9 +41,11 @@ def load_runs(root: Path, size: str, steps: int) -> dict[tuple[float, int], dict
                     cfg = load_config(config_file=run / "config.toml")
                     runs[run.name] = {"dir": run, "cfg": cfg,
                                       "final": json.loads((run / "summary.json").read_text())["final_val_loss"]}
-            if "baseline" in runs:
-                key = (runs["baseline"]["cfg"].optim.lr, runs["baseline"]["cfg"].optim.warmup_steps)
-                cells.setdefault(key, {})[seed_dir.name.removeprefix("seed")] = runs
+            if runs:
+                seeds[seed_dir.name.removeprefix("seed")] = runs
+        base = next((runs["baseline"]["cfg"] for runs in seeds.values() if "baseline" in runs), None)
+        if base is not None:
+            cells.setdefault((base.optim.lr, base.optim.warmup_steps), {}).update(seeds)
     return cells
 
 
@@ -78,7 +82,7 @@ def seed_gaps(base_cell: dict[str, dict[str, Any]], arm_cell: dict[str, dict[str
               arm: str) -> tuple[list[str], list[float], dict[str, Any] | None]:
     """Return the seeds both cells ran, ``arm`` minus the baseline's final val loss on each, and their
     ``gap_reading`` (None without a shared seed)."""
-    seeds = [s for s in arm_cell if arm in arm_cell[s] and s in base_cell]
+    seeds = [s for s in arm_cell if arm in arm_cell[s] and "baseline" in base_cell.get(s, {})]
     gaps = [arm_cell[s][arm]["final"] - base_cell[s]["baseline"]["final"] for s in seeds]
     return seeds, gaps, gap_reading(gaps, [noise_of(base_cell[s]["baseline"]) for s in seeds]) if seeds else None
 
@@ -114,7 +118,7 @@ def gap_course(cell: dict[str, dict[str, Any]], arm: str, steps: int, points: in
     along the run, each the mean over the last ``window`` evaluations both runs made up to that step."""
     rows = []
     for seed, runs in sorted(cell.items()):
-        if arm not in runs:
+        if arm not in runs or "baseline" not in runs:
             continue
         base = {r["step"]: r["val_loss"] for r in val_rows(runs["baseline"]["dir"])}
         diffs = sorted((r["step"], r["val_loss"] - base[r["step"]]) for r in val_rows(runs[arm]["dir"])
@@ -139,9 +143,9 @@ def report(root: Path, size: str, steps: int) -> str:
              "| --- | --- | --- | --- | " + "--- | " * len(arms) + "--- |"]
     for key, cell in sorted(cells.items()):
         for seed, runs in sorted(cell.items()):
-            finals = " | ".join(f"{runs[a]['final']:.4f}" if a in runs else "not run" for a in arms)
-            noise = noise_of(runs["baseline"])
-            lines.append(f"| {key[0]:g} | {key[1]} | {seed} | {runs['baseline']['final']:.4f} | {finals} | "
+            finals = " | ".join(f"{runs[a]['final']:.4f}" if a in runs else "not run" for a in ["baseline", *arms])
+            noise = noise_of(runs["baseline"]) if "baseline" in runs else None
+            lines.append(f"| {key[0]:g} | {key[1]} | {seed} | {finals} | "
                          f"{'n/a' if noise is None else f'{noise:.4f}'} |")
     best, by = best_setting(cells, "baseline")
     lines += ["", f"The baseline's best setting: {label(best)} (mean final {mean_final(cells[best], 'baseline'):.4f}; "
@@ -149,8 +153,8 @@ def report(root: Path, size: str, steps: int) -> str:
               "| setting | baseline minus the best baseline (seeds) | 95% interval | reading |",
               "| --- | --- | --- | --- |"]
     for key, cell in sorted(cells.items()):
-        if key != best:
-            seeds = [s for s in cell if s in cells[best]]
+        seeds = [s for s in cell if "baseline" in cell[s] and "baseline" in cells[best].get(s, {})]
+        if key != best and seeds:
             gaps = [cell[s]["baseline"]["final"] - cells[best][s]["baseline"]["final"] for s in seeds]
             g = gap_reading(gaps, [noise_of(cells[best][s]["baseline"]) for s in seeds])
             gi = "n/a" if g["interval"] is None else f"{g['interval'][0]:+.3f} to {g['interval'][1]:+.3f}"

@@ -1,6 +1,9 @@
 """The results readers in benchmarks/: which setting counts as an arm's best."""
+import json
 import sys
 from pathlib import Path
+
+import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
@@ -28,3 +31,26 @@ def test_settings_where_the_run_is_missing_are_not_candidates():
     cells = cells_of({(1e-3, 50): {"0": 3.30}, (2e-3, 50): {"0": 3.20}})
     cells[(1e-3, 50)]["0"]["tst-s2-r0.2"] = {"final": 3.25}
     assert best_setting(cells, "tst-s2-r0.2") == ((1e-3, 50), ["0"])
+
+
+def test_a_seed_without_its_baseline_is_read_and_paired_only_where_a_baseline_ran(tmp_path):
+    from lr_warmup import load_runs, seed_gaps
+
+    def run(cell: str, seed: int, name: str, lr: float, final: float) -> None:
+        d = tmp_path / cell / "cpu-micro" / "steps6000" / f"seed{seed}" / name
+        d.mkdir(parents=True)
+        (d / "config.toml").write_text(f"[optim]\nlr = {lr}\nwarmup_steps = 50\n")
+        (d / "summary.json").write_text(json.dumps({"final_val_loss": final}))
+        (d / "metrics.jsonl").write_text("")
+    run("lr5e-4-w50", 0, "baseline", 5e-4, 3.40)
+    run("lr5e-4-w50", 0, "tst-s2-r0.2", 5e-4, 3.35)
+    run("lr5e-4-w50", 1, "tst-s2-r0.2", 5e-4, 3.36)  # a second seed of TST alone
+    run("lr2e-3-w50", 0, "baseline", 2e-3, 3.30)
+    run("lr2e-3-w50", 1, "baseline", 2e-3, 3.32)
+    cells = load_runs(tmp_path, "cpu-micro", 6000)
+    assert sorted(cells) == [(5e-4, 50), (2e-3, 50)]
+    assert set(cells[(5e-4, 50)]["1"]) == {"tst-s2-r0.2"}
+    seeds, gaps, _ = seed_gaps(cells[(2e-3, 50)], cells[(5e-4, 50)], "tst-s2-r0.2")
+    assert seeds == ["0", "1"] and gaps == pytest.approx([0.05, 0.04])
+    seeds, gaps, _ = seed_gaps(cells[(5e-4, 50)], cells[(5e-4, 50)], "tst-s2-r0.2")
+    assert seeds == ["0"] and gaps == pytest.approx([-0.05])
