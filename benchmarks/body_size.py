@@ -23,6 +23,7 @@ from typing import Any
 
 from lr_warmup import best_setting, load_runs, mean_final, seed_gaps, step_value
 from tstrain.config import padded_vocab
+from tstrain.experiments.base import value_text
 from tstrain.models import model_info
 
 
@@ -45,11 +46,7 @@ def gap_text(found: tuple[list[str], list[float], dict[str, Any] | None]) -> str
 
 def step_value_text(cell: dict[str, Any], arm: str) -> str:
     """Return the phase-1 step value of ``arm`` against the baseline of the same cell, over its seeds."""
-    v = step_value(cell, arm)
-    if v["value"] is None:
-        return "n/a"
-    lo, hi = ("unbounded" if x is None else f"{x:.2f}" for x in v["interval"])
-    return f"{v['value']:.2f} ({lo} to {hi}; {v['reading']})"
+    return value_text(step_value(cell, arm))
 
 
 def model_points(root: Path, size: str, steps: int, warmup: int) -> list[dict[str, Any]]:

@@ -25,7 +25,15 @@ from pathlib import Path
 from typing import Any
 
 from tstrain.config import load_config
-from tstrain.experiments.base import decay_start, fit_curve, gap_reading, phase1_step_value, val_rows, value_summary
+from tstrain.experiments.base import (
+    decay_start,
+    fit_curve,
+    gap_reading,
+    phase1_step_value,
+    val_rows,
+    value_summary,
+    value_text,
+)
 
 
 def load_runs(root: Path, size: str, steps: int) -> dict[tuple[float, int], dict[str, dict[str, Any]]]:
@@ -108,9 +116,7 @@ def reading(base_cell: dict[str, dict[str, Any]], arm_cell: dict[str, dict[str, 
     head = f"| {', '.join(f'{x:+.4f}' for x in gaps)} | {gi} | {g['reading']} (seeds {', '.join(seeds)}) "
     if base_cell is not arm_cell:  # the stable phases of two LRs stand at different levels
         return head + "| not comparable across settings |"
-    v = step_value(arm_cell, arm)
-    vi = "n/a" if not v["interval"] else " to ".join("unbounded" if x is None else f"{x:.2f}" for x in v["interval"])
-    return head + ("| n/a |" if v["value"] is None else f"| {v['value']:.2f} ({vi}; {v['reading']}) |")
+    return head + f"| {value_text(step_value(arm_cell, arm))} |"
 
 
 def gap_course(cell: dict[str, dict[str, Any]], arm: str, steps: int, points: int = 10, window: int = 10) -> str:

@@ -11,6 +11,7 @@ from tstrain.experiments.base import (
     phase1_step_value,
     value_reading,
     value_summary,
+    value_text,
 )
 
 A, B, C = 3.6, 26.0, 0.55  # a baseline curve of cpu-micro's shape: loss = A + B * step**-C
@@ -122,3 +123,19 @@ def test_value_readings_over_seeds():
     two = value_summary([one, {"value": 1.3, "interval": [1.1, 1.5], "reading": "saves compute"}])
     assert two["value"] == pytest.approx(0.8) and two["reading"] == "not resolved" and two["seeds"] == 2
     assert value_summary([{"value": None, "interval": None, "reading": "not measured"}])["reading"] == "not measured"
+
+
+def test_tst_below_the_baseline_asymptote_reads_as_saving_compute_not_as_unmeasured():
+    base, tst = baseline_rows(0.01), tst_rows(0.3, 1800, 0.01)
+    below = [dict(r, val_loss=2.0) if r["step"] > 1800 else r for r in tst]
+    summary = value_summary([phase1_step_value(base, below, 1800, DECAY, WARMUP)])
+    assert summary["value"] is None and summary["reading"] == "saves compute" and summary["seeds"] == 1
+    assert summary["interval"] == [None, None]  # every redraw stays below the asymptote
+    assert value_text(summary) == "above any (saves compute)"
+    near = value_summary([{"value": None, "interval": [90.5, None], "reading": "saves compute"}])
+    assert value_text(near) == "above any (90.50 to unbounded; saves compute)"
+    wide = value_summary([{"value": None, "interval": [0.6, None], "reading": "not resolved"}])
+    assert wide["reading"] == "not resolved"
+    assert value_text(value_summary([{"value": None, "interval": None, "reading": "not measured"}])) == "n/a"
+    plain = {"value": 0.8, "interval": [0.5, 1.1], "reading": "not resolved"}
+    assert value_text(plain) == "0.80 (0.50 to 1.10; not resolved)"

@@ -254,6 +254,12 @@ def not_comparable_value() -> dict[str, Any]:
 def value_summary(values: list[dict[str, Any]]) -> dict[str, Any]:
     """Return the phase-1 step value over seeds (each a ``phase1_step_value`` result) with interval and reading."""
     measured = [v for v in values if v["value"] is not None]
+    beyond = [v for v in values if v["value"] is None and v.get("interval")]  # below the baseline's asymptote
+    if not measured and beyond:
+        lo = min(math.inf if v["interval"][0] is None else v["interval"][0] for v in beyond)
+        interval = [None if math.isinf(lo) else lo, None]
+        return {"value": None, "interval": interval, "seeds": len(beyond), "reading": value_reading(interval),
+                "beyond_asymptote": True}
     if not measured:
         comparable = not values or any(v["reading"] != "not comparable" for v in values)
         reading = "not measured" if comparable else "not comparable"
@@ -265,6 +271,18 @@ def value_summary(values: list[dict[str, Any]]) -> dict[str, Any]:
            for v in measured]
     c = combine([v["value"] for v in measured], ses)
     return {"value": c["mean"], "interval": c["interval"], "seeds": c["seeds"], "reading": value_reading(c["interval"])}
+
+
+def value_text(summary: dict[str, Any]) -> str:
+    """Return a ``value_summary`` as table text: "value (lo to hi; reading)", "n/a" (with the reason where it
+    is not comparable), or, for TST below the baseline's fitted asymptote, "above any (lo to unbounded; ...)"."""
+    if summary["value"] is None and not summary["interval"]:
+        return "n/a" if summary["reading"] == "not measured" else f"n/a ({summary['reading']})"
+    if summary["value"] is None and summary["interval"][0] is None:
+        return f"above any ({summary['reading']})"
+    lo, hi = ("unbounded" if x is None else f"{x:.2f}" for x in summary["interval"] or [None, None])
+    value = "above any" if summary["value"] is None else f"{summary['value']:.2f}"
+    return f"{value} ({'n/a' if not summary['interval'] else f'{lo} to {hi}'}; {summary['reading']})"
 
 
 def _bootstrap(rows: list[dict[str, Any]], fit: CurveFit, draws: int,

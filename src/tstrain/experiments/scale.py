@@ -39,6 +39,7 @@ from .base import (
     val_rows,
     value_at,
     value_summary,
+    value_text,
 )
 from .plans import ScaleOptions
 
@@ -295,7 +296,7 @@ def scale_markdown(result: dict[str, Any]) -> str:
                     f"{first['tst_tokens_per_param']:.1f} | {_mean(cell, arm, 'baseline_val_loss'):.4f} | "
                     f"{_mean(cell, arm, 'tst_val_loss'):.4f} | {_mean(cell, arm, 'gap'):+.4f} ({gaps}) | "
                     f"{interval_text(gap['interval'], '+.3f')} | {gap['reading']} | "
-                    f"{_num(value['value'], '.2f')} ({interval_text(value['interval'], '.2f')}; {value['reading']}) | "
+                    f"{value_text(value)} | "
                     f"{_num(_mean(cell, arm, 'gap_at_switch'), '+.3f')} | "
                     f"{_num(_mean(cell, arm, 'half_recovery_steps'), '.0f')} |")
     lines += ["", "Gap: TST minus baseline final val loss at equal FLOPs; its 95% interval comes from the evaluation "
