@@ -141,9 +141,8 @@ def label(key: tuple[float, int]) -> str:
     return f"lr {key[0]:g}, warmup {key[1]}"
 
 
-def report(root: Path, size: str, steps: int) -> str:
-    cells = load_runs(root, size, steps)
-    arms = sorted({n for c in cells.values() for runs in c.values() for n in runs if n != "baseline"}, reverse=True)
+def finals_table(cells: Cells, arms: list[str], size: str, steps: int) -> list[str]:
+    """Return the table of every run's final val loss, one row per setting and seed."""
     lines = [f"Every run's final val loss ({size}, {steps} steps):", "",
              "| LR | warmup | seed | baseline | " + " | ".join(arms) + " | eval noise (baseline) |",
              "| --- | --- | --- | --- | " + "--- | " * len(arms) + "--- |"]
@@ -153,33 +152,49 @@ def report(root: Path, size: str, steps: int) -> str:
             noise = noise_of(runs["baseline"]) if "baseline" in runs else None
             lines.append(f"| {key[0]:g} | {key[1]} | {seed} | {finals} | "
                          f"{'n/a' if noise is None else f'{noise:.4f}'} |")
+    return lines
+
+
+def baselines_table(cells: Cells) -> tuple[tuple[float, int], list[str]]:
+    """Return the baseline's best setting and the table of every other baseline against it, seed by seed."""
     best, by = best_setting(cells, "baseline")
-    lines += ["", f"The baseline's best setting: {label(best)} (mean final {mean_final(cells[best], 'baseline'):.4f}; "
-              f"chosen on seeds {', '.join(by)}, the seeds every setting ran). Other baselines against it:", "",
-              "| setting | baseline minus the best baseline (seeds) | 95% interval | reading |",
-              "| --- | --- | --- | --- |"]
+    lines = ["", f"The baseline's best setting: {label(best)} (mean final {mean_final(cells[best], 'baseline'):.4f}; "
+             f"chosen on seeds {', '.join(by)}, the seeds every setting ran). Other baselines against it:", "",
+             "| setting | baseline minus the best baseline (seeds) | 95% interval | reading |",
+             "| --- | --- | --- | --- |"]
+    within = {"baseline better": "worse, beyond the noise", "TST better": "better, beyond the noise"}
     for key, cell in sorted(cells.items()):
         seeds = [s for s in cell if "baseline" in cell[s] and "baseline" in cells[best].get(s, {})]
         if key != best and seeds:
             gaps = [cell[s]["baseline"]["final"] - cells[best][s]["baseline"]["final"] for s in seeds]
             g = gap_reading(gaps, [noise_of(cells[best][s]["baseline"]) for s in seeds])
             gi = "n/a" if g["interval"] is None else f"{g['interval'][0]:+.3f} to {g['interval'][1]:+.3f}"
-            within = {"baseline better": "worse, beyond the noise", "TST better": "better, beyond the noise"}
             lines.append(f"| {label(key)} | {', '.join(f'{x:+.4f}' for x in gaps)} | {gi} | "
                          f"{within.get(g['reading'], g['reading'])} |")
+    return best, lines
+
+
+def gap_tables(cells: Cells, arms: list[str], best: tuple[float, int]) -> list[str]:
+    """Return the three gap tables: the paper's protocol, each arm at its own best, each at every setting."""
     header = ["| arm | setting | gap (seeds) | gap 95% interval | reading | phase-1 step value (95% interval) |",
               "| --- | --- | --- | --- | --- | --- |"]
-    lines += ["", f"The paper's protocol: every arm at the baseline's best setting ({label(best)}):", "", *header]
-    for arm in arms:
-        lines.append(f"| {arm} | {label(best)} " + reading(cells[best], cells[best], arm))
+    lines = ["", f"The paper's protocol: every arm at the baseline's best setting ({label(best)}):", "", *header]
+    lines += [f"| {arm} | {label(best)} " + reading(cells[best], cells[best], arm) for arm in arms]
     lines += ["", f"Each arm at its own best setting, against the baseline at its best ({label(best)}):", "", *header]
     for arm in arms:
         own, _ = best_setting(cells, arm)
         lines.append(f"| {arm} | {label(own)} " + reading(cells[best], cells[own], arm))
     lines += ["", "Each arm against the baseline of the same setting:", "", *header]
-    for key, cell in sorted(cells.items()):
-        for arm in arms:
-            lines.append(f"| {arm} | {label(key)} " + reading(cell, cell, arm))
+    lines += [f"| {arm} | {label(key)} " + reading(cell, cell, arm)
+              for key, cell in sorted(cells.items()) for arm in arms]
+    return lines
+
+
+def report(root: Path, size: str, steps: int) -> str:
+    cells = load_runs(root, size, steps)
+    arms = sorted({n for c in cells.values() for runs in c.values() for n in runs if n != "baseline"}, reverse=True)
+    best, baselines = baselines_table(cells)
+    lines = finals_table(cells, arms, size, steps) + baselines + gap_tables(cells, arms, best)
     marks = [steps * k // 10 for k in range(1, 11)]
     for key, cell in sorted(cells.items()):
         lines += ["", f"The gap along the run at {label(key)}: TST minus the baseline of the same setting, the mean of "
