@@ -44,11 +44,6 @@ def gap_text(found: tuple[list[str], list[float], dict[str, Any] | None]) -> str
     return f"{', '.join(f'{x:+.3f}' for x in gaps)} ({g['reading']}{interval})"
 
 
-def step_value_text(cell: dict[str, Any], arm: str) -> str:
-    """Return the phase-1 step value of ``arm`` against the baseline of the same cell, over its seeds."""
-    return value_text(step_value(cell, arm))
-
-
 def model_points(root: Path, size: str, steps: int, warmup: int) -> list[dict[str, Any]]:
     """Return one record per TST arm of one model's grid at ``warmup``: its shape, the best LRs and both gaps."""
     cells = {k: c for k, c in load_runs(root, size, steps).items() if k[1] == warmup}
@@ -61,13 +56,12 @@ def model_points(root: Path, size: str, steps: int, warmup: int) -> list[dict[st
     points = []
     for arm in arms:
         own, _ = best_setting(cells, arm)
+        protocol, own_gap = seed_gaps(cells[best], cells[best], arm), seed_gaps(cells[best], cells[own], arm)
         points.append({"size": size, "shape": f"hidden {some.model.hidden_size}, {some.model.num_layers} layers",
                        "body": body, "rest": rest, "tried": sorted(cells), "arm": arm, "best": best, "own": own,
                        "best_final": mean_final(cells[best], "baseline"), "own_final": mean_final(cells[own], arm),
-                       "protocol": seed_gaps(cells[best], cells[best], arm),
-                       "own_gap": seed_gaps(cells[best], cells[own], arm)})
-        p = points[-1]
-        p["text"] = (gap_text(p["protocol"]), gap_text(p["own_gap"]), step_value_text(cells[own], arm))
+                       "protocol": protocol, "own_gap": own_gap,
+                       "text": (gap_text(protocol), gap_text(own_gap), value_text(step_value(cells[own], arm)))})
     return points
 
 

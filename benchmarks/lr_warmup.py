@@ -29,6 +29,7 @@ from tstrain.experiments.base import (
     decay_start,
     fit_curve,
     gap_reading,
+    interval_text,
     phase1_step_value,
     val_rows,
     value_summary,
@@ -63,8 +64,9 @@ def noise_of(run: dict[str, Any]) -> float | None:
     return fit.noise if fit else None
 
 
-def mean_final(cell: dict[str, dict[str, Any]], name: str) -> float | None:
-    finals = [runs[name]["final"] for runs in cell.values() if name in runs]
+def mean_final(cell: dict[str, dict[str, Any]], name: str, seeds: set[str] | None = None) -> float | None:
+    """Return run ``name``'s mean final val loss over ``seeds`` (every seed it ran, by default)."""
+    finals = [runs[name]["final"] for s, runs in cell.items() if name in runs and (seeds is None or s in seeds)]
     return sum(finals) / len(finals) if finals else None
 
 
@@ -78,11 +80,7 @@ def best_setting(cells: Cells, name: str) -> tuple[tuple[float, int], list[str]]
     ran = {k: {s for s, runs in c.items() if name in runs} for k, c in cells.items()}
     ran = {k: seeds for k, seeds in ran.items() if seeds}
     shared = set.intersection(*ran.values())
-
-    def mean(key: tuple[float, int]) -> float:
-        finals = [cells[key][s][name]["final"] for s in (shared or ran[key])]
-        return sum(finals) / len(finals)
-    best = min(ran, key=mean)
+    best = min(ran, key=lambda key: mean_final(cells[key], name, shared or None))
     return best, sorted(shared or ran[best])
 
 
@@ -112,8 +110,8 @@ def reading(base_cell: dict[str, dict[str, Any]], arm_cell: dict[str, dict[str, 
     seeds, gaps, g = seed_gaps(base_cell, arm_cell, arm)
     if not seeds:
         return "| n/a | | | |"
-    gi = "n/a" if g["interval"] is None else f"{g['interval'][0]:+.3f} to {g['interval'][1]:+.3f}"
-    head = f"| {', '.join(f'{x:+.4f}' for x in gaps)} | {gi} | {g['reading']} (seeds {', '.join(seeds)}) "
+    head = (f"| {', '.join(f'{x:+.4f}' for x in gaps)} | {interval_text(g['interval'], '+.3f')} | "
+            f"{g['reading']} (seeds {', '.join(seeds)}) ")
     if base_cell is not arm_cell:  # the stable phases of two LRs stand at different levels
         return head + "| not comparable across settings |"
     return head + f"| {value_text(step_value(arm_cell, arm))} |"
@@ -164,13 +162,10 @@ def baselines_table(cells: Cells) -> tuple[tuple[float, int], list[str]]:
              "| --- | --- | --- | --- |"]
     within = {"baseline better": "worse, beyond the noise", "TST better": "better, beyond the noise"}
     for key, cell in sorted(cells.items()):
-        seeds = [s for s in cell if "baseline" in cell[s] and "baseline" in cells[best].get(s, {})]
+        seeds, gaps, g = seed_gaps(cells[best], cell, "baseline")
         if key != best and seeds:
-            gaps = [cell[s]["baseline"]["final"] - cells[best][s]["baseline"]["final"] for s in seeds]
-            g = gap_reading(gaps, [noise_of(cells[best][s]["baseline"]) for s in seeds])
-            gi = "n/a" if g["interval"] is None else f"{g['interval'][0]:+.3f} to {g['interval'][1]:+.3f}"
-            lines.append(f"| {label(key)} | {', '.join(f'{x:+.4f}' for x in gaps)} | {gi} | "
-                         f"{within.get(g['reading'], g['reading'])} |")
+            lines.append(f"| {label(key)} | {', '.join(f'{x:+.4f}' for x in gaps)} | "
+                         f"{interval_text(g['interval'], '+.3f')} | {within.get(g['reading'], g['reading'])} |")
     return best, lines
 
 

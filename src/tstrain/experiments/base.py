@@ -280,9 +280,15 @@ def value_text(summary: dict[str, Any]) -> str:
         return "n/a" if summary["reading"] == "not measured" else f"n/a ({summary['reading']})"
     if summary["value"] is None and summary["interval"][0] is None:
         return f"above any ({summary['reading']})"
-    lo, hi = ("unbounded" if x is None else f"{x:.2f}" for x in summary["interval"] or [None, None])
     value = "above any" if summary["value"] is None else f"{summary['value']:.2f}"
-    return f"{value} ({'n/a' if not summary['interval'] else f'{lo} to {hi}'}; {summary['reading']})"
+    return f"{value} ({interval_text(summary['interval'], '.2f')}; {summary['reading']})"
+
+
+def interval_text(interval: list[float | None] | None, spec: str) -> str:
+    """Return a 95% interval as "lo to hi" ("unbounded" for an open end, "n/a" for none)."""
+    if not interval:
+        return "n/a"
+    return " to ".join("unbounded" if x is None else format(x, spec) for x in interval)
 
 
 def _bootstrap(rows: list[dict[str, Any]], fit: CurveFit, draws: int,

@@ -32,6 +32,7 @@ from .base import (
     decay_start,
     fit_curve,
     gap_reading,
+    interval_text,
     not_comparable_value,
     phase1_step_value,
     run_or_reuse,
@@ -269,13 +270,6 @@ def cell_readings(cell: dict[str, dict], arm: str) -> tuple[dict[str, Any], dict
     value = value_summary([{"value": f["phase1_step_value"], "interval": f.get("phase1_step_value_interval"),
                             "reading": f.get("phase1_step_value_reading", "not measured")} for f in figs])
     return gap, value
-
-
-def interval_text(interval: list[float | None] | None, spec: str) -> str:
-    """Return a 95% interval as "lo to hi" ("unbounded" for an open end, "n/a" for none)."""
-    if not interval:
-        return "n/a"
-    return " to ".join("unbounded" if x is None else format(x, spec) for x in interval)
 
 
 def scale_markdown(result: dict[str, Any]) -> str:
