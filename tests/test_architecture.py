@@ -78,15 +78,17 @@ def module_level_imports(module: Path) -> set[str]:
 
 def test_the_method_and_the_reader_import_nothing_above_them():
     g = graph()
-    # torch only: the method alone in one file. Its fused loss asks kernels/ for the Triton kernel on CUDA,
-    # inside the function, so loading the method loads nothing of ours; the kernels import nothing of ours.
-    assert g["superposition"] <= {"kernels"}
-    assert module_level_imports(PACKAGE / "superposition.py") == {"__future__", "torch"}
+    # torch, and the settings' names and window layout from the torch-free schedule: the method in one file.
+    # Its fused loss asks kernels/ for the Triton kernel on CUDA, inside the function; the kernels import
+    # nothing of ours.
+    assert g["superposition"] <= {"kernels", "schedule"}
+    assert module_level_imports(PACKAGE / "superposition.py") == {"__future__", "torch", ".schedule"}
     for kernel in (PACKAGE / "kernels").glob("*.py"):
         assert not any(name.startswith("..") or name == "tstrain" for name in module_level_imports(kernel))
         assert imports_of(kernel) == set()  # within kernels/ only
     assert g["data.permutation"] == set()  # numpy only, under the reader
-    assert g["schedule"] == {"superposition"}  # the two phases from the settings alone
+    # the settings, their rules and the two phases, torch-free: the config imports them to build its flags
+    assert g["schedule"] == {"errors"} and third_party_imports_of(PACKAGE / "schedule.py") == set()
     assert g["data.reader"] <= {"errors", "data.permutation", "schedule"}
     assert g["config"] <= {"errors", "options", "schedule"} and g["options"] == {"errors"}
     below_trainer = {m for m in g if not m.startswith(("train.loop", "experiments", "cli"))}

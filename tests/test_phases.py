@@ -25,7 +25,7 @@ def train_rows(run):
 
 
 def test_step_down_sizes_halve_while_whole():
-    sizes = {s: load_config("tiny", overrides={"tst.bag_size": s}).step_down_sizes() for s in (3, 4, 6, 8)}
+    sizes = {s: load_config("tiny", overrides={"tst.bag_size": s}).tst.step_down_sizes() for s in (3, 4, 6, 8)}
     assert sizes == {4: [4, 2], 8: [8, 4, 2], 6: [6, 3], 3: [3]}
 
 
@@ -51,7 +51,8 @@ def test_blend_moves_the_bag_share_from_1_to_0_around_the_switch_at_equal_budget
     assert all(sum(m.values()) == 8 for m in mixes)  # every step keeps B sequences (equal FLOPs)
     assert sum(m.get(4, 0) for m in mixes) == 8 * 20  # as many bag sequences as the hard switch
     assert any(len(m) == 2 for m in mixes)
-    assert cfg_of(**{"tst.transition": "blend"}).blend_steps == 10  # default: half of phase 1
+    first, end = cfg_of(**{"tst.transition": "blend"}).schedule.blend_window()
+    assert (first, end) == (15, 25)  # default: half of phase 1, centred on the switch
 
 
 @pytest.mark.parametrize("transition", ["step-down", "blend"])

@@ -27,7 +27,7 @@ _HOMES = {
     "adamw": "optim", "wsd_lr": "schedule",
     "bag_embeddings": "superposition", "bag_weights": "superposition",
     "multi_hot_cross_entropy": "superposition", "linear_multi_hot_cross_entropy": "superposition",
-    "superposition_batch": "superposition", "window_length": "superposition",
+    "superposition_batch": "superposition", "window_length": "schedule", "TSTSettings": "schedule",
 }
 
 

@@ -2,10 +2,11 @@
 
 Every knob has one name (``section.field``), one default, one place and one line of
 documentation (its ``doc``, shown by ``--help``); a field with a fixed set of values is a
-``Literal``. The config owns its rules: each section checks its own fields, ``Config.check`` the
-ones that span sections (the transitions among them), and it derives what follows from its
-fields (the switch step, the blend window, the step-down's bag sizes, which fields may change on
-resume). The resolved config is saved with each run as ``config.toml`` and is all a run needs to
+``Literal``. Each section checks its own fields (``rules``) and ``Config`` the ones that span
+sections; the TST settings and every rule that relates them to the run's steps, batch and
+sequence length are the core's (``schedule.TSTSettings``, named ``tst.FIELD`` here), so the
+command line, the Python API and the integrations refuse the same settings in the same words.
+What follows from the settings (the switch step, the schedule) comes from the same place. The resolved config is saved with each run as ``config.toml`` and is all a run needs to
 be reproduced.
 """
 
@@ -20,13 +21,16 @@ import typing
 from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from .errors import ConfigError
 from .options import choices_of, knob
+from .schedule import Schedule, TSTSettings, lr_rules
 
-if TYPE_CHECKING:
-    from .schedule import Schedule
+# How the TST rules name the run's geometry and learning rate in a config.
+RUN_NAMES = {"steps": "train.steps", "batch_size": "train.batch_size", "seq_len": "train.seq_len"}
+LR_NAMES = {"peak": "optim.lr", "warmup": "optim.warmup_steps", "decay_fraction": "optim.decay_fraction",
+            "final_lr_fraction": "optim.final_lr_fraction"}
 
 __all__ = ["Config", "ConfigError", "load_config", "preset_names", "field_help", "resume_differences"]
 
@@ -84,35 +88,22 @@ class ModelConfig:
         ]
 
 
-@dataclass
-class TSTConfig:
-    """Token Superposition Training: phase 1 runs for the first round(ratio * steps) steps."""
+@dataclass(frozen=True)
+class TSTConfig(TSTSettings):
+    """Token Superposition Training: phase 1 runs for the first round(ratio * steps) steps.
 
-    bag_size: int = knob(4, "s: tokens averaged into one position in phase 1 (1 is the baseline)")
-    ratio: float = knob(0.3, "r: the fraction of the steps in phase 1 (0 is the baseline)")
-    weights: Literal["uniform", "power", "exponential", "first", "mi"] = knob(
-        "uniform", "weights of a target bag's tokens in the multi-hot cross entropy")
-    mi_exponent: float = knob(-1.25, "k of the MI(d) = C0 + a*d^k fit, for weights = mi")
-    variant: Literal["both", "input", "output"] = knob(
-        "both", "bags on both sides, the input side only or the output side only")
+    The settings and their rules are ``schedule.TSTSettings``'s, named ``tst.FIELD`` here; what the
+    trainer does at the switch is set here.
+    """
+
     reset_optimizer: bool = knob(False, "at the switch: clear AdamW moments")
     restart_schedule: bool = knob(False, "at the switch: start the LR schedule again for phase 2")
-    expand: Literal["length", "batch"] = knob(
-        "length", "phase 1 reads s x the text as longer windows (length) or s x the windows of L/s bags (batch)")
     reinit_embeddings: bool = knob(
         False, "at the switch: re-initialise embedding and LM head (the paper's negative control)")
-    transition: Literal["hard", "step-down", "blend"] = knob(
-        "hard", "the switch (the paper), bag size s -> s/2 -> ... within phase 1, or a blended mix of both")
-    transition_steps: int = knob(0, "blend: steps over which the bag share falls from 1 to 0, centred on the switch "
-                                    "(0: half of phase 1)")
 
-    def rules(self) -> list[tuple[bool, str]]:
-        return [
-            (self.bag_size >= 1, f"tst.bag_size must be an integer >= 1 (1 is the baseline); got {self.bag_size}"),
-            (0.0 <= self.ratio < 1.0,
-             f"tst.ratio must be in [0, 1): phase 2 needs at least one step; got {self.ratio}"),
-            (self.transition_steps >= 0, f"tst.transition_steps must be >= 0; got {self.transition_steps}"),
-        ]
+    @classmethod
+    def name_of(cls, setting_name: str) -> str:
+        return f"tst.{setting_name}"
 
 
 @dataclass
@@ -143,12 +134,7 @@ class OptimConfig:
     grad_clip: float = knob(1.0, "max global grad norm; 0 turns clipping off")
 
     def rules(self) -> list[tuple[bool, str]]:
-        return [
-            (self.lr > 0, f"optim.lr must be positive; got {self.lr}"),
-            (self.warmup_steps >= 0, f"optim.warmup_steps must be >= 0; got {self.warmup_steps}"),
-            (0.0 <= self.decay_fraction <= 1.0, f"optim.decay_fraction must be in [0, 1]; got {self.decay_fraction}"),
-            (0.0 <= self.final_lr_fraction <= 1.0,
-             f"optim.final_lr_fraction must be in [0, 1]; got {self.final_lr_fraction}"),
+        return lr_rules(self.lr, self.warmup_steps, self.decay_fraction, self.final_lr_fraction, LR_NAMES) + [
             (0.0 <= self.beta1 < 1.0 and 0.0 <= self.beta2 < 1.0, "optim.beta1 and optim.beta2 must be in [0, 1)"),
             (self.grad_clip >= 0, f"optim.grad_clip must be >= 0 (0 disables clipping); got {self.grad_clip}"),
         ]
@@ -234,29 +220,13 @@ class Config:
     def schedule(self) -> Schedule:
         """Return the run's per-step plan (``tstrain.Schedule``): the one place the switch, the
         transitions and what each step reads are derived."""
-        from .schedule import Schedule  # the method's core (torch): not needed to parse a config
-
-        t, tr = self.tst, self.train
-        return Schedule(tr.steps, tr.batch_size, tr.seq_len, t.bag_size, t.ratio, t.variant, t.transition,
-                        t.transition_steps, t.expand)
+        tr = self.train
+        return self.tst.schedule(tr.steps, tr.batch_size, tr.seq_len)
 
     @property
     def switch_step(self) -> int:
         """Return the first phase-2 step: round(ratio * steps), or 0 when bag_size is 1."""
-        return self.schedule.switch_step
-
-    @property
-    def blend_steps(self) -> int:
-        """Return the width of a blended transition: ``tst.transition_steps``, or half of phase 1 when 0."""
-        return self.schedule.blend_steps
-
-    def blend_window(self) -> tuple[int, int]:
-        """Return the blend's ``[first, end)`` steps: ``blend_steps`` steps centred on the switch."""
-        return self.schedule.blend_window()
-
-    def step_down_sizes(self) -> list[int]:
-        """Return the bag sizes a step-down phase 1 goes through (``s, s/2, ...``)."""
-        return self.schedule.step_down_sizes()
+        return self.tst.switch_step_of(self.train.steps)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -286,42 +256,13 @@ class Config:
             "model.max_position_embeddings": m.max_position_embeddings or self.train.seq_len})
 
     def rules(self) -> list[tuple[bool, str]]:
-        """Return the checks that span sections."""
-        t, tr = self.tst, self.train
+        """Return the checks that span sections: the TST settings' against the run (``TSTSettings.run_rules``)."""
+        tr = self.train
         return [
-            (t.expand == "length" or (t.variant != "output" and tr.seq_len % t.bag_size == 0),
-             f"tst.expand=batch needs bag inputs (tst.variant both or input) and train.seq_len ({tr.seq_len}) "
-             f"divisible by tst.bag_size ({t.bag_size}): phase 1 then sees seq_len / bag_size positions per sequence"),
             (self.model.max_position_embeddings == 0 or self.model.max_position_embeddings >= tr.seq_len,
              f"model.max_position_embeddings ({self.model.max_position_embeddings}) is below "
              f"train.seq_len ({tr.seq_len}); raise it or set it to 0 to follow seq_len"),
-            (not (t.bag_size > 1 and 0 < t.ratio and self.switch_step == 0),
-             f"tst.ratio={t.ratio} of {tr.steps} steps rounds to no phase-1 step; raise the ratio or the steps, "
-             "or set tst.ratio=0 for the baseline"),
-            (self.switch_step < tr.steps,
-             f"tst.ratio={t.ratio} of {tr.steps} steps switches at step {self.switch_step} and leaves no phase-2 step: "
-             "the model would never train on next-token prediction; lower the ratio or raise train.steps"),
-        ]
-
-    def transition_rules(self) -> list[tuple[bool, str]]:
-        """Return the checks of a step-down or blended transition (none for the hard switch or the baseline)."""
-        t, S, N = self.tst, self.switch_step, self.train.steps
-        if t.transition == "hard" or S == 0:
-            return []
-        if t.expand != "length":
-            return [(False, f"tst.transition={t.transition} works with tst.expand=length only; use the hard switch "
-                            "with batch expansion")]
-        if t.transition == "step-down":
-            stages = len(self.step_down_sizes())
-            return [(stages > 1, f"tst.transition=step-down halves the bag size within phase 1 (4 -> 2 -> 1) "
-                                 f"and needs an even tst.bag_size above 2; got {t.bag_size}. "
-                                 "Use transition=blend or hard"),
-                    (S >= stages, f"tst.transition=step-down needs at least one phase-1 step per bag size ({stages}); "
-                                  f"phase 1 has {S}. Raise tst.ratio or train.steps")]
-        first, end = self.blend_window()
-        return [(end - first >= 2 and first >= 0 and end <= N,
-                 f"tst.transition=blend needs tst.transition_steps between 2 and {min(2 * S, 2 * (N - S))}: the blend "
-                 f"window is centred on the switch (step {S} of {N}) and must fit inside the run; got {end - first}")]
+        ] + self.tst.run_rules(tr.steps, tr.batch_size, tr.seq_len, RUN_NAMES)
 
 
 SECTIONS = {f.name: f.default_factory for f in fields(Config)}
@@ -388,7 +329,8 @@ def apply_overrides(cfg: Config, values: dict[str, Any]) -> Config:
         hints = _hints(SECTIONS[section])
         if name not in hints:
             raise ConfigError(f"unknown config field {key!r}; {section} has {', '.join(hints)}")
-        setattr(getattr(cfg, section), name, _coerce(key, value, hints[name]))
+        # A replaced section checks itself (the TST settings refuse a value they cannot train with).
+        setattr(cfg, section, dataclasses.replace(getattr(cfg, section), **{name: _coerce(key, value, hints[name])}))
     return cfg
 
 
@@ -434,8 +376,7 @@ def validate(cfg: Config) -> None:
                 raise ConfigError(f"{section}.{name} must be one of {', '.join(allowed)}; got {getattr(part, name)!r}")
     # In this order, each list built only once the ones before it hold: the later ones derive the
     # schedule, which needs sane section values.
-    checks = [lambda: [rule for section in SECTIONS for rule in getattr(cfg, section).rules()], cfg.rules,
-              cfg.transition_rules]
+    checks = [lambda: [rule for section in SECTIONS for rule in getattr(cfg, section).rules()], cfg.rules]
     for rules in checks:
         for ok, message in rules():
             if not ok:

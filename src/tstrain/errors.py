@@ -15,6 +15,10 @@ class ConfigError(TstrainError, ValueError):
     """A configuration value is wrong; the message says which and how to fix it."""
 
 
+class ConfigTypeError(ConfigError, TypeError):
+    """A setting has the wrong type (a fractional bag size, a ratio given as text)."""
+
+
 class DataError(TstrainError, ValueError):
     """The data cannot serve the run; the message names the problem and the fix."""
 

@@ -1,11 +1,17 @@
 """What each optimizer step of a TST run trains on, from the TST settings and the step count alone.
 
+``TSTSettings`` are the TST settings of a run (bag size, ratio, weights, variant, transition,
+expansion) and every rule that relates them, to each other and to a run's steps, batch and
+sequence length: the config, ``Schedule``, the Hugging Face ``Trainer`` integration and the
+TorchTitan extension all ask these rules, so a setting is refused in the same words wherever it
+is given (only the names differ: ``bag_size`` in Python, ``tst.bag_size`` in a config).
+
 ``Schedule`` is the one source of truth for the two phases: the switch step, each step's phase,
 its bag sizes and sequence counts (the hard switch, the step-down and the blend), the positions
-the transformer sees, the variant, and the tokens each sequence reads. It needs no config and no
-files, so an own training loop, the Hugging Face ``Trainer`` integration and tstrain's trainer all
-ask the same object. It also gives the run's learning rate (one Warmup-Stable-Decay schedule over
-all steps, or one per phase when restarted).
+the transformer sees, the variant, and the tokens each sequence reads. It needs no config, no
+files and no torch, so an own training loop, the integrations and tstrain's trainer all ask the
+same object. It also gives the run's learning rate (one Warmup-Stable-Decay schedule over all
+steps, or one per phase when restarted).
 
 Transitions (``S = round(ratio * steps)``, the switch):
 
@@ -24,13 +30,101 @@ anywhere in a transition.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+import math
+import numbers
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
-from .superposition import VARIANTS, window_length
+from .errors import ConfigError, ConfigTypeError
 
+VARIANTS = ("both", "input", "output")
+WEIGHT_SCHEMES = ("uniform", "power", "exponential", "first", "mi")
 TRANSITIONS = ("hard", "step-down", "blend")
 EXPANSIONS = ("length", "batch")
+
+# Exponent of the paper's mutual-information fit on DCLM, MI(d) ~ C0 + a * d**k.
+DCLM_MI_EXPONENT = -1.25
+
+# How the rules name a run's geometry: ``Schedule``'s own fields unless a caller says otherwise.
+PLAIN_RUN_NAMES = {"steps": "steps", "batch_size": "batch_size", "seq_len": "seq_len"}
+
+
+def window_length(seq_len: int, bag_size: int, variant: str | None) -> tuple[int, int]:
+    """Return ``(stride, window)``: tokens consumed as inputs, and tokens read per sequence.
+
+    ``variant=None`` means ordinary next-token prediction (phase 2, or the baseline).
+    """
+    L, s = seq_len, bag_size
+    if variant is None or s == 1:
+        return L, L + 1
+    if variant == "both":
+        return L * s, (L + 1) * s
+    if variant == "input":
+        return L * s, L * s + 1
+    if variant == "output":
+        return L, L + s
+    raise ValueError(f"unknown TST variant {variant!r}; choose one of {VARIANTS}")
+
+
+def setting(default: Any, doc: str, **metadata: Any) -> Any:
+    """Return a dataclass field with its one line of documentation (what ``--help`` shows)."""
+    return field(default=default, metadata={"doc": doc, **metadata})
+
+
+def is_integer(value: Any) -> bool:
+    """Return whether ``value`` is a whole number of an integer type (``True`` and ``2.0`` are not)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def is_real(value: Any) -> bool:
+    """Return whether ``value`` is a finite number (not a bool)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def raise_first(type_problems: list[str], rules: list[tuple[bool, str]]) -> None:
+    """Raise ``ConfigTypeError`` for the first wrong type, else ``ConfigError`` for the first broken rule."""
+    if type_problems:
+        raise ConfigTypeError(type_problems[0])
+    for ok, message in rules:
+        if not ok:
+            raise ConfigError(message)
+
+
+def lr_rules(peak: float, warmup: int, decay_fraction: float, final_lr_fraction: float,
+             names: Mapping[str, str] | None = None) -> list[tuple[bool, str]]:
+    """Return the checks of a WSD learning rate's settings (so that no step's LR is negative)."""
+    n = {"peak": "peak", "warmup": "warmup", "decay_fraction": "decay_fraction",
+         "final_lr_fraction": "final_lr_fraction", **(names or {})}
+    return [
+        (is_real(peak) and peak > 0, f"{n['peak']} must be a positive number; got {peak!r}"),
+        (is_integer(warmup) and warmup >= 0, f"{n['warmup']} must be an integer >= 0; got {warmup!r}"),
+        (is_real(decay_fraction) and 0.0 <= decay_fraction <= 1.0,
+         f"{n['decay_fraction']} must be in [0, 1]; got {decay_fraction!r}"),
+        (is_real(final_lr_fraction) and 0.0 <= final_lr_fraction <= 1.0,
+         f"{n['final_lr_fraction']} must be in [0, 1]; got {final_lr_fraction!r}"),
+    ]
+
+
+def wsd_lr(step: int, total: int, lr: float, warmup: int, decay_fraction: float,
+           final_lr_fraction: float = 0.0) -> float:
+    """Return the Warmup-Stable-Decay learning rate at ``step`` (0-based) of ``total``.
+
+    Linear warmup over ``warmup`` steps (step 0 already trains at ``lr / warmup``), constant, then
+    linear decay to ``final_lr_fraction * lr`` over the last ``round(decay_fraction * total)`` steps
+    (reached at the final step, and kept past it: the LR is never negative).
+    """
+    raise_first([], lr_rules(lr, warmup, decay_fraction, final_lr_fraction, {"peak": "lr"}))
+    if not is_integer(step) or step < 0:
+        raise ConfigError(f"step must be an integer >= 0; got {step!r}")
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    decay_steps = round(decay_fraction * total)
+    decay_start = total - decay_steps
+    if decay_steps == 0 or step < decay_start:
+        return lr
+    progress = min((step - decay_start + 1) / decay_steps, 1.0)
+    return lr * (1.0 - (1.0 - final_lr_fraction) * progress)
 
 
 @dataclass(frozen=True)
@@ -63,78 +157,72 @@ class SequenceGroup:
 StepPlan = tuple[SequenceGroup, ...]
 
 
-def wsd_lr(step: int, total: int, lr: float, warmup: int, decay_fraction: float, final_fraction: float = 0.0) -> float:
-    """Return the Warmup-Stable-Decay learning rate at ``step`` (0-based) of ``total``.
-
-    Linear warmup over ``warmup`` steps (step 0 already trains at ``lr / warmup``), constant, then
-    linear decay to ``final_fraction * lr`` over the last ``round(decay_fraction * total)`` steps
-    (reached at the final step).
-    """
-    if step < warmup:
-        return lr * (step + 1) / warmup
-    decay_steps = round(decay_fraction * total)
-    decay_start = total - decay_steps
-    if decay_steps == 0 or step < decay_start:
-        return lr
-    progress = (step - decay_start + 1) / decay_steps
-    return lr * (1.0 - (1.0 - final_fraction) * progress)
 
 
-@dataclass(frozen=True)
-class Schedule:
-    """The per-step plan of a TST run of ``steps`` optimizer steps of ``batch_size`` sequences of
-    ``seq_len`` positions. ``bag_size`` 1 or ``ratio`` 0 is the baseline (next-token throughout).
+@dataclass(frozen=True, kw_only=True)
+class TSTSettings:
+    """The TST settings of a run, checked when made: each field alone here, against a run's steps,
+    batch and sequence length in ``run_rules``. ``bag_size`` 1 or ``ratio`` 0 is the baseline."""
 
-    ``expand="batch"`` trains phase 1 on ``B*s`` sequences of ``L/s`` positions instead of ``B``
-    of ``L`` (same positions and data tokens per step, shorter attention context).
-    """
-
-    steps: int
-    batch_size: int
-    seq_len: int
-    bag_size: int = 4
-    ratio: float = 0.3
-    variant: Literal["both", "input", "output"] = "both"
-    transition: Literal["hard", "step-down", "blend"] = "hard"
-    transition_steps: int = 0
-    expand: Literal["length", "batch"] = "length"
+    bag_size: int = setting(4, "s: tokens averaged into one position in phase 1 (1 is the baseline)")
+    ratio: float = setting(0.3, "r: the fraction of the steps in phase 1 (0 is the baseline)")
+    weights: Literal["uniform", "power", "exponential", "first", "mi"] = setting(
+        "uniform", "weights of a target bag's tokens in the multi-hot cross entropy")
+    mi_exponent: float = setting(DCLM_MI_EXPONENT, "k of the MI(d) = C0 + a*d^k fit, for weights = mi")
+    variant: Literal["both", "input", "output"] = setting(
+        "both", "bags on both sides, the input side only or the output side only")
+    transition: Literal["hard", "step-down", "blend"] = setting(
+        "hard", "the switch (the paper), bag size s -> s/2 -> ... within phase 1, or a blended mix of both")
+    transition_steps: int = setting(0, "blend: steps over which the bag share falls from 1 to 0, centred on the "
+                                       "switch (0: half of phase 1)")
+    expand: Literal["length", "batch"] = setting(
+        "length", "phase 1 reads s x the text as longer windows (length) or s x the windows of L/s bags (batch)")
 
     def __post_init__(self):
-        problems = self.problems()
-        if problems:
-            raise ValueError(problems[0])
+        raise_first(self.type_problems(), self.rules())
 
-    def problems(self) -> list[str]:
-        """Return what makes these settings unusable, each saying how to fix it (empty when fine)."""
-        checks = [
-            (self.steps >= 1 and self.batch_size >= 1 and self.seq_len >= 1,
-             f"steps, batch_size and seq_len must be >= 1; got {self.steps}, {self.batch_size}, {self.seq_len}"),
-            (self.bag_size >= 1, f"bag_size must be an integer >= 1 (1 is the baseline); got {self.bag_size}"),
-            (0.0 <= self.ratio < 1.0, f"ratio must be in [0, 1): phase 2 needs at least one step; got {self.ratio}"),
-            (self.variant in VARIANTS, f"variant must be one of {', '.join(VARIANTS)}; got {self.variant!r}"),
-            (self.transition in TRANSITIONS,
-             f"transition must be one of {', '.join(TRANSITIONS)}; got {self.transition!r}"),
-            (self.expand in EXPANSIONS, f"expand must be one of {', '.join(EXPANSIONS)}; got {self.expand!r}"),
-            (self.transition_steps >= 0, f"transition_steps must be >= 0; got {self.transition_steps}"),
-        ]
-        return [message for ok, message in checks if not ok]
+    @classmethod
+    def name_of(cls, setting_name: str) -> str:
+        """Return how a message names a setting (a config section says ``tst.bag_size``)."""
+        return setting_name
 
-    # -- the switch and the transitions ----------------------------------------------------------
+    def settings(self) -> TSTSettings:
+        """Return these settings alone (without what a subclass adds)."""
+        return TSTSettings(**{name: getattr(self, name) for name in TSTSettings.__dataclass_fields__})
 
-    @property
-    def switch_step(self) -> int:
-        """Return the first phase-2 step: ``round(ratio * steps)``, or 0 for the baseline."""
-        return 0 if self.bag_size == 1 else round(self.ratio * self.steps)
+    def type_problems(self) -> list[str]:
+        """Return a message for each setting of the wrong type."""
+        n = self.name_of
+        whole = [name for name in ("bag_size", "transition_steps") if not is_integer(getattr(self, name))]
+        real = [name for name in ("ratio", "mi_exponent") if not is_real(getattr(self, name))]
+        return ([f"{n(name)} must be an integer; got {getattr(self, name)!r}" for name in whole]
+                + [f"{n(name)} must be a finite number; got {getattr(self, name)!r}" for name in real])
 
-    @property
-    def blend_steps(self) -> int:
-        """Return the width of a blended transition: ``transition_steps``, or half of phase 1 when 0."""
-        return self.transition_steps or max(2, self.switch_step // 2)
+    def rules(self) -> list[tuple[bool, str]]:
+        """Return the checks of each setting alone, as ``(ok, message)``."""
+        n = self.name_of
+        choices = (("weights", WEIGHT_SCHEMES), ("variant", VARIANTS), ("transition", TRANSITIONS),
+                   ("expand", EXPANSIONS))
+        return [
+            (self.bag_size >= 1, f"{n('bag_size')} must be an integer >= 1 (1 is the baseline); got {self.bag_size}"),
+            (0.0 <= self.ratio < 1.0,
+             f"{n('ratio')} must be in [0, 1): phase 2 needs at least one step; got {self.ratio}"),
+            (self.transition_steps >= 0, f"{n('transition_steps')} must be >= 0; got {self.transition_steps}"),
+        ] + [(getattr(self, name) in allowed, f"{n(name)} must be one of {', '.join(allowed)}; "
+                                               f"got {getattr(self, name)!r}") for name, allowed in choices]
 
-    def blend_window(self) -> tuple[int, int]:
-        """Return the blend's ``[first, end)`` steps: ``blend_steps`` steps centred on the switch."""
-        first = self.switch_step - self.blend_steps // 2
-        return first, first + self.blend_steps
+    # -- what follows from the steps ---------------------------------------------------------------
+
+    def switch_step_of(self, steps: int) -> int:
+        """Return the first phase-2 step of a run of ``steps``: ``round(ratio * steps)``, or 0 for the baseline."""
+        return 0 if self.bag_size == 1 else round(self.ratio * steps)
+
+    def blend_window_of(self, steps: int) -> tuple[int, int]:
+        """Return the blend's ``[first, end)`` steps: ``transition_steps`` (default: half of phase 1)
+        centred on the switch."""
+        S = self.switch_step_of(steps)
+        width = self.transition_steps or max(2, S // 2)
+        return S - width // 2, S - width // 2 + width
 
     def step_down_sizes(self) -> list[int]:
         """Return the bag sizes a step-down phase 1 goes through: ``s`` halved while it stays a whole
@@ -143,6 +231,91 @@ class Schedule:
         while sizes[-1] % 2 == 0 and sizes[-1] // 2 > 1:
             sizes.append(sizes[-1] // 2)
         return sizes
+
+    def run_rules(self, steps: int, batch_size: int, seq_len: int,
+                  names: Mapping[str, str] = PLAIN_RUN_NAMES) -> list[tuple[bool, str]]:
+        """Return the checks that relate these settings to a run of ``steps`` steps of ``batch_size``
+        sequences of ``seq_len`` positions; ``names`` says how the caller names those three."""
+        n, S = self.name_of, self.switch_step_of(steps)
+        return [
+            (self.expand == "length" or (self.variant != "output" and seq_len % self.bag_size == 0),
+             f"{n('expand')}=batch needs bag inputs ({n('variant')} both or input) and {names['seq_len']} "
+             f"({seq_len}) divisible by {n('bag_size')} ({self.bag_size}): phase 1 then sees seq_len / bag_size "
+             "positions per sequence"),
+            (not (self.bag_size > 1 and 0 < self.ratio and S == 0),
+             f"{n('ratio')}={self.ratio} of {steps} steps rounds to no phase-1 step; raise the ratio or "
+             f"{names['steps']}, or set {n('ratio')}=0 for the baseline"),
+            (S < steps,
+             f"{n('ratio')}={self.ratio} of {steps} steps switches at step {S} and leaves no phase-2 step: the model "
+             f"would never train on next-token prediction; lower the ratio or raise {names['steps']}"),
+        ] + self.transition_rules(steps, names)
+
+    def transition_rules(self, steps: int, names: Mapping[str, str]) -> list[tuple[bool, str]]:
+        """Return the checks of a step-down or blended transition (none for the hard switch or the baseline)."""
+        n, S = self.name_of, self.switch_step_of(steps)
+        if self.transition == "hard" or S == 0:
+            return []
+        if self.expand != "length":
+            return [(False, f"{n('transition')}={self.transition} works with {n('expand')}=length only; use the "
+                            "hard switch with batch expansion")]
+        if self.transition == "step-down":
+            stages = len(self.step_down_sizes())
+            return [(stages > 1, f"{n('transition')}=step-down halves the bag size within phase 1 (4 -> 2 -> 1) "
+                                 f"and needs an even {n('bag_size')} above 2; got {self.bag_size}. "
+                                 "Use transition=blend or hard"),
+                    (S >= stages, f"{n('transition')}=step-down needs at least one phase-1 step per bag size "
+                                  f"({stages}); phase 1 has {S}. Raise {n('ratio')} or {names['steps']}")]
+        first, end = self.blend_window_of(steps)
+        return [(end - first >= 2 and first >= 0 and end <= steps,
+                 f"{n('transition')}=blend needs {n('transition_steps')} between 2 and "
+                 f"{min(2 * S, 2 * (steps - S))}: the blend window is centred on the switch (step {S} of {steps}) "
+                 f"and must fit inside the run; got {end - first}")]
+
+    def schedule(self, steps: int, batch_size: int, seq_len: int) -> Schedule:
+        """Return the schedule of a run of ``steps`` steps of ``batch_size`` sequences of ``seq_len`` positions."""
+        return Schedule(steps=steps, batch_size=batch_size, seq_len=seq_len, **vars(self.settings()))
+
+
+@dataclass(frozen=True)
+class Schedule(TSTSettings):
+    """The per-step plan of a TST run of ``steps`` optimizer steps of ``batch_size`` sequences of
+    ``seq_len`` positions, under the TST settings given by keyword (``TSTSettings``). Settings that
+    cannot train as asked are refused when it is made, before any step.
+
+    ``expand="batch"`` trains phase 1 on ``B*s`` sequences of ``L/s`` positions instead of ``B``
+    of ``L`` (same positions and data tokens per step, shorter attention context). Steps run from 0
+    to ``steps - 1``; asking for a step outside them is refused.
+    """
+
+    steps: int
+    batch_size: int
+    seq_len: int
+
+    def __post_init__(self):
+        geometry = ("steps", "batch_size", "seq_len")
+        wrong = [f"{name} must be an integer; got {getattr(self, name)!r}" for name in geometry
+                 if not is_integer(getattr(self, name))]
+        raise_first(wrong, [(getattr(self, name) >= 1, f"{name} must be >= 1; got {getattr(self, name)}")
+                            for name in geometry])
+        super().__post_init__()
+        raise_first([], self.run_rules(self.steps, self.batch_size, self.seq_len))
+
+    def check_step(self, step: int) -> int:
+        """Return ``step`` if it is one of the run's steps, else raise a ValueError naming the range."""
+        if not is_integer(step) or not 0 <= step < self.steps:
+            raise ConfigError(f"step {step!r} is outside the schedule's steps 0..{self.steps - 1}")
+        return int(step)
+
+    # -- the switch and the transitions ----------------------------------------------------------
+
+    @property
+    def switch_step(self) -> int:
+        """Return the first phase-2 step: ``round(ratio * steps)``, or 0 for the baseline."""
+        return self.switch_step_of(self.steps)
+
+    def blend_window(self) -> tuple[int, int]:
+        """Return the blend's ``[first, end)`` steps: ``transition_steps`` steps centred on the switch."""
+        return self.blend_window_of(self.steps)
 
     def phase(self, step: int) -> int:
         """Return the phase step ``step`` (0-based) trains in: 1 before the switch, else 2 (the baseline: 2)."""
@@ -229,12 +402,15 @@ class Schedule:
 
     # -- the learning rate ---------------------------------------------------------------------
 
-    def lr(self, step: int, peak: float, warmup: int, decay_fraction: float, final_fraction: float = 0.0,
+    def lr(self, step: int, peak: float, warmup: int, decay_fraction: float, final_lr_fraction: float = 0.0,
            restart: bool = False) -> float:
-        """Return the LR of ``step``: one WSD schedule over the run, or (``restart``) one per phase."""
+        """Return the LR of ``step``: one WSD schedule over the run, or (``restart``) one per phase.
+
+        Past the last step the LR stays at its final value; it is never negative.
+        """
         n, S = self.steps, self.switch_step
         if restart and S > 0:
             if step < S:
-                return wsd_lr(step, S, peak, min(warmup, S), decay_fraction, final_fraction)
-            return wsd_lr(step - S, n - S, peak, min(warmup, n - S), decay_fraction, final_fraction)
-        return wsd_lr(step, n, peak, warmup, decay_fraction, final_fraction)
+                return wsd_lr(step, S, peak, min(warmup, S), decay_fraction, final_lr_fraction)
+            return wsd_lr(step - S, n - S, peak, min(warmup, n - S), decay_fraction, final_lr_fraction)
+        return wsd_lr(step, n, peak, warmup, decay_fraction, final_lr_fraction)

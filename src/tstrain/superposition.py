@@ -1,6 +1,7 @@
 """Token Superposition Training: bags, averaged embeddings and the multi-hot cross entropy.
 
-The whole method lives in this file and depends on torch alone, so it can be checked against the
+The whole method lives in this file and depends on torch alone (its settings' names and the window
+layout, ``window_length``, come from the torch-free ``schedule``), so it can be checked against the
 paper line by line and dropped into any training loop. Shapes: ``B`` sequences, ``L`` positions the
 transformer sees, ``s`` the bag size, ``V`` the vocabulary, ``d`` the hidden size.
 
@@ -22,34 +23,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .schedule import DCLM_MI_EXPONENT, VARIANTS, WEIGHT_SCHEMES, window_length
+
 IGNORE_INDEX = -100
-VARIANTS = ("both", "input", "output")
-WEIGHT_SCHEMES = ("uniform", "power", "exponential", "first", "mi")
-
-# Exponent of the paper's mutual-information fit on DCLM, MI(d) ~ C0 + a * d**k.
-DCLM_MI_EXPONENT = -1.25
-
 
 # ----------------------------------------------------------------------------------------------
 # Windows -> (inputs, targets)
 # ----------------------------------------------------------------------------------------------
-
-
-def window_length(seq_len: int, bag_size: int, variant: str | None) -> tuple[int, int]:
-    """Return ``(stride, window)``: tokens consumed as inputs, and tokens read per sequence.
-
-    ``variant=None`` means ordinary next-token prediction (phase 2, or the baseline).
-    """
-    L, s = seq_len, bag_size
-    if variant is None or s == 1:
-        return L, L + 1
-    if variant == "both":
-        return L * s, (L + 1) * s
-    if variant == "input":
-        return L * s, L * s + 1
-    if variant == "output":
-        return L, L + s
-    raise ValueError(f"unknown TST variant {variant!r}; choose one of {VARIANTS}")
 
 
 def next_token_batch(window: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
