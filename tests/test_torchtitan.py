@@ -7,6 +7,7 @@ import re
 import socket
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -103,7 +104,8 @@ def titan_loss(model, loss_fn, micro_batches):
 def test_the_loss_component_over_micro_batches_is_tstrains_loss_of_the_whole_batch(model, variant, step):
     sch = tstrain.Schedule(steps=4, batch_size=4, seq_len=8, bag_size=3, ratio=0.5, variant=variant)
     maker = tstrain.BatchMaker(np.random.default_rng(0).integers(0, VOCAB, 5000), sch, seed=1)
-    ours = titan_loss(model, MultiHotLoss.Config(weights="power").build(), maker.micro_batches(step, grad_accum=2))
+    power = MultiHotLoss.Config(tst=TSTSettings(weights="power")).build()
+    ours = titan_loss(model, power, maker.micro_batches(step, grad_accum=2))
     reference = tst_loss_of(model, weights="power")(maker.batch(step))
     assert ours.item() == pytest.approx(reference.item(), rel=1e-5)
     head = model.lm_head.weight
@@ -228,12 +230,12 @@ def test_the_dataloader_refuses_data_it_cannot_read_or_the_model_cannot_embed(tm
 def test_the_ready_made_run_is_accepted_and_each_setting_its_components_cannot_carry_is_refused():
     assert config_problems(tst_llama3_debugmodel()) == []
     cases = [
-        (lambda c: setattr(c.tst, "transition", "blend"), "blend mixes bag and token sequences"),
+        (lambda c: setattr(c, "tst", replace(c.tst, transition="blend")), "blend mixes bag and token sequences"),
         (lambda c: setattr(c, "loss", CrossEntropyLoss.Config()), "loss must be MultiHotLoss"),
         (lambda c: setattr(c, "model_spec", model_registry("debugmodel")), "converters=\\[BagEmbeddingConverter"),
         (lambda c: setattr(c.training, "disable_cuda_graphs", False), "--training.disable_cuda_graphs"),
         (lambda c: setattr(c.parallelism, "tensor_parallel_degree", 2), "spmd_backend partial_dtensor"),
-        (lambda c: (setattr(c.parallelism, "pipeline_parallel_degree", 2), setattr(c.tst, "expand", "batch")),
+        (lambda c: (setattr(c.parallelism, "pipeline_parallel_degree", 2), setattr(c, "tst", replace(c.tst, expand="batch"))),
          "use tst.expand=length"),
     ]
     for change, message in cases:
@@ -287,6 +289,6 @@ def test_the_example_job_parses_with_command_line_overrides_and_is_accepted(monk
 
     monkeypatch.syspath_prepend(str(ROOT / "examples" / "torchtitan"))
     config = ConfigManager().parse_args(["--module", "tst_job", "--config", "tst_job", "--tst.bag_size", "8",
-                                         "--tst.transition", "step-down", "--loss.loss_fn.weights", "power"])
-    assert (config.tst.bag_size, config.tst.transition, config.loss.loss_fn.weights) == (8, "step-down", "power")
+                                         "--tst.transition", "step-down", "--tst.weights", "power"])
+    assert (config.tst.bag_size, config.tst.transition, config.tst.weights) == (8, "step-down", "power")
     assert config_problems(config) == []

@@ -57,9 +57,9 @@ def reference_loss(trainer, plain: torch.nn.Module, maker, step: int) -> float:
             h = layer(h, None, None)
         return plain.norm(h)
 
-    loss_config = getattr(trainer.config.loss, "loss_fn", trainer.config.loss)  # inside ChunkedLossWrapper or not
+    tst = trainer.config.tst
     loss = tstrain.TSTLoss(embedding=plain.tok_embeddings.weight, body=body, head=plain.lm_head,
-                           weights=loss_config.weights)
+                           weights=tst.weights, mi_exponent=tst.mi_exponent)
     with torch.no_grad():
         return float(loss(maker.batch(step).to(trainer.device)))
 

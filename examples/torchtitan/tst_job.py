@@ -37,7 +37,7 @@ def tst_job() -> TSTTrainer.Config:
         dataloader=TSTDataLoader.Config(dataset_path="data/corpus", seed=0),
         hf_assets_path="",  # empty: the data dir's tokenizer
         # The multi-hot cross entropy, the head applied chunk by chunk over positions.
-        loss=ChunkedLossWrapper.Config(num_chunks=8, loss_fn=MultiHotLoss.Config(weights="uniform")),
+        loss=ChunkedLossWrapper.Config(num_chunks=8, loss_fn=MultiHotLoss.Config()),
         # One optimizer and one LR schedule across the switch (warmup, constant, linear decay).
         optimizer=default_adamw(lr=8e-4),
         lr_scheduler=LRSchedulersContainer.Config(warmup_steps=50, decay_ratio=0.2, decay_type="linear",

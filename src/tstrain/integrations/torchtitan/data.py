@@ -24,32 +24,23 @@ import tyro
 from torchtitan.components.dataloader import BaseDataLoader
 from torchtitan.config import TrainingConfig
 
-from ... import Batch, BatchMaker, Schedule, superposition_batch
+from ... import Batch, BatchMaker, schedule as settings, superposition_batch
 from ...data.tokens import TokenData
 
 
-@dataclass(kw_only=True, slots=True)
-class TSTSettings:
-    """What each step trains on: bags of ``bag_size`` tokens for the first ``ratio`` of the steps."""
+# How the TST rules name the run's geometry in TorchTitan's config.
+RUN_NAMES = {"steps": "training.steps", "batch_size": "training.global_batch_size", "seq_len": "training.seq_len"}
 
-    bag_size: int = 4
-    """Tokens per bag in phase 1 (1: the baseline, next-token throughout)."""
 
-    ratio: float = 0.3
-    """Share of the steps trained on bags; the switch is step ``round(ratio * steps)`` (0-based)."""
+@dataclass(frozen=True, kw_only=True)
+class TSTSettings(settings.TSTSettings):
+    """tstrain's TST settings (``tstrain.TSTSettings``: the same fields, rules and messages), given as
+    ``--tst.FIELD`` (``--tst.bag_size 4 --tst.ratio 0.3``): bags of ``bag_size`` tokens for the first
+    ``ratio`` of the steps."""
 
-    variant: Literal["both", "input", "output"] = "both"
-    """Bags at the input and the target (both), at the input only, or at the target only."""
-
-    transition: Literal["hard", "step-down"] = "hard"
-    """The switch at once, or phase 1 split over bag sizes s, s/2, ... down to 2."""
-
-    expand: Literal["length", "batch"] = "length"
-    """Phase 1 on B sequences of L positions, or on B*s sequences of L/s."""
-
-    def schedule(self, steps: int, batch_size: int, seq_len: int) -> Schedule:
-        return Schedule(steps=steps, batch_size=batch_size, seq_len=seq_len, bag_size=self.bag_size,
-                        ratio=self.ratio, variant=self.variant, transition=self.transition, expand=self.expand)
+    @classmethod
+    def name_of(cls, setting_name: str) -> str:
+        return f"tst.{setting_name}"
 
 
 def open_tokens(path: str) -> tuple[Any, int | None]:

@@ -13,18 +13,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Annotated, Any
 
 import torch
+import tyro
 from torch.distributed.tensor import DTensor, Replicate, Shard
 from torchtitan.components.loss import BaseLoss
 from torchtitan.config import CompileConfig
 
-from ... import multi_hot_cross_entropy
+from ... import TSTSettings, multi_hot_cross_entropy
 
 
 def summed_multi_hot_cross_entropy(logits: torch.Tensor, targets: torch.Tensor,
-                                   weights: str = "uniform") -> torch.Tensor:
+                                   tst: TSTSettings | None = None) -> torch.Tensor:
     """Return ``k`` times the summed per-position multi-hot CE of ``logits (B, L, V)`` and ``targets (B, L, k)``.
 
     TST windows hold no ignored targets, so the mean over positions times their count is the sum.
@@ -39,24 +40,24 @@ def summed_multi_hot_cross_entropy(logits: torch.Tensor, targets: torch.Tensor,
         targets = targets.to_local()
     if targets.dim() == logits.dim() - 1:  # plain next-token labels (B, L): bags of one
         targets = targets.unsqueeze(-1)
-    mean = multi_hot_cross_entropy(logits, targets, weights, check_ids=False)
+    tst = tst or TSTSettings()  # the bags' weighting: tst.weights and tst.mi_exponent
+    mean = multi_hot_cross_entropy(logits, targets, tst.weights, mi_exponent=tst.mi_exponent, check_ids=False)
     return mean * targets.numel()
 
 
 class MultiHotLoss(BaseLoss):
     """TST's multi-hot cross entropy with the trainer's token normalization (phase 2: the plain CE).
 
-    ``weights`` is the target bags' weighting (``tstrain.bag_weights``: uniform, power, exponential,
-    first, mi).
+    The target bags' weighting (``tstrain.bag_weights``) is the run's ``--tst.weights`` and
+    ``--tst.mi_exponent``, which ``TSTTrainer`` hands it (uniform when built alone).
     """
 
     @dataclass(kw_only=True, slots=True)
     class Config(BaseLoss.Config):
-        weights: str = "uniform"
-        """How a target bag's slots are weighted: uniform, power, exponential, first or mi."""
+        tst: Annotated[TSTSettings | None, tyro.conf.Suppress] = None
 
     def __init__(self, config: Config, *, compile_config: CompileConfig | None = None):
-        self.fn = partial(summed_multi_hot_cross_entropy, weights=config.weights)
+        self.fn = partial(summed_multi_hot_cross_entropy, tst=config.tst)
         self._maybe_compile(compile_config)
 
     def __call__(self, pred: torch.Tensor, labels: torch.Tensor, global_valid_tokens: torch.Tensor | None = None,

@@ -17,17 +17,25 @@ from torchtitan.components.loss import ChunkedLossWrapper
 from torchtitan.tools.logging import logger
 from torchtitan.trainer import Trainer
 
-from .data import TSTDataLoader, TSTSettings
+from .data import RUN_NAMES, TSTDataLoader, TSTSettings
 from .loss import MultiHotLoss
 from .model import BagEmbedding
 
 
+def loss_config(config: TSTTrainer.Config):
+    """Return the config of the loss itself (inside a ``ChunkedLossWrapper`` or not)."""
+    return config.loss.loss_fn if isinstance(config.loss, ChunkedLossWrapper.Config) else config.loss
+
+
 def config_problems(config: TSTTrainer.Config) -> list[str]:
-    """Return what keeps ``config`` from training with TST, each with its fix (empty when fine)."""
-    tst = config.tst
-    loss = config.loss.loss_fn if isinstance(config.loss, ChunkedLossWrapper.Config) else config.loss
+    """Return what keeps ``config`` from training with TST, each with its fix (empty when fine): the TST
+    settings against the run (tstrain's own rules, ``TSTSettings.run_rules``), then what these components
+    cannot carry."""
+    tst, t = config.tst, config.training
+    loss = loss_config(config)
     bags_in = tst.bag_size > 1 and tst.ratio > 0 and tst.variant != "output"
-    checks = [
+    batch = t.global_batch_size if t.global_batch_size > 0 else t.local_batch_size
+    checks = tst.run_rules(t.steps, batch, t.seq_len, RUN_NAMES) + [
         (tst.transition in ("hard", "step-down"),
          f"tst.transition={tst.transition!r}: a blend mixes bag and token sequences in one micro-batch, which "
          "TorchTitan's one input tensor cannot carry; use hard or step-down"),
@@ -62,7 +70,7 @@ class TSTTrainer(Trainer):
         problems = config_problems(config)
         if problems:
             raise ValueError(problems[0])
-        config.dataloader.tst = config.tst
+        config.dataloader.tst = loss_config(config).tst = config.tst
         config.dataloader.training = config.training
         config.dataloader.vocab_size = config.model_spec.model.vocab_size
         if not config.hf_assets_path:  # a prepared data dir keeps the tokenizer that made it
