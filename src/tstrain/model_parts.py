@@ -44,12 +44,16 @@ class CausalLMParts(_Parts):
 
     def __init__(self, model: nn.Module):
         self.model = model
-        self.embedding = model.get_input_embeddings()
-        self.head = model.get_output_embeddings()
-        self.body = model.base_model
+        found = [getattr(model, name, None) for name in ("get_input_embeddings", "get_output_embeddings")]
+        self.embedding, self.head = (get() if callable(get) else None for get in found)
+        self.body = getattr(model, "base_model", model)
         if self.embedding is None or self.head is None or self.body is model:
-            raise TypeError(f"{type(model).__name__} does not expose an input embedding, "
-                            "a base model and an output head")
+            raise TypeError(f"{type(model).__name__} is not a Hugging Face causal LM (no input embedding, base model "
+                            "and output head found): give its parts instead, "
+                            "TSTLoss(embedding=..., body=..., head=...)")
+        if getattr(getattr(model, "config", None), "is_encoder_decoder", False):
+            raise TypeError(f"{type(model).__name__} is an encoder-decoder model; TST trains causal decoders "
+                            "(a ...ForCausalLM), whose position t sees only the tokens up to t")
         # Mixture-of-experts causal LMs in transformers keep these three on the model and define the
         # loss function next to it (Qwen3-MoE, Qwen2-MoE, Mixtral, OLMoE, ...).
         self.balance_loss = getattr(sys.modules[type(model).__module__], "load_balancing_loss_func", None)
@@ -103,9 +107,57 @@ class CallableParts(_Parts):
         """Return the last hidden states ``(B, L, d)`` and the body's own extra loss (None if it has none)."""
         if inputs_embeds is None:
             inputs_embeds = self.embedding(input_ids)
-        out = self.body(inputs_embeds)
-        return out if isinstance(out, tuple) else (out, None)
+        return body_output(self.body(inputs_embeds), inputs_embeds.shape)
 
+
+
+def body_output(out, input_shape: torch.Size) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Return ``(hidden, aux_loss)`` of what a body returned, refusing anything but hidden states
+    ``(B, L, d)`` or a pair ``(hidden, aux_loss)`` with a scalar ``aux_loss``."""
+    hidden, aux = out if isinstance(out, tuple) and len(out) == 2 else (out, None)
+    pair_ok = not isinstance(out, tuple) or (isinstance(aux, torch.Tensor) and aux.dim() == 0)
+    hidden_ok = isinstance(hidden, torch.Tensor) and hidden.dim() == 3 and hidden.shape[:2] == input_shape[:2]
+    if not (pair_ok and hidden_ok):
+        raise TypeError(f"the body returned {describe(out)} for inputs {tuple(input_shape)}; a body returns hidden "
+                        "states (B, L, d), or (hidden, aux_loss) with a scalar aux_loss. A torch RNN returns "
+                        "(output, h_n): wrap it as body=lambda x: rnn(x)[0]")
+    return hidden, aux
+
+
+def causal_problem(parts: _Parts, embeds: torch.Tensor) -> str | None:
+    """Return why the body is not a causal decoder (None when it is): a position's hidden state changes
+    when only later positions' inputs change, so a next-token loss would see the future.
+
+    ``embeds`` ``(B, L, d)`` are a real batch's inputs; its first sequence runs twice, the second half
+    of its positions changed the second time. No gradient; the global RNG (and so dropout's masks) is
+    the same for both runs and left as it was.
+    """
+    x = embeds[:1].detach()
+    half = x.shape[1] // 2
+    if half == 0:
+        return None
+    changed = x.clone()
+    changed[:, half:] = 0.5 - x[:, half:]
+    devices = [x.device.index or 0] if x.device.type == "cuda" else []
+    with torch.no_grad(), torch.random.fork_rng(devices=devices):
+        torch.manual_seed(0)
+        before = parts.hidden_states_and_aux_loss(inputs_embeds=x)[0][:, :half].float()
+        torch.manual_seed(0)
+        after = parts.hidden_states_and_aux_loss(inputs_embeds=changed)[0][:, :half].float()
+    if (before - after).abs().max() <= 1e-3 * before.abs().max().clamp_min(1e-6):
+        return None
+    return ("the model is not causal: its hidden states at positions 0..{} change when only later tokens change, so "
+            "the next-token loss would see the future. TST trains causal decoders (a ...ForCausalLM, or a body that "
+            "attends to earlier positions only); a BERT-like config needs is_decoder=true").format(half - 1)
+
+
+def describe(value) -> str:
+    """Return a value's kind and shapes in a few words (for a message)."""
+    if isinstance(value, torch.Tensor):
+        return f"a tensor of shape {tuple(value.shape)}"
+    if isinstance(value, tuple | list):
+        return f"a {type(value).__name__} of ({', '.join(describe(v) for v in value)})"
+    return f"a {type(value).__name__}"
 
 
 class _WeightOnly(nn.Module):

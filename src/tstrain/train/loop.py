@@ -58,9 +58,12 @@ from .run_dir import (
 
 
 def tst_loss_of(model: torch.nn.Module | CausalLMParts, cfg: Config) -> TSTLoss:
-    """Return the run's loss: the public ``TSTLoss`` with the config's weighting and fusion."""
+    """Return the run's loss: the public ``TSTLoss`` with the config's weighting and fusion.
+
+    The families the config builds are causal decoders; a model from ``model.config_file`` is checked.
+    """
     return TSTLoss(model, weights=cfg.tst.weights, mi_exponent=cfg.tst.mi_exponent, fused=cfg.train.fused_loss,
-                   chunk_size=cfg.train.loss_chunk_size)
+                   chunk_size=cfg.train.loss_chunk_size, check_causal=bool(cfg.model.config_file))
 
 
 def call_loss(tst_loss: TSTLoss, batch: Batch) -> torch.Tensor:
@@ -213,7 +216,8 @@ class Trainer:
         self.run_model = self.ctx.shard(self.model)  # run_model(fn, *args) calls fn where the weights are whole
         self.optimizer = make_optimizer(self.model, cfg, device)
         self.tst_loss = tst_loss_of(self.parts, cfg)
-        self.batches = BatchMaker(self.data.train, self.schedule, cfg.train.seed)  # Tokens checks every id read
+        # Tokens checks every id read against the data's vocabulary, which the model's covers.
+        self.batches = BatchMaker(self.data.train, self.schedule, cfg.train.seed, vocab_size=cfg.model.vocab_size)
         self.batches.check_appetite(cfg.data.max_epochs)
         self.val = validation_windows(self.data.val, cfg.train.seq_len, cfg.data.val_windows)
         self.peak = device_peak_flops(device, cfg.log.peak_flops)
