@@ -235,7 +235,8 @@ def test_the_ready_made_run_is_accepted_and_each_setting_its_components_cannot_c
         (lambda c: setattr(c, "model_spec", model_registry("debugmodel")), "converters=\\[BagEmbeddingConverter"),
         (lambda c: setattr(c.training, "disable_cuda_graphs", False), "--training.disable_cuda_graphs"),
         (lambda c: setattr(c.parallelism, "tensor_parallel_degree", 2), "spmd_backend partial_dtensor"),
-        (lambda c: (setattr(c.parallelism, "pipeline_parallel_degree", 2), setattr(c, "tst", replace(c.tst, expand="batch"))),
+        (lambda c: (setattr(c.parallelism, "pipeline_parallel_degree", 2),
+                    setattr(c, "tst", replace(c.tst, expand="batch"))),
          "use tst.expand=length"),
     ]
     for change, message in cases:

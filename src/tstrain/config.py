@@ -6,8 +6,8 @@ documentation (its ``doc``, shown by ``--help``); a field with a fixed set of va
 sections; the TST settings and every rule that relates them to the run's steps, batch and
 sequence length are the core's (``schedule.TSTSettings``, named ``tst.FIELD`` here), so the
 command line, the Python API and the integrations refuse the same settings in the same words.
-What follows from the settings (the switch step, the schedule) comes from the same place. The resolved config is saved with each run as ``config.toml`` and is all a run needs to
-be reproduced.
+What follows from the settings (the switch step, the schedule) comes from the same place. The
+resolved config is saved with each run as ``config.toml`` and is all a run needs to be reproduced.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import numpy as np
 import torch
@@ -24,9 +24,9 @@ import tyro
 from torchtitan.components.dataloader import BaseDataLoader
 from torchtitan.config import TrainingConfig
 
-from ... import Batch, BatchMaker, schedule as settings, superposition_batch
+from ... import Batch, BatchMaker, superposition_batch
+from ... import schedule as settings
 from ...data.tokens import TokenData
-
 
 # How the TST rules name the run's geometry in TorchTitan's config.
 RUN_NAMES = {"steps": "training.steps", "batch_size": "training.global_batch_size", "seq_len": "training.seq_len"}
