@@ -146,9 +146,9 @@ def causal_problem(parts: _Parts, embeds: torch.Tensor) -> str | None:
         after = parts.hidden_states_and_aux_loss(inputs_embeds=changed)[0][:, :half].float()
     if (before - after).abs().max() <= 1e-3 * before.abs().max().clamp_min(1e-6):
         return None
-    return (f"the model is not causal: its hidden states at positions 0..{half - 1} change when only later tokens change, so "
-            "the next-token loss would see the future. TST trains causal decoders (a ...ForCausalLM, or a body that "
-            "attends to earlier positions only); a BERT-like config needs is_decoder=true")
+    return (f"the model is not causal: its hidden states at positions 0..{half - 1} change when only later tokens "
+            "change, so the next-token loss would see the future. TST trains causal decoders (a ...ForCausalLM, "
+            "or a body that attends to earlier positions only); a BERT-like config needs is_decoder=true")
 
 
 def describe(value) -> str:
