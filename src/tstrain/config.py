@@ -23,9 +23,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-from .errors import ConfigError
+from .errors import ConfigError, ConfigTypeError
 from .options import choices_of, knob
-from .schedule import Schedule, TSTSettings, lr_rules
+from .schedule import Schedule, TSTSettings, geometry_rules, lr_rules
 
 # How the TST rules name the run's geometry and learning rate in a config.
 RUN_NAMES = {"steps": "train.steps", "batch_size": "train.batch_size", "seq_len": "train.seq_len"}
@@ -168,9 +168,7 @@ class TrainConfig:
 
     def rules(self) -> list[tuple[bool, str]]:
         return [
-            (self.steps >= 1, f"train.steps must be >= 1; got {self.steps}"),
-            (self.seq_len >= 1, f"train.seq_len must be positive; got {self.seq_len}"),
-            (self.batch_size >= 1, f"train.batch_size must be >= 1; got {self.batch_size}"),
+            *geometry_rules(self.steps, self.batch_size, self.seq_len, RUN_NAMES),
             (self.grad_accum >= 1 and self.batch_size % self.grad_accum == 0,
              f"train.batch_size ({self.batch_size}) must be a multiple of train.grad_accum ({self.grad_accum})"),
             (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
@@ -279,11 +277,8 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
         if value is None or (isinstance(value, str) and value.lower() in ("", "none")):
             return None
         hint = next(a for a in args if a is not type(None))
-    allowed = choices_of(hint)
-    if allowed is not None:
-        if str(value) not in allowed:
-            raise ConfigError(f"{key} must be one of {', '.join(allowed)}; got {value!r}")
-        return str(value)
+    if choices_of(hint) is not None:  # checked with the section (``validate``, or the TST settings themselves)
+        return value
     try:
         if hint is bool:
             if isinstance(value, bool):
@@ -291,6 +286,8 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
             words = {"1": True, "true": True, "yes": True, "on": True,
                      "0": False, "false": False, "no": False, "off": False}
             return words[str(value).lower()]
+        if hint in (int, float) and isinstance(value, bool):
+            raise ValueError
         if hint is int:
             if isinstance(value, float) and not value.is_integer():
                 raise ValueError
@@ -304,7 +301,8 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
     except (TypeError, ValueError, KeyError) as e:
         if isinstance(e, ConfigError):
             raise
-        raise ConfigError(f"{key} must be a {hint.__name__}; got {value!r}") from None
+        kind = {int: "an integer", float: "a number", bool: "true or false"}.get(hint, "text")
+        raise ConfigTypeError(f"{key} must be {kind}; got {value!r}") from None
 
 
 def _flatten(values: dict[str, Any]) -> dict[str, Any]:
@@ -320,18 +318,34 @@ def _flatten(values: dict[str, Any]) -> dict[str, Any]:
 def apply_overrides(cfg: Config, values: dict[str, Any]) -> Config:
     """Set ``values`` on ``cfg`` in place (nested ``{section: {field: v}}`` or flat ``{"s.f": v}``); return it.
 
-    Used while a config is being built; a built one changes through ``Config.with_values``.
+    Used while a config is being built; a built one changes through ``Config.with_values``. Each
+    section's values are set at once, so the TST settings check themselves as a whole: a value given
+    in the wrong form reaches them as given, and they refuse it in the words ``Schedule`` uses.
     """
+    by_section: dict[str, dict[str, Any]] = {}
     for key, value in _flatten(values).items():
         section, _, name = key.partition(".")
         if section not in SECTIONS:
             raise ConfigError(f"unknown config section {section!r} in {key!r}; sections are {', '.join(SECTIONS)}")
-        hints = _hints(SECTIONS[section])
-        if name not in hints:
-            raise ConfigError(f"unknown config field {key!r}; {section} has {', '.join(hints)}")
-        # A replaced section checks itself (the TST settings refuse a value they cannot train with).
-        setattr(cfg, section, dataclasses.replace(getattr(cfg, section), **{name: _coerce(key, value, hints[name])}))
+        if name not in _hints(SECTIONS[section]):
+            raise ConfigError(f"unknown config field {key!r}; {section} has {', '.join(_hints(SECTIONS[section]))}")
+        by_section.setdefault(section, {})[name] = value
+    for section, named in by_section.items():
+        hints, checks_itself = _hints(SECTIONS[section]), issubclass(SECTIONS[section], TSTSettings)
+        values = {name: _coerced(f"{section}.{name}", named[name], hints[name], checks_itself)
+                  for name in hints if name in named}
+        setattr(cfg, section, dataclasses.replace(getattr(cfg, section), **values))
     return cfg
+
+
+def _coerced(key: str, value: Any, hint: Any, checks_itself: bool) -> Any:
+    """Return ``_coerce``'s value; for a section that checks itself, a value it cannot convert as given."""
+    try:
+        return _coerce(key, value, hint)
+    except ConfigError:
+        if checks_itself:
+            return value
+        raise
 
 
 def preset_names() -> list[str]:

@@ -42,6 +42,7 @@ VARIANTS = ("both", "input", "output")
 WEIGHT_SCHEMES = ("uniform", "power", "exponential", "first", "mi")
 TRANSITIONS = ("hard", "step-down", "blend")
 EXPANSIONS = ("length", "batch")
+CHOICES = {"weights": WEIGHT_SCHEMES, "variant": VARIANTS, "transition": TRANSITIONS, "expand": EXPANSIONS}
 
 # Exponent of the paper's mutual-information fit on DCLM, MI(d) ~ C0 + a * d**k.
 DCLM_MI_EXPONENT = -1.25
@@ -89,6 +90,14 @@ def raise_first(type_problems: list[str], rules: list[tuple[bool, str]]) -> None
     for ok, message in rules:
         if not ok:
             raise ConfigError(message)
+
+
+def geometry_rules(steps: int, batch_size: int, seq_len: int,
+                   names: Mapping[str, str] = PLAIN_RUN_NAMES) -> list[tuple[bool, str]]:
+    """Return the checks of a run's steps, batch (sequences per step) and sequence length."""
+    values = {"steps": steps, "batch_size": batch_size, "seq_len": seq_len}
+    return [(is_integer(value) and value >= 1, f"{names[key]} must be an integer >= 1; got {value!r}")
+            for key, value in values.items()]
 
 
 def lr_rules(peak: float, warmup: int, decay_fraction: float, final_lr_fraction: float,
@@ -179,7 +188,8 @@ class TSTSettings:
         "length", "phase 1 reads s x the text as longer windows (length) or s x the windows of L/s bags (batch)")
 
     def __post_init__(self):
-        raise_first(self.type_problems(), self.rules())
+        for kind, message in self.problems():
+            raise kind(message)
 
     @classmethod
     def name_of(cls, setting_name: str) -> str:
@@ -190,26 +200,31 @@ class TSTSettings:
         """Return these settings alone (without what a subclass adds)."""
         return TSTSettings(**{name: getattr(self, name) for name in TSTSettings.__dataclass_fields__})
 
-    def type_problems(self) -> list[str]:
-        """Return a message for each setting of the wrong type."""
-        n = self.name_of
-        whole = [name for name in ("bag_size", "transition_steps") if not is_integer(getattr(self, name))]
-        real = [name for name in ("ratio", "mi_exponent") if not is_real(getattr(self, name))]
-        return ([f"{n(name)} must be an integer; got {getattr(self, name)!r}" for name in whole]
-                + [f"{n(name)} must be a finite number; got {getattr(self, name)!r}" for name in real])
+    def problems(self) -> list[tuple[type[ConfigError], str]]:
+        """Return ``(error class, message)`` for each setting that cannot work, in the order of the fields."""
+        return [problem for name in TSTSettings.__dataclass_fields__ for problem in self.setting_problems(name)]
+
+    def setting_problems(self, name: str) -> list[tuple[type[ConfigError], str]]:
+        """Return what is wrong with one setting alone: its type, then its value."""
+        value, n = getattr(self, name), self.name_of(name)
+        if name in CHOICES:
+            ok = isinstance(value, str) and value in CHOICES[name]
+            return [] if ok else [(ConfigError, f"{n} must be one of {', '.join(CHOICES[name])}; got {value!r}")]
+        if name in ("bag_size", "transition_steps") and not is_integer(value):
+            return [(ConfigTypeError, f"{n} must be an integer; got {value!r}")]
+        if not (isinstance(value, numbers.Real) and not isinstance(value, bool)):
+            return [(ConfigTypeError, f"{n} must be a number; got {value!r}")]
+        if not math.isfinite(value):
+            return [(ConfigError, f"{n} must be a finite number; got {value!r}")]
+        ranges = {"bag_size": (value >= 1, f"{n} must be an integer >= 1 (1 is the baseline); got {value}"),
+                  "ratio": (0.0 <= value < 1.0, f"{n} must be in [0, 1): phase 2 needs at least one step; got {value}"),
+                  "transition_steps": (value >= 0, f"{n} must be >= 0; got {value}")}
+        ok, message = ranges.get(name, (True, ""))
+        return [] if ok else [(ConfigError, message)]
 
     def rules(self) -> list[tuple[bool, str]]:
-        """Return the checks of each setting alone, as ``(ok, message)``."""
-        n = self.name_of
-        choices = (("weights", WEIGHT_SCHEMES), ("variant", VARIANTS), ("transition", TRANSITIONS),
-                   ("expand", EXPANSIONS))
-        return [
-            (self.bag_size >= 1, f"{n('bag_size')} must be an integer >= 1 (1 is the baseline); got {self.bag_size}"),
-            (0.0 <= self.ratio < 1.0,
-             f"{n('ratio')} must be in [0, 1): phase 2 needs at least one step; got {self.ratio}"),
-            (self.transition_steps >= 0, f"{n('transition_steps')} must be >= 0; got {self.transition_steps}"),
-        ] + [(getattr(self, name) in allowed, f"{n(name)} must be one of {', '.join(allowed)}; "
-                                               f"got {getattr(self, name)!r}") for name, allowed in choices]
+        """Return the checks of each setting alone, as ``(ok, message)`` (a config section's form)."""
+        return [(False, message) for _, message in self.problems()]
 
     # -- what follows from the steps ---------------------------------------------------------------
 
@@ -236,8 +251,11 @@ class TSTSettings:
                   names: Mapping[str, str] = PLAIN_RUN_NAMES) -> list[tuple[bool, str]]:
         """Return the checks that relate these settings to a run of ``steps`` steps of ``batch_size``
         sequences of ``seq_len`` positions; ``names`` says how the caller names those three."""
+        geometry = geometry_rules(steps, batch_size, seq_len, names)
+        if not all(ok for ok, _ in geometry):
+            return geometry
         n, S = self.name_of, self.switch_step_of(steps)
-        return [
+        return geometry + [
             (self.expand == "length" or (self.variant != "output" and seq_len % self.bag_size == 0),
              f"{n('expand')}=batch needs bag inputs ({n('variant')} both or input) and {names['seq_len']} "
              f"({seq_len}) divisible by {n('bag_size')} ({self.bag_size}): phase 1 then sees seq_len / bag_size "
@@ -292,11 +310,6 @@ class Schedule(TSTSettings):
     seq_len: int
 
     def __post_init__(self):
-        geometry = ("steps", "batch_size", "seq_len")
-        wrong = [f"{name} must be an integer; got {getattr(self, name)!r}" for name in geometry
-                 if not is_integer(getattr(self, name))]
-        raise_first(wrong, [(getattr(self, name) >= 1, f"{name} must be >= 1; got {getattr(self, name)}")
-                            for name in geometry])
         super().__post_init__()
         raise_first([], self.run_rules(self.steps, self.batch_size, self.seq_len))
 
@@ -408,6 +421,7 @@ class Schedule(TSTSettings):
 
         Past the last step the LR stays at its final value; it is never negative.
         """
+        raise_first([], lr_rules(peak, warmup, decay_fraction, final_lr_fraction))
         n, S = self.steps, self.switch_step
         if restart and S > 0:
             if step < S:
