@@ -62,7 +62,8 @@ def config_verdict(s: dict):
 
 
 def torchtitan_verdict(s: dict):
-    from tstrain.integrations.torchtitan.data import RUN_NAMES, TSTSettings as TitanSettings
+    from tstrain.integrations.torchtitan.data import RUN_NAMES
+    from tstrain.integrations.torchtitan.data import TSTSettings as TitanSettings
     from tstrain.schedule import raise_first
 
     def make():
@@ -144,8 +145,8 @@ def test_the_lr_is_never_negative_past_the_last_step_and_refuses_settings_that_w
     assert sch.lr(50, 1.0, 2, 0.5, final_lr_fraction=0.1) == pytest.approx(0.1)
     assert sch.lr(50, 1.0, 2, 0.5, restart=True) == 0.0
     assert min(wsd_lr(t, 10, 1.0, 3, 1.0) for t in range(40)) >= 0.0
-    for args, message in [((1.0, 2, 1.5), "decay_fraction must be in"), ((-1.0, 2, 0.5), "peak must be a positive"),
-                          ((1.0, -2, 0.5), "warmup must be an integer >= 0")]:
+    for args, message in [((1.0, 2, 1.5), "decay_fraction must be in"),
+                          ((-1.0, 2, 0.5), "peak must be a positive"), ((1.0, -2, 0.5), "warmup must be an integer >= 0")]:
         with pytest.raises(ValueError, match=message):
             sch.lr(0, *args)
     with pytest.raises(ValueError, match="step must be an integer >= 0"):

@@ -133,8 +133,8 @@ class TSTTrainer(Trainer):
     def _save_checkpoint(self, model, trial):
         super()._save_checkpoint(model, trial)
         if self.args.should_save:
-            folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
-            with open(os.path.join(folder, self.SCHEDULE_FILE), "w") as f:
+            folder = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            with open(os.path.join(self._get_output_dir(trial=trial), folder, self.SCHEDULE_FILE), "w") as f:
                 json.dump(self.schedule_record(), f)
 
     def train(self, resume_from_checkpoint=None, **kwargs):
