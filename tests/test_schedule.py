@@ -136,7 +136,8 @@ def test_the_command_line_refuses_in_one_line_with_the_flags_names(data_dir, tmp
                            "--out", str(tmp_path / "run"), "--steps", "10", "--set", "tst.ratio=0.96",
                            "--set", "tst.bag_size=2", "--no-progress"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 2 and "Traceback" not in done.stderr
-    assert "tst.ratio=0.96 of 10 steps switches at step 10" in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert "tst.ratio=0.96 of 10 steps switches at step 10" in done.stderr
 
 
 def test_the_lr_is_never_negative_past_the_last_step_and_refuses_settings_that_would_make_it_so():
@@ -145,8 +146,8 @@ def test_the_lr_is_never_negative_past_the_last_step_and_refuses_settings_that_w
     assert sch.lr(50, 1.0, 2, 0.5, final_lr_fraction=0.1) == pytest.approx(0.1)
     assert sch.lr(50, 1.0, 2, 0.5, restart=True) == 0.0
     assert min(wsd_lr(t, 10, 1.0, 3, 1.0) for t in range(40)) >= 0.0
-    for args, message in [((1.0, 2, 1.5), "decay_fraction must be in"),
-                          ((-1.0, 2, 0.5), "peak must be a positive"), ((1.0, -2, 0.5), "warmup must be an integer >= 0")]:
+    for args, message in [((1.0, 2, 1.5), "decay_fraction must be in"), ((-1.0, 2, 0.5), "peak must be a positive"),
+                          ((1.0, -2, 0.5), "warmup must be an integer >= 0")]:
         with pytest.raises(ValueError, match=message):
             sch.lr(0, *args)
     with pytest.raises(ValueError, match="step must be an integer >= 0"):
