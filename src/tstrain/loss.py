@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from .batches import Batch, Piece, refuse_out_of_vocab
+from .errors import ConfigTypeError
 from .model_parts import CallableParts, ModelParts, causal_problem, parts_of
 from .superposition import (
     DCLM_MI_EXPONENT,
@@ -88,7 +89,7 @@ class TSTLoss:
         """Raise a TypeError if the body lets a position see later tokens (checked once)."""
         problem = causal_problem(self.parts, embeds)
         if problem:
-            raise TypeError(problem)
+            raise ConfigTypeError(problem)
         self.causal_unchecked = False
 
     def head_loss(self, hidden: torch.Tensor, targets: torch.Tensor, weights) -> torch.Tensor:

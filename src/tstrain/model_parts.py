@@ -14,6 +14,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from .errors import ConfigTypeError
+
 
 class _Parts:
     """What both kinds of parts share: an ``embedding`` with a ``weight`` and a ``head``."""
@@ -48,12 +50,12 @@ class CausalLMParts(_Parts):
         self.embedding, self.head = (get() if callable(get) else None for get in found)
         self.body = getattr(model, "base_model", model)
         if self.embedding is None or self.head is None or self.body is model:
-            raise TypeError(f"{type(model).__name__} is not a Hugging Face causal LM (no input embedding, base model "
-                            "and output head found): give its parts instead, "
-                            "TSTLoss(embedding=..., body=..., head=...)")
+            raise ConfigTypeError(f"{type(model).__name__} is not a Hugging Face causal LM (no input embedding, "
+                                  "base model and output head found): give its parts instead, "
+                                  "TSTLoss(embedding=..., body=..., head=...)")
         if getattr(getattr(model, "config", None), "is_encoder_decoder", False):
-            raise TypeError(f"{type(model).__name__} is an encoder-decoder model; TST trains causal decoders "
-                            "(a ...ForCausalLM), whose position t sees only the tokens up to t")
+            raise ConfigTypeError(f"{type(model).__name__} is an encoder-decoder model; TST trains causal decoders "
+                                  "(a ...ForCausalLM), whose position t sees only the tokens up to t")
         # Mixture-of-experts causal LMs in transformers keep these three on the model and define the
         # loss function next to it (Qwen3-MoE, Qwen2-MoE, Mixtral, OLMoE, ...).
         self.balance_loss = getattr(sys.modules[type(model).__module__], "load_balancing_loss_func", None)
@@ -118,9 +120,9 @@ def body_output(out, input_shape: torch.Size) -> tuple[torch.Tensor, torch.Tenso
     pair_ok = not isinstance(out, tuple) or (isinstance(aux, torch.Tensor) and aux.dim() == 0)
     hidden_ok = isinstance(hidden, torch.Tensor) and hidden.dim() == 3 and hidden.shape[:2] == input_shape[:2]
     if not (pair_ok and hidden_ok):
-        raise TypeError(f"the body returned {describe(out)} for inputs {tuple(input_shape)}; a body returns hidden "
-                        "states (B, L, d), or (hidden, aux_loss) with a scalar aux_loss. A torch RNN returns "
-                        "(output, h_n): wrap it as body=lambda x: rnn(x)[0]")
+        raise ConfigTypeError(f"the body returned {describe(out)} for inputs {tuple(input_shape)}; a body returns "
+                              "hidden states (B, L, d), or (hidden, aux_loss) with a scalar aux_loss. A torch RNN "
+                              "returns (output, h_n): wrap it as body=lambda x: rnn(x)[0]")
     return hidden, aux
 
 
