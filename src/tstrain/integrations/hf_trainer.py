@@ -23,6 +23,7 @@ and a resume under other ones is refused. The switch's options (``reset_optimize
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import types
@@ -53,6 +54,7 @@ def _forward_with_tst(model: torch.nn.Module, tst_loss: TSTLoss) -> None:
     """Give ``model.forward`` the ``tst_batch`` keyword: with it, return the TST loss of that batch."""
     plain = model.forward
 
+    @functools.wraps(type(model).forward)  # its signature: the Trainer keeps the eval set's columns it names
     def forward(self, *args, tst_batch: Batch | None = None, **kwargs):
         return plain(*args, **kwargs) if tst_batch is None else tst_loss(tst_batch)
 
