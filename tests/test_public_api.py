@@ -324,6 +324,21 @@ def test_the_command_line_helps_without_extras_and_an_experiment_checks_its_extr
     assert not (tmp_path / "cmp").exists()  # refused before any training
 
 
+@pytest.mark.parametrize("code, extra", [
+    ("from tstrain.models import build_model; from tstrain.config import ModelConfig; build_model(ModelConfig(), 64, 8)",
+     "pip install 'tstrain[hf]'"),
+    ("import tstrain.integrations.hf_trainer", "pip install 'tstrain[trainer]'"),
+])
+def test_a_module_that_needs_an_extra_names_it_when_it_is_missing(code, extra):
+    done = run_blocked("transformers", "-c", code)
+    assert done.returncode == 1 and extra in done.stderr.strip().splitlines()[-1]
+
+
+def test_lm_eval_without_its_extra_names_the_eval_extra(tmp_path):
+    done = run_blocked("transformers,lm_eval", "-m", "tstrain", "lm-eval", str(tmp_path), "--tasks", "hellaswag")
+    assert done.returncode == 2 and "tstrain[eval]" in done.stderr
+
+
 def test_the_embedding_may_be_given_as_a_bare_weight_even_a_non_leaf_view():
     torch.manual_seed(0)
     model = build_model(load_config("tiny").model, 97, 8)

@@ -19,6 +19,18 @@ from .errors import ConfigError
 from .model_parts import CausalLMParts
 
 
+def transformers():
+    """Return the ``transformers`` module, or raise naming the extra that installs it."""
+    try:
+        import transformers as module
+    except ModuleNotFoundError as e:
+        if (e.name or "").split(".")[0] != "transformers":
+            raise
+        raise ModuleNotFoundError("tstrain.models builds Hugging Face models, which needs transformers: "
+                                  "pip install 'tstrain[hf]'", name="transformers") from None
+    return module
+
+
 def _rope_family_kwargs(cfg: ModelConfig, vocab_size: int, seq_len: int) -> dict:
     """Return the keyword arguments the Llama-like families (llama, mistral, qwen3, qwen3_moe) share."""
     return dict(
@@ -47,8 +59,7 @@ def config_from_file(path: str | Path, vocab_size: int = 0, seq_len: int = 0):
     The file defines the architecture; only the vocabulary follows the run (the data's tokenizer,
     or ``model.vocab_size``), so any causal LM config can be trained on any prepared data.
     """
-    from transformers import AutoConfig
-
+    AutoConfig = transformers().AutoConfig
     path = Path(path)
     try:
         values = json.loads(path.read_text())
@@ -82,8 +93,9 @@ def hf_config(cfg: ModelConfig, vocab_size: int, seq_len: int):
 
     ``vocab_size`` 0 keeps a config file's own vocabulary (for ``tstrain info``).
     """
-    from transformers import GPT2Config, LlamaConfig, MistralConfig, Qwen3Config, Qwen3MoeConfig
-
+    t = transformers()
+    GPT2Config, LlamaConfig, MistralConfig, Qwen3Config, Qwen3MoeConfig = (
+        t.GPT2Config, t.LlamaConfig, t.MistralConfig, t.Qwen3Config, t.Qwen3MoeConfig)
     if cfg.config_file:
         return config_from_file(cfg.config_file, vocab_size, seq_len)
     if cfg.family == "gpt2":
@@ -123,8 +135,7 @@ def build_model(cfg: ModelConfig, vocab_size: int, seq_len: int, device: str | t
 
 def model_from_config(config, device: str | torch.device | None = None) -> nn.Module:
     """Return a causal LM built from a ``transformers`` config object (on ``device`` if given)."""
-    from transformers import AutoModelForCausalLM
-
+    AutoModelForCausalLM = transformers().AutoModelForCausalLM
     with torch.device(device) if device is not None else contextlib.nullcontext():
         return AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
 

@@ -49,7 +49,7 @@ NEEDS = {"train": TRAINING, "compare": (*TRAINING, "matplotlib"), "sweep": (*TRA
          "ablate": (*TRAINING, "matplotlib"), "scale": (*TRAINING, "matplotlib"), "mi": ("matplotlib",),
          "prepare-data": ("tokenizers", "tqdm"), "export": ("transformers", "safetensors"),
          "generate": ("transformers", "safetensors"), "eval": ("transformers", "safetensors"),
-         "lm-eval": ("transformers", "safetensors", "lm_eval")}
+         "lm-eval": ("lm_eval", "transformers", "safetensors")}  # [eval] brings all three
 
 
 def check_extras(verb: str) -> None:

@@ -29,8 +29,13 @@ import os
 import types
 
 import torch
-from transformers import Trainer, TrainerCallback
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
+
+try:
+    from transformers import Trainer, TrainerCallback
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
+except ModuleNotFoundError as missing:
+    raise ModuleNotFoundError("tstrain.integrations.hf_trainer needs transformers and accelerate: "
+                              "pip install 'tstrain[trainer]'", name=missing.name) from None
 
 from ..batches import Batch, BatchMaker
 from ..loss import TSTLoss
