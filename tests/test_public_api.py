@@ -325,7 +325,8 @@ def test_the_command_line_helps_without_extras_and_an_experiment_checks_its_extr
 
 
 @pytest.mark.parametrize("code, extra", [
-    ("from tstrain.models import build_model; from tstrain.config import ModelConfig; build_model(ModelConfig(), 64, 8)",
+    ("from tstrain.models import build_model; from tstrain.config import ModelConfig; "
+     "build_model(ModelConfig(), 64, 8)",
      "pip install 'tstrain[hf]'"),
     ("import tstrain.integrations.hf_trainer", "pip install 'tstrain[trainer]'"),
 ])
