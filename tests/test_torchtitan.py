@@ -231,6 +231,10 @@ def test_the_ready_made_run_is_accepted_and_each_setting_its_components_cannot_c
     assert config_problems(tst_llama3_debugmodel()) == []
     cases = [
         (lambda c: setattr(c, "tst", replace(c.tst, transition="blend")), "blend mixes bag and token sequences"),
+        (lambda c: setattr(c, "tst", replace(c.tst, ratio=0.999)),
+         "tst.ratio=0.999 of 100 steps switches at step 100 and leaves no phase-2 step.*raise training.steps"),
+        (lambda c: setattr(c, "tst", replace(c.tst, expand="batch", bag_size=3)), "training.seq_len \\(512\\) "
+         "divisible by tst.bag_size \\(3\\)"),
         (lambda c: setattr(c, "loss", CrossEntropyLoss.Config()), "loss must be MultiHotLoss"),
         (lambda c: setattr(c, "model_spec", model_registry("debugmodel")), "converters=\\[BagEmbeddingConverter"),
         (lambda c: setattr(c.training, "disable_cuda_graphs", False), "--training.disable_cuda_graphs"),
