@@ -6,7 +6,9 @@ import pytest
 import torch
 
 import tstrain
+from tstrain.data.tokens import TokenData
 from tstrain.errors import DataError
+from tstrain.train.loop import train
 
 
 def schedule(steps=6):
@@ -64,3 +66,53 @@ def test_ids_are_checked_against_the_vocabulary_when_given_and_marked_as_checked
     assert tstrain.BatchMaker(tokens, schedule()).batch(0).pieces[0].ids_below is None
     with pytest.raises(ValueError, match="vocab_size must be a whole number >= 1"):
         tstrain.BatchMaker(tokens, schedule(), vocab_size=0)
+
+
+def schedule_of(steps=12, **tst):
+    return tstrain.Schedule(steps=steps, batch_size=8, seq_len=8, **{"bag_size": 4, "ratio": 0.5, **tst})
+
+
+def rows_of_kind(batches, kind):
+    """Return the windows of one kind of sequence in ``batches``, in order."""
+    return torch.cat([p.windows for b in batches for p in b.pieces if p.group.kind == kind])
+
+
+@pytest.mark.parametrize("tst", [{}, {"transition": "blend", "transition_steps": 4}])
+def test_micro_batches_and_process_slices_cut_the_global_batch_in_order(tst):
+    tokens = np.random.default_rng(0).integers(0, 500, 20_000)
+    maker = tstrain.BatchMaker(tokens, schedule_of(**tst), seed=3)
+    for step in range(12):
+        whole = maker.batch(step)
+        assert whole.sequences == 8 and sum(p.group.count for p in whole.pieces) == 8
+        cut = [m for rank in range(2) for m in maker.micro_batches(step, grad_accum=2, rank=rank, world_size=2)]
+        assert all(m.sequences == 2 for m in cut)
+        for kind in {p.group.kind for p in whole.pieces}:
+            assert torch.equal(rows_of_kind([whole], kind), rows_of_kind(cut, kind))
+
+
+def test_the_batch_maker_reads_lists_tensors_and_memmaps_alike(tmp_path):
+    ids = np.random.default_rng(1).integers(0, 300, 5_000).astype(np.uint16)
+    path = tmp_path / "tokens.bin"
+    ids.tofile(path)
+    sources = [ids, np.memmap(path, dtype=np.uint16, mode="r"), ids.tolist(), torch.from_numpy(ids.astype(np.int64))]
+    batches = [tstrain.BatchMaker(src, schedule_of(), seed=0).batch(s) for src in sources for s in (0, 7)]
+    assert all(torch.equal(b.pieces[0].windows, batches[i % 2].pieces[0].windows) for i, b in enumerate(batches))
+
+
+def test_the_batch_maker_refuses_ids_outside_the_vocabulary_without_a_device_sync():
+    ids = np.random.default_rng(2).integers(0, 300, 5_000)
+    ids[100:20_000:37] = 300
+    with pytest.raises(DataError, match=r"outside the model's vocabulary \[0, 300\).*verify-data"):
+        for step in range(12):
+            tstrain.BatchMaker(ids, schedule_of(), seed=0, vocab_size=300).batch(step)
+
+
+def test_the_batch_maker_reads_what_the_trainer_reads(tiny_cfg, tmp_path):
+    cfg = tiny_cfg(**{"train.steps": 8, "tst.ratio": 0.5, "train.grad_accum": 2})
+    seen = []
+    train(cfg, tmp_path / "run", loss_fn=lambda loss, batch: seen.append(batch) or loss(batch))
+    maker = tstrain.BatchMaker(TokenData(cfg.data.path).train, cfg.schedule, seed=cfg.train.seed)
+    ours = [m for step in range(8) for m in maker.micro_batches(step, grad_accum=2)]
+    assert len(seen) == len(ours) == 16
+    assert all(a.pieces[0].group == b.pieces[0].group and torch.equal(a.pieces[0].windows, b.pieces[0].windows)
+               for a, b in zip(seen, ours))

@@ -10,9 +10,11 @@ import torch
 from torch import nn
 
 import tstrain
+from tstrain.batches import Piece
 from tstrain.config import load_config
 from tstrain.errors import ConfigTypeError, DataError
 from tstrain.models import build_model
+from tstrain.superposition import reference_multi_hot_cross_entropy
 
 VOCAB, WIDTH = 50, 16
 
@@ -124,3 +126,74 @@ def test_train_refuses_a_model_config_that_is_not_causal_in_one_line(data_dir, t
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "the model is not causal" in done.stderr
     assert not (tmp_path / "run" / "final").exists()
+
+
+def reference_loss(model, group, windows):
+    """The loss written out plainly: bag ids by index, the mean embedding, the model, s cross entropies."""
+    L, s = group.positions, group.bag_size
+    variant = group.variant or "both"
+    emb = model.get_input_embeddings().weight
+    if variant in ("both", "input") and s > 1:
+        bags = torch.stack([windows[:, j * s:(j + 1) * s] for j in range(L)], dim=1)  # (B, L, s)
+        embeds = emb[bags].double().mean(dim=2).float()
+    else:
+        embeds = emb[windows[:, :L]]
+    logits = model(inputs_embeds=embeds).logits
+    if s == 1:
+        targets = windows[:, 1:L + 1, None]
+    elif variant == "both":
+        targets = torch.stack([windows[:, (j + 1) * s:(j + 2) * s] for j in range(L)], dim=1)
+    elif variant == "input":
+        targets = torch.stack([windows[:, (j + 1) * s] for j in range(L)], dim=1)[..., None]
+    else:
+        targets = torch.stack([windows[:, j + 1:j + 1 + s] for j in range(L)], dim=1)
+    k = targets.shape[-1]
+    return reference_multi_hot_cross_entropy(logits, targets, torch.full((k,), 1.0 / k, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("variant", ["both", "input", "output"])
+@pytest.mark.parametrize("bag_size", [1, 3])
+def test_the_loss_of_a_piece_equals_the_written_out_reference(variant, bag_size):
+    cfg = load_config("tiny")
+    torch.manual_seed(0)
+    model = build_model(cfg.model, 97, 8)
+    group = tstrain.Schedule(steps=4, batch_size=3, seq_len=8, bag_size=bag_size, ratio=0.5,
+                             variant=variant).plan(0)[0]
+    windows = torch.randint(0, 97, (3, group.window))
+    ours = tstrain.TSTLoss(model)(Piece(group, windows))
+    assert ours.item() == pytest.approx(reference_loss(model, group, windows).item(), rel=1e-5)
+
+
+def test_the_loss_of_three_callables_equals_the_loss_of_the_causal_lm():
+    cfg = load_config("tiny")
+    torch.manual_seed(0)
+    model = build_model(cfg.model, 97, 8)
+    parts = dict(embedding=model.model.embed_tokens, head=model.lm_head,
+                 body=lambda e: model.model(inputs_embeds=e).last_hidden_state)
+    sch = tstrain.Schedule(steps=4, batch_size=3, seq_len=8, bag_size=4, ratio=0.5, transition="blend",
+                           transition_steps=2)
+    batch = tstrain.BatchMaker(np.random.default_rng(0).integers(0, 97, 4000), sch).batch(2)  # bags and tokens
+    assert len(batch.pieces) == 2
+    a = tstrain.TSTLoss(model, weights="power")(batch)
+    b = tstrain.TSTLoss(**parts, weights="power")(batch)
+    c = tstrain.TSTLoss(**parts, weights="power", fused="on", chunk_size=5)(batch)
+    assert a.item() == b.item() == pytest.approx(c.item(), rel=1e-5)
+    ga = torch.autograd.grad(a, model.lm_head.weight)[0]
+    gc = torch.autograd.grad(c, model.lm_head.weight)[0]
+    assert torch.allclose(ga, gc, atol=1e-6)
+    with pytest.raises(ValueError, match="either a causal LM"):
+        tstrain.TSTLoss(model, embedding=model.model.embed_tokens)
+
+
+def test_the_embedding_may_be_given_as_a_bare_weight_even_a_non_leaf_view():
+    torch.manual_seed(0)
+    model = build_model(load_config("tiny").model, 97, 8)
+    body = lambda e: model.model(inputs_embeds=e).last_hidden_state  # noqa: E731
+    sch = tstrain.Schedule(steps=4, batch_size=8, seq_len=8, bag_size=4, ratio=0.5)
+    batch = tstrain.BatchMaker(np.random.default_rng(0).integers(0, 97, 4000), sch).batch(0)
+    module = tstrain.TSTLoss(embedding=model.model.embed_tokens, body=body, head=model.lm_head)(batch)
+    view = model.model.embed_tokens.weight * 1.0  # a non-leaf tensor, as a sharded weight's local view is
+    bare = tstrain.TSTLoss(embedding=view, body=body, head=model.lm_head)(batch)
+    assert bare.item() == module.item()
+    bare.backward()
+    assert model.model.embed_tokens.weight.grad.abs().sum() > 0  # the gradient reaches the weight through the view

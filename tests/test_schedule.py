@@ -160,3 +160,44 @@ def test_a_step_outside_the_schedule_is_refused_by_name():
     for step in (10, -1, 2.0):
         with pytest.raises(ValueError, match="outside the schedule's steps 0..9"):
             sch.check_step(step)
+
+
+def test_the_schedule_gives_each_steps_phase_groups_and_tokens():
+    sch = tstrain.Schedule(steps=10, batch_size=4, seq_len=8, bag_size=4, ratio=0.3)
+    assert sch.switch_step == 3 and [sch.phase(t) for t in (0, 2, 3, 9)] == [1, 1, 2, 2]
+    assert sch.is_switch(3) and not sch.is_switch(0) and sch.changes() == [3]
+    (bags,), (tokens,) = sch.plan(0), sch.plan(3)
+    assert (bags.bag_size, bags.count, bags.positions, bags.variant, bags.stride, bags.window) == (4, 4, 8, "both", 32,
+                                                                                                  36)
+    assert (tokens.bag_size, tokens.positions, tokens.variant, tokens.stride, tokens.window) == (1, 8, None, 8, 9)
+    assert sch.tokens_read(0) == 4 * sch.tokens_read(3) == 4 * 4 * 8
+    assert sch.positions_trained(0) == sch.positions_trained(3) == 32  # equal FLOPs per step
+    wide = tstrain.Schedule(steps=10, batch_size=4, seq_len=8, bag_size=4, ratio=0.3, expand="batch")
+    assert [(g.count, g.positions) for g in wide.plan(0)] == [(16, 2)] and wide.tokens_read(0) == sch.tokens_read(0)
+    assert tstrain.Schedule(steps=10, batch_size=4, seq_len=8, bag_size=1, ratio=0.3).switch_step == 0
+
+
+def test_the_schedules_lr_is_one_wsd_over_the_run_or_one_per_phase():
+    sch = tstrain.Schedule(steps=100, batch_size=4, seq_len=8, bag_size=4, ratio=0.3)
+    assert [sch.lr(t, 1.0, 10, 0.2) for t in (0, 9, 50, 79, 80, 99)] == [0.1, 1.0, 1.0, 1.0, 0.95, 0.0]
+    assert sch.lr(30, 1.0, 10, 0.2, restart=True) == 0.1  # phase 2 warms up again
+    assert sch.lr(29, 1.0, 10, 0.2, restart=True) == 0.0  # phase 1 decayed to its end
+
+
+@pytest.mark.parametrize("bad", [{"ratio": 1.0}, {"bag_size": 0}, {"variant": "middle"}, {"steps": 0},
+                                 {"transition": "soft"}, {"expand": "width"}, {"transition_steps": -1}])
+def test_the_schedule_refuses_settings_that_cannot_work(bad):
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        tstrain.Schedule(**{"steps": 10, "batch_size": 4, "seq_len": 8, **bad})
+
+
+@pytest.mark.parametrize("overrides", [{}, {"tst.transition": "step-down", "tst.bag_size": 8},
+                                       {"tst.transition": "blend", "tst.transition_steps": 6},
+                                       {"tst.variant": "output"}, {"tst.expand": "batch"}])
+def test_the_config_derives_its_switch_and_transitions_from_the_schedule(overrides):
+    cfg = load_config("tiny", overrides={"train.steps": 30, "tst.ratio": 0.5, **overrides})
+    sch = tstrain.Schedule(steps=30, batch_size=cfg.train.batch_size, seq_len=cfg.train.seq_len,
+                           bag_size=cfg.tst.bag_size, ratio=0.5, variant=cfg.tst.variant,
+                           transition=cfg.tst.transition, transition_steps=cfg.tst.transition_steps,
+                           expand=cfg.tst.expand)
+    assert cfg.schedule == sch and cfg.switch_step == sch.switch_step == 15
