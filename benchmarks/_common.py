@@ -49,7 +49,8 @@ def interleaved(fns: dict, repeats: int, warmup: int = 2) -> dict[str, float]:
 
 def training_setup(cfg, vocab: int):
     """Return ``(model, parts, optimizer, device, autocast)`` for timing training steps of ``cfg``."""
-    from tstrain.models import CausalLMParts, build_model
+    from tstrain.model_parts import CausalLMParts
+    from tstrain.models import build_model
     from tstrain.train.device import autocast_for, resolve_device
     from tstrain.train.optim import make_optimizer
 

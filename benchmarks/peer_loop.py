@@ -128,7 +128,7 @@ def liger_loss():
 def peer_step(model, opt, cfg, autocast, B: int, liger):
     """Return one step of the peer: the model's body compiled whole, Liger's fused linear CE on its last
     hidden states (else the head's logits and ``F.cross_entropy``), clipping, AdamW."""
-    from tstrain.models import CausalLMParts
+    from tstrain.model_parts import CausalLMParts
 
     parts = CausalLMParts(model)
     body = torch.compile(parts.body)

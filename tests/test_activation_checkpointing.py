@@ -3,7 +3,8 @@
 import torch
 
 from tstrain.config import load_config
-from tstrain.models import CausalLMParts, build_model
+from tstrain.model_parts import CausalLMParts
+from tstrain.models import build_model
 from tstrain.superposition import IGNORE_INDEX, linear_multi_hot_cross_entropy
 from tstrain.train.distributed import checkpoint_activations
 from tstrain.train.loop import train

@@ -11,7 +11,8 @@ from tstrain.batches import Piece
 from tstrain.cli import main
 from tstrain.config import ConfigError, ModelConfig, load_config, preset_names
 from tstrain.loss import TSTLoss
-from tstrain.models import CausalLMParts, build_model, count_parameters, flops_per_position, hf_config, model_info
+from tstrain.model_parts import CausalLMParts
+from tstrain.models import build_model, count_parameters, flops_per_position, hf_config, model_info
 
 LLAMA3_VOCAB = 128256
 

@@ -10,7 +10,8 @@ from tstrain.batches import Batch, Piece
 from tstrain.config import ConfigError, load_config
 from tstrain.data.reader import WindowReader, WindowSchedule
 from tstrain.loss import TSTLoss
-from tstrain.models import CausalLMParts, build_model
+from tstrain.model_parts import CausalLMParts
+from tstrain.models import build_model
 from tstrain.train.loop import train
 from tstrain.train.metrics import read_jsonl
 

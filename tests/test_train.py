@@ -259,7 +259,8 @@ def test_compiled_layers_train_like_eager_and_keep_their_names(tiny_cfg, tmp_pat
 
 def test_validation_split_over_processes_gives_the_one_process_mean():
     from tstrain.config import load_config
-    from tstrain.models import CausalLMParts, build_model
+    from tstrain.model_parts import CausalLMParts
+    from tstrain.models import build_model
 
     class Recorder:
         """One process of ``world``: records what it would reduce instead of reducing it."""

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from .batches import BatchMaker
 from .config import Config, ConfigError
-from .data.reader import WindowReader, WindowSchedule
 from .data.tokens import TokenData
 
 
@@ -22,11 +22,10 @@ def step_layout(cfg: Config, data: TokenData, step: int, text_chars: int = 0) ->
     """
     if not 0 <= step < cfg.train.steps:
         raise ConfigError(f"--step must be in [0, {cfg.train.steps}) for a run of {cfg.train.steps} steps; got {step}")
-    schedule = WindowSchedule.for_run(cfg.schedule)
-    reader = WindowReader(data.train, schedule, cfg.train.seed)
+    maker = BatchMaker(data.train, cfg.schedule, cfg.train.seed)  # the trainer's reader
     decode = _decoder(data) if text_chars else None
     sequences = []
-    for group, offsets in reader.layout(step):
+    for group, offsets in maker.reader.layout(step):
         for offset in offsets.tolist():
             row = {"index": len(sequences), "offset": offset, "input_tokens": group.stride,
                    "window_tokens": group.window, "bag_size": group.bag_size, "phase": 1 if group.bag_size > 1 else 2}
@@ -36,8 +35,8 @@ def step_layout(cfg: Config, data: TokenData, step: int, text_chars: int = 0) ->
     starts = {row["offset"] for row in sequences}
     continuing = sum(row["offset"] + row["input_tokens"] in starts for row in sequences)
     return {"step": step, "switch_step": cfg.switch_step, "sequences": sequences,
-            "data_tokens": schedule.tokens_read(step), "epoch": reader.epochs(step),
-            "continuing_pairs": continuing, "corpus_blocks": reader.num_blocks}
+            "data_tokens": cfg.schedule.tokens_read(step), "epoch": maker.epochs(step),
+            "continuing_pairs": continuing, "corpus_blocks": maker.reader.num_blocks}
 
 
 def _decoder(data: TokenData):

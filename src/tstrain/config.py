@@ -266,10 +266,6 @@ class Config:
 SECTIONS = {f.name: f.default_factory for f in fields(Config)}
 
 
-def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
 def _coerce(key: str, value: Any, hint: Any) -> Any:
     """Return ``value`` converted to the field's type, or raise a ConfigError naming the field."""
     args = typing.get_args(hint)
@@ -327,11 +323,12 @@ def apply_overrides(cfg: Config, values: dict[str, Any]) -> Config:
         section, _, name = key.partition(".")
         if section not in SECTIONS:
             raise ConfigError(f"unknown config section {section!r} in {key!r}; sections are {', '.join(SECTIONS)}")
-        if name not in _hints(SECTIONS[section]):
-            raise ConfigError(f"unknown config field {key!r}; {section} has {', '.join(_hints(SECTIONS[section]))}")
+        names = typing.get_type_hints(SECTIONS[section])
+        if name not in names:
+            raise ConfigError(f"unknown config field {key!r}; {section} has {', '.join(names)}")
         by_section.setdefault(section, {})[name] = value
     for section, named in by_section.items():
-        hints, checks_itself = _hints(SECTIONS[section]), issubclass(SECTIONS[section], TSTSettings)
+        hints, checks_itself = typing.get_type_hints(SECTIONS[section]), issubclass(SECTIONS[section], TSTSettings)
         values = {name: _coerced(f"{section}.{name}", named[name], hints[name], checks_itself)
                   for name in hints if name in named}
         setattr(cfg, section, dataclasses.replace(getattr(cfg, section), **values))
@@ -384,7 +381,7 @@ def validate(cfg: Config) -> None:
     """Raise ConfigError for the first value that cannot work, saying how to fix it."""
     for section in SECTIONS:
         part = getattr(cfg, section)
-        for name, hint in _hints(type(part)).items():
+        for name, hint in typing.get_type_hints(type(part)).items():
             allowed = choices_of(hint)
             if allowed is not None and getattr(part, name) not in allowed:
                 raise ConfigError(f"{section}.{name} must be one of {', '.join(allowed)}; got {getattr(part, name)!r}")
@@ -416,7 +413,7 @@ def field_help() -> list[dict[str, Any]]:
     """Return one entry per config field: ``key``, ``default``, ``type`` (a name), ``doc``, ``choices``."""
     out = []
     for section, cls in SECTIONS.items():
-        hints = _hints(cls)
+        hints = typing.get_type_hints(cls)
         for f in fields(cls):
             allowed = choices_of(hints[f.name])
             out.append({"key": f"{section}.{f.name}", "default": f.default, "doc": f.metadata.get("doc", ""),

@@ -25,7 +25,7 @@ from .data.reader import validation_windows
 from .data.tokens import TokenData
 from .errors import CheckpointError, ConfigError, DataError
 from .model_io import check_model_dir, check_model_tokenizer, load_trained_model, run_settings
-from .models import CausalLMParts
+from .model_parts import CausalLMParts
 from .superposition import multi_hot_cross_entropy, next_token_batch
 
 

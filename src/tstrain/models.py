@@ -1,8 +1,8 @@
-"""Building Hugging Face causal LMs from our config, and reaching their embedding, body and head.
+"""Building Hugging Face causal LMs from our config (or a ``config.json``), their FLOPs and parameter counts.
 
 TST touches only the input embedding and the output head, so any ``transformers`` causal LM
 whose ``get_input_embeddings()``, ``base_model`` and ``get_output_embeddings()`` are reachable can
-be trained; nothing inside the model is modified.
+be trained (``model_parts.CausalLMParts`` reaches them); nothing inside the model is modified.
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from ..batches import Batch, BatchMaker
+from ..batches import BatchMaker
 from ..config import Config
 from ..data.reader import FIRST_READER_ORDER, READER_ORDER, validation_windows
 from ..data.tokens import TokenData
@@ -32,7 +32,8 @@ from ..faults import maybe_die
 from ..fileio import write_text_atomic
 from ..loss import TSTLoss
 from ..model_io import export_hf
-from ..models import CausalLMParts, build_model, flops_per_position
+from ..model_parts import CausalLMParts
+from ..models import build_model, flops_per_position
 from ..schedule import SequenceGroup
 from . import checkpoint as ckpt
 from . import distributed
@@ -64,11 +65,6 @@ def tst_loss_of(model: torch.nn.Module | CausalLMParts, cfg: Config) -> TSTLoss:
     """
     return TSTLoss(model, weights=cfg.tst.weights, mi_exponent=cfg.tst.mi_exponent, fused=cfg.train.fused_loss,
                    chunk_size=cfg.train.loss_chunk_size, check_causal=bool(cfg.model.config_file))
-
-
-def call_loss(tst_loss: TSTLoss, batch: Batch) -> torch.Tensor:
-    """Return the loss of one micro-batch: the ``Trainer``'s default ``loss_fn``."""
-    return tst_loss(batch)
 
 
 def first_non_finite_grad(model: torch.nn.Module) -> str | None:
@@ -157,12 +153,12 @@ class Trainer:
     its cadence of logging, evaluation and checkpoints (``after_step``), then ``finish``.
 
     Seams for tests and callers: ``loss_fn(tst_loss, batch)`` computes a micro-batch's loss
-    (``call_loss``: the public ``TSTLoss`` on a ``Batch``), and ``on_step(done)`` is called after
+    (by default ``TSTLoss.__call__``: the public loss of a ``Batch``), and ``on_step(done)`` is called after
     each optimizer step, before its metrics, evaluation and checkpoint.
     """
 
     def __init__(self, cfg: Config, run_dir: str | Path, resume: bool = False, ctx: distributed.Single | None = None,
-                 loss_fn: Callable[..., torch.Tensor] = call_loss, on_step: Callable[[int], None] | None = None):
+                 loss_fn: Callable[..., torch.Tensor] = TSTLoss.__call__, on_step: Callable[[int], None] | None = None):
         self.ctx = ctx or distributed.Single(resolve_device(cfg))
         self.run = Path(run_dir)
         self.resume = resume
