@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .errors import ConfigError, ConfigTypeError
-from .options import choices_of, knob
+from .options import choices_of, knob, option_help
 from .schedule import Schedule, TSTSettings, geometry_rules, lr_rules
 
 # How the TST rules name the run's geometry and learning rate in a config.
@@ -410,12 +410,6 @@ def resume_differences(saved: dict[str, Any], cfg: Config) -> list[str]:
 
 
 def field_help() -> list[dict[str, Any]]:
-    """Return one entry per config field: ``key``, ``default``, ``type`` (a name), ``doc``, ``choices``."""
-    out = []
-    for section, cls in SECTIONS.items():
-        hints = typing.get_type_hints(cls)
-        for f in fields(cls):
-            allowed = choices_of(hints[f.name])
-            out.append({"key": f"{section}.{f.name}", "default": f.default, "doc": f.metadata.get("doc", ""),
-                        "choices": allowed, "type": "choice" if allowed else hints[f.name].__name__})
-    return out
+    """Return one entry per config field: ``options.option_help``'s for the field, with its ``key``
+    (``section.field``): the config's sections are options dataclasses like any verb's."""
+    return [{**f, "key": f"{section}.{f['name']}"} for section, cls in SECTIONS.items() for f in option_help(cls)]
