@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .errors import ConfigError, ConfigTypeError
-from .options import choices_of, knob, option_help
+from .options import check, choices_of, knob, option_help
 from .schedule import Schedule, TSTSettings, geometry_rules, lr_rules
 
 # How the TST rules name the run's geometry and learning rate in a config.
@@ -378,20 +378,14 @@ def load_config(preset: str | None = None, config_file: str | Path | None = None
 
 
 def validate(cfg: Config) -> None:
-    """Raise ConfigError for the first value that cannot work, saying how to fix it."""
+    """Raise ConfigError for the first value that cannot work, saying how to fix it: each section's
+    choices and rules (``options.check``), then the ones that span sections, which derive the
+    schedule and so need sane section values."""
     for section in SECTIONS:
-        part = getattr(cfg, section)
-        for name, hint in typing.get_type_hints(type(part)).items():
-            allowed = choices_of(hint)
-            if allowed is not None and getattr(part, name) not in allowed:
-                raise ConfigError(f"{section}.{name} must be one of {', '.join(allowed)}; got {getattr(part, name)!r}")
-    # In this order, each list built only once the ones before it hold: the later ones derive the
-    # schedule, which needs sane section values.
-    checks = [lambda: [rule for section in SECTIONS for rule in getattr(cfg, section).rules()], cfg.rules]
-    for rules in checks:
-        for ok, message in rules():
-            if not ok:
-                raise ConfigError(message)
+        check(getattr(cfg, section), ConfigError, name=lambda field_name, s=section: f"{s}.{field_name}")
+    for ok, message in cfg.rules():
+        if not ok:
+            raise ConfigError(message)
 
 
 def resume_differences(saved: dict[str, Any], cfg: Config) -> list[str]:
