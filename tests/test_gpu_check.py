@@ -1,10 +1,12 @@
-"""The GPU check's dry run: every section of benchmarks/gpu/check.sh runs on the CPU at tiny sizes."""
+"""The GPU scripts on the CPU: every section of check.sh in its dry run, and a missing data dir refused."""
 
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,3 +35,26 @@ def test_the_gpu_check_runs_every_section_on_the_cpu_in_its_dry_run(data_dir, tm
     assert (out / "memory.md").read_text().count("| tiny-llama |") == 6
     assert "What a phase-1 step buys" in (out / "compare_report.md").read_text()
     assert len(list(out.iterdir())) <= 8  # the device tool brings back at most 8 files
+
+
+@pytest.mark.parametrize("script", ["check.py", "evidence.py"])
+@pytest.mark.parametrize("made", [False, True])
+def test_the_gpu_scripts_refuse_a_missing_data_dir_in_one_line(tmp_path, script, made):
+    data = tmp_path / "data"
+    if made:
+        data.mkdir()  # a dir, but no prepared data in it
+    env = {**os.environ, "DRY_RUN": "1"}
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu" / script), "--out", str(tmp_path / "out"),
+                           "--data", str(data)], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and done.stdout == ""
+    (line,) = done.stderr.splitlines()
+    assert line.startswith(f"benchmarks/gpu/{script}: error: ") and str(data) in line and "prepare-data" in line
+
+
+def test_the_torchtitan_check_refuses_a_missing_data_dir_in_one_line(tmp_path):
+    done = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu" / "torchtitan_check.sh"), str(tmp_path / "none")],
+                          env={**os.environ, "DRY_RUN": "1", "OUT": str(tmp_path / "out")}, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 2 and done.stdout == ""
+    (line,) = done.stderr.splitlines()
+    assert "torchtitan_check.sh: error:" in line and "prepare-data" in line

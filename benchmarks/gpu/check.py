@@ -27,7 +27,7 @@ sys.path[:0] = [str(ROOT / "src"), str(ROOT / "benchmarks")]
 
 import torch  # noqa: E402
 
-from _common import interleaved, machine, phase_loss, training_setup  # noqa: E402
+from _common import interleaved, machine, phase_loss, require_data, training_setup  # noqa: E402
 from tstrain.config import load_config  # noqa: E402
 from tstrain.models import flops_per_position, model_info  # noqa: E402
 from tstrain.superposition import window_length  # noqa: E402
@@ -252,6 +252,8 @@ def main() -> None:
     if args.section:
         IN_PROCESS[args.section](out, 0.0)
         return
+    if "compare" in args.sections.split(","):  # the one section that reads data: refused before any other runs
+        require_data(args.data, "benchmarks/gpu/check.py")
     if not DRY and not torch.cuda.is_available():
         sys.exit("no CUDA device: run on the GPU machine, or DRY_RUN=1 for the CPU dry run")
     preamble()
