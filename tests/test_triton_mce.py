@@ -18,6 +18,7 @@ pytest.importorskip("triton", reason="the Triton kernel needs the triton package
 
 ROOT = Path(__file__).resolve().parents[1]
 IGNORE = -100
+AUTOCAST_BAGS, AUTOCAST_CHUNK = (1, 4), 40  # the bf16 autocast cases: 96 positions in chunks of 40
 
 # name -> (N, V, d, s, dtype, weights, chunk_size, block_v, needs_grad). V=300 with tiles of 128 leaves a partial tile.
 CASES = {
@@ -62,6 +63,17 @@ def run_cases(out: Path) -> None:
         if needs_grad:
             loss.backward()
         results[name] = (loss.detach(), hidden.grad, weight.grad)
+    from test_superposition import exact_bf16_case
+
+    for s in AUTOCAST_BAGS:  # float32 weights under bf16 autocast, as the trainer runs the kernel
+        hidden, weight, targets = (t.clone() for t in exact_bf16_case(s))
+        hidden.requires_grad_()
+        weight.requires_grad_()
+        safe, scales = _prepared_targets(targets, weight.shape[0], "power", IGNORE, -1.25, "cpu")
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = TritonLinearMultiHotCE.apply(hidden, weight, safe, scales, AUTOCAST_CHUNK)
+        loss.backward()
+        results[f"autocast s={s}"] = (loss.detach(), hidden.grad, weight.grad)
     from tstrain.kernels.choice import self_check
     from tstrain.superposition import _LinearMultiHotCE
 
@@ -117,6 +129,20 @@ def test_the_kernel_compiles_to_gpu_code_for_a100_and_h100_without_a_gpu(arch):
                                constexprs={"BLOCK_V": block, "BLOCK_S": 4, "GRAD": grad})
             kernel = triton.compile(source, target=GPUTarget("cuda", arch, 32), options={"num_warps": warps})
             assert len(kernel.asm["cubin"]) > 0 and f".target sm_{arch}" in kernel.asm["ptx"]
+
+
+@pytest.mark.parametrize("s", AUTOCAST_BAGS)
+def test_under_bf16_autocast_the_kernel_equals_the_unfused_loss_of_the_same_bf16_logits(s, kernel_results):
+    # The loss is float32 arithmetic on the bf16 logits: it agrees to float32 rounding, where a softmax in bf16
+    # misses by ~1e-4. The kernel rounds the gradient to bf16 itself, which the interpreter does toward zero (a
+    # GPU to nearest: tests/test_cuda.py checks that to one bf16 step), so here the gradients agree to two steps.
+    from test_superposition import bf16_unfused_reference, exact_bf16_case, relative_error
+
+    ref_loss, ref_h, ref_w = bf16_unfused_reference(*exact_bf16_case(s), AUTOCAST_CHUNK, "power")
+    loss, grad_h, grad_w = kernel_results[f"autocast s={s}"]
+    assert loss.dtype == torch.float32 and loss.item() == pytest.approx(ref_loss.item(), rel=1e-6, abs=0)
+    assert grad_h.dtype == grad_w.dtype == torch.float32
+    assert relative_error(grad_h, ref_h) <= 2**-6 and relative_error(grad_w, ref_w) <= 2**-6
 
 
 def test_the_kernel_passes_the_self_check_that_admits_it_on_a_device(kernel_results):
