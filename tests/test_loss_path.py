@@ -182,3 +182,14 @@ def test_the_trainer_refuses_a_bad_loss_path_variable_in_one_line(tiny_cfg, tmp_
     monkeypatch.setenv(KERNEL_ENV, "cuda")
     with pytest.raises(ConfigError, match="TSTRAIN_LOSS_KERNEL='cuda' is not a loss path"):
         train(tiny_cfg(**{"train.steps": 2, "train.fused_loss": "on"}), tmp_path / "run")
+
+
+@pytest.mark.parametrize("text", ["not json", "[1, 2]", '{"verdicts": [1]}',
+                                  json.dumps({"verdicts": {GPU: {"passed": 1}}})])  # a verdict of another layout
+def test_a_damaged_cache_file_is_checked_over_and_rewritten(tmp_path, text):
+    dev = Device(tmp_path)
+    dev.cache.mkdir()
+    (dev.cache / CACHE_FILE).write_text(text)
+    assert dev.chooser().choose("cuda", _LinearMultiHotCE).path == "triton" and dev.checks == 1
+    assert json.loads((dev.cache / CACHE_FILE).read_text())["verdicts"][GPU]["passed"] is True
+

@@ -270,6 +270,7 @@ def doctor(train: bool = True, paths: dict[str, Any] | None = None) -> dict[str,
     report: dict[str, Any] = {"versions": versions(), "devices": found, "losses": [], "train": [], "auto": []}
     for device in targets:
         report["losses"] += loss_checks(device, paths)
+    report["auto"] = [auto_choice(device) for device in targets]  # first: the tiny train takes the fresh verdict
     if train:
         device = targets[-1] if len(targets) == 1 else targets[1]  # the first GPU where there is one
         with tempfile.TemporaryDirectory(prefix="tstrain-doctor-") as work:
@@ -278,7 +279,6 @@ def doctor(train: bool = True, paths: dict[str, Any] | None = None) -> dict[str,
             except Exception as e:  # the run's own refusal or crash: the check failed, the report goes on
                 report["train"].append({"device": str(device), "check": "tiny train through the switch, crash and "
                                         "resume", "result": f"fail: {type(e).__name__}: {e}"})
-    report["auto"] = [auto_choice(device) for device in targets]
     rows = report["losses"] + report["train"] + report["auto"]
     report["failures"] = sum(str(r["result"]).startswith("fail") for r in rows)
     report["ok"] = report["failures"] == 0

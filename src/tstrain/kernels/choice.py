@@ -164,6 +164,7 @@ class KernelChooser:
     def cache_file(self) -> Path:
         return (self.cache if self.cache is not None else cache_dir()) / CACHE_FILE
 
+    @torch.compiler.disable  # decided eagerly (a compiled loss calls it too): never traced, the self-check included
     def choose(self, device: torch.device | str, reference, refresh: bool = False) -> Choice:
         """Return the path the fused loss takes on ``device``; ``refresh`` runs the self-check again."""
         device = torch.device(device)
@@ -187,6 +188,7 @@ class KernelChooser:
         return self._announce(device, Choice("chunked", f"the Triton kernel failed its self-check on this device "
                                                         f"({verdict.detail})"))
 
+    @torch.compiler.disable
     def kernel(self, device: torch.device, reference):
         """Return the Triton kernel where ``choose`` picks it on ``device``, else None (the chunked path)."""
         return self.load()[0] if self.choose(device, reference).path == "triton" else None
@@ -201,8 +203,8 @@ class KernelChooser:
         """Return the self-check's verdict for ``identity``: this process's, the cache's, or a fresh one."""
         if not refresh and identity in self.verdicts:
             return self.verdicts[identity]
-        saved = {} if refresh else self._read().get(identity)
-        if saved:
+        saved = None if refresh else self._read().get(identity)
+        if isinstance(saved, dict):
             try:
                 self.verdicts[identity] = Verdict(**saved)
                 return self.verdicts[identity]
@@ -223,7 +225,8 @@ class KernelChooser:
             saved = json.loads(self.cache_file().read_text())
         except (OSError, ValueError):
             return {}
-        return saved.get("verdicts", {}) if isinstance(saved, dict) else {}
+        verdicts = saved.get("verdicts") if isinstance(saved, dict) else None
+        return verdicts if isinstance(verdicts, dict) else {}
 
     def _write(self, identity: str, verdict: Verdict) -> None:
         """Add ``verdict`` to the cache file (atomically); an unwritable cache dir keeps it in this process only."""
