@@ -6,6 +6,7 @@ import datetime
 import os
 import platform
 import statistics
+import sys
 import time
 
 import torch
@@ -19,6 +20,20 @@ def machine() -> str:
         dev = (f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
                f"{torch.get_num_threads()} torch threads")
     return f"{dev}; torch {torch.__version__}; {datetime.date.today().isoformat()}"
+
+
+def require_data(path: str, script: str) -> None:
+    """Stop with one line naming the problem and the fix (exit code 2), not a traceback, unless ``path`` is a
+    prepared data dir: before any figure is measured."""
+    from tstrain.data.tokens import TokenData
+    from tstrain.errors import TstrainError
+
+    try:
+        TokenData(path)
+    except TstrainError as e:
+        print(f"{script}: error: {e}; the default, data/corpus, comes from `make data/corpus/manifest.json`",
+              file=sys.stderr)
+        sys.exit(2)
 
 
 def sync() -> None:

@@ -11,7 +11,8 @@ import torch.distributed as dist
 from conftest import NanGrad
 from tstrain.config import load_config
 from tstrain.errors import TrainingError
-from tstrain.train.loop import call_loss, train
+from tstrain.loss import TSTLoss
+from tstrain.train.loop import train
 
 data, out = sys.argv[1:3]
 rank = int(os.environ["RANK"])
@@ -20,7 +21,7 @@ calls = {"n": 0}
 
 def poisoned(*args):
     calls["n"] += 1
-    loss = call_loss(*args)
+    loss = TSTLoss.__call__(*args)
     return NanGrad.apply(loss) if calls["n"] == 3 and rank == 1 else loss
 
 

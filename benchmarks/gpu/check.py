@@ -27,7 +27,7 @@ sys.path[:0] = [str(ROOT / "src"), str(ROOT / "benchmarks")]
 
 import torch  # noqa: E402
 
-from _common import interleaved, machine, phase_loss, training_setup  # noqa: E402
+from _common import interleaved, machine, phase_loss, require_data, training_setup  # noqa: E402
 from tstrain.config import load_config  # noqa: E402
 from tstrain.models import flops_per_position, model_info  # noqa: E402
 from tstrain.superposition import window_length  # noqa: E402
@@ -55,8 +55,9 @@ def env() -> dict[str, str]:
     return out
 
 
-def run_child(cmd: list[str], path: Path | None, timeout: float, extra_env: dict | None = None) -> str:
-    """Run a command, write its output to ``path`` (or print it when None); return a status word."""
+def run_child(cmd: list[str], path: Path | None, timeout: float, extra_env: dict | None = None,
+              append: bool = False) -> str:
+    """Run a command, write (or ``append``) its output to ``path`` (or print it when None); return a status word."""
     try:
         done = subprocess.run(cmd, cwd=ROOT, env={**env(), **(extra_env or {})}, capture_output=True, text=True,
                               timeout=max(timeout, 10))
@@ -66,7 +67,8 @@ def run_child(cmd: list[str], path: Path | None, timeout: float, extra_env: dict
     if path is None:
         print(text[-6000:], flush=True)
     else:
-        path.write_text(text)
+        with open(path, "a" if append else "w") as f:
+            f.write(text)
     return status
 
 
@@ -75,9 +77,14 @@ def _text(b) -> str:
 
 
 def correctness(out: Path, seconds: float) -> str:
-    """The ``cuda``-marked tests: bf16 MCE vs float64, fused vs unfused, compile, resume, export + generate."""
+    """``tstrain doctor`` (every loss path against float64, a tiny train resumed bit for bit, the path ``auto``
+    takes after the Triton kernel's self-check), then the ``cuda``-marked tests: bf16 MCE vs float64, fused vs
+    unfused, compile, resume, export + generate. Both go to ``correctness.txt``."""
+    start = time.perf_counter()
+    doctor = run_child([sys.executable, "-m", "tstrain", "doctor"], out / "correctness.txt", seconds / 3)
     cmd = [sys.executable, "-m", "pytest", "-q", "-m", "cuda", "-p", "no:cacheprovider", "tests/test_cuda.py"]
-    return run_child(cmd, out / "correctness.txt", seconds)
+    tests = run_child(cmd, out / "correctness.txt", seconds - (time.perf_counter() - start), append=True)
+    return "ok" if doctor == tests == "ok" else f"doctor {doctor}, tests {tests}"
 
 
 KERNEL_METHODS = "plain CE,plain head+CE,ours chunked head+MCE,ours Triton head+MCE,Liger fused head+CE"
@@ -252,11 +259,13 @@ def main() -> None:
     if args.section:
         IN_PROCESS[args.section](out, 0.0)
         return
+    if "compare" in args.sections.split(","):  # the one section that reads data: refused before any other runs
+        require_data(args.data, "benchmarks/gpu/check.py")
     if not DRY and not torch.cuda.is_available():
         sys.exit("no CUDA device: run on the GPU machine, or DRY_RUN=1 for the CPU dry run")
     preamble()
     start, results = time.perf_counter(), {}
-    plan = [("correctness", 0.2), ("speed", 0.25), ("kernels", 0.3), ("peer", 0.35), ("memory", 0.3), ("compare", 1.0)]
+    plan = [("correctness", 0.25), ("speed", 0.25), ("kernels", 0.3), ("peer", 0.35), ("memory", 0.3), ("compare", 1.0)]
     wanted = args.sections.split(",")
     plan = [(name, share if name != wanted[-1] else 1.0) for name, share in plan if name in wanted]
     for name, share in plan:

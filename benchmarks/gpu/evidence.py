@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT / "src"), str(ROOT / "benchmarks")]
 
-from _common import machine  # noqa: E402
+from _common import machine, require_data  # noqa: E402
 from tstrain.config import load_config, padded_vocab  # noqa: E402
 from tstrain.data.tokens import TokenData  # noqa: E402
 from tstrain.experiments.base import val_rows  # noqa: E402
@@ -119,6 +119,7 @@ def main() -> None:
     ap.add_argument("--work", default=os.environ.get("WORK", "/tmp/tstrain-evidence-runs"),
                     help="run dirs (checkpoints and all); a finished run there is reused")
     args = ap.parse_args()
+    require_data(args.data, "benchmarks/gpu/evidence.py")
     out, work = Path(args.out), Path(args.work)
     out.mkdir(parents=True, exist_ok=True)
     run = settings()

@@ -16,6 +16,10 @@ OUT=${OUT:-/tmp/tstrain-torchtitan-check}
 mkdir -p "$OUT"
 PY=${PYTHON:-python3}
 DATA=${1:-data/quick}
+if [ ! -f "$DATA/manifest.json" ]; then
+    echo "benchmarks/gpu/torchtitan_check.sh: error: $DATA is not a prepared data dir (no manifest.json); make it with \`tstrain prepare-data --out $DATA ...\` (\`make demo-quick\` makes data/quick)" >&2
+    exit 2
+fi
 if [ "${DRY_RUN:-0}" != 1 ] && compgen -G ".whl/*.whl" > /dev/null; then
     "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
     export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}

@@ -160,8 +160,8 @@ class TrainConfig:
         "none", "full: each decoder layer recomputes its activations in the backward pass (less memory, ~1/3 more "
         "compute; same numbers)", resume_free=True)
     fused_loss: Literal["auto", "on", "off"] = knob(
-        "auto", "LM head + loss fused over position chunks (auto: vocab >= 32768); on CUDA a Triton kernel when "
-        "triton imports")
+        "auto", "LM head + loss fused over position chunks (auto: vocab >= 32768); on CUDA a Triton kernel once "
+        "its self-check passed on the device (tstrain doctor)")
     loss_chunk_size: int = knob(2048, "positions per chunk of the fused head + loss")
     skip_nonfinite: bool = knob(False, "skip a step with a non-finite loss or gradient (no update) instead of stopping",
                                 resume_free=True)

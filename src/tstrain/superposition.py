@@ -269,7 +269,8 @@ def linear_multi_hot_cross_entropy(
 ) -> torch.Tensor:
     """Return ``multi_hot_cross_entropy(hidden @ head_weight.T, targets, weights)`` without ever
     holding the full logits: the head and the loss run fused over chunks of ``chunk_size``
-    positions (on CUDA with the softmax pass in Triton, ``kernels.triton_mce``, when triton imports).
+    positions (on CUDA with the softmax pass in Triton, ``kernels.triton_mce``, where that kernel has passed its
+    self-check on the device: ``fused_loss_path``).
     ``hidden`` is ``(..., d)``, ``head_weight`` ``(V, d)``, targets ``(..., s)``; ``check_ids`` as there."""
     d, s = hidden.shape[-1], targets.shape[-1]
     V = head_weight.shape[0]
@@ -279,11 +280,20 @@ def linear_multi_hot_cross_entropy(
     safe, scales = _prepared_targets(targets.reshape(-1, s), V, weights, ignore_index, mi_exponent, hidden.device,
                                      check_ids)
     fused = _LinearMultiHotCE
-    if hidden.is_cuda:  # the Triton kernel where it can run; imported here, so the method needs torch alone
+    if hidden.is_cuda:  # the Triton kernel where it passed its self-check; imported here: the method needs torch alone
         from .kernels import cuda_linear_mce
 
-        fused = cuda_linear_mce() or fused
+        fused = cuda_linear_mce(hidden.device, _LinearMultiHotCE) or fused
     return fused.apply(hidden.reshape(-1, d), head_weight, safe, scales, max(1, chunk_size))
+
+
+def fused_loss_path(device: torch.device | str, refresh: bool = False):
+    """Return which path ``linear_multi_hot_cross_entropy`` takes on ``device`` and why (a ``kernels.Choice``:
+    ``.path`` is ``"triton"`` or ``"chunked"``, ``.reason`` says why); ``refresh`` runs the Triton kernel's
+    self-check on the device again."""
+    from .kernels import loss_path
+
+    return loss_path(device, _LinearMultiHotCE, refresh)
 
 
 def reference_multi_hot_cross_entropy(

@@ -175,7 +175,7 @@ def _add_experiment_verbs(sub) -> None:
 
 
 def _add_inspection_verbs(sub) -> None:
-    """Add the verbs that show a run before it runs: batch, info."""
+    """Add the verbs that show a run before it runs, and the machine: batch, info, doctor."""
     p = sub.add_parser("batch", help="what one training step reads: each sequence's offset in the training split, "
                                      "tokens, bag size, phase")
     p.add_argument("run", nargs="?", help="a run dir (its config.toml); or give --preset / --config with --data")
@@ -192,6 +192,12 @@ def _add_inspection_verbs(sub) -> None:
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
     _add_config_flags(p)
     p.set_defaults(func=verbs.cmd_info)
+
+    p = sub.add_parser("doctor", help="check this machine: versions, devices, every loss path against float64, a "
+                                      "tiny train resumed bit for bit, the path `auto` takes (exit 1 on a failure)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--skip-train", action="store_true", help="leave out the tiny train (the loss paths only)")
+    p.set_defaults(func=verbs.cmd_doctor)
 
 
 def _add_model_verbs(sub) -> None:

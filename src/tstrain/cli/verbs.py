@@ -230,6 +230,14 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from ..doctor import doctor, format_report
+
+    report = doctor(train=not args.skip_train)
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    return 0 if report["ok"] else 1
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from ..model_io import export
 

@@ -35,6 +35,7 @@ from ..model_io import export_hf
 from ..model_parts import CausalLMParts
 from ..models import build_model, flops_per_position
 from ..schedule import SequenceGroup
+from ..superposition import fused_loss_path
 from . import checkpoint as ckpt
 from . import distributed
 from .device import autocast_for, resolve_device
@@ -65,6 +66,18 @@ def tst_loss_of(model: torch.nn.Module | CausalLMParts, cfg: Config) -> TSTLoss:
     """
     return TSTLoss(model, weights=cfg.tst.weights, mi_exponent=cfg.tst.mi_exponent, fused=cfg.train.fused_loss,
                    chunk_size=cfg.train.loss_chunk_size, check_causal=bool(cfg.model.config_file))
+
+
+def loss_path_of(tst_loss: TSTLoss, device: torch.device) -> tuple[str, str]:
+    """Return ``(path, why)``: the path the run's loss takes on ``device`` (``unfused``, or the fused loss's
+    ``chunked`` or ``triton``, ``superposition.fused_loss_path``), refusing a bad ``TSTRAIN_LOSS_KERNEL``."""
+    if not tst_loss.fused:
+        return "unfused", "the head's logits whole, then the multi-hot CE (train.fused_loss)"
+    try:
+        choice = fused_loss_path(device)
+    except (ValueError, RuntimeError) as e:  # the variable names no path, or one that cannot load
+        raise ConfigError(str(e)) from None
+    return choice.path, choice.reason
 
 
 def first_non_finite_grad(model: torch.nn.Module) -> str | None:
@@ -126,6 +139,8 @@ class RunSummary:
     flops: float
     wall_time: float
     skipped_steps: int = 0  # steps whose loss or gradient was not finite, not applied (train.skip_nonfinite)
+    loss_path: str = ""  # the head + loss path that ran: unfused, chunked or triton (``loss_path_of``)
+    loss_path_reason: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return {**self.__dict__, "run_dir": str(self.run_dir)}
@@ -212,6 +227,9 @@ class Trainer:
         self.run_model = self.ctx.shard(self.model)  # run_model(fn, *args) calls fn where the weights are whole
         self.optimizer = make_optimizer(self.model, cfg, device)
         self.tst_loss = tst_loss_of(self.parts, cfg)
+        self.loss_path = loss_path_of(self.tst_loss, device)
+        if self.ctx.is_main:
+            print(f"loss path: {self.loss_path[0]} ({self.loss_path[1]})")
         # Tokens checks every id read against the data's vocabulary, which the model's covers.
         self.batches = BatchMaker(self.data.train, self.schedule, cfg.train.seed, vocab_size=cfg.model.vocab_size)
         self.batches.check_appetite(cfg.data.max_epochs)
@@ -400,7 +418,7 @@ class Trainer:
         weights = ckpt.full_model_state_dict(self.model) if self.ctx.distributed else None
         s = self.state
         summary = RunSummary(self.run, last_val, self.cfg.train.steps, self.cfg.switch_step, s.data_tokens, s.flops,
-                             self.elapsed(), s.skipped_steps)
+                             self.elapsed(), s.skipped_steps, *self.loss_path)
         if self.ctx.is_main:
             export_hf(self.model, self.run / FINAL, self.run / TOKENIZER, self.data.manifest.get("eos_token"), weights)
             write_text_atomic(self.run / SUMMARY, json.dumps(summary.to_dict(), indent=2) + "\n")
