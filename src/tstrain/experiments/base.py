@@ -43,12 +43,12 @@ def check_baseline_lr(lr: float | None) -> None:
                           "peak learning rate (e.g. --baseline-lr 4e-3), or leave it out to train both arms at --lr")
 
 
-def run_or_reuse(cfg: Config, run_dir: Path) -> dict[str, Any]:
+def run_or_reuse(cfg: Config, run_dir: Path, **seams: Any) -> dict[str, Any]:
     """Return the summary of the run in ``run_dir``, training (or resuming) it if unfinished.
 
     A finished or interrupted run is used only when its saved config is the one asked for now;
     otherwise the call is refused with the differing fields, so a report never labels one run
-    with another's settings.
+    with another's settings. ``seams`` go to the trainer (``branch_points``).
     """
     refuse_reuse(run_dir, cfg)
     summary = run_dir / SUMMARY
@@ -60,7 +60,7 @@ def run_or_reuse(cfg: Config, run_dir: Path) -> dict[str, Any]:
         except ValueError:  # cut short: the run's final checkpoint writes it again
             print(f"{run_dir.name}: {summary} does not parse; finishing the run again from its last checkpoint")
     ckpts = run_dir / CHECKPOINTS
-    train(cfg, run_dir, resume=ckpts.is_dir() and any(ckpts.iterdir()))
+    train(cfg, run_dir, resume=ckpts.is_dir() and any(ckpts.iterdir()), **seams)
     return json.loads(summary.read_text())
 
 

@@ -1,6 +1,6 @@
-"""What each experiment verb runs, as data: the scale study's grid (``ScaleOptions``) and the named
-ablations (``ABLATIONS``). Nothing here trains, so the command line builds its flags and help
-from these without loading torch.
+"""What each experiment verb runs, as data: the scale study's grid (``ScaleOptions``), the named
+ablations (``ABLATIONS``) and the equal-loss ladder's default lengths (``LADDER``). Nothing here trains, so
+the command line builds its flags and help from these without loading torch.
 """
 
 from __future__ import annotations
@@ -59,6 +59,15 @@ class ScaleOptions:
             (math.isfinite(self.repeat_within) and self.repeat_within >= 0 and self.tune_steps >= 1,
              f"--repeat-within must be >= 0 and --tune-steps >= 1; got {self.repeat_within}, {self.tune_steps}"),
         ]
+
+
+# The equal-loss ladder's default lengths, as multiples of the compared runs' steps (``compare --ladder``).
+LADDER = (1.25, 1.5, 2.0, 3.0)
+
+
+def parse_ladder(text: str) -> tuple[float, ...]:
+    """Return ``--ladder``'s multiples from their comma-separated text."""
+    return _listed(float)(text)
 
 
 # Named ablations: each is a set of config overrides on top of the method at (s, r).
