@@ -232,7 +232,7 @@ def equal_loss_lines(result: dict[str, Any]) -> list[str]:
     w = result["equal_loss_within_runs"]
     lines += ["## Equal loss within the runs", "",
               f"Where each arm's own curve first reaches the baseline's final val loss {w['target_val_loss']:.4f} "
-              "(TST's curve read as it stands, its own LR decay included).", "",
+              "(TST's curve read as it stands, through its LR decay).", "",
               "| | baseline | TST | speedup |", "| --- | --- | --- | --- |",
               f"| steps to reach it | {_fmt(w['baseline_steps'], '.0f')} | {_fmt(w['tst_steps'], '.0f')} | "
               f"{_fmt(w['speedup_steps'], '.2f', 'x')} |"]
