@@ -115,3 +115,17 @@ def test_compare_equal_loss_trains_the_ladder_as_one_trunk_with_branched_decays(
                             "--steps", "12", "--no-progress", "--equal-loss", "--ladder", "1,2"],
                    "--ladder takes distinct positive multiples")
     assert not (tmp_path / "bad").exists()
+
+
+def test_seeds_combine_from_each_comparisons_reading_and_other_ladders_are_refused():
+    from tstrain.errors import ConfigError
+    from tstrain.experiments.ladder import over_seeds
+
+    a = equal_loss(rungs([(m, v + 0.02) for m, v in LADDER]), tst(3.78), noise=0.005)
+    b = equal_loss(rungs([(m, v - 0.02) for m, v in LADDER]), tst(3.74), noise=0.005)
+    both = over_seeds([a, b])
+    assert both["seeds"] == 2 and both["per_seed"] == [a["speedup"], b["speedup"]]
+    assert both["speedup"] == pytest.approx(equal_loss(rungs(), tst(3.76), noise=0.005)["speedup"])
+    assert [g["val_loss"] for g in both["rungs"]] == pytest.approx([v for _, v in LADDER])
+    with pytest.raises(ConfigError, match="ladders differ"):
+        over_seeds([a, equal_loss(rungs(LADDER[:4]), tst(3.76), noise=0.005)])

@@ -192,6 +192,26 @@ def ladder_reading(rows: dict[str, list[dict[str, Any]]], flops: dict[str, float
     return out
 
 
+def over_seeds(readings: list[dict[str, Any]]) -> dict[str, Any]:
+    """Return the equal-loss speedup over seeds from each seed's ``equal_loss`` (one per comparison, the same
+    ladder): the mean final val losses, with the seed spread added to the noise (its root mean square over
+    the seeds). Refuses readings of different ladders."""
+    ladders = {tuple(g["steps"] for g in r["rungs"]) + (r["tst"]["steps"],) for r in readings}
+    if len(ladders) != 1:
+        raise ConfigError(f"the comparisons' ladders differ ({' / '.join(map(str, sorted(ladders)))}): combine "
+                          "seeds of one command only")
+    noises = [r["noise"] for r in readings]
+    noise = math.sqrt(sum(n * n for n in noises) / len(noises)) if None not in noises else None
+    first = readings[0]
+    rungs = [{"steps": g["steps"], "flops": g["flops"], "val_losses": [r["rungs"][i]["val_loss"] for r in readings]}
+             for i, g in enumerate(first["rungs"])]
+    tst = {**first["tst"], "val_losses": [r["tst"]["val_loss"] for r in readings]}
+    out = equal_loss(rungs, tst, noise)
+    out["noise_from"] = first.get("noise_from")
+    out["per_seed"] = [r["speedup"] for r in readings]
+    return out
+
+
 def _end(log_c: float, multiples: np.ndarray, tst_flops: float, upper: bool) -> float | None:
     """Return one end of the speedup's interval from its draw. A draw past the longest rung says "more than" that
     rung's multiple, one before the shortest "less than" the shortest's: so a lower end past the ladder is the
@@ -203,11 +223,23 @@ def _end(log_c: float, multiples: np.ndarray, tst_flops: float, upper: bool) -> 
     return float(multiples[-1]) if log_c > 0 else None
 
 
+def _interval_words(interval: list[float | None]) -> str:
+    """Return a speedup's 95% interval in words: both ends, or the one end that bounds it."""
+    lo, hi = interval
+    if lo is None and hi is None:
+        return "interval unbounded"
+    if lo is None:
+        return f"upper end {hi:.2f}"
+    if hi is None:
+        return f"lower end {lo:.2f}"
+    return f"interval {interval_text(interval, '.2f')}"
+
+
 def equal_loss_sentence(r: dict[str, Any]) -> str:
     """Return the equal-loss reading in one sentence."""
     rungs, t = r["rungs"], r["tst"]
     ladder = ", ".join(f"{x['multiple']:.2f}" for x in rungs)
-    within = "" if r["interval"] is None else f"95% interval {interval_text(r['interval'], '.2f')}; "
+    within = "" if r["interval"] is None else f"95% {_interval_words(r['interval'])}; "
     if r["bound"] == "above":
         return (f"TST's final val loss {t['val_loss']:.4f} is below every rung of the baseline ladder (at {ladder}x "
                 f"TST's compute, each with its own WSD schedule), the longest ending at {rungs[-1]['val_loss']:.4f}: "
