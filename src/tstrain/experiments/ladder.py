@@ -34,6 +34,7 @@ from .plans import LADDER
 
 DRAWS = 2000
 MIN_DECAY_EVALS = 6  # a cubic's four parameters and two degrees of freedom for the scatter
+MIN_NOISE_DOF = 10  # fewer leave the scatter's estimate too loose to read a gap by (its 95% range ~0.6-1.7x)
 
 
 @dataclass
@@ -89,7 +90,7 @@ def train_ladder(rungs: list[Rung], dirs: dict[str, Path]) -> None:
 def final_noise(curves: list[tuple[list[dict[str, Any]], int]]) -> float | None:
     """Return the noise of one evaluation at the end of a run: the pooled scatter of each run's evaluations
     after its decay start (``(rows, decay_start)`` per run) about a cubic in the step, over the runs with
-    ``MIN_DECAY_EVALS`` such evaluations or more; None when none has enough."""
+    ``MIN_DECAY_EVALS`` such evaluations or more; None with fewer than ``MIN_NOISE_DOF`` degrees of freedom."""
     rss, dof = 0.0, 0
     for rows, start in curves:
         after = [r for r in rows if r["step"] > start]
@@ -100,7 +101,7 @@ def final_noise(curves: list[tuple[list[dict[str, Any]], int]]) -> float | None:
         y = np.array([r["val_loss"] for r in after], dtype=float)
         resid = y - np.polyval(np.polyfit(t, y, 3), t)
         rss, dof = rss + float(resid @ resid), dof + len(after) - 4
-    return math.sqrt(rss / dof) if dof else None
+    return math.sqrt(rss / dof) if dof >= MIN_NOISE_DOF else None
 
 
 def non_increasing(y: np.ndarray) -> np.ndarray:

@@ -34,8 +34,8 @@ class ScaleOptions:
                                                parse=_pairs, takes="S:R pairs, e.g. 4:0.3,2:0.2")
     seeds: tuple[int, ...] = knob((0, 1), "seeds (past the first, only cells that one seed does not settle run)",
                                   parse=_listed(int), takes="comma-separated whole numbers")
-    repeat_within: float = knob(0.05, "repeat a cell on every seed when a gap is within this many nats, or within "
-                                      "the noise of its first seed")
+    repeat_within: float = knob(0.0, "repeat a cell on every seed when its first seed's gap is within the noise of "
+                                     "a final value, measured in the decays, or within this many nats")
     lrs: tuple[float, ...] = knob((), "LRs to try on each size's baseline first, keeping the best (none: the preset's)",
                                   parse=_listed(float), takes="comma-separated numbers")
     tune_steps: int = knob(2000, "steps of the LR-tuning baseline runs")
