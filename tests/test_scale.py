@@ -162,5 +162,6 @@ def test_each_arm_gets_its_equal_loss_speedup_from_the_baselines_at_its_length_a
     frac = (curve(1000) - (curve(1000) + gap)) / (curve(1000) - curve(2000))
     assert short["speedup"] == pytest.approx(2.0 ** frac)
     assert long["speedup"] is None and long["bound"] == "above"  # below the longest (its own) baseline
-    assert "Compute to equal loss" in (tmp_path / "scale.md").read_text()
+    report = (tmp_path / "scale.md").read_text()
+    assert "Compute to equal loss" in report and result["data_record"]["corpus_sha256"] in report
     assert scale.read_study(tmp_path)["sizes"]["cpu-micro"]["equal_loss"]["tst-s2-r0.2"]["1000"] == short

@@ -24,6 +24,7 @@ import numpy as np
 
 from ..config import Config
 from ..errors import ConfigError
+from ..fileio import read_json
 from ..train.loop import train
 from ..train.metrics import read_jsonl
 from ..train.run_dir import CHECKPOINTS, METRICS, SUMMARY, refuse_reuse
@@ -62,6 +63,25 @@ def run_or_reuse(cfg: Config, run_dir: Path, **seams: Any) -> dict[str, Any]:
     ckpts = run_dir / CHECKPOINTS
     train(cfg, run_dir, resume=ckpts.is_dir() and any(ckpts.iterdir()), **seams)
     return json.loads(summary.read_text())
+
+
+def data_record(path: str) -> dict[str, Any] | None:
+    """Return what names an experiment's data: its dir, corpus hash and token counts (None: no manifest there)."""
+    manifest = Path(path) / "manifest.json"
+    if not manifest.is_file():
+        return None
+    m = read_json(manifest, ConfigError, "prepare the data again (tstrain prepare-data)")
+    return {"path": str(Path(path).resolve()), "corpus_sha256": m.get("corpus_sha256"),
+            "train_tokens": m.get("train_tokens"), "val_tokens": m.get("val_tokens")}
+
+
+def data_line(record: dict[str, Any] | None) -> str:
+    """Return a report's line naming its data (``data_record``): dir, corpus hash, tokens."""
+    if not record:
+        return "Data: no manifest found."
+    corpus = record["corpus_sha256"] or "not recorded (prepared before it was)"
+    return (f"Data: `{record['path']}`, corpus hash {corpus}, {record['train_tokens']:,} training and "
+            f"{record['val_tokens']:,} validation tokens.")
 
 
 def val_rows(run_dir: Path) -> list[dict[str, Any]]:

@@ -26,6 +26,8 @@ from ..train.run_dir import SUMMARY
 from .base import (
     NOT_COMPARABLE,
     baseline_of,
+    data_line,
+    data_record,
     decay_start,
     first_reaching,
     fit_curve,
@@ -165,9 +167,7 @@ def report_markdown(result: dict[str, Any], labels: dict[str, str], command: str
     runs = result["runs"]
     lines = ["# Baseline vs TST", "", f"Command: `{command}`", ""]
     if result.get("data"):
-        d = result["data"]
-        lines += [f"Data: `{d['path']}`, corpus hash {d['corpus_sha256'] or 'not recorded (prepared before it was)'}, "
-                  f"{d['train_tokens']:,} training and {d['val_tokens']:,} validation tokens.", ""]
+        lines += [data_line(result["data"]), ""]
     lines += ["| run | steps | final val loss | data tokens | FLOPs | wall time (s) |",
              "| --- | --- | --- | --- | --- | --- |"]
     for name, r in runs.items():
@@ -375,16 +375,6 @@ def plot(run_dirs: dict[str, Path], labels: dict[str, str], switch_step: int, ou
         plt.close(fig)
         paths.append(path)
     return paths
-
-
-def data_record(path: str) -> dict[str, Any] | None:
-    """Return what names a comparison's data: its dir, corpus hash and token counts (None: no manifest there)."""
-    manifest = Path(path) / "manifest.json"
-    if not manifest.is_file():
-        return None
-    m = read_json(manifest, ConfigError, "prepare the data again (tstrain prepare-data)")
-    return {"path": str(Path(path).resolve()), "corpus_sha256": m.get("corpus_sha256"),
-            "train_tokens": m.get("train_tokens"), "val_tokens": m.get("val_tokens")}
 
 
 def compare(cfg: Config, out_dir: str | Path, equal_data: bool = False, command: str = "tstrain compare",

@@ -31,6 +31,8 @@ from ..run_lock import locked
 from ..train.run_dir import CONFIG, SUMMARY
 from .base import (
     baseline_of,
+    data_line,
+    data_record,
     decay_start,
     fit_curve,
     gap_reading,
@@ -209,8 +211,8 @@ def scale_study(data: str, out_dir: str | Path, options: ScaleOptions | None = N
     check(o, ConfigError)
     with locked(out_dir, "study dir") as out:
         vocab = TokenData(data).vocab_size
-        result: dict[str, Any] = {"data": str(Path(data).resolve()), "arms": [arm_name(s, r) for s, r in o.arms],
-                                  "sizes": {}}
+        result: dict[str, Any] = {"data": str(Path(data).resolve()), "data_record": data_record(data),
+                                  "arms": [arm_name(s, r) for s, r in o.arms], "sizes": {}}
         for size in o.sizes:
             cfg = load_config(size, overrides={**(overrides or {}), "data.path": data})
             params = model_info(cfg.model, padded_vocab(vocab, cfg.model.pad_vocab_multiple),
@@ -249,7 +251,8 @@ def read_study(out_dir: str | Path, report_dir: str | Path | None = None) -> dic
     out = Path(out_dir)
     report = Path(report_dir) if report_dir else out
     saved = json.loads((report / "scale.json").read_text()) if (report / "scale.json").is_file() else {}
-    result: dict[str, Any] = {"data": saved.get("data"), "arms": list(saved.get("arms", [])), "sizes": {}}
+    result: dict[str, Any] = {"data": saved.get("data"), "data_record": saved.get("data_record"),
+                              "arms": list(saved.get("arms", [])), "sizes": {}}
     for size_dir in sorted(p for p in out.iterdir() if p.is_dir() and any(p.glob("steps*/seed*/baseline"))):
         entry: dict[str, Any] = {"cells": {}}
         for steps_dir in sorted(size_dir.glob("steps*"), key=lambda p: int(p.name.removeprefix("steps"))):
@@ -304,7 +307,7 @@ def cell_readings(cell: dict[str, dict], arm: str) -> tuple[dict[str, Any], dict
 
 def scale_markdown(result: dict[str, Any]) -> str:
     """Return the study's tables: one row per (size, steps, arm), seeds averaged (and listed), with 95% intervals."""
-    lines = lr_lines(result) + [
+    lines = ([data_line(result["data_record"]), ""] if result.get("data_record") else []) + lr_lines(result) + [
         "| size | params | steps | arm | tokens/param (baseline, TST) | baseline | TST | gap (seeds) | "
         "gap 95% interval | reading | phase-1 step value (95% interval) | gap at switch | steps to halve it |",
         "| --- |" * 1 + " --- |" * 12]
