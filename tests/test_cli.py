@@ -30,7 +30,8 @@ def test_prepare_and_train_from_the_command_line(tmp_path, capsys):
             "--bag-size", "2", "--ratio", "0.5", "--seed", "3", "--batch-size", "4", "--seq-len", "16", "--lr", "0.001",
             "--set", "train.eval_every=3", "--log.every", "2", "--no-progress"]
     assert main(args) == 0
-    summary = json.loads(capsys.readouterr().out.split("\n", 1)[1])
+    out = capsys.readouterr().out
+    summary = json.loads(out[out.index("\n{") + 1:])  # after the lines the trainer prints first
     assert summary["switch_step"] == 3 and summary["data_tokens"] == 4 * 16 * (2 * 3 + 3)
     saved = (tmp_path / "run" / "config.toml").read_text()
     assert "seed = 3" in saved and "lr = 0.001" in saved and "every = 2" in saved

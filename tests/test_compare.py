@@ -6,7 +6,7 @@ import pytest
 
 from tstrain.config import load_config
 from tstrain.experiments.base import decay_start, first_reaching
-from tstrain.experiments.compare import analyse, plan_runs
+from tstrain.experiments.compare import analyse, plan_runs, report_markdown
 
 
 def write_run(d, val, steps, data_per_step, wall_per_step=1.0):
@@ -42,10 +42,11 @@ def test_analyse_gives_the_three_views(tmp_path):
     r = analyse({"baseline": tmp_path / "baseline", "tst": tmp_path / "tst", "baseline-equal-data": tmp_path / "eq"},
                 10, 36)
     assert r["equal_flops_delta"] == pytest.approx(-0.2)
-    assert r["equal_loss"]["target_val_loss"] == 4.0
-    assert r["equal_loss"]["baseline_steps"] == 40 and r["equal_loss"]["tst_steps"] == pytest.approx(30)
-    assert r["equal_loss"]["speedup_steps"] == pytest.approx(40 / 30)
-    assert r["equal_loss"]["speedup_time"] == pytest.approx(40 / 33)
+    w = r["equal_loss_within_runs"]
+    assert w["target_val_loss"] == 4.0 and "equal_loss" not in r  # no ladder, no equal-loss speedup
+    assert w["baseline_steps"] == 40 and w["tst_steps"] == pytest.approx(30)
+    assert w["speedup_steps"] == pytest.approx(40 / 30)
+    assert w["speedup_time"] == pytest.approx(40 / 33) and w["wall_time_comparable"]
     assert r["switch"]["baseline_val_loss_at_switch"] == pytest.approx(5.4 - 0.9 / 3)
     assert r["switch"]["spike_vs_baseline"] == pytest.approx(4.8 - 5.1)
     assert r["switch"]["first_eval_below_baseline_after_switch"] == 30
@@ -55,6 +56,20 @@ def test_analyse_gives_the_three_views(tmp_path):
     # estimate, so neither the gap nor the phase-1 step value is read as a win or a loss.
     assert r["phase1_step_value"] is None and "fitting its curve needs 5" in r["phase1_step_value_detail"]["reason"]
     assert r["eval_noise"] is None and r["equal_flops"]["reading"] == "noise unknown"
+
+
+def test_no_wall_time_speedup_where_the_arms_seconds_per_flop_differ_beyond_their_work(tmp_path):
+    base = [(0, 6.0), (20, 4.5), (40, 4.0)]
+    tst = [(0, 6.0), (20, 4.3), (40, 3.8)]
+    write_run(tmp_path / "baseline", base, 40, 100, wall_per_step=2.4)  # ran beside other jobs
+    write_run(tmp_path / "tst", tst, 40, 200)
+    r = analyse({"baseline": tmp_path / "baseline", "tst": tmp_path / "tst"}, 10, 36)
+    w = r["equal_loss_within_runs"]
+    assert w["speedup_time"] is None and not w["wall_time_comparable"]
+    assert w["wall_time_per_flop_ratio"] == pytest.approx(2.4) and w["speedup_steps"] is not None
+    report = report_markdown(r, {"baseline": "b", "tst": "t"}, "test")
+    assert "No wall-time speedup" in report and "machine's load differed" in report
+    assert "wall time to reach it" not in report
 
 
 def test_a_gap_is_read_against_the_noise_of_the_baseline_curve(tmp_path):
@@ -151,7 +166,7 @@ def test_a_gap_at_different_lrs_keeps_its_reading_and_the_step_value_is_not_comp
     own = analyse(dirs, 400, 1600, warmup=20, lrs={"baseline": 4e-3, "tst": 2e-3})
     # The gap between the runs as trained is read against the same noise ...
     assert own["equal_flops"] == same["equal_flops"] and own["equal_flops"]["reading"] == "TST better"
-    assert own["equal_loss"] == same["equal_loss"]
+    assert own["equal_loss_within_runs"] == same["equal_loss_within_runs"]
     # ... while what reads the baseline's curve as TST's counterfactual gives no figure.
     assert own["phase1_step_value"] is None and own["phase1_step_value_detail"]["course"] == []
     assert own["phase1_step_value_detail"]["reading"] == "not comparable"

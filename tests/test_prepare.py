@@ -240,3 +240,15 @@ def test_windows_across_shards_are_what_one_file_gives(sharded, tiny_cfg, tmp_pa
         for (s1, rows1), (s2, rows2) in zip(readers[0].pieces(step), readers[1].pieces(step)):
             assert s1 == s2 and np.array_equal(rows1.numpy(), rows2.numpy())
     assert np.array_equal(validation_windows(one.val, 16, 20).numpy(), validation_windows(many.val, 16, 20).numpy())
+
+
+def test_the_manifest_names_the_text_by_a_corpus_hash_that_follows_the_text_not_the_path(corpus, data_dir, tmp_path):
+    moved = tmp_path / "elsewhere" / "c.txt"
+    moved.parent.mkdir()
+    shutil.copyfile(corpus, moved)
+    edited = tmp_path / "edited.txt"
+    edited.write_text(corpus.read_text() + "the old lion sat on the mat.\n")
+    hashes = [prepare(text, data_dir, tmp_path / name)["corpus_sha256"]
+              for name, text in (("a", corpus), ("b", moved), ("c", edited))]
+    assert hashes[0] == hashes[1] and hashes[0] != hashes[2] and len(hashes[0]) == 64
+    assert json.loads((tmp_path / "a" / "manifest.json").read_text())["sources"][0]["sha256"] == sha256_file(corpus)

@@ -54,3 +54,24 @@ def test_a_seed_without_its_baseline_is_read_and_paired_only_where_a_baseline_ra
     assert seeds == ["0", "1"] and gaps == pytest.approx([0.05, 0.04])
     seeds, gaps, _ = seed_gaps(cells[(5e-4, 50)], cells[(5e-4, 50)], "tst-s2-r0.2")
     assert seeds == ["0"] and gaps == pytest.approx([-0.05])
+
+
+def test_the_equal_loss_reader_prints_each_seed_and_their_combination(tmp_path, capsys):
+    from equal_loss import main
+    from tstrain.experiments.ladder import equal_loss
+
+    for seed, shift in ((0, 0.02), (1, -0.02)):
+        rungs = [{"steps": round(100 * m), "flops": 1e9 * m, "val_losses": [v + shift]}
+                 for m, v in ((1.0, 4.0), (1.5, 3.82), (2.0, 3.7), (3.0, 3.6))]
+        eq = equal_loss(rungs, {"steps": 100, "flops": 1e9, "val_losses": [3.76 + shift]}, 0.005)
+        eq["noise_from"] = "evaluations within the decays"
+        (tmp_path / f"seed{seed}").mkdir()
+        (tmp_path / f"seed{seed}" / "comparison.json").write_text(json.dumps({"equal_loss": eq, "data": None}))
+    main([str(tmp_path / "seed0"), str(tmp_path / "seed1")])
+    out = capsys.readouterr().out
+    assert out.count("| baseline | 150 | 1.50 |") == 2 and "## Over 2 seeds" in out
+    assert f"{2.0 ** 0.5 * 1.5 ** 0.5:.2f}x" in out  # halfway between the 1.5x and 2x rungs, in log compute
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "plain" / "comparison.json").write_text(json.dumps({"runs": {}}))
+    with pytest.raises(SystemExit, match="no equal-loss reading"):
+        main([str(tmp_path / "plain")])

@@ -20,8 +20,9 @@ def write_run(d, cfg, losses):
     (d / "config.toml").write_text(cfg.to_toml())
     rows = [{"step": s, "phase": 2, "val_loss": v, "data_tokens": s * 1280, "flops": s * 1.0} for s, v in losses]
     (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (d / "summary.json").write_text(json.dumps({"final_val_loss": losses[-1][1], "flops": STEPS * 1.0,
-                                                "data_tokens": STEPS * 1280, "steps": STEPS}))
+    n = cfg.train.steps
+    (d / "summary.json").write_text(json.dumps({"final_val_loss": losses[-1][1], "flops": n * 1.0,
+                                                "data_tokens": n * 1280, "steps": n}))
 
 
 def write_cell(root, seed, final_gap, value, noise=0.01):
@@ -130,15 +131,37 @@ def noisy_run(gap, noise):
     return run
 
 
-@pytest.mark.parametrize("gap, noise, seeds_run", [(0.08, 0.002, ["seed0"]),  # beyond 0.05 and the noise
-                                                    (0.08, 0.05, ["seed0", "seed1"]),  # beyond 0.05, not the noise
-                                                    (0.03, 0.002, ["seed0", "seed1"])])  # within 0.05
-def test_a_cell_is_repeated_unless_its_first_seed_settles_the_gap(data_dir, tmp_path, monkeypatch, gap, noise,
+@pytest.mark.parametrize("gap, noise, within, seeds_run", [
+    (0.08, 0.002, 0.0, ["seed0"]),  # beyond the noise
+    (0.03, 0.002, 0.0, ["seed0"]),  # small, but beyond the noise: no fixed margin by default
+    (0.08, 0.05, 0.0, ["seed0", "seed1"]),  # within the noise
+    (0.03, 0.002, 0.05, ["seed0", "seed1"])])  # within an asked margin of 0.05 nats
+def test_a_cell_is_repeated_unless_its_first_seed_settles_the_gap(data_dir, tmp_path, monkeypatch, gap, noise, within,
                                                                   seeds_run):
     from tstrain.experiments import scale
 
     monkeypatch.setattr(scale, "run_or_reuse", noisy_run(gap, noise))
-    options = scale.ScaleOptions(sizes=("cpu-micro",), steps=(STEPS,), arms=((2, 0.2),), seeds=(0, 1))
+    options = scale.ScaleOptions(sizes=("cpu-micro",), steps=(STEPS,), arms=((2, 0.2),), seeds=(0, 1),
+                                 repeat_within=within)
     cells = scale.scale_study(str(data_dir), tmp_path, options)["sizes"]["cpu-micro"]["cells"][str(STEPS)]
     assert sorted(p.name for p in (tmp_path / "cpu-micro" / f"steps{STEPS}").iterdir()) == seeds_run
     assert len(cells) == len(seeds_run) and cells["0"]["tst-s2-r0.2"]["gap"] == pytest.approx(gap)
+
+
+def test_each_arm_gets_its_equal_loss_speedup_from_the_baselines_at_its_length_and_longer(data_dir, tmp_path,
+                                                                                        monkeypatch):
+    from tstrain.experiments import scale
+
+    gap = -0.09  # TST at 1000 steps ends between the baselines at 1000 and 2000
+    monkeypatch.setattr(scale, "run_or_reuse", noisy_run(gap, 0.002))
+    options = scale.ScaleOptions(sizes=("cpu-micro",), steps=(1000, 2000), arms=((2, 0.2),), seeds=(0,))
+    result = scale.scale_study(str(data_dir), tmp_path, options)
+    eq = result["sizes"]["cpu-micro"]["equal_loss"]["tst-s2-r0.2"]
+    short, long = eq["1000"], eq["2000"]
+    assert [g["steps"] for g in short["rungs"]] == [1000, 2000] and [g["steps"] for g in long["rungs"]] == [2000]
+    frac = (curve(1000) - (curve(1000) + gap)) / (curve(1000) - curve(2000))
+    assert short["speedup"] == pytest.approx(2.0 ** frac)
+    assert long["speedup"] is None and long["bound"] == "above"  # below the longest (its own) baseline
+    report = (tmp_path / "scale.md").read_text()
+    assert "Compute to equal loss" in report and result["data_record"]["corpus_sha256"] in report
+    assert scale.read_study(tmp_path)["sizes"]["cpu-micro"]["equal_loss"]["tst-s2-r0.2"]["1000"] == short

@@ -1,6 +1,7 @@
 """Sweeps and ablations: every grid cell is a real run, finished runs are reused."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -19,6 +20,8 @@ def test_sweep_runs_the_grid_and_the_baseline_once_and_resumes(tiny_cfg, tmp_pat
             assert summary["switch_step"] == round(r * 8)
     md = (tmp_path / "sw" / "sweep.md").read_text()
     assert f"{table['baseline']:.4f}" in md and "| 4 |" in md and "Phase-1 step value" in md
+    manifest = json.loads((Path(cfg.data.path) / "manifest.json").read_text())
+    assert f"corpus hash {manifest['corpus_sha256']}" in md  # the report names the text it was trained on
     # s=2, r=0.25: switch at 2, decay from step 6 (the preset's 20%): measured from the two curves.
     from tstrain.experiments.base import phase1_step_value, val_rows
 

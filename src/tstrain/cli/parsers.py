@@ -140,9 +140,16 @@ def _add_baseline_lr(p: argparse.ArgumentParser, which: str) -> None:
 
 def _add_experiment_verbs(sub) -> None:
     """Add the experiment verbs: compare, sweep, ablate, scale."""
+    from ..experiments.plans import LADDER, parse_ladder
+
     p = sub.add_parser("compare", help="train baseline and TST at equal FLOPs and write a report with plots")
     p.add_argument("--equal-data", action="store_true", help="also train a baseline that reads as many tokens as TST")
-    _add_baseline_lr(p, "the baseline (and the equal-data one)")
+    _add_baseline_lr(p, "the baseline (and the equal-data one and the ladder)")
+    p.add_argument("--equal-loss", action="store_true",
+                   help="also train the baseline at longer lengths (--ladder), each with its own WSD schedule, and "
+                        "report the compute a baseline needs to reach TST's final val loss")
+    p.add_argument("--ladder", type=parse_ladder, default=LADDER, metavar="M,M,...",
+                   help="the ladder's lengths, as multiples of --steps (with --equal-loss)")
     p.add_argument("--command", help=argparse.SUPPRESS)
     _add_run_flags(p, "comparison dir: baseline/, tst/, report.md, comparison.json, *.png")
     p.set_defaults(func=verbs.cmd_compare)

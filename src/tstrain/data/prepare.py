@@ -10,7 +10,7 @@ and the cuts depend on the documents only, never on the number of workers or the
 
 Resume: each shard is written as ``.tmp``, synced and renamed; after each part,
 ``prepare-state.json`` records the parts done and the next document, with the settings that
-decide the tokens (inputs and their sizes, tokenizer, EOS, split, text field, separator, shard
+decide the tokens (inputs, their sizes and hashes, tokenizer, EOS, split, text field, separator, shard
 size). The same command on a dir with an unfinished preparation reads but does not tokenize the
 documents done and goes on with the next part; the files come out bit-identical to an
 uninterrupted run's. Other settings are refused, naming what differs. A trained tokenizer is
@@ -20,6 +20,7 @@ saved before any token is written, so a resumed run uses it instead of training 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import itertools
 import json
 import os
@@ -115,7 +116,7 @@ def prepare_data(inputs: Sequence[str | Path], out_dir: str | Path, options: Pre
     if not o.train_tokenizer:
         tok, eos_token = load_tokenizer(o.tokenizer, eos_token)
         find_eos(tok, eos_token)  # refuse a tokenizer without EOS before anything is written
-    settings = {"sources": [{"path": str(p.resolve()), "bytes": _size(p)} for p in files],
+    settings = {"sources": [{"path": str(p.resolve()), "bytes": _size(p), "sha256": _content_hash(p)} for p in files],
                 "tokenizer": f"trained, vocabulary {o.train_tokenizer}" if o.train_tokenizer else tokenizer_sha(tok),
                 "eos_token": eos_token, "val_fraction": o.val_fraction, "seed": o.seed, "text_field": o.text_field,
                 "doc_separator": o.doc_separator, "shard_tokens": o.shard_tokens}
@@ -152,6 +153,22 @@ def prepare_data(inputs: Sequence[str | Path], out_dir: str | Path, options: Pre
 
 def _size(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else path.stat().st_size
+
+
+def _content_hash(path: Path) -> str:
+    """Return the SHA-256 of an input's bytes (a dir: over its files sorted by relative path, each path and hash)."""
+    if not path.is_dir():
+        return sha256_file(path)
+    h = hashlib.sha256()
+    for f in sorted(f for f in path.rglob("*") if f.is_file()):
+        h.update(f"{f.relative_to(path).as_posix()}\0{sha256_file(f)}\n".encode())
+    return h.hexdigest()
+
+
+def corpus_hash(sources: list[dict]) -> str:
+    """Return the hash that names the text a data dir was made from: the SHA-256 over its inputs' hashes, in the
+    order they were read (the order decides the split), not their paths: a moved copy has the same hash."""
+    return hashlib.sha256("".join(f"{s['sha256']}\n" for s in sources).encode()).hexdigest()
 
 
 def _check_inputs(inputs: Sequence[str | Path]) -> list[Path]:
@@ -368,6 +385,7 @@ def _manifest(state: dict, vocab_size: int, eos: tuple[str, int], replaced: int)
         "doc_separator": settings["doc_separator"],
         "shard_tokens": settings["shard_tokens"],
         "sources": settings["sources"],
+        "corpus_sha256": corpus_hash(settings["sources"]),
         "shards": shards,
     }
 

@@ -24,6 +24,7 @@ import numpy as np
 
 from ..config import Config
 from ..errors import ConfigError
+from ..fileio import read_json
 from ..train.loop import train
 from ..train.metrics import read_jsonl
 from ..train.run_dir import CHECKPOINTS, METRICS, SUMMARY, refuse_reuse
@@ -43,12 +44,12 @@ def check_baseline_lr(lr: float | None) -> None:
                           "peak learning rate (e.g. --baseline-lr 4e-3), or leave it out to train both arms at --lr")
 
 
-def run_or_reuse(cfg: Config, run_dir: Path) -> dict[str, Any]:
+def run_or_reuse(cfg: Config, run_dir: Path, **seams: Any) -> dict[str, Any]:
     """Return the summary of the run in ``run_dir``, training (or resuming) it if unfinished.
 
     A finished or interrupted run is used only when its saved config is the one asked for now;
     otherwise the call is refused with the differing fields, so a report never labels one run
-    with another's settings.
+    with another's settings. ``seams`` go to the trainer (``branch_points``).
     """
     refuse_reuse(run_dir, cfg)
     summary = run_dir / SUMMARY
@@ -60,8 +61,27 @@ def run_or_reuse(cfg: Config, run_dir: Path) -> dict[str, Any]:
         except ValueError:  # cut short: the run's final checkpoint writes it again
             print(f"{run_dir.name}: {summary} does not parse; finishing the run again from its last checkpoint")
     ckpts = run_dir / CHECKPOINTS
-    train(cfg, run_dir, resume=ckpts.is_dir() and any(ckpts.iterdir()))
+    train(cfg, run_dir, resume=ckpts.is_dir() and any(ckpts.iterdir()), **seams)
     return json.loads(summary.read_text())
+
+
+def data_record(path: str) -> dict[str, Any] | None:
+    """Return what names an experiment's data: its dir, corpus hash and token counts (None: no manifest there)."""
+    manifest = Path(path) / "manifest.json"
+    if not manifest.is_file():
+        return None
+    m = read_json(manifest, ConfigError, "prepare the data again (tstrain prepare-data)")
+    return {"path": str(Path(path).resolve()), "corpus_sha256": m.get("corpus_sha256"),
+            "train_tokens": m.get("train_tokens"), "val_tokens": m.get("val_tokens")}
+
+
+def data_line(record: dict[str, Any] | None) -> str:
+    """Return a report's line naming its data (``data_record``): dir, corpus hash, tokens."""
+    if not record:
+        return "Data: no manifest found."
+    corpus = record["corpus_sha256"] or "not recorded (prepared before it was)"
+    return (f"Data: `{record['path']}`, corpus hash {corpus}, {record['train_tokens']:,} training and "
+            f"{record['val_tokens']:,} validation tokens.")
 
 
 def val_rows(run_dir: Path) -> list[dict[str, Any]]:

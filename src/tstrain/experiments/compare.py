@@ -26,6 +26,8 @@ from ..train.run_dir import SUMMARY
 from .base import (
     NOT_COMPARABLE,
     baseline_of,
+    data_line,
+    data_record,
     decay_start,
     first_reaching,
     fit_curve,
@@ -37,6 +39,7 @@ from .base import (
     val_rows,
     value_at,
 )
+from .ladder import Rung, ladder_reading, plan_ladder, plot_ladder, train_ladder
 
 
 @dataclass
@@ -78,12 +81,14 @@ def plan_runs(cfg: Config, equal_data: bool = False, baseline_lr: float | None =
 
 
 def analyse(run_dirs: dict[str, Path], switch_step: int, decay: int, warmup: int = 0,
-            lrs: dict[str, float] | None = None) -> dict[str, Any]:
+            lrs: dict[str, float] | None = None, ladder: dict[str, int] | None = None) -> dict[str, Any]:
     """Return the comparison figures from finished runs (``baseline``, ``tst``, optional
-    ``baseline-equal-data``); ``decay`` is the first step of the LR decay, ``warmup`` its warmup
-    steps (the baseline's curve is fitted between the two, for the evaluation noise). ``lrs``
+    ``baseline-equal-data`` and the ladder's rungs); ``decay`` is the first step of the LR decay, ``warmup``
+    its warmup steps (the baseline's curve is fitted between the two, for the evaluation noise). ``lrs``
     (``baseline``, ``tst``) that differ mark a comparison where each arm ran at its own LR: its
-    readings of the baseline's curve as TST's counterfactual are reported as not comparable."""
+    readings of the baseline's curve as TST's counterfactual are reported as not comparable. ``ladder``:
+    the decay start of each rung of the baseline ladder by name (the baseline's included), read into
+    ``equal_loss`` (``ladder.ladder_reading``)."""
     own_lrs = lrs is not None and lrs["baseline"] != lrs["tst"]
     rows = {name: val_rows(d) for name, d in run_dirs.items()}
     summaries = {name: read_json(d / SUMMARY, ConfigError, "run the same command again to finish that run")
@@ -107,17 +112,10 @@ def analyse(run_dirs: dict[str, Path], switch_step: int, decay: int, warmup: int
     out["eval_noise"] = noise
     out["equal_flops_delta"] = tst[-1]["val_loss"] - target  # negative: TST is better
     out["equal_flops"] = gap_reading([out["equal_flops_delta"]], [noise])
-    b_step, t_step = first_reaching(base, target, "step"), first_reaching(tst, target, "step")
-    b_time, t_time = first_reaching(base, target, "wall_time"), first_reaching(tst, target, "wall_time")
-    out["equal_loss"] = {
-        "target_val_loss": target,
-        "baseline_steps": b_step,
-        "tst_steps": t_step,
-        "speedup_steps": (b_step / t_step) if t_step else None,
-        "baseline_time_s": b_time,
-        "tst_time_s": t_time,
-        "speedup_time": (b_time / t_time) if t_time else None,
-    }
+    out["equal_loss_within_runs"] = within_runs(base, tst, out["runs"])
+    if ladder:
+        out["equal_loss"] = ladder_reading(rows, {n: out["runs"][n]["flops"] for n in rows},
+                                           {**ladder, "tst": decay}, list(ladder), noise)
     tst_at, base_at = value_at(tst, switch_step), value_at(base, switch_step)
     if tst_at is not None and base_at is not None:
         after = [r for r in tst if r["step"] > switch_step]
@@ -139,15 +137,38 @@ def analyse(run_dirs: dict[str, Path], switch_step: int, decay: int, warmup: int
     return out
 
 
+WALL_TOLERANCE = 1.25  # per-FLOP wall times further apart than this say the machine's load differed
+
+
+def within_runs(base: list[dict[str, Any]], tst: list[dict[str, Any]], runs: dict[str, Any]) -> dict[str, Any]:
+    """Return the within-run equal-loss view: where each arm's own curve first reaches the baseline's final val
+    loss, in steps and in wall time. TST's curve is read as it stands, its own LR decay included. Wall time only
+    where the arms' seconds per FLOP agree within ``WALL_TOLERANCE``: beyond it the machine's load differed
+    between the runs, and a wall-time ratio would measure that."""
+    target = base[-1]["val_loss"]
+    b_step, t_step = first_reaching(base, target, "step"), first_reaching(tst, target, "step")
+    b_time, t_time = first_reaching(base, target, "wall_time"), first_reaching(tst, target, "wall_time")
+    per_flop = [runs[n]["wall_time_s"] / runs[n]["flops"] for n in ("baseline", "tst") if runs[n]["flops"]]
+    ratio = max(per_flop) / min(per_flop) if len(per_flop) == 2 and min(per_flop) > 0 else None
+    comparable = ratio is not None and ratio <= WALL_TOLERANCE
+    return {"target_val_loss": target, "baseline_steps": b_step, "tst_steps": t_step,
+            "speedup_steps": (b_step / t_step) if t_step else None,
+            "baseline_time_s": b_time, "tst_time_s": t_time,
+            "speedup_time": (b_time / t_time) if t_time and comparable else None,
+            "wall_time_per_flop_ratio": ratio, "wall_time_comparable": comparable}
+
+
 def _fmt(x: float | None, spec: str, suffix: str = "") -> str:
     return "not reached" if x is None else format(x, spec) + suffix
 
 
 def report_markdown(result: dict[str, Any], labels: dict[str, str], command: str) -> str:
     """Return report.md: the table of runs and the three views."""
-    runs, eq = result["runs"], result["equal_loss"]
-    lines = ["# Baseline vs TST", "", f"Command: `{command}`", "",
-             "| run | steps | final val loss | data tokens | FLOPs | wall time (s) |",
+    runs = result["runs"]
+    lines = ["# Baseline vs TST", "", f"Command: `{command}`", ""]
+    if result.get("data"):
+        lines += [data_line(result["data"]), ""]
+    lines += ["| run | steps | final val loss | data tokens | FLOPs | wall time (s) |",
              "| --- | --- | --- | --- | --- | --- |"]
     for name, r in runs.items():
         lines.append(f"| {labels[name]} | {r['steps']} | {r['final_val_loss']:.4f} | {r['data_tokens']:,} | "
@@ -160,14 +181,8 @@ def report_markdown(result: dict[str, Any], labels: dict[str, str], command: str
                   f"switch) are not comparable: {NOT_COMPARABLE}."]
     lines += ["", "## Equal FLOPs (same steps)", "",
               f"TST minus baseline final val loss: **{result['equal_flops_delta']:+.4f}** nats "
-              f"({gap_words(result['equal_flops'], result.get('eval_noise'))}).", "",
-              "## Equal loss", "",
-              f"Target: the baseline's final val loss {eq['target_val_loss']:.4f}.", "",
-              "| | baseline | TST | speedup |", "| --- | --- | --- | --- |",
-              f"| steps to reach it | {_fmt(eq['baseline_steps'], '.0f')} | {_fmt(eq['tst_steps'], '.0f')} | "
-              f"{_fmt(eq['speedup_steps'], '.2f', 'x')} |",
-              f"| wall time to reach it (s) | {_fmt(eq['baseline_time_s'], '.0f')} | {_fmt(eq['tst_time_s'], '.0f')} | "
-              f"{_fmt(eq['speedup_time'], '.2f', 'x')} |", ""]
+              f"({gap_words(result['equal_flops'], result.get('eval_noise'))}).", ""]
+    lines += equal_loss_lines(result)
     lines += phase1_value_lines(result["phase1_step_value_detail"], result["switch_step"])
     if "switch" in result and "not_comparable" in result["switch"]:
         sw = result["switch"]
@@ -181,8 +196,8 @@ def report_markdown(result: dict[str, Any], labels: dict[str, str], command: str
                   f"At step {result['switch_step']} TST's next-token val loss is {sw['tst_val_loss_at_switch']:.4f} "
                   f"against the baseline's {sw['baseline_val_loss_at_switch']:.4f} at the same step (interpolated "
                   f"between its evaluations where needed): a spike of "
-                  f"{sw['spike_vs_baseline']:+.4f} nats. First evaluation below the baseline after the switch: "
-                  f"step {sw['first_eval_below_baseline_after_switch'] or 'none'}.", ""]
+                  f"{sw['spike_vs_baseline']:+.4f} nats. " + _first_below(sw['first_eval_below_baseline_after_switch']),
+                  ""]
     if "equal_data_delta" in result:
         lines += ["## Equal data", "",
                   f"TST minus the equal-data baseline's final val loss: **{result['equal_data_delta']:+.4f}** nats "
@@ -192,6 +207,43 @@ def report_markdown(result: dict[str, Any], labels: dict[str, str], command: str
     lines += ["Plots: `val_loss_vs_flops.png`, `val_loss_vs_data_tokens.png`, `val_loss_vs_wall_time.png`"
               + (", `phase1_step_value.png`." if result["phase1_step_value_detail"]["course"] else "."), ""]
     return "\n".join(lines)
+
+
+def _first_below(step: int | None) -> str:
+    """Return the switch section's sentence on TST's first evaluation below the baseline after the switch."""
+    if step is None:
+        return ("No evaluation of TST after the switch is below the baseline's at the same step: TST's curve never "
+                "went below the baseline's.")
+    return f"TST's first evaluation below the baseline's at the same step after the switch: step {step}."
+
+
+def equal_loss_lines(result: dict[str, Any]) -> list[str]:
+    """Return report.md's equal-loss sections: the ladder's speedup (when measured) and the within-run view."""
+    lines = []
+    if "equal_loss" in result:
+        eq = result["equal_loss"]
+        lines += ["## Equal loss: a ladder of baselines", "", eq["reading"], "",
+                  "| run | steps | compute (x TST's) | final val loss |", "| --- | --- | --- | --- |"]
+        lines += [f"| baseline | {g['steps']} | {g['multiple']:.2f} | {g['val_loss']:.4f} |" for g in eq["rungs"]]
+        lines += [f"| TST | {eq['tst']['steps']} | 1.00 | {eq['tst']['val_loss']:.4f} |", "",
+                  f"How: {eq['method']}. Noise of one final value: "
+                  + (f"{eq['noise']:.4f} nats, from {eq['noise_from']}." if eq["noise"] is not None else "unknown.")
+                  + " Plot: `equal_loss.png`.", ""]
+    w = result["equal_loss_within_runs"]
+    lines += ["## Equal loss within the runs", "",
+              f"Where each arm's own curve first reaches the baseline's final val loss {w['target_val_loss']:.4f} "
+              "(TST's curve read as it stands, through its LR decay).", "",
+              "| | baseline | TST | speedup |", "| --- | --- | --- | --- |",
+              f"| steps to reach it | {_fmt(w['baseline_steps'], '.0f')} | {_fmt(w['tst_steps'], '.0f')} | "
+              f"{_fmt(w['speedup_steps'], '.2f', 'x')} |"]
+    if w["wall_time_comparable"]:
+        lines.append(f"| wall time to reach it (s) | {_fmt(w['baseline_time_s'], '.0f')} | "
+                     f"{_fmt(w['tst_time_s'], '.0f')} | {_fmt(w['speedup_time'], '.2f', 'x')} |")
+    elif w["wall_time_per_flop_ratio"] is not None:
+        lines += ["", f"No wall-time speedup: the arms' seconds per FLOP differ {w['wall_time_per_flop_ratio']:.2f}x, "
+                  f"beyond the {WALL_TOLERANCE:g}x their work explains, so the machine's load differed between the "
+                  "runs and a wall-time ratio would measure that."]
+    return lines + [""]
 
 
 def _end(x: float | None) -> str:
@@ -325,27 +377,43 @@ def plot(run_dirs: dict[str, Path], labels: dict[str, str], switch_step: int, ou
     return paths
 
 
-def compare(cfg: Config, out_dir: str | Path, equal_data: bool = False,
-            command: str = "tstrain compare", baseline_lr: float | None = None) -> dict[str, Any]:
+def compare(cfg: Config, out_dir: str | Path, equal_data: bool = False, command: str = "tstrain compare",
+            baseline_lr: float | None = None, ladder: tuple[float, ...] | None = None) -> dict[str, Any]:
     """Train (or reuse) the runs of a comparison and write report.md, comparison.json and plots.
 
-    ``baseline_lr``: the LR of the baseline (and the equal-data baseline); TST trains at ``cfg.optim.lr``.
-    None, the default, trains both at ``cfg.optim.lr``."""
+    ``baseline_lr``: the LR of the baseline (and the equal-data baseline and the ladder); TST trains at
+    ``cfg.optim.lr``. None, the default, trains both at ``cfg.optim.lr``. ``ladder``: multiples of the steps at
+    which the baseline is trained too, for the equal-loss speedup (``plans.LADDER`` is the usual);
+    one trunk with a decay branched off at each rung's decay start (``ladder.train_ladder``)."""
     runs = plan_runs(cfg, equal_data, baseline_lr)  # refuses a bad baseline LR before anything is written
+    rungs = plan_ladder(runs[0].config, ladder) if ladder is not None else []
     with locked(out_dir, "comparison dir") as out:
-        dirs = {spec.name: out / spec.name for spec in runs}
+        dirs = {spec.name: out / spec.name for spec in runs} | {r.name: out / r.name for r in rungs}
         for spec in runs:
             print(f"{spec.name}: {spec.label}")
-            run_or_reuse(spec.config, dirs[spec.name])
+            if not (rungs and spec.name == "baseline"):  # the ladder trains it, a rung at 1x
+                run_or_reuse(spec.config, dirs[spec.name])
         labels = {s.name: s.label for s in runs}
+        if rungs:
+            labels |= {r.name: f"baseline, {r.multiple:g}x ({r.config.train.steps} steps)" for r in rungs}
+            train_ladder([Rung("baseline", 1.0, runs[0].config), *rungs], dirs)
+        decays = {"baseline": decay_start(cfg)} | {r.name: decay_start(r.config) for r in rungs}
         result = analyse(dirs, cfg.switch_step, decay_start(cfg), cfg.optim.warmup_steps,
-                         {"baseline": runs[0].config.optim.lr, "tst": cfg.optim.lr})
+                         {"baseline": runs[0].config.optim.lr, "tst": cfg.optim.lr}, decays if rungs else None)
         result["labels"] = labels
+        result["data"] = data_record(cfg.data.path)
         (out / "comparison.json").write_text(json.dumps(result, indent=2) + "\n")
         (out / "report.md").write_text(report_markdown(result, labels, command))
         plot(dirs, labels, cfg.switch_step, out)
-        if result["phase1_step_value_detail"]["course"]:
-            plot_step_value(result["phase1_step_value_detail"], out / "phase1_step_value.png")
-        else:  # an earlier report's plot would be read as this one's
-            (out / "phase1_step_value.png").unlink(missing_ok=True)
+        _plot_or_remove(plot_ladder, result.get("equal_loss"), out / "equal_loss.png")
+        detail = result["phase1_step_value_detail"]
+        _plot_or_remove(plot_step_value, detail if detail["course"] else None, out / "phase1_step_value.png")
         return result
+
+
+def _plot_or_remove(draw, what: dict[str, Any] | None, path: Path) -> None:
+    """Draw ``what`` into ``path``, or remove an earlier report's plot there (it would be read as this one's)."""
+    if what is None:
+        path.unlink(missing_ok=True)
+    else:
+        draw(what, path)

@@ -1,6 +1,6 @@
-"""What each experiment verb runs, as data: the scale study's grid (``ScaleOptions``) and the named
-ablations (``ABLATIONS``). Nothing here trains, so the command line builds its flags and help
-from these without loading torch.
+"""What each experiment verb runs, as data: the scale study's grid (``ScaleOptions``), the named
+ablations (``ABLATIONS``) and the equal-loss ladder's default lengths (``LADDER``). Nothing here trains, so
+the command line builds its flags and help from these without loading torch.
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ class ScaleOptions:
                                                parse=_pairs, takes="S:R pairs, e.g. 4:0.3,2:0.2")
     seeds: tuple[int, ...] = knob((0, 1), "seeds (past the first, only cells that one seed does not settle run)",
                                   parse=_listed(int), takes="comma-separated whole numbers")
-    repeat_within: float = knob(0.05, "repeat a cell on every seed when a gap is within this many nats, or within "
-                                      "the noise of its first seed")
+    repeat_within: float = knob(0.0, "repeat a cell on every seed when its first seed's gap is within the noise of "
+                                     "a final value, measured in the decays, or within this many nats")
     lrs: tuple[float, ...] = knob((), "LRs to try on each size's baseline first, keeping the best (none: the preset's)",
                                   parse=_listed(float), takes="comma-separated numbers")
     tune_steps: int = knob(2000, "steps of the LR-tuning baseline runs")
@@ -59,6 +59,15 @@ class ScaleOptions:
             (math.isfinite(self.repeat_within) and self.repeat_within >= 0 and self.tune_steps >= 1,
              f"--repeat-within must be >= 0 and --tune-steps >= 1; got {self.repeat_within}, {self.tune_steps}"),
         ]
+
+
+# The equal-loss ladder's default lengths, as multiples of the compared runs' steps (``compare --ladder``).
+LADDER = (1.25, 1.5, 2.0, 3.0)
+
+
+def parse_ladder(text: str) -> tuple[float, ...]:
+    """Return ``--ladder``'s multiples from their comma-separated text."""
+    return _listed(float)(text)
 
 
 # Named ablations: each is a set of config overrides on top of the method at (s, r).

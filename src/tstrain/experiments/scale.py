@@ -9,8 +9,10 @@ baseline's); its phase-1 step value and switch figures are then not comparable. 
 phase-1 step value, the gap at the switch and the steps TST takes to halve it, then fits the gap
 against log10(steps) per size to say where the trend crosses zero. Gaps and phase-1 step values
 are read against the evaluation noise of each baseline's curve and, with two seeds or more, the
-seed spread (``experiments.gap_reading``, ``experiments.value_summary``). Runs are reused when
-finished and resumed when interrupted.
+seed spread (``experiments.gap_reading``, ``experiments.value_summary``). Each arm's compute to equal loss
+is read against the study's baselines at its run length and every longer one (``ladder.equal_loss``). A
+cell's first seed settles it when its gap is beyond the noise of a final value, measured within the decays
+(``ladder.final_noise``). Runs are reused when finished and resumed when interrupted.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ from ..run_lock import locked
 from ..train.run_dir import CONFIG, SUMMARY
 from .base import (
     baseline_of,
+    data_line,
+    data_record,
     decay_start,
     fit_curve,
     gap_reading,
@@ -42,6 +46,7 @@ from .base import (
     value_summary,
     value_text,
 )
+from .ladder import equal_loss, final_noise, over_seeds
 from .plans import ScaleOptions
 
 
@@ -105,7 +110,8 @@ def cell_figures(base_dir: Path, tst_dir: Path, cfg: Config, params: int) -> dic
         "baseline_val_loss": b_sum["final_val_loss"], "tst_val_loss": t_sum["final_val_loss"],
         "gap": t_sum["final_val_loss"] - b_sum["final_val_loss"], "flops": b_sum["flops"],
         "tokens_per_param": b_sum["data_tokens"] / params, "tst_tokens_per_param": t_sum["data_tokens"] / params,
-        "eval_noise": fit.noise if fit else None,
+        "eval_noise": fit.noise if fit else None, "tst_flops": t_sum["flops"],
+        "final_noise": final_noise([(base, decay_start(cfg)), (tst, decay_start(cfg))]),
         "phase1_step_value": value["value"], "phase1_step_value_reason": value["reason"],
         "phase1_step_value_interval": value["interval"], "phase1_step_value_reading": value["reading"],
         "phase1_step_value_course": [[p["step"], p["value"]] for p in value["course"]],
@@ -163,10 +169,34 @@ def gap_trend(cells: dict[str, dict], arm: str) -> dict[str, Any] | None:
 
 
 def settled(figures: dict[str, Any], within: float) -> bool:
-    """Return whether one seed's cell figures (``cell_figures``) settle the gap: more than ``within`` nats
-    and beyond the evaluation noise of the baseline's curve (a gap of unknown noise is not settled)."""
-    read = gap_reading([figures["gap"]], [figures["eval_noise"]])["reading"]
+    """Return whether one seed's cell figures (``cell_figures``) settle the gap: beyond the noise of a final value
+    (measured within the two runs' decays, ``ladder.final_noise``; where they hold too few evaluations, the
+    baseline's stable phase) and more than ``within`` nats. A gap of unknown noise is not settled."""
+    noise = figures.get("final_noise") or figures["eval_noise"]
+    read = gap_reading([figures["gap"]], [noise])["reading"]
     return abs(figures["gap"]) > within and read in ("TST better", "baseline better")
+
+
+def cell_equal_loss(cells: dict[str, dict], arm: str, n: str) -> dict[str, Any] | None:
+    """Return the equal-loss speedup of ``arm`` at ``n`` steps against the study's baselines at ``n`` and every longer
+    run length (each a full run with its own schedule), over the seeds that every one of those cells ran."""
+    longer = [m for m in cells if int(m) >= int(n)]
+    seeds = [k for k in cells[n] if arm in cells[n][k] and all(cells[m].get(k) for m in longer)]
+    readings = []
+    for k in seeds:
+        base = [next(iter(cells[m][k].values())) for m in longer]  # any arm's figures name the cell's baseline
+        rungs = [{"steps": int(m), "flops": f["flops"], "val_losses": [f["baseline_val_loss"]]} for m, f in
+                 zip(longer, base)]
+        f = cells[n][k][arm]
+        tst = {"steps": int(n), "flops": f.get("tst_flops", f["flops"]), "val_losses": [f["tst_val_loss"]]}
+        readings.append(equal_loss(rungs, tst, f.get("final_noise") or f.get("eval_noise")))
+    return (readings[0] if len(readings) == 1 else over_seeds(readings)) if readings else None
+
+
+def equal_loss_of(entry: dict[str, Any], arms: list[str]) -> dict[str, dict[str, Any]]:
+    """Return each arm's equal-loss speedup per run length of one size (``cell_equal_loss``)."""
+    cells = entry["cells"]
+    return {arm: {n: r for n in cells if (r := cell_equal_loss(cells, arm, n)) is not None} for arm in arms}
 
 
 def scale_study(data: str, out_dir: str | Path, options: ScaleOptions | None = None,
@@ -181,8 +211,8 @@ def scale_study(data: str, out_dir: str | Path, options: ScaleOptions | None = N
     check(o, ConfigError)
     with locked(out_dir, "study dir") as out:
         vocab = TokenData(data).vocab_size
-        result: dict[str, Any] = {"data": str(Path(data).resolve()), "arms": [arm_name(s, r) for s, r in o.arms],
-                                  "sizes": {}}
+        result: dict[str, Any] = {"data": str(Path(data).resolve()), "data_record": data_record(data),
+                                  "arms": [arm_name(s, r) for s, r in o.arms], "sizes": {}}
         for size in o.sizes:
             cfg = load_config(size, overrides={**(overrides or {}), "data.path": data})
             params = model_info(cfg.model, padded_vocab(vocab, cfg.model.pad_vocab_multiple),
@@ -202,6 +232,7 @@ def scale_study(data: str, out_dir: str | Path, options: ScaleOptions | None = N
                                               entry.get("arm_lrs"))
                 entry["cells"][str(n)] = {str(seed): figs for seed, figs in per_seed.items()}
             entry["fits"] = {arm_name(s, r): gap_trend(entry["cells"], arm_name(s, r)) for s, r in o.arms}
+            entry["equal_loss"] = equal_loss_of(entry, result["arms"])
             result["sizes"][size] = entry
             (out / "scale.json").write_text(json.dumps(result, indent=2) + "\n")
         (out / "scale.md").write_text(scale_markdown(result))
@@ -220,7 +251,8 @@ def read_study(out_dir: str | Path, report_dir: str | Path | None = None) -> dic
     out = Path(out_dir)
     report = Path(report_dir) if report_dir else out
     saved = json.loads((report / "scale.json").read_text()) if (report / "scale.json").is_file() else {}
-    result: dict[str, Any] = {"data": saved.get("data"), "arms": list(saved.get("arms", [])), "sizes": {}}
+    result: dict[str, Any] = {"data": saved.get("data"), "data_record": saved.get("data_record"),
+                              "arms": list(saved.get("arms", [])), "sizes": {}}
     for size_dir in sorted(p for p in out.iterdir() if p.is_dir() and any(p.glob("steps*/seed*/baseline"))):
         entry: dict[str, Any] = {"cells": {}}
         for steps_dir in sorted(size_dir.glob("steps*"), key=lambda p: int(p.name.removeprefix("steps"))):
@@ -247,6 +279,7 @@ def read_study(out_dir: str | Path, report_dir: str | Path | None = None) -> dic
             if key in saved.get("sizes", {}).get(size_dir.name, {}):
                 entry[key] = saved["sizes"][size_dir.name][key]
         entry["fits"] = {arm: gap_trend(entry["cells"], arm) for arm in result["arms"]}
+        entry["equal_loss"] = equal_loss_of(entry, result["arms"])
         result["sizes"][size_dir.name] = entry
     (report / "scale.json").write_text(json.dumps(result, indent=2) + "\n")
     (report / "scale.md").write_text(scale_markdown(result))
@@ -274,7 +307,7 @@ def cell_readings(cell: dict[str, dict], arm: str) -> tuple[dict[str, Any], dict
 
 def scale_markdown(result: dict[str, Any]) -> str:
     """Return the study's tables: one row per (size, steps, arm), seeds averaged (and listed), with 95% intervals."""
-    lines = lr_lines(result) + [
+    lines = ([data_line(result["data_record"]), ""] if result.get("data_record") else []) + lr_lines(result) + [
         "| size | params | steps | arm | tokens/param (baseline, TST) | baseline | TST | gap (seeds) | "
         "gap 95% interval | reading | phase-1 step value (95% interval) | gap at switch | steps to halve it |",
         "| --- |" * 1 + " --- |" * 12]
@@ -308,7 +341,28 @@ def scale_markdown(result: dict[str, Any]) -> str:
             rng = fit["crossing_range"] or [None, None]
             lines.append(f"| {size} | {arm} | {fit['slope_per_decade']:+.4f} | {_num(fit['slope_se'], '.4f')} | "
                          f"{_num(fit['crossing_steps'], ',.0f')} | {_num(rng[0], ',.0f')} to {_num(rng[1], ',.0f')} |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + equal_loss_lines(result)) + "\n"
+
+
+def equal_loss_lines(result: dict[str, Any]) -> list[str]:
+    """Return the study's equal-loss table: each arm's speedup against the baselines at its length and longer."""
+    rows = [(size, arm, n, r) for size, entry in result["sizes"].items()
+            for arm, by_n in entry.get("equal_loss", {}).items() for n, r in by_n.items()]
+    if not rows:
+        return []
+    lines = ["", "Compute to equal loss: the baseline compute that reaches TST's final val loss over TST's, read off "
+             "the baselines at the same and every longer run length of the study (each its own run and schedule; "
+             "non-increasing in compute, linear in log compute between them; bounded past either end):", "",
+             "| size | arm | steps | baselines at (x TST's compute) | speedup | 95% interval | reading |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for size, arm, n, r in rows:
+        speedup = (f"{r['speedup']:.2f}x" if r["speedup"] is not None else
+                   f"more than {r['rungs'][-1]['multiple']:.2f}x" if r["bound"] == "above" else
+                   f"less than {r['rungs'][0]['multiple']:.2f}x")
+        ladder = ", ".join(format(g["multiple"], ".2f") for g in r["rungs"])
+        lines.append(f"| {size} | {arm} | {n} | {ladder} | {speedup} | {interval_text(r['interval'], '.2f')} | "
+                     f"{r['verdict']} |")
+    return lines
 
 
 def lr_lines(result: dict[str, Any]) -> list[str]:

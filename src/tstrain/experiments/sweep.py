@@ -21,6 +21,8 @@ from ..run_lock import locked
 from .base import (
     NOT_COMPARABLE,
     baseline_of,
+    data_line,
+    data_record,
     decay_start,
     fit_curve,
     gap_reading,
@@ -118,7 +120,7 @@ def sweep_markdown(table: dict[str, Any], cfg: Config) -> str:
              f"B={cfg.train.batch_size}, L={cfg.train.seq_len} "
              f"(lower is better; baseline {table['baseline']:.4f}; best s={best[1]}, r={best[2]}: {best[0]:.4f}, "
              f"{best[0] - table['baseline']:+.4f} vs baseline, {table['gap'][best[1]][best[2]]['reading']})."
-             + lr_line(table["lrs"]), "",
+             + lr_line(table["lrs"]), "", data_line(data_record(cfg.data.path)), "",
              "| s \\ r | " + " | ".join(f"{r:g}" for r in rs) + " |", "| --- |" + " --- |" * len(rs),
              "| baseline | " + " | ".join(f"{table['baseline']:.4f}" for _ in rs) + " |"]
     for s, row in table["grid"].items():
@@ -211,6 +213,7 @@ def ablate(cfg: Config, out_dir: str | Path, names: list[str] | None = None,
                  f"half-width from the evaluation noise of the baseline's curve, "
                  f"{'unknown: too few evaluations' if noise is None else f'{noise:.4f} nats on one evaluation'}; "
                  "phase-1 step value with its 95% interval)." + lr_line(lrs_of(runs)), "",
+                 data_line(data_record(cfg.data.path)), "",
                  f"| run | overrides | val loss at step {switch} | final val loss | vs baseline | "
                  "phase-1 step value | data tokens |",
                  "| --- | --- | --- | --- | --- | --- | --- |"]

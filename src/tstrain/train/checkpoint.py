@@ -319,15 +319,28 @@ def full_model_state_dict(model) -> dict[str, torch.Tensor]:
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
+def copy_checkpoint(src: Path, root: Path, state: dict[str, Any]) -> Path:
+    """Copy the checkpoint ``src`` (after verifying it) under ``root`` with ``state`` as its ``state.json``, crash-safe
+    as any checkpoint; return its directory. Where one run branches off another (``train.branch``)."""
+    verify_checkpoint(src)
+    step = int(state["step"])
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = _fresh_tmp(root, step, os.getpid())
+    shutil.copytree(src, tmp, dirs_exist_ok=True, ignore=lambda d, names: [n for n in names if Path(d) == src
+                                                                           and n in ("state.json", MANIFEST)])
+    return _complete(root, tmp, step, state)
+
+
 def prune_checkpoints(root: Path, keep: int) -> None:
-    """Delete all but the newest ``keep`` checkpoints, sparing the one written at the phase switch."""
+    """Delete all but the newest ``keep`` checkpoints, sparing the one written at the phase switch and those
+    written where other runs branch off (``branch_point``)."""
     ckpts = list_checkpoints(root)
     for path in ckpts[:-keep] if keep > 0 else ckpts:
         try:
             state = json.loads((path / "state.json").read_text())
         except (OSError, json.JSONDecodeError):
             state = {}
-        if not state.get("at_switch"):
+        if not (state.get("at_switch") or state.get("branch_point")):
             shutil.rmtree(path, ignore_errors=True)
     for tmp in root.glob(f".tmp-{PREFIX}*"):
         shutil.rmtree(tmp, ignore_errors=True)

@@ -15,7 +15,7 @@ import dataclasses
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -169,11 +169,14 @@ class Trainer:
 
     Seams for tests and callers: ``loss_fn(tst_loss, batch)`` computes a micro-batch's loss
     (by default ``TSTLoss.__call__``: the public loss of a ``Batch``), and ``on_step(done)`` is called after
-    each optimizer step, before its metrics, evaluation and checkpoint.
+    each optimizer step, before its metrics, evaluation and checkpoint. ``branch_points``: steps after
+    which a checkpoint is written and never pruned, for other runs to branch off (``train.branch``).
     """
 
     def __init__(self, cfg: Config, run_dir: str | Path, resume: bool = False, ctx: distributed.Single | None = None,
-                 loss_fn: Callable[..., torch.Tensor] = TSTLoss.__call__, on_step: Callable[[int], None] | None = None):
+                 loss_fn: Callable[..., torch.Tensor] = TSTLoss.__call__, on_step: Callable[[int], None] | None = None,
+                 branch_points: Iterable[int] = ()):
+        self.branch_points = frozenset(branch_points)
         self.ctx = ctx or distributed.Single(resolve_device(cfg))
         self.run = Path(run_dir)
         self.resume = resume
@@ -362,6 +365,8 @@ class Trainer:
         s.phase, s.wall_time = self.schedule.phase_after(s.step), self.elapsed()
         s.epoch, s.at_switch = self.batches.epochs(s.step), self.schedule.is_switch(s.step)
         state = {**s.to_dict(), "config": self.cfg.to_dict()}  # what the steps so far trained with (resume checks it)
+        if s.step in self.branch_points:
+            state["branch_point"] = True  # kept by prune_checkpoints
         if self.ctx.distributed:
             ckpt.save_sharded_checkpoint(self.ckpt_root, s.step, self.model, self.optimizer, state, self.ctx)
         else:
@@ -378,7 +383,8 @@ class Trainer:
         val = None
         if switched or (tr.eval_every and done % tr.eval_every == 0) or done == N:
             val = self.evaluate()
-        if switched or done == N or (tr.checkpoint_every and done % tr.checkpoint_every == 0):
+        every = tr.checkpoint_every and done % tr.checkpoint_every == 0
+        if switched or done == N or every or done in self.branch_points:
             self.save()
         maybe_die("step", done, self.ctx.rank)
         return val
@@ -431,7 +437,7 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, **seams: Any) 
     Writes what a run dir holds (``run_dir``): ``config.toml``, ``metrics.jsonl``, ``checkpoints/``, ``final/``
     (a Hugging Face model dir) and ``summary.json``. With ``resume``, continues from the newest checkpoint
     that verifies. Under torchrun every process calls this; they share the work of each step and rank 0
-    writes. ``seams`` go to the ``Trainer`` (``loss_fn``, ``on_step``).
+    writes. ``seams`` go to the ``Trainer`` (``loss_fn``, ``on_step``, ``branch_points``).
     """
     ctx = distributed.setup(resolve_device(cfg))
     try:
