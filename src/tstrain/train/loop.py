@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -230,7 +231,7 @@ class Trainer:
         self.tst_loss = tst_loss_of(self.parts, cfg)
         self.loss_path = loss_path_of(self.tst_loss, device)
         if self.ctx.is_main:
-            print(f"loss path: {self.loss_path[0]} ({self.loss_path[1]})")
+            print(f"loss path: {self.loss_path[0]} ({self.loss_path[1]})", file=sys.stderr)  # stdout: the summary
         self.batches = BatchMaker(self.data.train, self.schedule, cfg.train.seed)  # Tokens checks every id read
         self.batches.check_appetite(cfg.data.max_epochs)
         self.val = validation_windows(self.data.val, cfg.train.seq_len, cfg.data.val_windows)
