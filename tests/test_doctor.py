@@ -32,6 +32,7 @@ def test_doctor_checks_every_path_the_cpu_runs_trains_through_a_resume_and_names
     assert triton["result"].startswith("not run: the Triton kernel runs on CUDA devices only")
     (run,) = report["train"]
     assert run["result"] == "pass" and run["loss_path"] == "chunked" and "final weights identical" in run["detail"]
+    assert 3 < run["switch_step"] < 8  # crashed in phase 1, resumed through the switch
     assert report["auto"] == [{"device": "cpu", "path": "chunked", "result": "pass",
                                "reason": "the Triton kernel runs on CUDA devices only; this is cpu"}]
 

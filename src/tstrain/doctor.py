@@ -177,7 +177,7 @@ class _Crash(Exception):
 
 
 def toy_corpus(path: Path, docs: int = 400) -> Path:
-    """Write a small learnable toy language (sentences of a few dozen words), documents split by blank lines."""
+    """Write a small learnable toy language: documents of a few short sentences, split by blank lines."""
     rng = random.Random(0)
     nouns, verbs, places = ("cat", "dog", "bird", "fox", "owl"), ("sat", "ran", "slept", "hid"), ("mat", "tree", "hill")
     with open(path, "w") as f:
@@ -244,8 +244,9 @@ def tiny_train(device: torch.device, work: Path) -> dict[str, Any]:
     differ = [what for what, equal in (("metrics", metrics_equal), ("final weights", weights_equal)) if not equal]
     same = "identical" if not differ else "DIFFERENT: " + " and ".join(differ)
     return {**row, "result": "fail" if differ else "pass", "loss_path": summary.loss_path,
-            "detail": f"8 steps, the switch after step 4, crashed after step 3 and resumed from step 2: metrics and "
-                      f"final weights {same}; loss path {summary.loss_path}; final val loss "
+            "switch_step": cfg.switch_step,
+            "detail": f"8 steps, the switch after step {cfg.switch_step}, crashed after step 3 and resumed from step "
+                      f"2: metrics and final weights {same}; loss path {summary.loss_path}; final val loss "
                       f"{summary.final_val_loss:.4f}", "seconds": round(time.perf_counter() - start, 1)}
 
 
