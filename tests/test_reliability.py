@@ -467,7 +467,7 @@ def test_non_finite_and_out_of_range_values_are_one_line_errors(data_dir, tmp_pa
         (train + ["--set", "train.eval_batch_size=0"], "train.eval_batch_size must be >= 1; got 0"),
         (["sweep", *experiment, "--ratios", "0.3,nan"], "--ratios values must be finite and at least 0; got nan"),
         (["sweep", *experiment, "--bag-sizes", "two"], "--bag-sizes takes comma-separated whole numbers; got 'two'"),
-        (["scale", "--data", data, "--out", out, "--arms", "4:nan"], "--arms takes S:R pairs with S >= 1"),
+        (["scale", "--data", data, "--out", out, "--arms", "4:nan"], "--arms 4:nan: ratio must be a finite number"),
         (["scale", "--data", data, "--out", out, "--steps", "abc"], "--steps takes comma-separated whole numbers"),
         (["scale", "--data", data, "--out", out, "--repeat-within", "nan"], "argument --repeat-within: not a finite"),
         (["generate", str(tmp_path), "--prompt", "a", "--temperature", "inf"], "argument --temperature: not a finite"),

@@ -10,7 +10,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..config import preset_names
+from ..errors import ConfigError
 from ..options import as_text, knob
+from ..schedule import TSTSettings
 
 
 def _listed(kind: type):
@@ -49,8 +51,8 @@ class ScaleOptions:
              f"--sizes takes preset names; unknown: {', '.join(unknown)} (presets: {', '.join(preset_names())})"),
             (len(self.steps) > 0 and all(n >= 1 for n in self.steps),
              f"--steps values must be at least 1; got {as_text(self.steps)!r}"),
-            (len(self.arms) > 0 and all(s >= 1 and 0 <= r < 1 for s, r in self.arms),  # also false for nan
-             f"--arms takes S:R pairs with S >= 1 and R in [0, 1), e.g. 4:0.3; got {as_text(self.arms)!r}"),
+            (len(self.arms) > 0, "--arms takes S:R pairs, e.g. 4:0.3"),
+            *self.arm_rules(),
             (len(self.seeds) > 0 and all(0 <= s < 2**32 for s in self.seeds),
              f"--seeds values must be in [0, 2^32); got {as_text(self.seeds)!r}"),
             (all(math.isfinite(lr) and lr > 0 for lr in self.lrs),
@@ -59,6 +61,16 @@ class ScaleOptions:
             (math.isfinite(self.repeat_within) and self.repeat_within >= 0 and self.tune_steps >= 1,
              f"--repeat-within must be >= 0 and --tune-steps >= 1; got {self.repeat_within}, {self.tune_steps}"),
         ]
+
+    def arm_rules(self) -> list[tuple[bool, str]]:
+        """Return the TST settings' own checks of each arm (``TSTSettings``), named by the arm."""
+        rules = []
+        for s, r in self.arms:
+            try:
+                TSTSettings(bag_size=s, ratio=r)
+            except ConfigError as e:
+                rules.append((False, f"--arms {s}:{r}: {e}"))
+        return rules
 
 
 # The equal-loss ladder's default lengths, as multiples of the compared runs' steps (``compare --ladder``).

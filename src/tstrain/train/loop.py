@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -233,7 +232,7 @@ class Trainer:
         self.tst_loss = tst_loss_of(self.parts, cfg)
         self.loss_path = loss_path_of(self.tst_loss, device)
         if self.ctx.is_main:
-            print(f"loss path: {self.loss_path[0]} ({self.loss_path[1]})", file=sys.stderr)  # stdout: the summary
+            print(f"loss path: {self.loss_path[0]} ({self.loss_path[1]})")  # as "no checkpoint ...": before the summary
         # Tokens checks every id read against the data's vocabulary, which the model's covers.
         self.batches = BatchMaker(self.data.train, self.schedule, cfg.train.seed, vocab_size=cfg.model.vocab_size)
         self.batches.check_appetite(cfg.data.max_epochs)
