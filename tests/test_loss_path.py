@@ -172,7 +172,7 @@ def test_the_trainer_logs_and_records_the_path_that_ran(tiny_cfg, tmp_path, caps
     summary = train(tiny_cfg(**{"train.steps": 2, "train.fused_loss": fused}), tmp_path / "run")
     saved = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary.loss_path == saved["loss_path"] == path and saved["loss_path_reason"]
-    assert f"loss path: {path} (" in capsys.readouterr().err  # a log line: stdout stays the summary's
+    assert f"loss path: {path} (" in capsys.readouterr().out  # a start line, as "no checkpoint ..."
 
 
 def test_the_trainer_refuses_a_bad_loss_path_variable_in_one_line(tiny_cfg, tmp_path, monkeypatch):
