@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -22,7 +23,8 @@ def test_the_gpu_check_runs_every_section_on_the_cpu_in_its_dry_run(data_dir, tm
     assert summary["dry_run"] is True and summary["sections"] == {name: "ok" for name in sections}
     correctness = (out / "correctness.txt").read_text()
     assert "auto on cpu: chunked" in correctness and "all checks passed" in correctness  # tstrain doctor
-    assert "13 passed" in correctness  # the cuda-marked tests, on the CPU
+    (result,) = re.findall(r"^\d+ passed.*$", correctness, re.MULTILINE)  # the cuda-marked tests ran on the CPU,
+    assert "skipped" not in result and "failed" not in result and "deselected" not in result  # every one of them
     speed = (out / "speed.md").read_text()
     assert all(f"| {row} |" in speed for row in ("phase 2", "phase 1, s=4", "phase 1, s=8")) and "compile off" in speed
     kernels = (out / "kernels.md").read_text()
@@ -36,7 +38,7 @@ def test_the_gpu_check_runs_every_section_on_the_cpu_in_its_dry_run(data_dir, tm
     assert "activation checkpointing" in peer
     assert (out / "memory.md").read_text().count("| tiny-llama |") == 6
     assert "What a phase-1 step buys" in (out / "compare_report.md").read_text()
-    assert len(list(out.iterdir())) <= 8  # the device tool brings back at most 8 files
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".") or p.suffix == ".tmp"]  # nothing half-written
 
 
 @pytest.mark.parametrize("script", ["check.py", "evidence.py"])
