@@ -21,10 +21,11 @@ import torch
 from .config import Config, load_config
 from .data.tokens import MANIFEST as DATA_MANIFEST
 from .errors import CheckpointError
-from .fileio import read_json, sha256_file
+from .faults import maybe_fill
+from .fileio import atomic_dir, read_json, sha256_file, write_text_atomic
 from .models import build_model
 from .train import checkpoint as ckpt
-from .train.run_dir import CHECKPOINTS, FINAL, TOKENIZER
+from .train.run_dir import CHECKPOINTS, FINAL, FINAL_RECORD, TOKENIZER
 from .train.run_dir import CONFIG as RUN_CONFIG
 from .train.run_dir import DATA_IDENTITY as RUN_DATA
 
@@ -202,6 +203,8 @@ def load_trained_model(source: str | Path) -> tuple[torch.nn.Module, Path | None
     if _is_hf_dir(path):
         check_model_dir(path)
         run = path.parent if (path.parent / RUN_CONFIG).is_file() else None
+        if run is not None and path.name == FINAL:
+            verify_final(run)
         tokenizer, eos = _tokenizer_of(run, path)
         model = _from_pretrained(path)
     elif (path / "state.json").is_file():
@@ -220,6 +223,19 @@ def load_trained_model(source: str | Path) -> tuple[torch.nn.Module, Path | None
     return model, tokenizer, eos
 
 
+def verify_final(run: Path) -> None:
+    """Check ``RUN/final/`` against the sizes and SHA-256s its run recorded (``RUN/final.json``) as it was
+    written; a run that recorded none (a model dir from elsewhere, an older run) is read as it is."""
+    record = run / FINAL_RECORD
+    if not record.is_file():
+        return
+    fix = f"write it again from the run's last checkpoint with `tstrain train --out {run} --resume`"
+    try:
+        ckpt.check_files(run / FINAL, ckpt.manifest_files(record, fix), str(record))
+    except CheckpointError as e:
+        raise CheckpointError(f"{e}: {fix}") from None
+
+
 def export(source: str | Path, out: str | Path) -> Path:
     """Write the Hugging Face model dir of ``source`` (run, checkpoint or model dir) to ``out``; return ``out``."""
     out = Path(out)
@@ -234,15 +250,18 @@ def export(source: str | Path, out: str | Path) -> Path:
 
 
 def export_hf(model, out_dir: Path, tokenizer_file: Path | None = None, eos_token: str | None = None,
-              state_dict: dict[str, torch.Tensor] | None = None) -> Path:
+              state_dict: dict[str, torch.Tensor] | None = None, record: Path | None = None) -> Path:
     """Write a Hugging Face model dir (config + safetensors, and tokenizer files when given).
+
+    The dir is written under a temporary name beside ``out_dir`` and renamed into place once complete
+    (``fileio.atomic_dir``): a full disk is one ``WriteError`` naming ``out_dir``, with ``out_dir`` as it was
+    and no partial dir left. ``record`` (``RUN/final.json``) gets each file's size and SHA-256 before the rename.
 
     The EOS token becomes the config's and generation config's ``eos_token_id`` (and pad id), so
     ``generate`` stops at the end of a document; the KV cache is switched back on for inference.
     ``state_dict`` overrides the model's own weights (the gathered weights of a sharded model).
     """
     quiet_transformers()
-    out_dir.mkdir(parents=True, exist_ok=True)
     tok = None
     if tokenizer_file is not None and tokenizer_file.is_file():
         tok = fast_tokenizer(tokenizer_file, eos_token)
@@ -252,9 +271,13 @@ def export_hf(model, out_dir: Path, tokenizer_file: Path | None = None, eos_toke
                 model.generation_config.eos_token_id = tok.eos_token_id
                 model.generation_config.pad_token_id = tok.eos_token_id
     model.config.use_cache = True  # training passes use_cache=False explicitly; inference wants the cache
-    model.save_pretrained(out_dir, safe_serialization=True, state_dict=state_dict)
-    if tok is not None:
-        tok.save_pretrained(out_dir)
+    with atomic_dir(out_dir, "the model dir") as tmp:
+        model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
+        maybe_fill("full-model")
+        if tok is not None:
+            tok.save_pretrained(tmp)
+        if record is not None:
+            write_text_atomic(record, json.dumps({"files": ckpt.file_entries(tmp)}, indent=2) + "\n")
     return out_dir
 
 

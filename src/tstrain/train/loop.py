@@ -42,6 +42,7 @@ from .optim import lr_at, make_optimizer, reinitialise_embeddings
 from .run_dir import (
     CHECKPOINTS,
     FINAL,
+    FINAL_RECORD,
     SUMMARY,
     TOKENIZER,
     locked,
@@ -402,7 +403,8 @@ class Trainer:
         summary = RunSummary(self.run, last_val, self.cfg.train.steps, self.cfg.switch_step, s.data_tokens, s.flops,
                              self.elapsed(), s.skipped_steps)
         if self.ctx.is_main:
-            export_hf(self.model, self.run / FINAL, self.run / TOKENIZER, self.data.manifest.get("eos_token"), weights)
+            export_hf(self.model, self.run / FINAL, self.run / TOKENIZER, self.data.manifest.get("eos_token"), weights,
+                      record=self.run / FINAL_RECORD)
             write_text_atomic(self.run / SUMMARY, json.dumps(summary.to_dict(), indent=2) + "\n")
         return summary
 
