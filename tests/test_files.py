@@ -27,8 +27,6 @@ def short_run(data_dir, out, *more):
 @pytest.fixture(scope="module")
 def finished(data_dir, tmp_path_factory):
     """A finished four-step run, copied by the tests that change it."""
-    from conftest import RUN_FLAGS  # noqa: F401  (the same corpus as the crash tests)
-
     out = tmp_path_factory.mktemp("finished") / "run"
     assert main(short_run(data_dir, out)) == 0
     return out
@@ -188,3 +186,94 @@ def test_train_refuses_nothing_new_for_an_ordinary_run(tiny_cfg, tmp_path):
     summary = train(tiny_cfg(**SHORT), tmp_path / "run")
     record = json.loads((tmp_path / "run" / "final.json").read_text())
     assert summary.final_val_loss > 0 and "model.safetensors" in record["files"]
+
+
+def test_resume_names_a_changed_final_and_writes_it_again(finished, data_dir, tmp_path, capsys):
+    from tstrain.model_io import final_problem
+
+    run = shutil.copytree(finished, tmp_path / "run")
+    (run / "final" / "config.json").write_text((run / "final" / "config.json").read_text() + " ")
+    assert main(short_run(data_dir, run, "--resume")) == 0
+    assert "config.json has" in capsys.readouterr().out and final_problem(run) is None
+
+
+def test_malformed_run_records_are_one_line_naming_the_file_and_the_field(finished, data_dir, tmp_path, capsys):
+    from tstrain.errors import RecordError
+    from tstrain.experiments.base import run_or_reuse
+    from tstrain.model_io import run_settings
+
+    run = shutil.copytree(finished, tmp_path / "run")
+    saved = (run / "config.toml").read_text()
+    (run / "config.toml").write_text('[train]\nsteps = "x"\n')
+    one_line_error(capsys, ["train", "--out", str(run), "--resume", "--no-progress"],
+                   "config.toml: train.steps must be a int")
+    (run / "config.toml").write_text(saved)
+    (run / "data.json").write_text("[1]")
+    one_line_error(capsys, ["export", str(run), "--out", str(tmp_path / "x")], "data.json holds a JSON list")
+    shutil.copy(finished / "data.json", run / "data.json")
+    (run / "summary.json").write_text('{"final_val_loss": "low"}')
+    with pytest.raises(RecordError, match=r"summary.json: final_val_loss is 'low', not a number"):
+        run_or_reuse(run_settings(run), run)
+
+
+def test_a_text_input_read_in_small_chunks_gives_the_documents_and_counts_of_reading_it_whole(tmp_path, monkeypatch):
+    import random
+
+    from tstrain.data import text_sources
+    from tstrain.data.text_sources import TextStats, iter_documents
+
+    rng = random.Random(3)
+    pieces = [b"the cat\r\n", b"\r", b"\n", b"sat\xff on", "\ufffd".encode(), "é".encode(), b"\n\n\n", b"x",
+              b"\r\n\r\n\r\n"]
+    raw = b"".join(rng.choice(pieces) for _ in range(3000))
+    (tmp_path / "t.txt").write_bytes(raw)
+    text = raw.decode("utf-8", errors="replace").replace("\r\n", "\n").replace("\r", "\n")
+    want = [t for t in text.split("\n\n\n") if t.strip()]
+    for chunk in (1, 2, 7, 1 << 24):
+        monkeypatch.setattr(text_sources, "CHUNK_BYTES", chunk)
+        stats = TextStats()
+        assert list(iter_documents([tmp_path / "t.txt"], "\n\n\n", stats)) == want
+        assert (stats.chars, stats.replaced, stats.separated_files) == (len(raw.decode("utf-8", errors="replace")),
+                                                                        raw.count(b"\xff"), 1)
+    monkeypatch.setattr(text_sources, "MAX_DOCUMENT_CHARS", 100)
+    with pytest.raises(DataError, match=r"t.txt holds a document of more than 100 characters \(the whole file"):
+        list(iter_documents([tmp_path / "t.txt"], None, TextStats()))
+
+
+def test_generate_stays_within_the_models_context_and_refuses_bad_devices_and_prompts(finished, capsys):
+    import os
+
+    assert main(["generate", str(finished), "--prompt", "the", "--max-new-tokens", "1000000000", "--greedy"]) == 0
+    captured = capsys.readouterr()
+    assert "generating 31 tokens, not 1000000000: the model's context is 32" in captured.err
+    one_line_error(capsys, ["generate", str(finished), "--prompt", "the cat " * 40], "no room to continue it")
+    one_line_error(capsys, ["generate", str(finished), "--prompt", "the", "--device", "bogus"],
+                   "--device 'bogus' is not a device")
+    one_line_error(capsys, ["generate", str(finished), "--prompt", os.fsdecode(b"\xff\xfe")],
+                   "the prompt is not valid UTF-8")
+
+
+def test_a_cuda_device_on_a_machine_without_one_is_one_line(finished, data_dir, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA device")
+    for verb in (["generate", str(finished), "--prompt", "the"], ["eval", str(finished), "--data", str(data_dir)]):
+        one_line_error(capsys, [*verb, "--device", "cuda"], "sees no CUDA device", "use --device cpu")
+
+
+def test_experiment_and_corpus_options_are_refused_before_the_first_run_or_download(data_dir, tmp_path, capsys):
+    one_line_error(capsys, ["scale", "--data", str(data_dir), "--out", str(tmp_path / "s"), "--sizes", "tiny",
+                            "--steps", "20", "--arms", "4:0.01", "--lrs", "1e-3", "--tune-steps", "10"],
+                   "tst.ratio=0.01 of", "rounds to no phase-1 step")
+    one_line_error(capsys, ["fetch-corpus", "--out", str(tmp_path / "c"), "--sources", "sotu,", "--no-progress"],
+                   "unknown corpus source '' in --sources")
+    assert not (tmp_path / "s").exists() and not (tmp_path / "c").exists()
+
+
+def test_tstrain_version_names_the_installed_version(capsys):
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit) as stop:
+        main(["--version"])
+    assert stop.value.code == 0 and capsys.readouterr().out.strip() == f"tstrain {version('tstrain')}"

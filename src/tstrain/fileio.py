@@ -103,8 +103,21 @@ def write_text_atomic(path: Path, text: str) -> None:
     refuse_link(path)
     tmp = fresh_tmp(path)
     try:
-        with open_new(tmp) as f:
+        with open_new(tmp, encoding="utf-8") as f:
             f.write(text)
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise write_failed(path, e, "the file as it was is kept") from None
+
+
+def save_figure(fig: Any, path: Path, dpi: int = 120) -> None:
+    """Save a matplotlib figure to ``path`` as ``write_text_atomic`` writes text: never through a link, whole."""
+    refuse_link(path)
+    tmp = fresh_tmp(path)
+    try:
+        with open_new(tmp, "wb") as f:
+            fig.savefig(f, format=path.suffix.lstrip("."), dpi=dpi)
         os.replace(tmp, path)
     except OSError as e:
         tmp.unlink(missing_ok=True)

@@ -22,7 +22,7 @@ from .config import Config, load_config
 from .data.tokens import MANIFEST as DATA_MANIFEST
 from .errors import CheckpointError
 from .faults import maybe_fill
-from .fileio import atomic_dir, read_json, sha256_file, write_text_atomic
+from .fileio import atomic_dir, read_json_object, sha256_file, write_text_atomic
 from .models import build_model
 from .train import checkpoint as ckpt
 from .train.run_dir import CHECKPOINTS, FINAL, FINAL_RECORD, TOKENIZER
@@ -103,7 +103,7 @@ def run_tokenizer(run: Path) -> tuple[Path | None, str | None]:
     The run's own copy (``RUN/tokenizer.json``) first, then its ``final/`` model's; a run made before
     it kept a copy falls back on its data dir's file, if that is still the one recorded in ``data.json``.
     """
-    record = read_json(run / RUN_DATA, CheckpointError, "restore it") if (run / RUN_DATA).is_file() else {}
+    record = read_json_object(run / RUN_DATA, CheckpointError, "restore it") if (run / RUN_DATA).is_file() else {}
     want, eos = record.get("tokenizer_sha256"), record.get("eos_token")
     own = run / TOKENIZER
     if own.is_file():
@@ -133,7 +133,7 @@ def check_model_tokenizer(model_dir: Path) -> None:
     run, own = model_dir.parent, model_dir / TOKENIZER
     if not (run / RUN_CONFIG).is_file() or not (run / RUN_DATA).is_file() or not own.is_file():
         return
-    want = read_json(run / RUN_DATA, CheckpointError, "restore it").get("tokenizer_sha256")
+    want = read_json_object(run / RUN_DATA, CheckpointError, "restore it").get("tokenizer_sha256")
     _refuse_other_tokenizer(own, want, run / RUN_DATA, _FINAL_FIX)
 
 
@@ -203,10 +203,9 @@ def load_trained_model(source: str | Path) -> tuple[torch.nn.Module, Path | None
     if _is_hf_dir(path):
         check_model_dir(path)
         run = path.parent if (path.parent / RUN_CONFIG).is_file() else None
-        if run is not None and path.name == FINAL:
-            verify_final(run)
         tokenizer, eos = _tokenizer_of(run, path)
         model = _from_pretrained(path)
+        check_run_model(path)  # after the loaders' own checks, which name a cut-short file or a tokenizer
     elif (path / "state.json").is_file():
         ckpt.verify_checkpoint(path)
         run = path.parent.parent
@@ -223,17 +222,31 @@ def load_trained_model(source: str | Path) -> tuple[torch.nn.Module, Path | None
     return model, tokenizer, eos
 
 
-def verify_final(run: Path) -> None:
-    """Check ``RUN/final/`` against the sizes and SHA-256s its run recorded (``RUN/final.json``) as it was
-    written; a run that recorded none (a model dir from elsewhere, an older run) is read as it is."""
+def final_problem(run: Path) -> str | None:
+    """Return how ``RUN/final/`` differs from the sizes and SHA-256s its run recorded (``RUN/final.json``) as it
+    was written (None: it matches, or the run recorded none: a model dir from elsewhere, an older run)."""
     record = run / FINAL_RECORD
     if not record.is_file():
-        return
-    fix = f"write it again from the run's last checkpoint with `tstrain train --out {run} --resume`"
+        return None
     try:
-        ckpt.check_files(run / FINAL, ckpt.manifest_files(record, fix), str(record))
+        ckpt.check_files(run / FINAL, ckpt.manifest_files(record, "restore it"), str(record))
     except CheckpointError as e:
-        raise CheckpointError(f"{e}: {fix}") from None
+        return str(e)
+    return None
+
+
+def check_run_model(model_dir: Path) -> None:
+    """Verify a run's ``final/`` (``verify_final``); any other model dir is read as it is."""
+    if model_dir.name == FINAL and (model_dir.parent / RUN_CONFIG).is_file():
+        verify_final(model_dir.parent)
+
+
+def verify_final(run: Path) -> None:
+    """Raise ``CheckpointError`` if ``RUN/final/`` is not the model its run recorded (``final_problem``)."""
+    problem = final_problem(run)
+    if problem:
+        raise CheckpointError(f"{problem}: write it again from the run's last checkpoint with "
+                              f"`tstrain train --out {run} --resume`")
 
 
 def export(source: str | Path, out: str | Path) -> Path:

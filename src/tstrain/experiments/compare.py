@@ -19,10 +19,9 @@ from typing import Any
 
 from ..config import Config
 from ..data.reader import WindowSchedule
-from ..errors import ConfigError
-from ..fileio import read_json
+from ..fileio import save_figure, write_text_atomic
 from ..run_lock import locked
-from ..train.run_dir import SUMMARY
+from ..train.run_dir import read_summary
 from .base import (
     NOT_COMPARABLE,
     baseline_of,
@@ -86,7 +85,7 @@ def analyse(run_dirs: dict[str, Path], switch_step: int, decay: int, warmup: int
     readings of the baseline's curve as TST's counterfactual are reported as not comparable."""
     own_lrs = lrs is not None and lrs["baseline"] != lrs["tst"]
     rows = {name: val_rows(d) for name, d in run_dirs.items()}
-    summaries = {name: read_json(d / SUMMARY, ConfigError, "run the same command again to finish that run")
+    summaries = {name: read_summary(d, "run the same command again to finish that run")
                  for name, d in run_dirs.items()}
     base, tst = rows["baseline"], rows["tst"]
     target = base[-1]["val_loss"]
@@ -319,7 +318,7 @@ def plot(run_dirs: dict[str, Path], labels: dict[str, str], switch_step: int, ou
         ax.legend()
         fig.tight_layout()
         path = out / fname
-        fig.savefig(path, dpi=120)
+        save_figure(fig, path)
         plt.close(fig)
         paths.append(path)
     return paths
@@ -341,8 +340,8 @@ def compare(cfg: Config, out_dir: str | Path, equal_data: bool = False,
         result = analyse(dirs, cfg.switch_step, decay_start(cfg), cfg.optim.warmup_steps,
                          {"baseline": runs[0].config.optim.lr, "tst": cfg.optim.lr})
         result["labels"] = labels
-        (out / "comparison.json").write_text(json.dumps(result, indent=2) + "\n")
-        (out / "report.md").write_text(report_markdown(result, labels, command))
+        write_text_atomic(out / "comparison.json", json.dumps(result, indent=2) + "\n")
+        write_text_atomic(out / "report.md", report_markdown(result, labels, command))
         plot(dirs, labels, cfg.switch_step, out)
         if result["phase1_step_value_detail"]["course"]:
             plot_step_value(result["phase1_step_value_detail"], out / "phase1_step_value.png")

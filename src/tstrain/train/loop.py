@@ -31,7 +31,7 @@ from ..evaluation import validation_loss
 from ..faults import maybe_die
 from ..fileio import write_text_atomic
 from ..loss import TSTLoss
-from ..model_io import export_hf
+from ..model_io import export_hf, final_problem
 from ..models import CausalLMParts, build_model, flops_per_position
 from ..schedule import SequenceGroup
 from . import checkpoint as ckpt
@@ -185,6 +185,9 @@ class Trainer:
             refuse_restart(self.run)
             return None
         refuse_resume(self.run, self.cfg, self.data)
+        problem = final_problem(self.run) if self.ctx.is_main and (self.run / FINAL).is_dir() else None
+        if problem:
+            print(f"{problem}: this run writes {self.run / FINAL} again when it ends")
         found = self.ctx.agree(ckpt.latest_good_checkpoint(self.ckpt_root) if self.ctx.is_main else None)
         if found is not None:
             refuse_checkpoint(found[0], TrainState.from_dict(found[1]).reader_order, found[1].get("config"), self.cfg)
@@ -304,7 +307,8 @@ class Trainer:
                       f"{self.state.skipped_steps} skipped so far")
         else:
             raise TrainingError(
-                f"{problem}; the last good checkpoint under {self.ckpt_root} is kept. Lower optim.lr, raise "
+                f"{problem}; the last good checkpoint under {self.ckpt_root} is kept. Lower this run's learning rate "
+                f"({self.cfg.optim.lr:g}: --lr, or --baseline-lr for a comparison's baseline), raise "
                 "optim.warmup_steps or check the data; train.skip_nonfinite=true skips such steps instead"
             )
         self.optimizer.zero_grad(set_to_none=True)

@@ -28,8 +28,8 @@ from .. import run_lock
 from ..config import Config, resume_differences
 from ..data.reader import FIRST_READER_ORDER, READER_ORDER
 from ..data.tokens import TokenData
-from ..errors import CheckpointError, ConfigError, DataError, TstrainError
-from ..fileio import fresh_tmp, open_new, read_json, refuse_link, sha256_file, write_failed, write_text_atomic
+from ..errors import CheckpointError, ConfigError, DataError, RecordError, TstrainError
+from ..fileio import fresh_tmp, open_new, read_json_object, refuse_link, sha256_file, write_failed, write_text_atomic
 from . import checkpoint as ckpt
 from . import distributed
 
@@ -97,6 +97,22 @@ def data_differences(was: dict[str, Any], now: dict[str, Any]) -> list[str]:
     return [k for k in now if k in was and was[k] != now[k]]
 
 
+SUMMARY_FIELDS = {"final_val_loss": (int, float), "steps": int, "switch_step": int, "data_tokens": int,
+                  "flops": (int, float), "wall_time": (int, float)}
+
+
+def read_summary(run: Path, fix: str) -> dict[str, Any]:
+    """Return ``RUN/summary.json``, refusing with ``RecordError`` one that is not an object whose figures
+    (``SUMMARY_FIELDS``, where given) are numbers, naming the file, the field and ``fix``."""
+    path = run / SUMMARY
+    found = read_json_object(path, RecordError, fix)
+    for name, kind in SUMMARY_FIELDS.items():
+        value = found.get(name)
+        if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
+            raise RecordError(f"{path}: {name} is {value!r}, not a number: the file was edited; {fix}")
+    return found
+
+
 # ----------------------------------------------------------------------------------------------
 # How a saved run differs from a config
 # ----------------------------------------------------------------------------------------------
@@ -137,7 +153,7 @@ def differences(run: Path, cfg: Config, data: TokenData, fix: str) -> Difference
         return Differences([], [], None, None)
     settings = resume_differences(saved, cfg.resolved_for(data.vocab_size)) if saved else []
     if recorded:
-        was = read_json(run / DATA_IDENTITY, DataError, fix)
+        was = read_json_object(run / DATA_IDENTITY, DataError, fix)
         data_was, differ = was.get("path"), data_differences(was, data.identity)
     else:
         was, data_was = {}, saved.get("data", {}).get("path")
