@@ -277,3 +277,61 @@ def test_tstrain_version_names_the_installed_version(capsys):
     with pytest.raises(SystemExit) as stop:
         main(["--version"])
     assert stop.value.code == 0 and capsys.readouterr().out.strip() == f"tstrain {version('tstrain')}"
+
+
+def test_a_full_disk_while_copying_the_tokenizer_names_the_runs_copy_and_leaves_no_temporary_file(
+        tiny_cfg, tmp_path, monkeypatch):
+    from tstrain.train import run_dir
+
+    def full(src, dst, *a):
+        dst.write(src.read(10))
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(run_dir.shutil, "copyfileobj", full)
+    run = tmp_path / "run"
+    with pytest.raises(WriteError, match=rf"could not write {run / 'tokenizer.json'} \(No space left on device; "):
+        train(tiny_cfg(**SHORT), run)
+    assert not (run / ".tokenizer.json.tmp").exists() and not (run / "tokenizer.json").exists()
+
+
+def test_a_full_disk_while_writing_a_shard_names_it_and_keeps_the_finished_parts(data_dir, tmp_path, monkeypatch):
+    from conftest import make_corpus
+    from tstrain.data import shards
+    from tstrain.data.prepare import PrepareOptions, prepare_data
+
+    class Full:  # the file of the second train shard: the disk is full
+        def write(self, data):
+            raise OSError(28, "No space left on device")
+
+        def close(self):
+            pass
+
+    real = shards.open_new
+    monkeypatch.setattr(shards, "open_new",
+                        lambda path, mode: Full() if "train-00001" in path.name else real(path, mode))
+    text, out = make_corpus(tmp_path / "c.txt", docs=400), tmp_path / "data"
+    options = PrepareOptions(tokenizer=str(data_dir / "tokenizer.json"), doc_separator="\n\n\n", shard_tokens=2000,
+                             progress=False)
+    with pytest.raises(WriteError, match=r"could not write .*data/train-00001.bin \(No space left on device; "
+                                         r".* MiB needed\); the parts finished before are kept"):
+        prepare_data([text], out, options)
+    assert not list(out.glob("*.tmp")) and (out / "train-00000.bin").is_file()
+    monkeypatch.setattr(shards, "open_new", real)
+    assert prepare_data([text], out, options)["train_tokens"] > 0  # run again: it continues after the kept part
+
+
+def test_leftovers_of_a_killed_final_write_are_removed_by_the_next_one(finished, data_dir, tmp_path):
+    run = shutil.copytree(finished, tmp_path / "run")
+    (run / ".final.tmp").mkdir()
+    (run / ".final.tmp" / "config.json").write_text("{}")
+    (run / ".summary.json.tmp").write_text("half")
+    assert main(short_run(data_dir, run, "--resume")) == 0
+    assert not (run / ".final.tmp").exists() and not (run / ".summary.json.tmp").exists()
+    assert ((run / "final" / "model.safetensors").read_bytes()
+            == (finished / "final" / "model.safetensors").read_bytes())
+
+
+def test_a_diverging_comparison_baseline_names_the_flag_that_set_its_learning_rate(data_dir, tmp_path, capsys):
+    one_line_error(capsys, ["compare", "--preset", "tiny", "--data", str(data_dir), "--out", str(tmp_path / "c"),
+                            "--steps", "8", "--baseline-lr", "1e9", "--no-progress"],
+                   "non-finite", "Lower this run's learning rate (1e+09: --lr, or --baseline-lr")

@@ -56,7 +56,10 @@ def check_model_dir(path: Path) -> None:
     if not any((path / name).is_file() for name in ("model.safetensors", "model.safetensors.index.json")):
         held = ("only a pickled pytorch_model.bin, which tstrain does not load (a pickle can run code)"
                 if (path / "pytorch_model.bin").is_file() else "no model.safetensors")
-        raise CheckpointError(f"{path} holds {held}; export the model as safetensors (`tstrain export RUN --out DIR`)")
+        fix = (f"write it again from the run's last checkpoint with `tstrain train --out {path.parent} --resume`"
+               if path.name == FINAL and (path.parent / RUN_CONFIG).is_file()
+               else "export the model as safetensors (`tstrain export RUN --out DIR`)")
+        raise CheckpointError(f"{path} holds {held}; {fix}")
 
 
 def _from_pretrained(path: Path) -> torch.nn.Module:
