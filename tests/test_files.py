@@ -99,6 +99,7 @@ def test_a_full_disk_while_writing_final_leaves_no_partial_model_and_resume_writ
     done = launch(short_run(data_dir, run), fault="full-model:0")
     err = done.stderr.strip()
     assert done.returncode == 2 and "\n" not in err and f"could not write {run / 'final'}" in err, err
+    assert "MiB needed); the model dir as it was is kept" in err
     assert not (run / "final").exists() and not (run / ".final.tmp").exists()
     done = launch(short_run(data_dir, run, "--resume"))
     assert done.returncode == 0, done.stderr[-2000:]

@@ -125,20 +125,20 @@ def save_figure(fig: Any, path: Path, dpi: int = 120) -> None:
 
 
 @contextlib.contextmanager
-def atomic_dir(path: Path, what: str) -> Iterator[Path]:
+def atomic_dir(path: Path, what: str, needed: int | None = None) -> Iterator[Path]:
     """Yield a fresh temporary dir beside ``path``; when the block ends, put it in place of ``path`` whole.
 
     ``path`` (a dir, if any) is replaced only once the new one is complete: a failure in the block removes
     the temporary dir and leaves ``path`` as it was; a killed write leaves only the ``.NAME.tmp`` dir, which
     the next write removes. A link at ``path`` is refused. ``OSError`` becomes one ``WriteError`` naming
-    ``what`` and ``path``.
+    ``what``, ``path`` and about the bytes ``needed``.
     """
     refuse_link(path)
     try:
         tmp = fresh_tmp(path)
         tmp.mkdir(parents=True)
     except OSError as e:
-        raise write_failed(path, e, f"{what} as it was is kept") from None
+        raise write_failed(path, e, f"{what} as it was is kept", needed) from None
     try:
         yield tmp
         old = path.with_name(f".{path.name}.old")
@@ -151,5 +151,5 @@ def atomic_dir(path: Path, what: str) -> Iterator[Path]:
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(e, OSError) or type(e).__name__ == "SafetensorError":
-            raise write_failed(path, e, f"{what} as it was is kept") from None
+            raise write_failed(path, e, f"{what} as it was is kept", needed) from None
         raise

@@ -287,7 +287,8 @@ def export_hf(model, out_dir: Path, tokenizer_file: Path | None = None, eos_toke
                 model.generation_config.eos_token_id = tok.eos_token_id
                 model.generation_config.pad_token_id = tok.eos_token_id
     model.config.use_cache = True  # training passes use_cache=False explicitly; inference wants the cache
-    with atomic_dir(out_dir, "the model dir") as tmp:
+    weights = state_dict.values() if state_dict is not None else model.state_dict().values()
+    with atomic_dir(out_dir, "the model dir", sum(t.numel() * t.element_size() for t in weights)) as tmp:
         model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
         maybe_fill("full-model")
         if tok is not None:
