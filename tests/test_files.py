@@ -336,3 +336,13 @@ def test_a_diverging_comparison_baseline_names_the_flag_that_set_its_learning_ra
     one_line_error(capsys, ["compare", "--preset", "tiny", "--data", str(data_dir), "--out", str(tmp_path / "c"),
                             "--steps", "8", "--baseline-lr", "1e9", "--no-progress"],
                    "non-finite", "Lower this run's learning rate (1e+09: --lr, or --baseline-lr")
+
+
+def test_a_prepare_progress_file_that_is_not_its_shape_is_one_line(data_dir, tmp_path, capsys):
+    out = tmp_path / "data"
+    out.mkdir()
+    args = ["prepare-data", "--input", str(data_dir / "manifest.json"), "--tokenizer", str(data_dir / "tokenizer.json"),
+            "--out", str(out), "--no-progress"]
+    for broken, fragment in (("[1]", "prepare-state.json holds a JSON list"), ('{"parts": 3}', "parts or settings")):
+        (out / "prepare-state.json").write_text(broken)
+        one_line_error(capsys, args, fragment, "--overwrite")

@@ -34,7 +34,7 @@ import numpy as np
 
 from .. import faults
 from ..errors import DataError
-from ..fileio import refuse_link, sha256_file, write_text_atomic
+from ..fileio import read_json_object, refuse_link, sha256_file, write_text_atomic
 from ..options import check, knob
 from ..run_lock import locked
 from .encoding import BATCH_CHARS, Job, batches, encoded, is_validation_doc
@@ -212,10 +212,11 @@ def _clear(out: Path, keep: set[str] = frozenset()) -> None:
 
 
 def _read_state(out: Path) -> dict:
-    try:
-        return json.loads((out / STATE).read_text())
-    except json.JSONDecodeError:
-        raise DataError(f"{out / STATE} is not valid JSON (edited by hand?); pass --overwrite to start over") from None
+    state = read_json_object(out / STATE, DataError, "pass --overwrite to start over")
+    if not isinstance(state.get("parts", []), list) or not isinstance(state.get("settings", {}), dict):
+        raise DataError(f"{out / STATE}: parts or settings is not a list or object: it was edited; pass --overwrite "
+                        "to start over")
+    return state
 
 
 def _resumable_state(out: Path, settings: dict, overwrite: bool) -> dict | None:
