@@ -346,3 +346,14 @@ def test_a_prepare_progress_file_that_is_not_its_shape_is_one_line(data_dir, tmp
     for broken, fragment in (("[1]", "prepare-state.json holds a JSON list"), ('{"parts": 3}', "parts or settings")):
         (out / "prepare-state.json").write_text(broken)
         one_line_error(capsys, args, fragment, "--overwrite")
+
+
+def test_a_link_in_a_data_dir_is_refused_and_its_target_is_untouched(data_dir, tmp_path, capsys):
+    victim, out = tmp_path / "victim", tmp_path / "data"
+    victim.write_text("keep me\n")
+    out.mkdir()
+    (out / "tokenizer.json").symlink_to(victim)
+    one_line_error(capsys, ["prepare-data", "--input", str(data_dir / "manifest.json"), "--tokenizer",
+                            str(data_dir / "tokenizer.json"), "--out", str(out), "--no-progress"],
+                   "tokenizer.json is a symbolic link")
+    assert victim.read_text() == "keep me\n"
