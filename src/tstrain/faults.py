@@ -11,7 +11,7 @@ Off unless the environment variable is set; the check is one dictionary lookup. 
 - ``prepare``: in ``prepare-data``, when part STEP (counted from 0) is closed: its token files are
   in place under their names, the progress file does not list them yet.
 - ``full-save``: the disk fills while the checkpoint of step STEP is written, after its weights
-  (``OSError`` ENOSPC is raised instead of a kill).
+  (``OSError`` ENOSPC is raised instead of a kill; in a torchrun job on the rank named, or on all).
 - ``full-model``: the disk fills while a model dir (``final/`` or ``export``'s) is written, after its
   weights; STEP is 0.
 
@@ -48,8 +48,11 @@ def maybe_die(point: str, step: int, rank: int = 0) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def maybe_fill(point: str, step: int = 0) -> None:
-    """Raise the ``OSError`` of a full disk if ``TSTRAIN_FAULT`` names this point and step."""
+def maybe_fill(point: str, step: int = 0, rank: int = 0) -> None:
+    """Raise the ``OSError`` of a full disk if ``TSTRAIN_FAULT`` names this point, step and rank."""
     spec = os.environ.get(ENV)
-    if spec and parse(spec)[:2] == (point, step):
+    if not spec:
+        return
+    want_point, want_step, want_rank = parse(spec)
+    if want_point == point and want_step == step and want_rank in (None, rank):
         raise OSError(errno.ENOSPC, f"No space left on device ({ENV}={spec})")

@@ -145,6 +145,7 @@ def save_sharded_checkpoint(root: Path, step: int, model, optimizer, state: dict
     after a barrier, so a process killed mid-write leaves no manifest and no ``step-*`` name.
     """
     import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
     name = None
@@ -152,9 +153,19 @@ def save_sharded_checkpoint(root: Path, step: int, model, optimizer, state: dict
         root.mkdir(parents=True, exist_ok=True)
         name = str(_fresh_tmp(root, step, os.getpid()))
     tmp = Path(ctx.agree(name))  # also a barrier: the directory exists before anyone writes into it
-    model_sd, optim_sd = get_state_dict(model, optimizer)
-    dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=tmp / DCP_DIR)
-    torch.save(rng_state(), tmp / f"rng-{ctx.rank}.pt")
+    failed = None
+    try:
+        model_sd, optim_sd = get_state_dict(model, optimizer)
+        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=tmp / DCP_DIR)
+        maybe_fill("full-save", step, ctx.rank)
+        torch.save(rng_state(), tmp / f"rng-{ctx.rank}.pt")
+    except (OSError, RuntimeError, CheckpointException) as e:  # DCP raises one process's failed write on every one
+        failed = e
+    failures = [f for f in ctx.gather(str(failed).splitlines()[0][:200] if failed else None) if f]
+    if failures:  # every process stops here, the same way; rank 0 removes the partial checkpoint
+        if ctx.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise _not_written(root, step, RuntimeError(failures[0]), model)
     maybe_die("save", step, ctx.rank)
     # Each process fsyncs and hashes the files it wrote (its DCP shards, its RNG state), so the
     # manifest of a large checkpoint costs one shard's hashing, not the whole model's, on rank 0.
