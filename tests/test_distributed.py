@@ -148,3 +148,18 @@ def test_activation_checkpointing_under_two_processes_matches_one_process_withou
     done = launch(cli_args(data_dir, tmp_path / "two", **{"train.activation_checkpointing": "full"}), processes=2)
     assert done.returncode == 0, done.stderr[-3000:]
     close_curves(reference_run, tmp_path / "two")
+
+
+def test_a_full_disk_on_one_process_stops_every_process_keeps_the_earlier_checkpoint_and_resumes_exactly(
+    data_dir, two_process_run, tmp_path
+):
+    whole, _ = two_process_run
+    run, root = tmp_path / "run", tmp_path / "run" / "checkpoints"
+    done = launch(cli_args(data_dir, run, **ACCUM), processes=2, fault="full-save:10@1")
+    assert done.returncode != 0 and "could not write the checkpoint of step 10" in done.stderr, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr.split("torch/distributed/elastic")[0]  # our processes: one line each
+    assert not list(root.glob(".tmp-*")) and latest_good_checkpoint(root)[0].name == "step-00000005"
+    done = launch(cli_args(data_dir, run, resume=True, **ACCUM), processes=2)
+    assert done.returncode == 0, done.stderr[-3000:]
+    a, b = weights(whole), weights(run)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -8,6 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import cli_args, launch
+from tstrain.errors import RecordError
 from tstrain.faults import parse
 from tstrain.train.checkpoint import latest_good_checkpoint, list_checkpoints
 from tstrain.train.metrics import read_jsonl
@@ -52,10 +53,13 @@ def test_killed_in_phase_1_at_the_switch_mid_checkpoint_and_in_phase_2_resumes_b
     assert [p.name for p in list_checkpoints(root)] == ["step-00000012", "step-00000020", "step-00000024"]
 
 
-def test_a_truncated_metrics_line_from_a_kill_is_dropped(tmp_path):
+def test_a_truncated_metrics_line_from_a_kill_is_dropped_and_a_garbled_middle_line_is_refused_by_number(tmp_path):
     path = tmp_path / "metrics.jsonl"
     path.write_text(json.dumps({"step": 1}) + "\n" + '{"step": 2, "lo')
     assert read_jsonl(path) == [{"step": 1}]
     path.write_text('{"step": 2, "lo\n' + json.dumps({"step": 1}) + "\n")
-    with pytest.raises(json.JSONDecodeError):
+    with pytest.raises(RecordError, match=r"metrics.jsonl:1 is not valid JSON"):
+        read_jsonl(path)
+    path.write_text(json.dumps({"step": 1}) + "\n[1, 2]\n" + json.dumps({"step": 3}) + "\n")
+    with pytest.raises(RecordError, match=r"metrics.jsonl:2 is not a metrics row"):
         read_jsonl(path)

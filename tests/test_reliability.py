@@ -131,8 +131,9 @@ def test_every_verb_that_writes_a_dir_refuses_one_another_process_holds(data_dir
         args = {"prepare-data": ["--input", str(data_dir / "manifest.json"), "--tokenizer",
                                  str(data_dir / "tokenizer.json"), "--out", str(out), "--no-progress"],
                 "scale": ["--data", str(data_dir), "--out", str(out), "--sizes", "tiny", "--steps", "8"]}
-        one_line_error(capsys, [verb, *args.get(verb, train_like)], f"{out} is in use by another tstrain process "
-                       f"(pid {holder.pid}")
+        err = one_line_error(capsys, [verb, *args.get(verb, train_like)], f"{out} is in use by another tstrain "
+                             f"process (pid {holder.pid}")
+        assert ("--resume" in err) == (verb != "prepare-data")  # prepare-data continues when run again as it was
         assert sorted(p.name for p in out.iterdir()) == [LOCK_NAME]  # nothing was written
     finally:
         holder.kill()
@@ -518,6 +519,7 @@ def test_files_cut_short_are_one_line_errors(finished_run, data_dir, tmp_path, c
         refused(capsys, ["generate", str(run), "--prompt", "the cat"], fragment)
     record = json.loads((run / "data.json").read_text())  # a record without the hash: the file itself is read
     (run / "data.json").write_text(json.dumps({k: v for k, v in record.items() if k != "tokenizer_sha256"}))
+    (run / "final.json").unlink()  # nor a record of final/'s files, as a run from before either was kept
     refused(capsys, ["generate", str(run), "--prompt", "the cat"], "final/tokenizer.json is not a readable tokenizer")
     data = shutil.copytree(data_dir, tmp_path / "data")
     manifest = json.loads((data / "manifest.json").read_text())

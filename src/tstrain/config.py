@@ -366,6 +366,8 @@ def load_config(preset: str | None = None, config_file: str | Path | None = None
             apply_overrides(cfg, tomllib.loads(path.read_text()))
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
             raise ConfigError(f"config file {path} is not valid TOML ({e})") from None
+        except ConfigError as e:  # a field of the file: name the file too
+            raise ConfigError(f"{path}: {e}") from None
     if overrides:
         apply_overrides(cfg, overrides)
     # Saved runs must find these again from any working directory.

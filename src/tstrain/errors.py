@@ -37,3 +37,13 @@ class CorpusError(TstrainError, RuntimeError):
 
 class BusyError(TstrainError, RuntimeError):
     """Another process holds the output dir (``run_lock``); the message names it."""
+
+
+class WriteError(TstrainError, RuntimeError):
+    """A file tstrain writes cannot be written: a full disk, a link at its name, no permission. The message
+    names the path; what was written before it is kept."""
+
+
+class RecordError(TstrainError, ValueError):
+    """A file tstrain wrote and reads back (a manifest, ``metrics.jsonl``, ``summary.json``) is malformed; the
+    message names the file, the field and the fix."""

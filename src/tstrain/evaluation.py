@@ -24,9 +24,10 @@ import torch
 from .data.reader import validation_windows
 from .data.tokens import TokenData
 from .errors import CheckpointError, ConfigError, DataError
-from .model_io import check_model_dir, check_model_tokenizer, load_trained_model, run_settings
+from .model_io import check_model_dir, check_model_tokenizer, check_run_model, load_trained_model, run_settings
 from .model_parts import CausalLMParts
 from .superposition import multi_hot_cross_entropy, next_token_batch
+from .train.device import named_device
 
 
 def _next_token_logits(parts: CausalLMParts, inputs: torch.Tensor) -> torch.Tensor:
@@ -91,6 +92,7 @@ def evaluate(model_dir: str | Path, data_dir: str | Path, seq_len: int = 0, wind
     are the run's own ``train.seq_len`` and ``data.val_windows``, so on the run's data it repeats the
     run's last ``val_loss``; for another model dir, its ``max_position_embeddings`` and 64 windows.
     """
+    named_device(device)
     settings = run_settings(model_dir)
     if settings is not None:
         seq_len, windows = seq_len or settings.train.seq_len, windows or settings.data.val_windows
@@ -138,6 +140,7 @@ def run_lm_eval(
     ``standard_tasks=False`` skips indexing lm-eval's few hundred built-in task folders (faster
     when every task is local). ``limit`` caps the documents per task (a count, or a fraction < 1).
     """
+    named_device(device)
     if batch_size < 1 or (num_fewshot is not None and num_fewshot < 0) or (limit is not None and not limit > 0):
         raise ConfigError(f"--batch-size must be >= 1, --num-fewshot >= 0 and --limit > 0; got {batch_size}, "
                           f"{num_fewshot}, {limit}")
@@ -146,6 +149,7 @@ def run_lm_eval(
         raise CheckpointError(f"{path} is not a Hugging Face model dir; make one with `tstrain export RUN --out DIR`")
     check_model_dir(path)  # lm-eval's loader must find nothing that runs code
     check_model_tokenizer(path)  # nor, in a run's final/, a tokenizer the run did not train with
+    check_run_model(path)  # nor a run's final/ that is not the model the run wrote
     try:
         from lm_eval import simple_evaluate
         from lm_eval.tasks import TaskManager

@@ -10,6 +10,10 @@ Off unless the environment variable is set; the check is one dictionary lookup. 
   manifest is not and it has not been renamed into place.
 - ``prepare``: in ``prepare-data``, when part STEP (counted from 0) is closed: its token files are
   in place under their names, the progress file does not list them yet.
+- ``full-save``: the disk fills while the checkpoint of step STEP is written, after its weights
+  (``OSError`` ENOSPC is raised instead of a kill; in a torchrun job on the rank named, or on all).
+- ``full-model``: the disk fills while a model dir (``final/`` or ``export``'s) is written, after its
+  weights; STEP is 0.
 
 SIGKILL runs no ``finally`` and no ``atexit``: what is left on disk is what a power cut or the
 OOM killer would leave.
@@ -17,11 +21,12 @@ OOM killer would leave.
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 
 ENV = "TSTRAIN_FAULT"
-POINTS = ("step", "save", "prepare")
+POINTS = ("step", "save", "prepare", "full-save", "full-model")
 
 
 def parse(spec: str) -> tuple[str, int, int | None]:
@@ -41,3 +46,13 @@ def maybe_die(point: str, step: int, rank: int = 0) -> None:
     want_point, want_step, want_rank = parse(spec)
     if want_point == point and want_step == step and want_rank in (None, rank):
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def maybe_fill(point: str, step: int = 0, rank: int = 0) -> None:
+    """Raise the ``OSError`` of a full disk if ``TSTRAIN_FAULT`` names this point, step and rank."""
+    spec = os.environ.get(ENV)
+    if not spec:
+        return
+    want_point, want_step, want_rank = parse(spec)
+    if want_point == point and want_step == step and want_rank in (None, rank):
+        raise OSError(errno.ENOSPC, f"No space left on device ({ENV}={spec})")

@@ -21,10 +21,11 @@ import torch
 from .config import Config, load_config
 from .data.tokens import MANIFEST as DATA_MANIFEST
 from .errors import CheckpointError
-from .fileio import read_json, sha256_file
+from .faults import maybe_fill
+from .fileio import atomic_dir, read_json_object, sha256_file, write_text_atomic
 from .models import build_model
 from .train import checkpoint as ckpt
-from .train.run_dir import CHECKPOINTS, FINAL, TOKENIZER
+from .train.run_dir import CHECKPOINTS, FINAL, FINAL_RECORD, TOKENIZER
 from .train.run_dir import CONFIG as RUN_CONFIG
 from .train.run_dir import DATA_IDENTITY as RUN_DATA
 
@@ -55,7 +56,10 @@ def check_model_dir(path: Path) -> None:
     if not any((path / name).is_file() for name in ("model.safetensors", "model.safetensors.index.json")):
         held = ("only a pickled pytorch_model.bin, which tstrain does not load (a pickle can run code)"
                 if (path / "pytorch_model.bin").is_file() else "no model.safetensors")
-        raise CheckpointError(f"{path} holds {held}; export the model as safetensors (`tstrain export RUN --out DIR`)")
+        fix = (f"write it again from the run's last checkpoint with `tstrain train --out {path.parent} --resume`"
+               if path.name == FINAL and (path.parent / RUN_CONFIG).is_file()
+               else "export the model as safetensors (`tstrain export RUN --out DIR`)")
+        raise CheckpointError(f"{path} holds {held}; {fix}")
 
 
 def _from_pretrained(path: Path) -> torch.nn.Module:
@@ -102,7 +106,7 @@ def run_tokenizer(run: Path) -> tuple[Path | None, str | None]:
     The run's own copy (``RUN/tokenizer.json``) first, then its ``final/`` model's; a run made before
     it kept a copy falls back on its data dir's file, if that is still the one recorded in ``data.json``.
     """
-    record = read_json(run / RUN_DATA, CheckpointError, "restore it") if (run / RUN_DATA).is_file() else {}
+    record = read_json_object(run / RUN_DATA, CheckpointError, "restore it") if (run / RUN_DATA).is_file() else {}
     want, eos = record.get("tokenizer_sha256"), record.get("eos_token")
     own = run / TOKENIZER
     if own.is_file():
@@ -132,7 +136,7 @@ def check_model_tokenizer(model_dir: Path) -> None:
     run, own = model_dir.parent, model_dir / TOKENIZER
     if not (run / RUN_CONFIG).is_file() or not (run / RUN_DATA).is_file() or not own.is_file():
         return
-    want = read_json(run / RUN_DATA, CheckpointError, "restore it").get("tokenizer_sha256")
+    want = read_json_object(run / RUN_DATA, CheckpointError, "restore it").get("tokenizer_sha256")
     _refuse_other_tokenizer(own, want, run / RUN_DATA, _FINAL_FIX)
 
 
@@ -204,6 +208,7 @@ def load_trained_model(source: str | Path) -> tuple[torch.nn.Module, Path | None
         run = path.parent if (path.parent / RUN_CONFIG).is_file() else None
         tokenizer, eos = _tokenizer_of(run, path)
         model = _from_pretrained(path)
+        check_run_model(path)  # after the loaders' own checks, which name a cut-short file or a tokenizer
     elif (path / "state.json").is_file():
         ckpt.verify_checkpoint(path)
         run = path.parent.parent
@@ -220,6 +225,33 @@ def load_trained_model(source: str | Path) -> tuple[torch.nn.Module, Path | None
     return model, tokenizer, eos
 
 
+def final_problem(run: Path) -> str | None:
+    """Return how ``RUN/final/`` differs from the sizes and SHA-256s its run recorded (``RUN/final.json``) as it
+    was written (None: it matches, or the run recorded none: a model dir from elsewhere, an older run)."""
+    record = run / FINAL_RECORD
+    if not record.is_file():
+        return None
+    try:
+        ckpt.check_files(run / FINAL, ckpt.manifest_files(record, "restore it"), str(record))
+    except CheckpointError as e:
+        return str(e)
+    return None
+
+
+def check_run_model(model_dir: Path) -> None:
+    """Verify a run's ``final/`` (``verify_final``); any other model dir is read as it is."""
+    if model_dir.name == FINAL and (model_dir.parent / RUN_CONFIG).is_file():
+        verify_final(model_dir.parent)
+
+
+def verify_final(run: Path) -> None:
+    """Raise ``CheckpointError`` if ``RUN/final/`` is not the model its run recorded (``final_problem``)."""
+    problem = final_problem(run)
+    if problem:
+        raise CheckpointError(f"{problem}: write it again from the run's last checkpoint with "
+                              f"`tstrain train --out {run} --resume`")
+
+
 def export(source: str | Path, out: str | Path) -> Path:
     """Write the Hugging Face model dir of ``source`` (run, checkpoint or model dir) to ``out``; return ``out``."""
     out = Path(out)
@@ -234,15 +266,18 @@ def export(source: str | Path, out: str | Path) -> Path:
 
 
 def export_hf(model, out_dir: Path, tokenizer_file: Path | None = None, eos_token: str | None = None,
-              state_dict: dict[str, torch.Tensor] | None = None) -> Path:
+              state_dict: dict[str, torch.Tensor] | None = None, record: Path | None = None) -> Path:
     """Write a Hugging Face model dir (config + safetensors, and tokenizer files when given).
+
+    The dir is written under a temporary name beside ``out_dir`` and renamed into place once complete
+    (``fileio.atomic_dir``): a full disk is one ``WriteError`` naming ``out_dir``, with ``out_dir`` as it was
+    and no partial dir left. ``record`` (``RUN/final.json``) gets each file's size and SHA-256 before the rename.
 
     The EOS token becomes the config's and generation config's ``eos_token_id`` (and pad id), so
     ``generate`` stops at the end of a document; the KV cache is switched back on for inference.
     ``state_dict`` overrides the model's own weights (the gathered weights of a sharded model).
     """
     quiet_transformers()
-    out_dir.mkdir(parents=True, exist_ok=True)
     tok = None
     if tokenizer_file is not None and tokenizer_file.is_file():
         tok = fast_tokenizer(tokenizer_file, eos_token)
@@ -252,9 +287,14 @@ def export_hf(model, out_dir: Path, tokenizer_file: Path | None = None, eos_toke
                 model.generation_config.eos_token_id = tok.eos_token_id
                 model.generation_config.pad_token_id = tok.eos_token_id
     model.config.use_cache = True  # training passes use_cache=False explicitly; inference wants the cache
-    model.save_pretrained(out_dir, safe_serialization=True, state_dict=state_dict)
-    if tok is not None:
-        tok.save_pretrained(out_dir)
+    weights = state_dict.values() if state_dict is not None else model.state_dict().values()
+    with atomic_dir(out_dir, "the model dir", sum(t.numel() * t.element_size() for t in weights)) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
+        maybe_fill("full-model")
+        if tok is not None:
+            tok.save_pretrained(tmp)
+        if record is not None:
+            write_text_atomic(record, json.dumps({"files": ckpt.file_entries(tmp)}, indent=2) + "\n")
     return out_dir
 
 

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .fileio import save_figure, write_text_atomic
+
 
 def entropy_mm(counts: np.ndarray, n: int) -> float:
     """Return the Miller-Madow corrected plug-in entropy (nats) of non-zero ``counts`` summing to ``n``."""
@@ -84,7 +86,7 @@ def plot_mi(d, mi, fit, path) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path)
     plt.close(fig)
 
 
@@ -107,6 +109,6 @@ def run_mi(data_dir, out_dir, max_distance: int = 64, sample_tokens: int = 2_000
               "paper_dclm_fit": {"C0": 3.63, "a": 1.35, "k": -1.25}}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "mi.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_text_atomic(out / "mi.json", json.dumps(result, indent=2) + "\n")
     plot_mi(d, mi, fit, out / "mi.png")
     return result

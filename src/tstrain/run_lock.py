@@ -1,7 +1,8 @@
 """An exclusive lock on an output dir for the life of a job: two processes never write one run.
 
 The lock is the operating system's advisory lock (``fcntl.flock``) on ``.tstrain.lock`` inside the
-dir. The kernel drops it when the holding process ends, however it ends: a SIGKILLed run leaves the
+dir, opened with ``O_NOFOLLOW``: a link at its name is refused, never written through. The kernel drops it
+when the holding process ends, however it ends: a SIGKILLed run leaves the
 file behind but no lock, so ``--resume`` works at once, with no stale lock to delete (a job that
 ends normally removes the file). The holder
 writes its pid and command into the file so that a refused second process can name it. The file
@@ -20,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from .errors import BusyError, ConfigError
+from .fileio import refuse_link
 
 LOCK_NAME = ".tstrain.lock"
 
@@ -37,16 +39,18 @@ def _busy(directory: Path, what: str) -> BusyError:
     pid = who.get("pid")
     name = f"pid {pid}" + (f", `{who['command']}`" if who.get("command") else "") if pid else "pid not recorded"
     stop = f"stop it (kill {pid}) " if pid else "stop it "
+    goes_on = ("a stopped prepare-data continues when run again with the same settings" if what == "data dir"
+               else "a stopped run continues with --resume")
     return BusyError(f"{directory} is in use by another tstrain process ({name}): two jobs writing one {what} would "
-                     f"overwrite each other's files; wait for it to end, or {stop}and run again (a stopped run "
-                     "continues with --resume), or choose another --out")
+                     f"overwrite each other's files; wait for it to end, or {stop}and run again ({goes_on}), "
+                     "or choose another --out")
 
 
 def _open_locked(directory: Path, what: str) -> int:
     """Return a descriptor of the dir's lock file, locked; the file it names is the one on disk now."""
     path = directory / LOCK_NAME
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(refuse_link(path), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)  # never a link's target
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -74,6 +78,7 @@ def locked(directory: str | Path, what: str = "run dir") -> Iterator[Path]:
         directory.mkdir(parents=True, exist_ok=True)
         fd = _open_locked(directory, what)
     except OSError as e:
+        refuse_link(directory / LOCK_NAME)  # a link planted at the lock's name after the check above (ELOOP)
         raise ConfigError(f"cannot write to {directory}: {e.strerror}; choose another --out") from None
     try:
         record = {"pid": os.getpid(), "command": _command()[:300],

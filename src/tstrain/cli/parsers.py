@@ -111,6 +111,7 @@ def _add_data_verbs(sub) -> None:
     p.add_argument("--sources", default=",".join(DEFAULT_SOURCES),
                    help=f"comma-separated sources, of: {', '.join(SOURCES)}")
     p.add_argument("--strict", action="store_true", help="fail if any source cannot be installed")
+    p.add_argument("--no-progress", action="store_true", help="print no line per source installed")
     p.set_defaults(func=verbs.cmd_fetch_corpus)
 
     p = sub.add_parser("mi", help="mutual information between tokens at distance d, its power-law fit and bag weights",
@@ -258,9 +259,20 @@ def _add_model_verbs(sub) -> None:
     p.set_defaults(func=verbs.cmd_lm_eval)
 
 
+def installed_version() -> str:
+    """Return the installed package's version (``unknown`` when run from a source tree never installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("tstrain")
+    except PackageNotFoundError:
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="tstrain",
                                      description="Pre-train language models with Token Superposition Training.")
+    parser.add_argument("--version", action="version", version=f"tstrain {installed_version()}")
     sub = parser.add_subparsers(dest="verb", required=True)
     for add in (_add_data_verbs, _add_training_verbs, _add_experiment_verbs, _add_inspection_verbs, _add_model_verbs):
         add(sub)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ..config import load_config
 from ..errors import ConfigError
+from ..fileio import write_text_atomic
 from ..options import from_text
 
 
@@ -164,7 +165,7 @@ def cmd_verify_data(args: argparse.Namespace) -> int:
 def cmd_fetch_corpus(args: argparse.Namespace) -> int:
     from ..data.corpus import fetch_corpus
 
-    fetch_corpus(args.out, tuple(args.sources.split(",")), strict=args.strict)
+    fetch_corpus(args.out, tuple(args.sources.split(",")), strict=args.strict, progress=not args.no_progress)
     return 0
 
 
@@ -279,5 +280,5 @@ def cmd_lm_eval(args: argparse.Namespace) -> int:
     for task, metric, value, stderr in result_rows(results):
         print(f"{task:24s} {metric:10s} {value:.4f}" + (f" +- {stderr:.4f}" if stderr is not None else ""))
     if args.out:
-        Path(args.out).write_text(json.dumps(results, indent=2, default=str) + "\n")
+        write_text_atomic(Path(args.out), json.dumps(results, indent=2, default=str) + "\n")
     return 0

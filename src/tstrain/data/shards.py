@@ -10,7 +10,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..fileio import open_new, refuse_link, write_failed
 from .tokens import SPLITS, shard_name
+
+_KEPT = "the parts finished before are kept; run the same command again to continue after them"
 
 if TYPE_CHECKING:
     from .encoding import Encoded
@@ -27,9 +30,12 @@ class ShardWriter:
         self.tokens = self.documents = self.top = 0
 
     def write(self, ids: np.ndarray, documents: int, top: int) -> None:
-        if self.file is None:
-            self.file = open(self.tmp, "wb")
-        self.file.write(ids.data)
+        try:
+            if self.file is None:
+                self.file = open_new(self.tmp, "wb")
+            self.file.write(ids.data)
+        except OSError as e:
+            raise write_failed(self.path, e, _KEPT, ids.nbytes) from None
         self.sha.update(ids.data)
         self.tokens += ids.size
         self.documents += documents
@@ -39,16 +45,20 @@ class ShardWriter:
         """Return the shard's manifest entry once it is on disk under its name (None: nothing written)."""
         if self.file is None:
             return None
-        self.file.flush()
-        os.fsync(self.file.fileno())
-        self.file.close()
-        os.replace(self.tmp, self.path)
+        try:
+            self.file.flush()
+            os.fsync(self.file.fileno())
+            self.file.close()
+            os.replace(self.tmp, refuse_link(self.path))
+        except OSError as e:
+            raise write_failed(self.path, e, _KEPT) from None
         return {"file": self.path.name, "tokens": self.tokens, "documents": self.documents,
                 "sha256": self.sha.hexdigest(), "max_token_id": self.top}
 
     def abandon(self) -> None:
         if self.file is not None:
             self.file.close()
+            self.tmp.unlink(missing_ok=True)
 
 
 class Part:

@@ -98,19 +98,56 @@ def _stream_errors() -> tuple[type[Exception], ...]:
     return (EOFError, OSError, zstandard.ZstdError)
 
 
-def _text_documents(p: Path, doc_separator: str | None, stats: TextStats) -> Iterator[str]:
+CHUNK_BYTES = 1 << 24  # a text input is read this much at a time
+MAX_DOCUMENT_CHARS = 1 << 28  # the longest document a text input may hold: what bounds prepare-data's memory
+
+
+def _text_chunks(p: Path, stats: TextStats) -> Iterator[str]:
+    """Yield a text file's text in chunks of about ``CHUNK_BYTES``, decoded as UTF-8 (counted by ``stats``) with
+    line ends as text mode reads them; a ``\\r`` at a chunk's end waits for the next chunk."""
+    import codecs
+
+    decoder, tail, held = codecs.getincrementaldecoder("utf-8")(errors="replace"), b"", ""
     try:
         with _open_bytes(p) as f:
-            raw = f.read()
+            while True:
+                raw = f.read(CHUNK_BYTES)
+                text = decoder.decode(raw, final=not raw)
+                stats.chars += len(text)  # U+FFFD already in the file is text, also across chunk ends
+                stats.replaced += text.count("\ufffd") - ((tail + raw).count(_FFFD) - tail.count(_FFFD))
+                tail = (tail + raw)[-2:]
+                text = held + text
+                held = text[-1:] if raw and text.endswith("\r") else ""
+                text = (text[:-1] if held else text).replace("\r\n", "\n").replace("\r", "\n")
+                if "\x00" in text:
+                    raise DataError(f"{p} holds NUL bytes: it is a binary file, not text; leave it out of --input")
+                yield text
+                if not raw:
+                    return
     except _stream_errors() as e:
         raise _cut_short(p, e) from None
-    text = stats.decode(raw).replace("\r\n", "\n").replace("\r", "\n")  # as text mode reads it
-    if "\x00" in text:
-        raise DataError(f"{p} holds NUL bytes: it is a binary file, not text; leave it out of --input")
-    parts = text.split(doc_separator) if doc_separator else [text]
+
+
+_FFFD = "\ufffd".encode()
+
+
+def _text_documents(p: Path, doc_separator: str | None, stats: TextStats) -> Iterator[str]:
+    """Yield a text file's documents (split at ``doc_separator``), reading it in chunks: memory holds one
+    chunk and the document being read, which may not pass ``MAX_DOCUMENT_CHARS``."""
     stats.text_files += 1
-    stats.separated_files += len(parts) > 1
-    yield from (t for t in parts if t.strip())
+    buffer, split = "", False
+    for text in _text_chunks(p, stats):
+        parts = (buffer + text).split(doc_separator) if doc_separator else [buffer + text]
+        split |= len(parts) > 1
+        buffer = parts.pop()
+        if len(buffer) > MAX_DOCUMENT_CHARS:
+            raise DataError(f"{p} holds a document of more than {MAX_DOCUMENT_CHARS:,} characters"
+                            f"{'' if doc_separator else ' (the whole file: no --doc-separator given)'}; give a "
+                            "--doc-separator that splits it, or cut the file into documents")
+        yield from (t for t in parts if t.strip())
+    stats.separated_files += split
+    if buffer.strip():
+        yield buffer
 
 
 ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}

@@ -162,6 +162,7 @@ class TokenData:
             self.vocab_size = int(self.manifest["vocab_size"])
             self.eos_id = int(self.manifest["eos_id"])
             self.dtype = np.dtype(self.manifest["dtype"])
+            self._check_bounds(mpath)
             self.shards = {name: self._shard_list(name) for name in SPLITS}
             self.train = self._open("train")
             self.val = self._open("val")
@@ -170,6 +171,20 @@ class TokenData:
                 raise
             raise DataError(f"{mpath} lacks or garbles a field ({type(e).__name__}: {e}): the manifest is truncated "
                             "or edited; re-run `tstrain prepare-data`") from None
+
+    def _check_bounds(self, mpath: Path) -> None:
+        """Refuse a manifest whose vocabulary, EOS id or dtype cannot be those of token shards: the vocabulary
+        sizes the model (a vocab_size of 10^12 would ask for terabytes), so it must fit the dtype the ids are in."""
+        if self.dtype.kind != "u" or self.dtype.itemsize not in (2, 4):
+            raise DataError(f"{mpath}: dtype {self.dtype.name!r} is not uint16 or uint32: the manifest was edited; "
+                            "re-run `tstrain prepare-data`")
+        if not 2 <= self.vocab_size <= np.iinfo(self.dtype).max + 1:
+            raise DataError(f"{mpath}: vocab_size {self.vocab_size} is outside 2..{np.iinfo(self.dtype).max + 1}, "
+                            f"what {self.dtype.name} ids can hold: the manifest was edited; "
+                            "re-run `tstrain prepare-data`")
+        if not 0 <= self.eos_id < self.vocab_size:
+            raise DataError(f"{mpath}: eos_id {self.eos_id} is outside the vocabulary of {self.vocab_size}: the "
+                            "manifest was edited; re-run `tstrain prepare-data`")
 
     def _check_tokenizer(self) -> None:
         """Refuse a tokenizer.json that is not the one the tokens were made with."""

@@ -14,7 +14,6 @@ otherwise it is "within noise" / "not resolved".
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,11 +22,11 @@ from typing import Any
 import numpy as np
 
 from ..config import Config
-from ..errors import ConfigError
-from ..fileio import read_json
+from ..errors import ConfigError, RecordError
+from ..fileio import read_json, save_figure
 from ..train.loop import train
 from ..train.metrics import read_jsonl
-from ..train.run_dir import CHECKPOINTS, METRICS, SUMMARY, refuse_reuse
+from ..train.run_dir import CHECKPOINTS, METRICS, SUMMARY, read_summary, refuse_reuse
 
 
 def baseline_of(cfg: Config, lr: float | None = None) -> Config:
@@ -55,14 +54,17 @@ def run_or_reuse(cfg: Config, run_dir: Path, **seams: Any) -> dict[str, Any]:
     summary = run_dir / SUMMARY
     if summary.is_file():
         try:
-            found = json.loads(summary.read_text())
+            found = read_summary(run_dir, "delete it to finish the run again from its last checkpoint")
             print(f"{run_dir.name}: finished earlier, reusing {run_dir}")
             return found
-        except ValueError:  # cut short: the run's final checkpoint writes it again
+        except RecordError as e:
+            if "is not valid JSON" not in str(e):
+                raise
+            # cut short: the run's final checkpoint writes it again
             print(f"{run_dir.name}: {summary} does not parse; finishing the run again from its last checkpoint")
     ckpts = run_dir / CHECKPOINTS
     train(cfg, run_dir, resume=ckpts.is_dir() and any(ckpts.iterdir()), **seams)
-    return json.loads(summary.read_text())
+    return read_summary(run_dir, "run the same command again")
 
 
 def data_record(path: str) -> dict[str, Any] | None:
@@ -388,5 +390,5 @@ def save_step_value_course(fig, ax, ylabel: str, path: Path, legend_size: int) -
     ax.grid(alpha=0.3)
     ax.legend(fontsize=legend_size)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path)
     plt.close(fig)

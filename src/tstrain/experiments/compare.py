@@ -19,10 +19,9 @@ from typing import Any
 
 from ..config import Config
 from ..data.reader import WindowSchedule
-from ..errors import ConfigError
-from ..fileio import read_json
+from ..fileio import save_figure, write_text_atomic
 from ..run_lock import locked
-from ..train.run_dir import SUMMARY
+from ..train.run_dir import read_summary
 from .base import (
     NOT_COMPARABLE,
     baseline_of,
@@ -91,7 +90,7 @@ def analyse(run_dirs: dict[str, Path], switch_step: int, decay: int, warmup: int
     ``equal_loss`` (``ladder.ladder_reading``)."""
     own_lrs = lrs is not None and lrs["baseline"] != lrs["tst"]
     rows = {name: val_rows(d) for name, d in run_dirs.items()}
-    summaries = {name: read_json(d / SUMMARY, ConfigError, "run the same command again to finish that run")
+    summaries = {name: read_summary(d, "run the same command again to finish that run")
                  for name, d in run_dirs.items()}
     base, tst = rows["baseline"], rows["tst"]
     target = base[-1]["val_loss"]
@@ -371,7 +370,7 @@ def plot(run_dirs: dict[str, Path], labels: dict[str, str], switch_step: int, ou
         ax.legend()
         fig.tight_layout()
         path = out / fname
-        fig.savefig(path, dpi=120)
+        save_figure(fig, path)
         plt.close(fig)
         paths.append(path)
     return paths
@@ -402,8 +401,8 @@ def compare(cfg: Config, out_dir: str | Path, equal_data: bool = False, command:
                          {"baseline": runs[0].config.optim.lr, "tst": cfg.optim.lr}, decays if rungs else None)
         result["labels"] = labels
         result["data"] = data_record(cfg.data.path)
-        (out / "comparison.json").write_text(json.dumps(result, indent=2) + "\n")
-        (out / "report.md").write_text(report_markdown(result, labels, command))
+        write_text_atomic(out / "comparison.json", json.dumps(result, indent=2) + "\n")
+        write_text_atomic(out / "report.md", report_markdown(result, labels, command))
         plot(dirs, labels, cfg.switch_step, out)
         _plot_or_remove(plot_ladder, result.get("equal_loss"), out / "equal_loss.png")
         detail = result["phase1_step_value_detail"]

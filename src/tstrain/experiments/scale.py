@@ -25,10 +25,11 @@ from typing import Any
 from ..config import Config, load_config, padded_vocab
 from ..data.tokens import TokenData
 from ..errors import ConfigError
+from ..fileio import save_figure, write_text_atomic
 from ..models import model_info
 from ..options import check
 from ..run_lock import locked
-from ..train.run_dir import CONFIG, SUMMARY
+from ..train.run_dir import CONFIG, SUMMARY, read_summary
 from .base import (
     baseline_of,
     data_line,
@@ -93,8 +94,7 @@ def half_recovery_steps(base: list[dict], tst: list[dict], switch: int) -> float
 def cell_figures(base_dir: Path, tst_dir: Path, cfg: Config, params: int) -> dict[str, Any]:
     """Return the figures of one (size, steps, seed, arm) cell against its baseline."""
     base, tst = val_rows(base_dir), val_rows(tst_dir)
-    b_sum = json.loads((base_dir / SUMMARY).read_text())
-    t_sum = json.loads((tst_dir / SUMMARY).read_text())
+    b_sum, t_sum = (read_summary(d, "run the same command again to finish that run") for d in (base_dir, tst_dir))
     S = cfg.switch_step
     base_lr = load_config(config_file=base_dir / CONFIG).optim.lr
     fit = fit_curve(base, cfg.optim.warmup_steps, decay_start(cfg))
@@ -199,6 +199,19 @@ def equal_loss_of(entry: dict[str, Any], arms: list[str]) -> dict[str, dict[str,
     return {arm: {n: r for n in cells if (r := cell_equal_loss(cells, arm, n)) is not None} for arm in arms}
 
 
+def check_plan(data: str, o: ScaleOptions, overrides: dict | None) -> None:
+    """Build the config of every run the study would train (each size, run length, arm and LR), so that a
+    setting that cannot run (an arm whose ratio rounds to no phase-1 step at some length) is refused before
+    the first run, not after hours of others."""
+    for size in o.sizes:
+        cfg = load_config(size, overrides={**(overrides or {}), "data.path": data})
+        arms = [cfg.with_values({"tst.bag_size": s, "tst.ratio": r}) for s, r in o.arms]
+        for c in [baseline_of(cfg), *arms]:
+            for n in [*o.steps, *([o.tune_steps] if o.lrs else [])]:
+                for lr in o.lrs or (c.optim.lr,):
+                    c.with_values({"train.steps": n, "optim.lr": lr})
+
+
 def scale_study(data: str, out_dir: str | Path, options: ScaleOptions | None = None,
                 overrides: dict | None = None) -> dict[str, Any]:
     """Run the study of ``options`` (``ScaleOptions``) on the prepared data dir ``data`` and write ``scale.json``,
@@ -209,6 +222,7 @@ def scale_study(data: str, out_dir: str | Path, options: ScaleOptions | None = N
     """
     o = options or ScaleOptions()
     check(o, ConfigError)
+    check_plan(data, o, overrides)
     with locked(out_dir, "study dir") as out:
         vocab = TokenData(data).vocab_size
         result: dict[str, Any] = {"data": str(Path(data).resolve()), "data_record": data_record(data),
@@ -234,8 +248,8 @@ def scale_study(data: str, out_dir: str | Path, options: ScaleOptions | None = N
             entry["fits"] = {arm_name(s, r): gap_trend(entry["cells"], arm_name(s, r)) for s, r in o.arms}
             entry["equal_loss"] = equal_loss_of(entry, result["arms"])
             result["sizes"][size] = entry
-            (out / "scale.json").write_text(json.dumps(result, indent=2) + "\n")
-        (out / "scale.md").write_text(scale_markdown(result))
+            write_text_atomic(out / "scale.json", json.dumps(result, indent=2) + "\n")
+        write_text_atomic(out / "scale.md", scale_markdown(result))
         plot_scale(result, out)
         return result
 
@@ -281,8 +295,8 @@ def read_study(out_dir: str | Path, report_dir: str | Path | None = None) -> dic
         entry["fits"] = {arm: gap_trend(entry["cells"], arm) for arm in result["arms"]}
         entry["equal_loss"] = equal_loss_of(entry, result["arms"])
         result["sizes"][size_dir.name] = entry
-    (report / "scale.json").write_text(json.dumps(result, indent=2) + "\n")
-    (report / "scale.md").write_text(scale_markdown(result))
+    write_text_atomic(report / "scale.json", json.dumps(result, indent=2) + "\n")
+    write_text_atomic(report / "scale.md", scale_markdown(result))
     plot_scale(result, report)
     return result
 
@@ -417,7 +431,7 @@ def plot_scale(result: dict[str, Any], out: Path) -> None:
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(out / "scale_gap.png", dpi=120)
+    save_figure(fig, out / "scale_gap.png")
     plt.close(fig)
     plot_course(result, out / "scale_step_value_course.png")
 

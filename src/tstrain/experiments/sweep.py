@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Config
+from ..fileio import save_figure, write_text_atomic
 from ..run_lock import locked
 from .base import (
     NOT_COMPARABLE,
@@ -62,8 +63,8 @@ def sweep(cfg: Config, out_dir: str | Path, bag_sizes: list[int], ratios: list[f
                  "phase1_step_value": {s: {r: values[n]["value"] for r, n in row.items()} for s, row in names.items()},
                  "phase1_step_value_interval": {s: {r: values[n]["interval"] for r, n in row.items()}
                                                 for s, row in names.items()}}
-        (out / "sweep.json").write_text(json.dumps(table, indent=2) + "\n")
-        (out / "sweep.md").write_text(sweep_markdown(table, cfg))
+        write_text_atomic(out / "sweep.json", json.dumps(table, indent=2) + "\n")
+        write_text_atomic(out / "sweep.md", sweep_markdown(table, cfg))
         plot_sweep(table, out)
         return table
 
@@ -166,7 +167,7 @@ def plot_sweep(table: dict[str, Any], out: Path) -> None:
             ax.text(j, i, f"{delta[i, j]:+.3f}", ha="center", va="center", fontsize=8)
     fig.colorbar(im, label="val loss minus baseline (nats)")
     fig.tight_layout()
-    fig.savefig(out / "sweep_heatmap.png", dpi=120)
+    save_figure(fig, out / "sweep_heatmap.png")
     plt.close(fig)
     best_r = rs[int(np.argmin(delta.min(axis=0)))]
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -178,7 +179,7 @@ def plot_sweep(table: dict[str, Any], out: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(out / "sweep_bag_size.png", dpi=120)
+    save_figure(fig, out / "sweep_bag_size.png")
     plt.close(fig)
 
 
@@ -207,7 +208,7 @@ def ablate(cfg: Config, out_dir: str | Path, names: list[str] | None = None,
                       "vs_baseline": gap_reading([s["final_val_loss"] - base], [noise]),
                       "data_tokens": s["data_tokens"], "overrides": table_of.get(n, {"tst.ratio": 0.0})}
                   for n, s in summaries.items()}
-        (out / "ablations.json").write_text(json.dumps(result, indent=2) + "\n")
+        write_text_atomic(out / "ablations.json", json.dumps(result, indent=2) + "\n")
         lines = [f"Ablations at s={cfg.tst.bag_size}, r={cfg.tst.ratio}, {cfg.train.steps} steps, "
                  f"switch at step {switch} (next-token val loss; lower is better; vs baseline with the 95% "
                  f"half-width from the evaluation noise of the baseline's curve, "
@@ -225,7 +226,7 @@ def ablate(cfg: Config, out_dir: str | Path, names: list[str] | None = None,
                 else _value(r["phase1_step_value"], r["phase1_step_value_interval"]))
             vs = "" if n == "baseline" else _gap(r["vs_baseline"])
             lines.append(f"| {n} | {ov} | {at} | {r['final_val_loss']:.4f} | {vs} | {value} | {r['data_tokens']:,} |")
-        (out / "ablations.md").write_text("\n".join(lines) + "\n")
+        write_text_atomic(out / "ablations.md", "\n".join(lines) + "\n")
         plot_ablations(vals, switch, out / "ablations.png")
         return result
 
@@ -252,5 +253,5 @@ def plot_ablations(vals: dict[str, list[dict[str, Any]]], switch: int, path: Pat
     axes[1].set_title(f"from the switch (step {switch})")
     axes[1].legend(fontsize=8, ncol=2)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path)
     plt.close(fig)

@@ -28,8 +28,8 @@ from typing import Any
 import torch
 
 from ..errors import CheckpointError
-from ..faults import maybe_die
-from ..fileio import sha256_file
+from ..faults import maybe_die, maybe_fill
+from ..fileio import free_space, read_json_object, refuse_link, sha256_file
 
 PREFIX = "step-"
 MANIFEST = "manifest.json"
@@ -63,30 +63,46 @@ def set_rng_state(state: dict[str, torch.Tensor]) -> None:
 
 
 def save_checkpoint(root: Path, step: int, model, optimizer, state: dict[str, Any]) -> Path:
-    """Write the checkpoint for ``step`` completed steps atomically; return its directory."""
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = _fresh_tmp(root, step, os.getpid())
-    try:
-        from safetensors.torch import save_model  # the [hf] extra
+    """Write the checkpoint for ``step`` completed steps atomically; return its directory.
 
+    A failed write (a full disk: ``OSError``, safetensors' ``SafetensorError``, torch's zip writer's
+    ``RuntimeError``) removes the temporary dir and raises one ``CheckpointError`` naming the dir, the free
+    space and about what the checkpoint needs; the earlier checkpoints are untouched."""
+    from safetensors import SafetensorError  # the [hf] extra
+    from safetensors.torch import save_model
+
+    try:
+        refuse_link(root)
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = _fresh_tmp(root, step, os.getpid())
+    except OSError as e:
+        raise _not_written(root, step, e, model) from None
+    try:
         save_model(model, str(tmp / "model.safetensors"))
+        maybe_fill("full-save", step)
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(rng_state(), tmp / "rng.pt")
         maybe_die("save", step)
         return _complete(root, tmp, step, state)
-    except (OSError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError of its zip writer
+    except (OSError, RuntimeError, SafetensorError) as e:  # torch.save: a full disk is its zip writer's RuntimeError
         shutil.rmtree(tmp, ignore_errors=True)
-        free = shutil.disk_usage(root).free / 2**20
-        raise CheckpointError(
-            f"could not write the checkpoint of step {step} under {root} ({str(e).splitlines()[0][:200]}; "
-            f"{free:,.0f} MiB free there); the earlier checkpoints are kept. Free space (or lower "
-            "train.keep_checkpoints) and continue with --resume"
-        ) from None
+        raise _not_written(root, step, e, model) from None
+
+
+def _not_written(root: Path, step: int, e: BaseException, model) -> CheckpointError:
+    needed = 3 * sum(p.numel() * p.element_size() for p in model.parameters())  # weights and AdamW's two moments
+    return CheckpointError(
+        f"could not write the checkpoint of step {step} under {root} ({str(e).splitlines()[0][:200]}; "
+        f"{free_space(root)}, about {needed / 2**20:,.1f} MiB needed); the earlier checkpoints are kept. Free space "
+        "(or lower train.keep_checkpoints) and continue with --resume"
+    )
 
 
 def _fresh_tmp(root: Path, step: int, tag: int) -> Path:
     tmp = root / f".tmp-{PREFIX}{step:08d}-{tag}"
-    if tmp.exists():
+    if tmp.is_symlink():
+        tmp.unlink()
+    elif tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
     return tmp
@@ -115,7 +131,7 @@ def _complete(root: Path, tmp: Path, step: int, state: dict[str, Any], hashed: d
     _fsync_file(tmp / MANIFEST)
     for d in [p for p in tmp.rglob("*") if p.is_dir()] + [tmp]:
         _fsync_dir(d)
-    if final.exists():  # re-writing the same step (e.g. after a resume): replace it whole
+    if refuse_link(final).exists():  # re-writing the same step (e.g. after a resume): replace it whole
         shutil.rmtree(final)
     os.replace(tmp, final)
     _fsync_dir(root)
@@ -129,6 +145,7 @@ def save_sharded_checkpoint(root: Path, step: int, model, optimizer, state: dict
     after a barrier, so a process killed mid-write leaves no manifest and no ``step-*`` name.
     """
     import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
     name = None
@@ -136,9 +153,19 @@ def save_sharded_checkpoint(root: Path, step: int, model, optimizer, state: dict
         root.mkdir(parents=True, exist_ok=True)
         name = str(_fresh_tmp(root, step, os.getpid()))
     tmp = Path(ctx.agree(name))  # also a barrier: the directory exists before anyone writes into it
-    model_sd, optim_sd = get_state_dict(model, optimizer)
-    dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=tmp / DCP_DIR)
-    torch.save(rng_state(), tmp / f"rng-{ctx.rank}.pt")
+    failed = None
+    try:
+        model_sd, optim_sd = get_state_dict(model, optimizer)
+        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=tmp / DCP_DIR)
+        maybe_fill("full-save", step, ctx.rank)
+        torch.save(rng_state(), tmp / f"rng-{ctx.rank}.pt")
+    except (OSError, RuntimeError, CheckpointException) as e:  # DCP raises one process's failed write on every one
+        failed = e
+    failures = [f for f in ctx.gather(str(failed).splitlines()[0][:200] if failed else None) if f]
+    if failures:  # every process stops here, the same way; rank 0 removes the partial checkpoint
+        if ctx.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise _not_written(root, step, RuntimeError(failures[0]), model)
     maybe_die("save", step, ctx.rank)
     # Each process fsyncs and hashes the files it wrote (its DCP shards, its RNG state), so the
     # manifest of a large checkpoint costs one shard's hashing, not the whole model's, on rank 0.
@@ -152,25 +179,50 @@ def save_sharded_checkpoint(root: Path, step: int, model, optimizer, state: dict
     return final
 
 
-def verify_checkpoint(path: Path) -> dict[str, Any]:
-    """Return the checkpoint's state.json after checking every file against the manifest."""
-    mpath = path / MANIFEST
-    if not mpath.is_file():
-        raise CheckpointError(f"{path} has no {MANIFEST}: it was never completed")
-    try:
-        manifest = json.loads(mpath.read_text())
-    except json.JSONDecodeError:
-        raise CheckpointError(f"{mpath} is not valid JSON") from None
-    for name, meta in manifest["files"].items():
+def manifest_files(mpath: Path, fix: str) -> dict[str, dict[str, Any]]:
+    """Return the ``files`` of a manifest (``{name: {"bytes": int, "sha256": str}}``), refusing with
+    ``CheckpointError`` a file that is not that shape, naming the file and the field, or a name outside its dir."""
+    files = read_json_object(mpath, CheckpointError, fix).get("files")
+    if not isinstance(files, dict):
+        raise CheckpointError(f"{mpath} has no 'files' object (the size and SHA-256 of each file): it was edited; "
+                              f"{fix}")
+    for name, meta in files.items():
+        if not (isinstance(meta, dict) and type(meta.get("bytes")) is int and isinstance(meta.get("sha256"), str)):
+            raise CheckpointError(f"{mpath}: files.{name} is not {{\"bytes\": int, \"sha256\": str}}: it was "
+                                  f"edited; {fix}")
+        if Path(name).is_absolute() or ".." in Path(name).parts:
+            raise CheckpointError(f"{mpath}: files.{name} names a file outside {mpath.parent}: it was edited; {fix}")
+    return files
+
+
+def check_files(path: Path, files: dict[str, dict[str, Any]], what: str) -> None:
+    """Raise ``CheckpointError`` unless every file of ``files`` (``manifest_files``) is in ``path`` with its
+    recorded size and SHA-256; ``what`` is the record's name."""
+    for name, meta in files.items():
         f = path / name
         if not f.is_file():
             raise CheckpointError(f"{path}: {name} is missing")
         if f.stat().st_size != meta["bytes"]:
             raise CheckpointError(f"{path}: {name} has {f.stat().st_size} bytes, "
-                                  f"the manifest says {meta['bytes']} (truncated)")
+                                  f"{what} says {meta['bytes']} (truncated)")
         if sha256_file(f) != meta["sha256"]:
-            raise CheckpointError(f"{path}: {name} does not match its SHA-256 in the manifest (corrupt)")
-    return json.loads((path / "state.json").read_text())
+            raise CheckpointError(f"{path}: {name} does not match its SHA-256 in {what} (corrupt)")
+
+
+def file_entries(path: Path) -> dict[str, dict[str, Any]]:
+    """Return the size and SHA-256 of every file under ``path``, by relative name (what ``check_files`` checks)."""
+    return {f.relative_to(path).as_posix(): {"bytes": f.stat().st_size, "sha256": sha256_file(f)}
+            for f in sorted(path.rglob("*")) if f.is_file()}
+
+
+def verify_checkpoint(path: Path) -> dict[str, Any]:
+    """Return the checkpoint's state.json after checking every file against the manifest."""
+    mpath = path / MANIFEST
+    if not mpath.is_file():
+        raise CheckpointError(f"{path} has no {MANIFEST}: it was never completed")
+    fix = "the checkpoint cannot be trusted; delete it to resume from the one before"
+    check_files(path, manifest_files(mpath, fix), "the manifest")
+    return read_json_object(path / "state.json", CheckpointError, fix)
 
 
 def list_checkpoints(root: Path) -> list[Path]:

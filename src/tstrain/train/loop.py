@@ -31,7 +31,7 @@ from ..evaluation import validation_loss
 from ..faults import maybe_die
 from ..fileio import write_text_atomic
 from ..loss import TSTLoss
-from ..model_io import export_hf
+from ..model_io import export_hf, final_problem
 from ..model_parts import CausalLMParts
 from ..models import build_model, flops_per_position
 from ..schedule import SequenceGroup
@@ -44,6 +44,7 @@ from .optim import lr_at, make_optimizer, reinitialise_embeddings
 from .run_dir import (
     CHECKPOINTS,
     FINAL,
+    FINAL_RECORD,
     SUMMARY,
     TOKENIZER,
     locked,
@@ -201,6 +202,9 @@ class Trainer:
             refuse_restart(self.run)
             return None
         refuse_resume(self.run, self.cfg, self.data)
+        problem = final_problem(self.run) if self.ctx.is_main and (self.run / FINAL).is_dir() else None
+        if problem:
+            print(f"{problem}: this run writes {self.run / FINAL} again when it ends")
         found = self.ctx.agree(ckpt.latest_good_checkpoint(self.ckpt_root) if self.ctx.is_main else None)
         if found is not None:
             refuse_checkpoint(found[0], TrainState.from_dict(found[1]).reader_order, found[1].get("config"), self.cfg)
@@ -324,7 +328,8 @@ class Trainer:
                       f"{self.state.skipped_steps} skipped so far")
         else:
             raise TrainingError(
-                f"{problem}; the last good checkpoint under {self.ckpt_root} is kept. Lower optim.lr, raise "
+                f"{problem}; the last good checkpoint under {self.ckpt_root} is kept. Lower this run's learning rate "
+                f"({self.cfg.optim.lr:g}: --lr, or --baseline-lr for a comparison's baseline), raise "
                 "optim.warmup_steps or check the data; train.skip_nonfinite=true skips such steps instead"
             )
         self.optimizer.zero_grad(set_to_none=True)
@@ -426,7 +431,8 @@ class Trainer:
         summary = RunSummary(self.run, last_val, self.cfg.train.steps, self.cfg.switch_step, s.data_tokens, s.flops,
                              self.elapsed(), s.skipped_steps, *self.loss_path)
         if self.ctx.is_main:
-            export_hf(self.model, self.run / FINAL, self.run / TOKENIZER, self.data.manifest.get("eos_token"), weights)
+            export_hf(self.model, self.run / FINAL, self.run / TOKENIZER, self.data.manifest.get("eos_token"), weights,
+                      record=self.run / FINAL_RECORD)
             write_text_atomic(self.run / SUMMARY, json.dumps(summary.to_dict(), indent=2) + "\n")
         return summary
 

@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+from ..errors import RecordError
+from ..fileio import open_new, refuse_link, write_failed, write_text_atomic
 from .run_dir import METRICS, TENSORBOARD, WANDB_ID
 
 # Dense bf16 peak FLOP/s of common accelerators (vendor datasheets, without sparsity).
@@ -41,16 +43,25 @@ def device_peak_flops(device: torch.device, configured: float = 0.0) -> float:
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    """Return the rows of a JSONL file, without a partial last line that a killed writer may leave."""
-    with open(path) as f:
+    """Return the rows of a JSONL file of metrics, without a partial last line that a killed writer may leave.
+
+    Every row is an object with an integer ``step``; a garbled line before the last (an edit, not a kill) raises
+    ``RecordError`` naming the file and the line."""
+    with open(path, "rb") as f:
         lines = [line for line in f if line.strip()]
     rows = []
     for n, line in enumerate(lines):
         try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            if n < len(lines) - 1:
-                raise
+            row = json.loads(line)
+        except ValueError as e:  # JSON or UTF-8
+            if n == len(lines) - 1:
+                break
+            raise RecordError(f"{path}:{n + 1} is not valid JSON ({e}): the file was edited; remove that line "
+                              "(or restore the file) and run again") from None
+        if not isinstance(row, dict) or type(row.get("step")) is not int:
+            raise RecordError(f"{path}:{n + 1} is not a metrics row (an object with an integer 'step'): the file "
+                              "was edited; remove that line (or restore the file) and run again")
+        rows.append(row)
     return rows
 
 
@@ -75,13 +86,14 @@ class MetricsLog:
         self.file = self.tb = self.wb = None
         if not enabled:  # processes other than rank 0 of a torchrun job write nothing
             return
+        refuse_link(self.path)
         if resume_step is not None and self.path.exists():
             # Rows past the checkpoint are logged again by the resumed run: drop them.
             kept = [r for r in read_jsonl(self.path) if r["step"] <= resume_step]
-            self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+            write_text_atomic(self.path, "".join(json.dumps(r) + "\n" for r in kept))
         elif resume_step is None and self.path.exists():
             self.path.unlink()
-        self.file = open(self.path, "a")
+        self.file = open_new(self.path, "a")
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -92,8 +104,12 @@ class MetricsLog:
     def write(self, row: dict[str, Any]) -> None:
         if self.file is None:
             return
-        self.file.write(json.dumps(json_safe(row)) + "\n")
-        self.file.flush()
+        try:
+            self.file.write(json.dumps(json_safe(row)) + "\n")
+            self.file.flush()
+        except OSError as e:
+            raise write_failed(self.path, e, "the rows and checkpoints written before are kept; continue with "
+                               "--resume") from None
         scalars = {k: v for k, v in row.items() if k != "step" and isinstance(v, (int, float))}
         if self.tb is not None:
             for key, value in scalars.items():
@@ -121,7 +137,7 @@ def open_wandb_run(run_dir: Path, settings: dict[str, Any], resumed: bool):
                           "(or set log.wandb=false)") from None
     id_file = run_dir / WANDB_ID
     run_id = id_file.read_text().strip() if resumed and id_file.is_file() else secrets.token_hex(6)
-    id_file.write_text(run_id + "\n")
+    write_text_atomic(id_file, run_id + "\n")
     return wandb.init(project=settings["project"], name=settings["name"], id=run_id, resume="allow",
                       config=settings["config"], dir=str(run_dir))
 

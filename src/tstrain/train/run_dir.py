@@ -3,7 +3,8 @@
 ``RUN/`` holds ``config.toml`` (the full resolved config), ``data.json`` (which data: their identity, where
 they were, the reader's order, the EOS token), ``tokenizer.json`` (the run's own copy of its data's
 tokenizer), ``metrics.jsonl`` (with ``tensorboard/`` and ``wandb_id`` when asked), ``checkpoints/step-N/``,
-and once finished ``final/`` (a Hugging Face model dir) and ``summary.json``; ``.tstrain.lock`` while a job
+and once finished ``final/`` (a Hugging Face model dir), ``final.json`` (its files' sizes and SHA-256s, checked
+by every reader of ``final/``) and ``summary.json``; ``.tstrain.lock`` while a job
 writes it (``run_lock``).
 
 A saved run differs from a config in three ways (``differences``): its settings, its data, the order its
@@ -27,8 +28,8 @@ from .. import run_lock
 from ..config import Config, resume_differences
 from ..data.reader import FIRST_READER_ORDER, READER_ORDER
 from ..data.tokens import TokenData
-from ..errors import CheckpointError, ConfigError, DataError, TstrainError
-from ..fileio import read_json, sha256_file, write_text_atomic
+from ..errors import CheckpointError, ConfigError, DataError, RecordError, TstrainError
+from ..fileio import fresh_tmp, open_new, read_json_object, refuse_link, sha256_file, write_failed, write_text_atomic
 from . import checkpoint as ckpt
 from . import distributed
 
@@ -40,12 +41,23 @@ TENSORBOARD = "tensorboard"
 WANDB_ID = "wandb_id"
 CHECKPOINTS = "checkpoints"
 FINAL = "final"
+FINAL_RECORD = "final.json"  # the size and SHA-256 of each file of final/, written as final/ is put in place
 SUMMARY = "summary.json"
 
 
 # ----------------------------------------------------------------------------------------------
 # The record
 # ----------------------------------------------------------------------------------------------
+
+
+NAMES = (CONFIG, DATA_IDENTITY, TOKENIZER, METRICS, TENSORBOARD, WANDB_ID, CHECKPOINTS, FINAL, FINAL_RECORD, SUMMARY)
+
+
+def refuse_links(run: Path) -> None:
+    """Refuse a run dir with a symbolic link at any name the run writes (``fileio.refuse_link``), before it
+    writes anything: a ``final`` linked to another run's ``final/`` would overwrite that run's model."""
+    for name in (*NAMES, f".{FINAL}.tmp"):
+        refuse_link(run / name)
 
 
 def write_record(run: Path, cfg: Config, data: TokenData) -> None:
@@ -55,6 +67,7 @@ def write_record(run: Path, cfg: Config, data: TokenData) -> None:
     written (read in the first order), never one killed between the two writes.
     """
     run.mkdir(parents=True, exist_ok=True)
+    refuse_links(run)
     identity = {**data.identity, "path": str(data.path.resolve()), "reader_order": READER_ORDER,
                 "eos_token": data.manifest.get("eos_token")}
     write_text_atomic(run / DATA_IDENTITY, json.dumps(identity, indent=2) + "\n")
@@ -68,15 +81,36 @@ def keep_tokenizer(data: TokenData, run: Path) -> None:
     own = run / TOKENIZER
     if own.is_file() and sha256_file(own) == data.manifest.get("tokenizer_sha256"):
         return
-    tmp = own.with_name(f".{own.name}.tmp")
-    shutil.copyfile(data.path / "tokenizer.json", tmp)
-    os.replace(tmp, own)
+    tmp = fresh_tmp(refuse_link(own))
+    try:
+        with open(data.path / "tokenizer.json", "rb") as src, open_new(tmp, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+        os.replace(tmp, own)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise write_failed(own, e, "the run's files as they were are kept") from None
 
 
 def data_differences(was: dict[str, Any], now: dict[str, Any]) -> list[str]:
     """Return the identity fields (``TokenData.identity``) in which a run's recorded data (``data.json``)
     differ from ``now``'s; the path is not one of them (a moved copy is the same data)."""
     return [k for k in now if k in was and was[k] != now[k]]
+
+
+SUMMARY_FIELDS = {"final_val_loss": (int, float), "steps": int, "switch_step": int, "data_tokens": int,
+                  "flops": (int, float), "wall_time": (int, float)}
+
+
+def read_summary(run: Path, fix: str) -> dict[str, Any]:
+    """Return ``RUN/summary.json``, refusing with ``RecordError`` one that is not an object whose figures
+    (``SUMMARY_FIELDS``, where given) are numbers, naming the file, the field and ``fix``."""
+    path = run / SUMMARY
+    found = read_json_object(path, RecordError, fix)
+    for name, kind in SUMMARY_FIELDS.items():
+        value = found.get(name)
+        if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
+            raise RecordError(f"{path}: {name} is {value!r}, not a number: the file was edited; {fix}")
+    return found
 
 
 # ----------------------------------------------------------------------------------------------
@@ -119,7 +153,7 @@ def differences(run: Path, cfg: Config, data: TokenData, fix: str) -> Difference
         return Differences([], [], None, None)
     settings = resume_differences(saved, cfg.resolved_for(data.vocab_size)) if saved else []
     if recorded:
-        was = read_json(run / DATA_IDENTITY, DataError, fix)
+        was = read_json_object(run / DATA_IDENTITY, DataError, fix)
         data_was, differ = was.get("path"), data_differences(was, data.identity)
     else:
         was, data_was = {}, saved.get("data", {}).get("path")
