@@ -179,3 +179,20 @@ def test_every_module_sits_on_its_floor_of_the_architecture_table():
     upward = [f"{m} (floor {floors[m]}) imports {d} (floor {floors[d]})"
               for m in floors for d in g[m] if floors[d] >= floors[m] and (m, d) not in WITHIN_FLOOR]
     assert upward == []
+
+
+def test_the_trainer_is_one_layer_nothing_it_imports_imports_it_back():
+    g = graph()
+    trainer = {m for m in g if m.startswith("train.")}
+
+    def reached(start: str) -> set[str]:
+        seen, todo = set(), [start]
+        while todo:
+            for nxt in g.get(todo.pop(), ()):
+                if nxt not in seen:
+                    seen.add(nxt)
+                    todo.append(nxt)
+        return seen
+
+    outside = set().union(*(g[m] for m in trainer)) - trainer  # what the trainer stands on
+    assert {m: sorted(reached(m) & trainer) for m in outside if reached(m) & trainer} == {}

@@ -190,7 +190,7 @@ def test_train_refuses_nothing_new_for_an_ordinary_run(tiny_cfg, tmp_path):
 
 
 def test_resume_names_a_changed_final_and_writes_it_again(finished, data_dir, tmp_path, capsys):
-    from tstrain.model_io import final_problem
+    from tstrain.train.model_dir import final_problem
 
     run = shutil.copytree(finished, tmp_path / "run")
     (run / "final" / "config.json").write_text((run / "final" / "config.json").read_text() + " ")

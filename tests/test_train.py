@@ -10,11 +10,11 @@ from safetensors.torch import load_file
 
 from tstrain.config import ConfigError
 from tstrain.errors import TrainingError
-from tstrain.evaluation import validation_loss
 from tstrain.schedule import wsd_lr
 from tstrain.train.loop import train
 from tstrain.train.metrics import read_jsonl
 from tstrain.train.optim import lr_at
+from tstrain.train.validation import validation_loss
 
 TIMING_KEYS = {"wall_time", "tokens_per_s", "positions_per_s", "mfu"}
 

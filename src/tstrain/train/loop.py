@@ -27,11 +27,9 @@ from ..config import Config
 from ..data.reader import FIRST_READER_ORDER, READER_ORDER, validation_windows
 from ..data.tokens import TokenData
 from ..errors import CheckpointError, ConfigError, TrainingError
-from ..evaluation import validation_loss
 from ..faults import maybe_die
 from ..fileio import write_text_atomic
 from ..loss import TSTLoss
-from ..model_io import export_hf, final_problem
 from ..model_parts import CausalLMParts
 from ..models import build_model, flops_per_position
 from ..schedule import SequenceGroup
@@ -40,6 +38,7 @@ from . import checkpoint as ckpt
 from . import distributed
 from .device import autocast_for, resolve_device
 from .metrics import MetricsLog, Progress, device_peak_flops
+from .model_dir import export_hf, final_problem
 from .optim import lr_at, make_optimizer, reinitialise_embeddings
 from .run_dir import (
     CHECKPOINTS,
@@ -54,6 +53,7 @@ from .run_dir import (
     refuse_unverified,
     write_record,
 )
+from .validation import validation_loss
 
 # ----------------------------------------------------------------------------------------------
 # Losses of a step
