@@ -42,19 +42,10 @@ EXTRA_OF = {"transformers": "hf", "safetensors": "hf", "tomli_w": "hf", "tqdm": 
             "pyarrow": "data", "matplotlib": "plots", "tensorboard": "tb", "wandb": "wandb", "lm_eval": "eval"}
 
 
-TRAINING = ("transformers", "safetensors", "tomli_w", "tqdm")
-# The optional packages each verb needs, checked before it starts (so an experiment does not fail
-# at its plots after hours of training).
-NEEDS = {"train": TRAINING, "compare": (*TRAINING, "matplotlib"), "sweep": (*TRAINING, "matplotlib"),
-         "ablate": (*TRAINING, "matplotlib"), "scale": (*TRAINING, "matplotlib"), "mi": ("matplotlib",),
-         "prepare-data": ("tokenizers", "tqdm"), "export": ("transformers", "safetensors"),
-         "generate": ("transformers", "safetensors"), "eval": ("transformers", "safetensors"),
-         "lm-eval": ("lm_eval", "transformers", "safetensors")}  # [eval] brings all three
-
-
-def check_extras(verb: str) -> None:
-    """Raise ModuleNotFoundError for the first optional package ``verb`` needs that is not installed."""
-    for package in NEEDS.get(verb, ()):
+def check_extras(needs: tuple[str, ...]) -> None:
+    """Raise ModuleNotFoundError for the first of a verb's optional packages (its parser's ``needs``) that is
+    not installed, so an experiment does not fail at its plots after hours of training."""
+    for package in needs:
         if importlib.util.find_spec(package) is None:
             raise ModuleNotFoundError(f"No module named {package!r}", name=package)
 
@@ -81,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if main_thread else None
     try:
-        check_extras(args.verb)
+        check_extras(args.needs)
         code = args.func(args)
         sys.stdout.flush()  # a closed pipe shows here, inside the handlers below, not at exit
         return code

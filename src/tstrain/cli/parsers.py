@@ -22,6 +22,10 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}; see `{self.prog} --help`\n")
 
 
+# The optional packages the training verbs need (each verb's ``needs``, checked before it starts).
+TRAINING = ("transformers", "safetensors", "tomli_w", "tqdm")
+
+
 def finite(text: str) -> float:
     """Return a flag's value as a finite float (argparse type): nan and inf are refused."""
     try:
@@ -96,7 +100,7 @@ def _add_data_verbs(sub) -> None:
                    help=".txt, .jsonl (.gz, .zst) or .parquet files, Hugging Face datasets dirs, dirs or globs of them")
     p.add_argument("--out", required=True, help="output data dir")
     add_options(p, PrepareOptions)
-    p.set_defaults(func=verbs.cmd_prepare_data)
+    p.set_defaults(func=verbs.cmd_prepare_data, needs=("tokenizers", "tqdm"))
 
     p = sub.add_parser("verify-data",
                        help="read every token of a data dir: ids inside the vocabulary, hashes as written")
@@ -121,7 +125,7 @@ def _add_data_verbs(sub) -> None:
     p.add_argument("--max-distance", type=int, default=64)
     p.add_argument("--sample-tokens", type=int, default=2_000_000, help="training tokens the estimate reads")
     p.add_argument("--bag-size", type=int, default=8, help="s for the printed weights")
-    p.set_defaults(func=verbs.cmd_mi)
+    p.set_defaults(func=verbs.cmd_mi, needs=("matplotlib",))
 
 
 def _add_training_verbs(sub) -> None:
@@ -129,7 +133,7 @@ def _add_training_verbs(sub) -> None:
     p = sub.add_parser("train", help="train through phase 1 (superposition) and phase 2 (next token)")
     p.add_argument("--resume", action="store_true", help="continue from the newest good checkpoint in --out")
     _add_run_flags(p, "run dir: config.toml, metrics.jsonl, checkpoints/, final/")
-    p.set_defaults(func=verbs.cmd_train)
+    p.set_defaults(func=verbs.cmd_train, needs=TRAINING)
 
 
 def _add_baseline_lr(p: argparse.ArgumentParser, which: str) -> None:
@@ -153,14 +157,14 @@ def _add_experiment_verbs(sub) -> None:
                    help="the ladder's lengths, as multiples of --steps (with --equal-loss)")
     p.add_argument("--command", help=argparse.SUPPRESS)
     _add_run_flags(p, "comparison dir: baseline/, tst/, report.md, comparison.json, *.png")
-    p.set_defaults(func=verbs.cmd_compare)
+    p.set_defaults(func=verbs.cmd_compare, needs=(*TRAINING, "matplotlib"))
 
     p = sub.add_parser("sweep", help="the s x r grid plus the baseline: a table of final val loss and plots")
     p.add_argument("--bag-sizes", default="2,4,8", help="comma-separated s values")
     p.add_argument("--ratios", default="0.2,0.3,0.4", help="comma-separated r values")
     _add_baseline_lr(p, "the baseline")
     _add_run_flags(p, "sweep dir: one run dir each, sweep.md, sweep.json, *.png")
-    p.set_defaults(func=verbs.cmd_sweep)
+    p.set_defaults(func=verbs.cmd_sweep, needs=(*TRAINING, "matplotlib"))
 
     from ..experiments.plans import ABLATIONS
 
@@ -168,7 +172,7 @@ def _add_experiment_verbs(sub) -> None:
     p.add_argument("--runs", help=f"comma-separated subset of: {', '.join(ABLATIONS)} (default: all)")
     _add_baseline_lr(p, "the baseline")
     _add_run_flags(p, "ablation dir: one run dir each, ablations.md, ablations.json")
-    p.set_defaults(func=verbs.cmd_ablate)
+    p.set_defaults(func=verbs.cmd_ablate, needs=(*TRAINING, "matplotlib"))
 
     from ..experiments.plans import ScaleOptions
 
@@ -179,7 +183,7 @@ def _add_experiment_verbs(sub) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                    help="set a config field in every run")
-    p.set_defaults(func=verbs.cmd_scale)
+    p.set_defaults(func=verbs.cmd_scale, needs=(*TRAINING, "matplotlib"))
 
 
 def _add_inspection_verbs(sub) -> None:
@@ -214,7 +218,7 @@ def _add_model_verbs(sub) -> None:
     p.add_argument("source",
                    help="a run dir (its final/ model or newest checkpoint), RUN/checkpoints/step-N, or a model dir")
     p.add_argument("--out", required=True, help="new output dir")
-    p.set_defaults(func=verbs.cmd_export)
+    p.set_defaults(func=verbs.cmd_export, needs=("transformers", "safetensors"))
 
     p = sub.add_parser("generate", help="sample text from a model dir with transformers' generate",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -226,7 +230,7 @@ def _add_model_verbs(sub) -> None:
     p.add_argument("--top-p", type=finite, default=1.0, help="nucleus sampling: smallest set of tokens with this mass")
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
     p.add_argument("--device", default="cpu")
-    p.set_defaults(func=verbs.cmd_generate)
+    p.set_defaults(func=verbs.cmd_generate, needs=("transformers", "safetensors"))
 
     p = sub.add_parser("eval", help="next-token loss and perplexity on a data dir's validation split",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -239,7 +243,7 @@ def _add_model_verbs(sub) -> None:
                         "(0: a run's data.val_windows, so it repeats the run's val_loss; else 64)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default="cpu")
-    p.set_defaults(func=verbs.cmd_eval)
+    p.set_defaults(func=verbs.cmd_eval, needs=("transformers", "safetensors"))
 
     p = sub.add_parser("lm-eval",
                        help="downstream tasks with lm-eval-harness (optional extra: pip install 'tstrain[eval]')",
@@ -256,7 +260,7 @@ def _add_model_verbs(sub) -> None:
     p.add_argument("--local-only", action="store_true",
                    help="index only local tasks, not lm-eval's built-in ones (faster)")
     p.add_argument("--out", help="also write the results as JSON here")
-    p.set_defaults(func=verbs.cmd_lm_eval)
+    p.set_defaults(func=verbs.cmd_lm_eval, needs=("lm_eval", "transformers", "safetensors"))
 
 
 def installed_version() -> str:
@@ -273,6 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="tstrain",
                                      description="Pre-train language models with Token Superposition Training.")
     parser.add_argument("--version", action="version", version=f"tstrain {installed_version()}")
+    parser.set_defaults(needs=())  # each verb's parser names the optional packages it needs (``needs``)
     sub = parser.add_subparsers(dest="verb", required=True)
     for add in (_add_data_verbs, _add_training_verbs, _add_experiment_verbs, _add_inspection_verbs, _add_model_verbs):
         add(sub)
