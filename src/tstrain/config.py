@@ -60,6 +60,11 @@ class ModelConfig:
     router_aux_loss_coef: float = knob(0.001, "weight of the router load-balancing loss (MoE only)")
     config_file: str = knob("", "a Hugging Face config.json; when set it defines the architecture")
 
+    def vocab_for(self, data_vocab_size: int) -> int:
+        """Return the vocabulary a model on data of ``data_vocab_size`` ids has: ``vocab_size``, or the data's
+        rounded up to ``pad_vocab_multiple``."""
+        return self.vocab_size or padded_vocab(data_vocab_size, self.pad_vocab_multiple)
+
     def rules(self) -> list[tuple[bool, str]]:
         return [
             (not self.config_file or Path(self.config_file).is_file(),
@@ -250,7 +255,7 @@ class Config:
                 f"set model.vocab_size >= {data_vocab_size} or 0 to follow the data"
             )
         return self.with_values({
-            "model.vocab_size": m.vocab_size or padded_vocab(data_vocab_size, m.pad_vocab_multiple),
+            "model.vocab_size": m.vocab_for(data_vocab_size),
             "model.max_position_embeddings": m.max_position_embeddings or self.train.seq_len})
 
     def rules(self) -> list[tuple[bool, str]]:

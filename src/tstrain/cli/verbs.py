@@ -69,12 +69,9 @@ def cmd_prepare_data(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from ..train.loop import train
-    from ..train.run_dir import CONFIG
+    from ..train.run_dir import config_to_resume
 
-    config_file = args.config
-    saved = Path(args.out) / CONFIG
-    if args.resume and not args.preset and not config_file and saved.is_file():
-        config_file = saved  # `tstrain train --out RUN --resume` continues with the run's own config
+    config_file = config_to_resume(Path(args.out), args.config) if args.resume and not args.preset else args.config
     cfg = load_config(args.preset, config_file, _overrides(args))
     summary = train(cfg, args.out, resume=args.resume)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, one summary, not one per process
@@ -212,7 +209,6 @@ def _format_info(info: dict, vocab_note: str) -> str:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from ..config import padded_vocab
     from ..data.tokens import TokenData
     from ..models import model_info
 
@@ -221,7 +217,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     vocab = m.vocab_size
     if args.data:
         data_vocab = TokenData(args.data).vocab_size
-        vocab = vocab or padded_vocab(data_vocab, m.pad_vocab_multiple)
+        vocab = m.vocab_for(data_vocab)
         note = f" (data: {data_vocab:,})"
     elif not vocab and not m.config_file:
         if args.vocab_size < 1:

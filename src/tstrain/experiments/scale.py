@@ -22,7 +22,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from ..config import Config, load_config, padded_vocab
+from ..config import Config, load_config
 from ..data.tokens import TokenData
 from ..errors import ConfigError
 from ..fileio import save_figure, write_text_atomic
@@ -229,8 +229,7 @@ def scale_study(data: str, out_dir: str | Path, options: ScaleOptions | None = N
                                   "arms": [arm_name(s, r) for s, r in o.arms], "sizes": {}}
         for size in o.sizes:
             cfg = load_config(size, overrides={**(overrides or {}), "data.path": data})
-            params = model_info(cfg.model, padded_vocab(vocab, cfg.model.pad_vocab_multiple),
-                                cfg.train.seq_len)["parameters"]["total"]
+            params = model_info(cfg.model, cfg.model.vocab_for(vocab), cfg.train.seq_len)["parameters"]["total"]
             entry: dict[str, Any] = {"parameters": params, "lr": cfg.optim.lr, "cells": {}}
             if o.lrs:
                 entry.update(tune_size(cfg, out / size / "lr-tuning", o))
@@ -278,8 +277,7 @@ def read_study(out_dir: str | Path, report_dir: str | Path | None = None) -> dic
                     finished = []
                 for arm_dir in finished:
                     cfg = load_config(config_file=arm_dir / CONFIG)
-                    entry["parameters"] = model_info(cfg.model, padded_vocab(cfg.model.vocab_size,
-                                                     cfg.model.pad_vocab_multiple),
+                    entry["parameters"] = model_info(cfg.model, cfg.model.vocab_for(cfg.model.vocab_size),
                                                      cfg.train.seq_len)["parameters"]["total"]
                     figs[arm_dir.name] = cell_figures(seed_dir / "baseline", arm_dir, cfg, entry["parameters"])
                     entry["lr"] = figs[arm_dir.name]["baseline_lr"]

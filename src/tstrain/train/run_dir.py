@@ -53,6 +53,14 @@ SUMMARY = "summary.json"
 NAMES = (CONFIG, DATA_IDENTITY, TOKENIZER, METRICS, TENSORBOARD, WANDB_ID, CHECKPOINTS, FINAL, FINAL_RECORD, SUMMARY)
 
 
+def config_to_resume(run: Path, given: str | Path | None) -> str | Path | None:
+    """Return the config file a resume of ``run`` reads: the one given, else the run's own ``config.toml``
+    (``tstrain train --out RUN --resume`` continues with what the run was started with)."""
+    if given or not (run / CONFIG).is_file():
+        return given
+    return run / CONFIG
+
+
 def refuse_links(run: Path) -> None:
     """Refuse a run dir with a symbolic link at any name the run writes (``fileio.refuse_link``), before it
     writes anything: a ``final`` linked to another run's ``final/`` would overwrite that run's model."""
