@@ -13,7 +13,6 @@ import json
 import sys
 from pathlib import Path
 
-from tstrain.experiments.base import interval_text
 from tstrain.experiments.ladder import over_seeds
 
 
@@ -35,9 +34,8 @@ def main(dirs: list[str]) -> None:
     if len(readings) > 1:
         both = over_seeds(readings)
         per = ", ".join("past the ladder" if s is None else f"{s:.2f}x" for s in both["per_seed"])
-        print(f"## Over {both['seeds']} seeds\n\nPer seed: {per}. Speedup "
-              f"{'n/a' if both['speedup'] is None else format(both['speedup'], '.2f') + 'x'} (95% interval "
-              f"{interval_text(both['interval'], '.2f')}; {both['verdict']}).\n\n{both['reading']}")
+        print(f"## Over {both['seeds']} seeds\n\nPer seed: {per}. Mean final val losses, the seed spread added to "
+              f"the noise ({both['noise']:.4f} nats a final value):\n\n{both['reading']}")
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ from ..config import Config
 from ..errors import CheckpointError, ConfigError
 from ..train.branch import branch
 from ..train.run_dir import CHECKPOINTS, CONFIG, SUMMARY
-from .base import decay_start, interval_text, run_or_reuse
+from .base import decay_start, run_or_reuse
 from .plans import LADDER
 
 DRAWS = 2000
@@ -224,23 +224,19 @@ def _end(log_c: float, multiples: np.ndarray, tst_flops: float, upper: bool) -> 
     return float(multiples[-1]) if log_c > 0 else None
 
 
-def _interval_words(interval: list[float | None]) -> str:
-    """Return a speedup's 95% interval in words: both ends, or the one end that bounds it."""
+def _interval_words(interval: list[float | None], rungs: list[dict[str, Any]]) -> str:
+    """Return a speedup's 95% interval in words; an open end is said against the ladder's end it runs past."""
     lo, hi = interval
-    if lo is None and hi is None:
-        return "interval unbounded"
-    if lo is None:
-        return f"upper end {hi:.2f}"
-    if hi is None:
-        return f"lower end {lo:.2f}"
-    return f"interval {interval_text(interval, '.2f')}"
+    low = f"below {rungs[0]['multiple']:.2f}" if lo is None else f"{lo:.2f}"
+    high = f"above {rungs[-1]['multiple']:.2f}" if hi is None else f"{hi:.2f}"
+    return f"interval {low} to {high}"
 
 
 def equal_loss_sentence(r: dict[str, Any]) -> str:
     """Return the equal-loss reading in one sentence."""
     rungs, t = r["rungs"], r["tst"]
     ladder = ", ".join(f"{x['multiple']:.2f}" for x in rungs)
-    within = "" if r["interval"] is None else f"95% {_interval_words(r['interval'])}; "
+    within = "" if r["interval"] is None else f"95% {_interval_words(r['interval'], rungs)}; "
     if r["bound"] == "above":
         return (f"TST's final val loss {t['val_loss']:.4f} is below every rung of the baseline ladder (at {ladder}x "
                 f"TST's compute, each with its own WSD schedule), the longest ending at {rungs[-1]['val_loss']:.4f}: "
