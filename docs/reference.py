@@ -68,7 +68,7 @@ def options_reference(parsers: dict[str, argparse.ArgumentParser]) -> str:
     """Return the table of each verb's options dataclass: flag, Python field, default and its doc line."""
     from tstrain.options import as_text, option_help
 
-    out = ["", "## The options of prepare-data and scale", "",
+    out = ["", "## The options of prepare-data, sweep and scale", "",
            "Their flags are the fields of an options dataclass, which the Python functions take too "
            "(`prepare_data(inputs, out, PrepareOptions(...))`, `scale_study(data, out, ScaleOptions(...))`)."]
     for verb, parser in parsers.items():

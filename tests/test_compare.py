@@ -226,3 +226,12 @@ def test_a_baseline_lr_no_run_could_train_at_is_refused_before_anything_is_writt
     with pytest.raises(ConfigError, match="--baseline-lr must be a finite number above 0"):
         compare(load_config("tiny", overrides={"data.path": str(data_dir)}), out, baseline_lr=float(value))
     assert not out.exists()
+
+
+def test_compare_refuses_a_config_without_tst_before_training(tiny_cfg, tmp_path):
+    from tstrain.errors import ConfigError
+    from tstrain.experiments.compare import compare
+
+    with pytest.raises(ConfigError, match="compare needs a TST run"):
+        compare(tiny_cfg(**{"tst.ratio": 0.0}), tmp_path / "cmp")
+    assert not (tmp_path / "cmp").exists()

@@ -466,7 +466,7 @@ def test_non_finite_and_out_of_range_values_are_one_line_errors(data_dir, tmp_pa
         (train + ["--set", "optim.weight_decay=-inf"], "optim.weight_decay must be a finite number"),
         (train + ["--seed", "-1"], "train.seed must be in [0, 2^32); got -1"),
         (train + ["--set", "train.eval_batch_size=0"], "train.eval_batch_size must be >= 1; got 0"),
-        (["sweep", *experiment, "--ratios", "0.3,nan"], "--ratios values must be finite and at least 0; got nan"),
+        (["sweep", *experiment, "--ratios", "0.3,nan"], "--ratios nan: ratio must be a finite number; got nan"),
         (["sweep", *experiment, "--bag-sizes", "two"], "--bag-sizes takes comma-separated whole numbers; got 'two'"),
         (["scale", "--data", data, "--out", out, "--arms", "4:nan"], "--arms 4:nan: ratio must be a finite number"),
         (["scale", "--data", data, "--out", out, "--steps", "abc"], "--steps takes comma-separated whole numbers"),

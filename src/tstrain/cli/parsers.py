@@ -159,9 +159,10 @@ def _add_experiment_verbs(sub) -> None:
     _add_run_flags(p, "comparison dir: baseline/, tst/, report.md, comparison.json, *.png")
     p.set_defaults(func=verbs.cmd_compare, needs=(*TRAINING, "matplotlib"))
 
+    from ..experiments.plans import SweepOptions
+
     p = sub.add_parser("sweep", help="the s x r grid plus the baseline: a table of final val loss and plots")
-    p.add_argument("--bag-sizes", default="2,4,8", help="comma-separated s values")
-    p.add_argument("--ratios", default="0.2,0.3,0.4", help="comma-separated r values")
+    add_options(p, SweepOptions)
     _add_baseline_lr(p, "the baseline")
     _add_run_flags(p, "sweep dir: one run dir each, sweep.md, sweep.json, *.png")
     p.set_defaults(func=verbs.cmd_sweep, needs=(*TRAINING, "matplotlib"))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 from pathlib import Path
@@ -12,20 +11,7 @@ from pathlib import Path
 from ..config import load_config
 from ..errors import ConfigError
 from ..fileio import write_text_atomic
-from ..options import from_text
-
-
-def numbers(text: str, kind: type, flag: str, least: float) -> list:
-    """Return a comma-separated list flag's values (``kind``), each finite and at least ``least``."""
-    try:
-        values = [kind(x) for x in text.split(",")]
-    except ValueError:
-        what = "whole numbers" if kind is int else "numbers"
-        raise ConfigError(f"{flag} takes comma-separated {what}; got {text!r}") from None
-    bad = [v for v in values if not math.isfinite(v) or v < least]
-    if bad:
-        raise ConfigError(f"{flag} values must be finite and at least {least}; got {bad[0]} in {text!r}")
-    return values
+from ..options import check, from_text
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, object]:
@@ -83,8 +69,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from ..experiments.compare import compare
 
     cfg = _config_with_data(args)
-    if cfg.switch_step == 0:
-        raise ConfigError("compare needs a TST run: give --bag-size > 1 and --ratio > 0")
     command = "tstrain " + " ".join(sys.argv[1:]) if args.command is None else args.command
     compare(cfg, args.out, equal_data=args.equal_data, command=command, baseline_lr=args.baseline_lr,
             ladder=args.ladder if args.equal_loss else None)
@@ -100,8 +84,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from ..experiments.sweep import sweep
 
     cfg = _config_with_data(args)
-    sweep(cfg, args.out, numbers(args.bag_sizes, int, "--bag-sizes", 1), numbers(args.ratios, float, "--ratios", 0),
-          baseline_lr=args.baseline_lr)
+    options = options_of(args)
+    check(options, ConfigError)
+    sweep(cfg, args.out, list(options.bag_sizes), list(options.ratios), baseline_lr=args.baseline_lr)
     print((Path(args.out) / "sweep.md").read_text())
     return 0
 
@@ -118,17 +103,11 @@ def cmd_ablate(args: argparse.Namespace) -> int:
 def cmd_batch(args: argparse.Namespace) -> int:
     from ..batch_layout import format_layout, step_layout
     from ..data.tokens import TokenData
-    from ..train.run_dir import CONFIG
+    from ..train.run_dir import config_file_of
 
     overrides = _overrides(args)
-    config_file = args.config
-    if args.run:
-        saved = Path(args.run) / CONFIG
-        if not saved.is_file():
-            raise ConfigError(f"{args.run} is not a run dir (no config.toml); "
-                              "give a run dir or --preset NAME --data DIR")
-        config_file = saved
-    elif not args.preset and not args.config:
+    config_file = config_file_of(Path(args.run)) if args.run else args.config
+    if not args.run and not args.preset and not args.config:
         raise ConfigError("give a run dir, or --preset NAME (or --config FILE) with --data DIR")
     cfg = load_config(args.preset, config_file, overrides)
     if not cfg.data.path:

@@ -19,6 +19,7 @@ from typing import Any
 
 from ..config import Config
 from ..data.reader import WindowSchedule
+from ..errors import ConfigError
 from ..fileio import save_figure, write_text_atomic
 from ..run_lock import locked
 from ..train.run_dir import read_summary
@@ -60,6 +61,9 @@ def plan_runs(cfg: Config, equal_data: bool = False, baseline_lr: float | None =
     """Return the runs of a comparison: baseline and TST at equal steps (equal FLOPs), and
     optionally a baseline that reads as many tokens as TST does (equal data). With ``baseline_lr``
     (other than TST's ``optim.lr``) both baselines train at it, and every label names its run's LR."""
+    if cfg.switch_step == 0:
+        raise ConfigError("compare needs a TST run: give --bag-size > 1 and --ratio > 0 "
+                          "(tst.bag_size and tst.ratio)")
     base = baseline_of(cfg, baseline_lr)
     own = base.optim.lr != cfg.optim.lr
 

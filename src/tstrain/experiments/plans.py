@@ -1,4 +1,5 @@
-"""What each experiment verb runs, as data: the scale study's grid (``ScaleOptions``), the named
+"""What each experiment verb runs, as data: the scale study's grid (``ScaleOptions``), the sweep's
+(``SweepOptions``), the named
 ablations (``ABLATIONS``) and the equal-loss ladder's default lengths (``LADDER``). Nothing here trains, so
 the command line builds its flags and help from these without loading torch.
 """
@@ -70,6 +71,27 @@ class ScaleOptions:
                 TSTSettings(bag_size=s, ratio=r)
             except ConfigError as e:
                 rules.append((False, f"--arms {s}:{r}: {e}"))
+        return rules
+
+
+@dataclass
+class SweepOptions:
+    """The s x r grid of a sweep: every bag size with every ratio, each cell against the one baseline."""
+
+    bag_sizes: tuple[int, ...] = knob((2, 4, 8), "the bag sizes s of the grid", parse=_listed(int),
+                                      takes="comma-separated whole numbers")
+    ratios: tuple[float, ...] = knob((0.2, 0.3, 0.4), "the ratios r of the grid", parse=_listed(float),
+                                     takes="comma-separated numbers")
+
+    def rules(self) -> list[tuple[bool, str]]:
+        """Return the checks of the grid: each cell by the TST settings' own rules, named by its flags."""
+        rules = [(len(self.bag_sizes) > 0 and len(self.ratios) > 0, "--bag-sizes and --ratios each need a value")]
+        for s in self.bag_sizes:
+            for r in self.ratios:
+                try:
+                    TSTSettings(bag_size=s, ratio=r)
+                except ConfigError as e:
+                    rules.append((False, f"--bag-sizes {s} with --ratios {r}: {e}"))
         return rules
 
 

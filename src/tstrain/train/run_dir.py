@@ -53,6 +53,13 @@ SUMMARY = "summary.json"
 NAMES = (CONFIG, DATA_IDENTITY, TOKENIZER, METRICS, TENSORBOARD, WANDB_ID, CHECKPOINTS, FINAL, FINAL_RECORD, SUMMARY)
 
 
+def config_file_of(run: Path) -> Path:
+    """Return a run's ``config.toml``, or raise ConfigError naming a path that is not a run dir."""
+    if not (run / CONFIG).is_file():
+        raise ConfigError(f"{run} is not a run dir (no {CONFIG}); give a run dir or --preset NAME --data DIR")
+    return run / CONFIG
+
+
 def config_to_resume(run: Path, given: str | Path | None) -> str | Path | None:
     """Return the config file a resume of ``run`` reads: the one given, else the run's own ``config.toml``
     (``tstrain train --out RUN --resume`` continues with what the run was started with)."""
