@@ -274,11 +274,8 @@ def reading_lines(result: dict[str, Any]) -> list[str]:
     tune = ("Tune TST's LR on its own before concluding: "
             + ("try other `--lr` values against this baseline, or `tstrain scale --lrs ... --tune-arms`, which "
                "tunes both arms over one grid. " if own_lr else
-               "its best LR can sit below the baseline's (on the project's 0.35M-parameter `cpu-micro`, "
-               "s=2, r=0.2 at half the baseline's LR ends ahead beyond the noise, `benchmarks/results/lr-warmup/`; "
-               "on larger bodies its best LR is a quarter to a half of the baseline's and ties at best, "
-               "`benchmarks/results/body-size/`); run `--lr` at a half or a quarter of this LR with "
-               "`--baseline-lr` at this one. "))
+               "its best LR can sit below the baseline's (what the project measured, and where: "
+               "docs/results.md); run `--lr` at a half or a quarter of this LR with `--baseline-lr` at this one. "))
     small_scale = (tune + "The paper's gains are at 270M-10B parameters and tens of thousands of 2M-token steps; "
                    "`tstrain scale` measures how the gap and the phase-1 step value move with run length and model "
                    "size.")
