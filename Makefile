@@ -45,7 +45,8 @@ $(RAW)/sources.json: | venv
 $(CORPUS)/manifest.json: | venv $(RAW)/sources.json
 	$(BIN)/tstrain prepare-data --input $(RAW)/*/*.txt --train-tokenizer 8192 --out $(CORPUS)
 
-# The setting that won at its own LR on two seeds (benchmarks/results/lr-warmup/): 6000 steps of
+# The setting that won at its own LR on two seeds on the corpus of 2026-12-01 (benchmarks/results/lr-warmup/;
+# within the noise on the corpus of 2026-12-06, benchmarks/results/equal-loss/): 6000 steps of
 # cpu-micro (0.35M parameters) on a 2048-token BPE of the same text, TST s=2, r=0.2 at LR 2e-3
 # against the baseline at the preset's 4e-3, each arm at its own LR.
 demo-own-lr: venv $(CORPUS2K)/manifest.json
