@@ -167,9 +167,8 @@ def architecture_floors() -> dict[str, int]:
     return floors
 
 
-# The imports within a floor: the method asks kernels/ (which imports nothing of ours) for the Triton
-# kernel inside its CUDA branch only; the file helpers raise errors' WriteError (errors imports nothing).
-WITHIN_FLOOR = {("superposition", "kernels"), ("fileio", "errors")}
+# The one import within a floor: the file helpers raise errors' WriteError (errors imports nothing).
+WITHIN_FLOOR = {("fileio", "errors")}
 
 
 def test_every_module_sits_on_its_floor_of_the_architecture_table():
