@@ -46,7 +46,7 @@ from .run_dir import (
     FINAL_RECORD,
     SUMMARY,
     TOKENIZER,
-    locked,
+    job_lock,
     refuse_checkpoint,
     refuse_restart,
     refuse_resume,
@@ -399,9 +399,9 @@ class Trainer:
     def fit(self) -> RunSummary:
         """Train from the restored step to the end; return the summary (and write the final model).
 
-        The run dir's lock (``run_dir.locked``) is held throughout: a second job on the same dir is refused.
+        The run dir's lock (``run_dir.job_lock``) is held throughout: a second job on the same dir is refused.
         """
-        with locked(self.ctx, self.run):
+        with job_lock(self.ctx, self.run):
             self.setup()
             if self.state.step == 0:
                 self.evaluate()

@@ -261,9 +261,9 @@ def refuse_unverified(run: Path) -> None:
 
 
 @contextlib.contextmanager
-def locked(ctx: distributed.Single, run: Path):
-    """Hold the run dir's exclusive lock (``run_lock``) for the job: rank 0 takes it for all the job's
-    processes, and every process stops if another job holds it."""
+def job_lock(ctx: distributed.Single, run: Path):
+    """Hold the run dir's exclusive lock (``run_lock.locked``) for a job of one or more processes: rank 0
+    takes it for all of them, and every process stops if another job holds it."""
     with contextlib.ExitStack() as stack:
         refused = None
         if ctx.is_main:
