@@ -93,9 +93,15 @@ class BatchMaker:
         if vocab_size is not None and not (isinstance(vocab_size, int) and vocab_size >= 1):
             raise ValueError(f"vocab_size must be a whole number >= 1 (the model's embedding rows) or None; "
                              f"got {vocab_size!r}")
+        tokens = _as_token_array(tokens)
+        # A prepared split (``TokenData(dir).train``) checks every id it reads against its own vocabulary: the
+        # ids are checked here only against a smaller one, and each piece says the bound its ids were held to.
+        source = getattr(tokens, "vocab_size", None)
+        self.check_below = vocab_size if vocab_size is not None and (source is None or source > vocab_size) else None
+        self.ids_below = min((v for v in (vocab_size, source) if v is not None), default=None)
         self.schedule = schedule
         self.layout = WindowSchedule.for_run(schedule)
-        self.reader = WindowReader(_as_token_array(tokens), self.layout, seed)
+        self.reader = WindowReader(tokens, self.layout, seed)
         self.vocab_size = vocab_size
 
     def batch(self, step: int, start: int = 0, count: int | None = None) -> Batch:
@@ -111,7 +117,7 @@ class BatchMaker:
         for group, offsets in self.reader.layout(step, start, count):
             piece_group = SequenceGroup(group.bag_size, len(offsets), group.positions, group.variant, group.stride,
                                         group.window)
-            pieces.append(Piece(piece_group, self._windows(offsets, group.window), self.vocab_size))
+            pieces.append(Piece(piece_group, self._windows(offsets, group.window), self.ids_below))
         return Batch(tuple(pieces))
 
     def micro_batch(self, step: int, index: int, grad_accum: int = 1, rank: int = 0, world_size: int = 1) -> Batch:
@@ -122,7 +128,7 @@ class BatchMaker:
         if not (grad_accum >= 1 and world_size >= 1 and 0 <= index < grad_accum and 0 <= rank < world_size):
             raise ValueError(f"micro-batch {index} of {grad_accum} on process {rank} of {world_size} does not exist: "
                              "index must be in [0, grad_accum) and rank in [0, world_size)")
-        total = self.schedule.sequences(self.schedule.check_step(step))
+        total = self.schedule.sequences(step)  # ``batch`` refuses a step outside the schedule
         if total % (grad_accum * world_size):
             raise ValueError(f"step {step} holds {total} sequences, which {world_size} processes x {grad_accum} "
                              "micro-batches cannot share evenly; make batch_size a multiple of their product")
@@ -148,6 +154,6 @@ class BatchMaker:
 
     def _windows(self, offsets: np.ndarray, window: int) -> torch.Tensor:
         rows = self.reader.rows(offsets, window)
-        if self.vocab_size is not None:
-            refuse_out_of_vocab(rows, self.vocab_size)
+        if self.check_below is not None:
+            refuse_out_of_vocab(rows, self.check_below)
         return torch.from_numpy(rows)

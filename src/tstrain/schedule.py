@@ -124,6 +124,11 @@ def wsd_lr(step: int, total: int, lr: float, warmup: int, decay_fraction: float,
     (reached at the final step, and kept past it: the LR is never negative).
     """
     raise_first([], lr_rules(lr, warmup, decay_fraction, final_lr_fraction, {"peak": "lr"}))
+    return _wsd(step, total, lr, warmup, decay_fraction, final_lr_fraction)
+
+
+def _wsd(step: int, total: int, lr: float, warmup: int, decay_fraction: float, final_lr_fraction: float) -> float:
+    """``wsd_lr`` of settings already checked (``Schedule.lr`` checks them once, under its own names)."""
     if not is_integer(step) or step < 0:
         raise ConfigError(f"step must be an integer >= 0; got {step!r}")
     if step < warmup:
@@ -425,6 +430,6 @@ class Schedule(TSTSettings):
         n, S = self.steps, self.switch_step
         if restart and S > 0:
             if step < S:
-                return wsd_lr(step, S, peak, min(warmup, S), decay_fraction, final_lr_fraction)
-            return wsd_lr(step - S, n - S, peak, min(warmup, n - S), decay_fraction, final_lr_fraction)
-        return wsd_lr(step, n, peak, warmup, decay_fraction, final_lr_fraction)
+                return _wsd(step, S, peak, min(warmup, S), decay_fraction, final_lr_fraction)
+            return _wsd(step - S, n - S, peak, min(warmup, n - S), decay_fraction, final_lr_fraction)
+        return _wsd(step, n, peak, warmup, decay_fraction, final_lr_fraction)

@@ -237,8 +237,8 @@ class Trainer:
         self.loss_path = loss_path_of(self.tst_loss, device)
         if self.ctx.is_main:
             print(f"loss path: {self.loss_path[0]} ({self.loss_path[1]})")  # as "no checkpoint ...": before the summary
-        # Tokens checks every id read against the data's vocabulary, which the model's covers.
-        self.batches = BatchMaker(self.data.train, self.schedule, cfg.train.seed, vocab_size=cfg.model.vocab_size)
+        # Tokens checks every id read against the data's vocabulary, which the model's covers (resolved_for).
+        self.batches = BatchMaker(self.data.train, self.schedule, cfg.train.seed)
         self.batches.check_appetite(cfg.data.max_epochs)
         self.val = validation_windows(self.data.val, cfg.train.seq_len, cfg.data.val_windows)
         self.peak = device_peak_flops(device, cfg.log.peak_flops)
