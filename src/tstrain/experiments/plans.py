@@ -25,6 +25,18 @@ def _pairs(text: str) -> tuple[tuple[int, float], ...]:
     return tuple((int(s), float(r)) for s, r in (item.split(":") for item in text.split(",")))
 
 
+def settings_rules(pairs, name: str) -> list[tuple[bool, str]]:
+    """Return the TST settings' own checks (``TSTSettings``) of each ``(bag_size, ratio)`` pair, each message
+    led by ``name`` filled with the pair (``"--arms {s}:{r}"``)."""
+    rules = []
+    for s, r in pairs:
+        try:
+            TSTSettings(bag_size=s, ratio=r)
+        except ConfigError as e:
+            rules.append((False, f"{name.format(s=s, r=r)}: {e}"))
+    return rules
+
+
 @dataclass
 class ScaleOptions:
     """The grid of a scale study: model sizes x run lengths x seeds, each TST arm against its baseline."""
@@ -53,7 +65,7 @@ class ScaleOptions:
             (len(self.steps) > 0 and all(n >= 1 for n in self.steps),
              f"--steps values must be at least 1; got {as_text(self.steps)!r}"),
             (len(self.arms) > 0, "--arms takes S:R pairs, e.g. 4:0.3"),
-            *self.arm_rules(),
+            *settings_rules(self.arms, "--arms {s}:{r}"),
             (len(self.seeds) > 0 and all(0 <= s < 2**32 for s in self.seeds),
              f"--seeds values must be in [0, 2^32); got {as_text(self.seeds)!r}"),
             (all(math.isfinite(lr) and lr > 0 for lr in self.lrs),
@@ -62,16 +74,6 @@ class ScaleOptions:
             (math.isfinite(self.repeat_within) and self.repeat_within >= 0 and self.tune_steps >= 1,
              f"--repeat-within must be >= 0 and --tune-steps >= 1; got {self.repeat_within}, {self.tune_steps}"),
         ]
-
-    def arm_rules(self) -> list[tuple[bool, str]]:
-        """Return the TST settings' own checks of each arm (``TSTSettings``), named by the arm."""
-        rules = []
-        for s, r in self.arms:
-            try:
-                TSTSettings(bag_size=s, ratio=r)
-            except ConfigError as e:
-                rules.append((False, f"--arms {s}:{r}: {e}"))
-        return rules
 
 
 @dataclass
@@ -85,14 +87,9 @@ class SweepOptions:
 
     def rules(self) -> list[tuple[bool, str]]:
         """Return the checks of the grid: each cell by the TST settings' own rules, named by its flags."""
-        rules = [(len(self.bag_sizes) > 0 and len(self.ratios) > 0, "--bag-sizes and --ratios each need a value")]
-        for s in self.bag_sizes:
-            for r in self.ratios:
-                try:
-                    TSTSettings(bag_size=s, ratio=r)
-                except ConfigError as e:
-                    rules.append((False, f"--bag-sizes {s} with --ratios {r}: {e}"))
-        return rules
+        cells = [(s, r) for s in self.bag_sizes for r in self.ratios]
+        return [(len(cells) > 0, "--bag-sizes and --ratios each need a value"),
+                *settings_rules(cells, "--bag-sizes {s} with --ratios {r}")]
 
 
 # The equal-loss ladder's default lengths, as multiples of the compared runs' steps (``compare --ladder``).

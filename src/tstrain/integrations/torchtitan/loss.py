@@ -57,7 +57,7 @@ class MultiHotLoss(BaseLoss):
         tst: Annotated[TSTSettings | None, tyro.conf.Suppress] = None
 
     def __init__(self, config: Config, *, compile_config: CompileConfig | None = None):
-        self.fn = partial(summed_multi_hot_cross_entropy, tst=config.tst)
+        self.fn = partial(summed_multi_hot_cross_entropy, tst=config.tst or TSTSettings())  # built once
         self._maybe_compile(compile_config)
 
     def __call__(self, pred: torch.Tensor, labels: torch.Tensor, global_valid_tokens: torch.Tensor | None = None,
