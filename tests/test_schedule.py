@@ -68,7 +68,7 @@ def torchtitan_verdict(s: dict):
 
     def make():
         settings = TitanSettings(**{k: v for k, v in s.items() if k not in GEOMETRY})
-        raise_first([], settings.run_rules(s["steps"], s["batch_size"], s["seq_len"], RUN_NAMES))
+        raise_first(settings.run_rules(s["steps"], s["batch_size"], s["seq_len"], RUN_NAMES))
     return verdict(make)
 
 

@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 from .errors import ConfigError, ConfigTypeError
 from .options import check, choices_of, knob, option_help
-from .schedule import Schedule, TSTSettings, geometry_rules, lr_rules
+from .schedule import Schedule, TSTSettings, geometry_rules, lr_rules, raise_first
 
 # How the TST rules name the run's geometry and learning rate in a config.
 RUN_NAMES = {"steps": "train.steps", "batch_size": "train.batch_size", "seq_len": "train.seq_len"}
@@ -390,9 +390,7 @@ def validate(cfg: Config) -> None:
     schedule and so need sane section values."""
     for section in SECTIONS:
         check(getattr(cfg, section), ConfigError, name=lambda field_name, s=section: f"{s}.{field_name}")
-    for ok, message in cfg.rules():
-        if not ok:
-            raise ConfigError(message)
+    raise_first(cfg.rules())
 
 
 def resume_differences(saved: dict[str, Any], cfg: Config) -> list[str]:

@@ -83,10 +83,8 @@ def is_real(value: Any) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def raise_first(type_problems: list[str], rules: list[tuple[bool, str]]) -> None:
-    """Raise ``ConfigTypeError`` for the first wrong type, else ``ConfigError`` for the first broken rule."""
-    if type_problems:
-        raise ConfigTypeError(type_problems[0])
+def raise_first(rules: list[tuple[bool, str]]) -> None:
+    """Raise ``ConfigError`` with the message of the first broken rule of ``(ok, message)`` pairs."""
     for ok, message in rules:
         if not ok:
             raise ConfigError(message)
@@ -123,7 +121,7 @@ def wsd_lr(step: int, total: int, lr: float, warmup: int, decay_fraction: float,
     linear decay to ``final_lr_fraction * lr`` over the last ``round(decay_fraction * total)`` steps
     (reached at the final step, and kept past it: the LR is never negative).
     """
-    raise_first([], lr_rules(lr, warmup, decay_fraction, final_lr_fraction, {"peak": "lr"}))
+    raise_first(lr_rules(lr, warmup, decay_fraction, final_lr_fraction, {"peak": "lr"}))
     return _wsd(step, total, lr, warmup, decay_fraction, final_lr_fraction)
 
 
@@ -316,7 +314,7 @@ class Schedule(TSTSettings):
 
     def __post_init__(self):
         super().__post_init__()
-        raise_first([], self.run_rules(self.steps, self.batch_size, self.seq_len))
+        raise_first(self.run_rules(self.steps, self.batch_size, self.seq_len))
 
     def check_step(self, step: int) -> int:
         """Return ``step`` if it is one of the run's steps, else raise a ValueError naming the range."""
@@ -426,7 +424,7 @@ class Schedule(TSTSettings):
 
         Past the last step the LR stays at its final value; it is never negative.
         """
-        raise_first([], lr_rules(peak, warmup, decay_fraction, final_lr_fraction))
+        raise_first(lr_rules(peak, warmup, decay_fraction, final_lr_fraction))
         n, S = self.steps, self.switch_step
         if restart and S > 0:
             if step < S:
