@@ -75,3 +75,34 @@ def test_the_equal_loss_reader_prints_each_seed_and_their_combination(tmp_path, 
     (tmp_path / "plain" / "comparison.json").write_text(json.dumps({"runs": {}}))
     with pytest.raises(SystemExit, match="no equal-loss reading"):
         main([str(tmp_path / "plain")])
+
+
+RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+
+
+def test_the_headline_figure_draws_each_shorter_rung_from_its_decay_start(tmp_path):
+    from equal_loss import curve, main
+
+    seed0 = RESULTS / "equal-loss" / "seed0" / "runs"
+    trunk_x, _ = curve(seed0 / "baseline-x3", longest=True)
+    rung_x, rung_y = curve(seed0 / "baseline-x1.5", longest=False)
+    steps = [json.loads(line)["step"] for line in (seed0 / "baseline-x1.5" / "metrics.jsonl").read_text().splitlines()
+             if "val_loss" in line]
+    assert rung_x[0] > 0.79 * rung_x[-1] and len(rung_x) == sum(s >= 0.8 * 9000 for s in steps)
+    assert trunk_x[0] < rung_x[0] and rung_y[-1] == pytest.approx(
+        json.loads((seed0 / "baseline-x1.5" / "summary.json").read_text())["final_val_loss"])
+    main([str(RESULTS / "equal-loss" / "seed0"), "--plot", str(tmp_path / "headline.png")])
+    assert (tmp_path / "headline.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_gap_course_is_tst_minus_the_baseline_at_their_shared_evaluations(tmp_path):
+    from gap_course import gap_course
+
+    runs = (("baseline", {0: 8.0, 10: 4.0, 20: 3.5}), ("tst-s2-r0.2", {0: 8.0, 10: 4.3, 20: 3.4, 15: 3.9}))
+    for name, losses in runs:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.jsonl").write_text(
+            "\n".join(json.dumps({"step": s, "val_loss": v}) for s, v in losses.items()) + "\n")
+        (tmp_path / name / "config.toml").write_text("[train]\nsteps = 20\n")
+    x, gaps, _ = gap_course(tmp_path)
+    assert x == [0.5, 1.0] and gaps == pytest.approx([0.3, -0.1])
