@@ -32,7 +32,7 @@ from tstrain.models import build_model
 from tstrain.train.device import resolve_device
 from tstrain.train.loop import train
 from tstrain.train.metrics import read_jsonl
-from tstrain.train.optim import make_optimizer
+from tstrain.train.stepping import make_optimizer
 
 
 def peer_step_times(cfg, data: TokenData, steps: int, device) -> list[float]:

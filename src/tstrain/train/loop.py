@@ -39,7 +39,6 @@ from . import distributed
 from .device import autocast_for, resolve_device
 from .metrics import MetricsLog, Progress, device_peak_flops
 from .model_dir import export_hf, final_problem
-from .optim import lr_at, make_optimizer, reinitialise_embeddings
 from .run_dir import (
     CHECKPOINTS,
     FINAL,
@@ -53,6 +52,7 @@ from .run_dir import (
     refuse_unverified,
     write_record,
 )
+from .stepping import lr_at, make_optimizer, reinitialise_embeddings
 from .validation import validation_loss
 
 # ----------------------------------------------------------------------------------------------
