@@ -67,7 +67,7 @@ def training_setup(cfg, vocab: int):
     from tstrain.model_parts import CausalLMParts
     from tstrain.models import build_model
     from tstrain.train.device import autocast_for, resolve_device
-    from tstrain.train.optim import make_optimizer
+    from tstrain.train.stepping import make_optimizer
 
     device = resolve_device(cfg)
     if device.type == "cpu":

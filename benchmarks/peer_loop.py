@@ -32,7 +32,7 @@ from tstrain.models import build_model
 from tstrain.train.device import resolve_device
 from tstrain.train.loop import train
 from tstrain.train.metrics import read_jsonl
-from tstrain.train.optim import make_optimizer
+from tstrain.train.stepping import make_optimizer
 
 
 def peer_step_times(cfg, data: TokenData, steps: int, device) -> list[float]:
@@ -195,7 +195,7 @@ def matmul_peak(n: int) -> float:
 def gpu_setup(preset: str, batch: int):
     """Return ``(cfg, ours (model, parts, opt, autocast), peer (model, opt), B)``: two copies of the preset's
     model, ours with each decoder layer compiled (as ``train.compile``), at the largest batch that fits."""
-    from tstrain.train.distributed import decoder_layers
+    from tstrain.train.activation_checkpointing import decoder_layers
 
     shape = {"train.seq_len": 32, "model.vocab_size": 512} if DRY else {}
     cfg = load_config(preset, overrides={"train.device": "cpu" if DRY else "cuda", "train.precision": "bf16",
@@ -218,7 +218,7 @@ def gpu_setup(preset: str, batch: int):
 def gpu_main(preset: str, batch: int, repeats: int) -> None:
     """Print the peer vs tstrain table, the loss chunk sizes and activation checkpointing."""
     from tstrain.models import flops_per_position
-    from tstrain.train.distributed import checkpoint_activations
+    from tstrain.train.activation_checkpointing import checkpoint_activations
 
     preset = "tiny-llama" if DRY else preset
     cfg, (model, parts, opt, autocast), (peer_model, peer_opt), B = gpu_setup(preset, batch)

@@ -6,7 +6,7 @@ from tstrain.config import load_config
 from tstrain.model_parts import CausalLMParts
 from tstrain.models import build_model
 from tstrain.superposition import IGNORE_INDEX, linear_multi_hot_cross_entropy
-from tstrain.train.distributed import checkpoint_activations
+from tstrain.train.activation_checkpointing import checkpoint_activations
 from tstrain.train.loop import train
 from tstrain.train.metrics import read_jsonl
 

@@ -13,7 +13,7 @@ from tstrain.errors import TrainingError
 from tstrain.schedule import wsd_lr
 from tstrain.train.loop import train
 from tstrain.train.metrics import read_jsonl
-from tstrain.train.optim import lr_at
+from tstrain.train.stepping import lr_at
 from tstrain.train.validation import validation_loss
 
 TIMING_KEYS = {"wall_time", "tokens_per_s", "positions_per_s", "mfu"}

@@ -31,7 +31,7 @@ from _common import interleaved, machine, phase_loss, require_data, training_set
 from tstrain.config import load_config  # noqa: E402
 from tstrain.models import flops_per_position, model_info  # noqa: E402
 from tstrain.superposition import window_length  # noqa: E402
-from tstrain.train.distributed import checkpoint_activations, decoder_layers  # noqa: E402
+from tstrain.train.activation_checkpointing import checkpoint_activations, decoder_layers  # noqa: E402
 from tstrain.train.metrics import PEAK_BF16_FLOPS  # noqa: E402
 
 DRY = os.environ.get("DRY_RUN") == "1"

@@ -28,8 +28,8 @@ from ..errors import CheckpointError, ConfigError
 from ..run_lock import locked
 from . import checkpoint as ckpt
 from .metrics import read_jsonl
-from .optim import lr_at
 from .run_dir import CHECKPOINTS, CONFIG, METRICS, differences, refuse_order, refuse_restart, write_record
+from .stepping import lr_at
 
 
 def first_step_differing(trunk: Config, cfg: Config, step: int) -> str | None:

@@ -36,10 +36,10 @@ from ..schedule import SequenceGroup
 from ..superposition import fused_loss_path
 from . import checkpoint as ckpt
 from . import distributed
+from .activation_checkpointing import checkpoint_activations, decoder_layers
 from .device import autocast_for, resolve_device
 from .metrics import MetricsLog, Progress, device_peak_flops
 from .model_dir import export_hf, final_problem
-from .optim import lr_at, make_optimizer, reinitialise_embeddings
 from .run_dir import (
     CHECKPOINTS,
     FINAL,
@@ -53,6 +53,7 @@ from .run_dir import (
     refuse_unverified,
     write_record,
 )
+from .stepping import lr_at, make_optimizer, reinitialise_embeddings
 from .validation import validation_loss
 
 # ----------------------------------------------------------------------------------------------
@@ -227,9 +228,9 @@ class Trainer:
         self.model.train()
         self.parts = CausalLMParts(self.model)
         if cfg.train.activation_checkpointing == "full":
-            distributed.checkpoint_activations(self.model)
+            checkpoint_activations(self.model)
         if cfg.train.compile == "on" or (cfg.train.compile == "auto" and device.type == "cuda"):
-            for layer in distributed.decoder_layers(self.model):
+            for layer in decoder_layers(self.model):
                 layer.compile()  # in place, per block (as TorchTitan does): names and state-dict keys unchanged
         self.run_model = self.ctx.shard(self.model)  # run_model(fn, *args) calls fn where the weights are whole
         self.optimizer = make_optimizer(self.model, cfg, device)

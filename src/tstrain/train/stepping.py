@@ -1,7 +1,7 @@
 """What the trainer steps with: its AdamW, the learning rate of a step, and the re-initialisation at the switch.
 
-Built from the public core (``tstrain.optim.adamw``, ``Schedule.lr``), so a loop of one's own that uses
-those steps as this trainer does.
+Built from the public core (``tstrain.optim.adamw``, ``Schedule.lr``), so that a loop of one's own steps as
+this trainer does. Named apart from ``tstrain.optim``, the public optimizer it stands on.
 """
 
 from __future__ import annotations
