@@ -23,7 +23,7 @@ from typing import Any
 
 from lr_warmup import best_setting, load_runs, mean_final, seed_gaps, step_value
 from tstrain.config import padded_vocab
-from tstrain.experiments.base import value_text
+from tstrain.experiments.report_text import value_text
 from tstrain.models import model_info
 
 

@@ -25,16 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from tstrain.config import load_config
-from tstrain.experiments.base import (
-    decay_start,
-    fit_curve,
-    gap_reading,
-    interval_text,
-    phase1_step_value,
-    val_rows,
-    value_summary,
-    value_text,
-)
+from tstrain.experiments.report_text import interval_text, value_text
+from tstrain.experiments.runs import decay_start, val_rows
+from tstrain.experiments.statistics import fit_curve, gap_reading, phase1_step_value, value_summary
 
 
 def load_runs(root: Path, size: str, steps: int) -> dict[tuple[float, int], dict[str, dict[str, Any]]]:

@@ -5,8 +5,9 @@ import json
 import pytest
 
 from tstrain.config import load_config
-from tstrain.experiments.base import decay_start, first_reaching
 from tstrain.experiments.compare import analyse, plan_runs, report_markdown
+from tstrain.experiments.runs import decay_start
+from tstrain.experiments.statistics import first_reaching
 
 
 def write_run(d, val, steps, data_per_step, wall_per_step=1.0):
@@ -19,7 +20,7 @@ def write_run(d, val, steps, data_per_step, wall_per_step=1.0):
 
 
 def test_value_at_interpolates_and_is_none_outside():
-    from tstrain.experiments.base import value_at
+    from tstrain.experiments.statistics import value_at
 
     rows = [{"step": 0, "val_loss": 5.0}, {"step": 10, "val_loss": 4.0}]
     assert value_at(rows, 4) == pytest.approx(4.6) and value_at(rows, 10) == 4.0 and value_at(rows, 11) is None

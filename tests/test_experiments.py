@@ -4,14 +4,14 @@ and gaps read against the evaluation noise, on synthetic curves whose answers ar
 import numpy as np
 import pytest
 
-from tstrain.experiments.base import (
+from tstrain.experiments.report_text import value_text
+from tstrain.experiments.statistics import (
     combine,
     fit_curve,
     gap_reading,
     phase1_step_value,
     value_reading,
     value_summary,
-    value_text,
 )
 
 A, B, C = 3.6, 26.0, 0.55  # a baseline curve of cpu-micro's shape: loss = A + B * step**-C

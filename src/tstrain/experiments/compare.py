@@ -23,23 +23,19 @@ from ..errors import ConfigError
 from ..fileio import save_figure, write_text_atomic
 from ..run_lock import locked
 from ..train.run_dir import read_summary
-from .base import (
+from .ladder import Rung, ladder_reading, plan_ladder, plot_ladder, train_ladder
+from .plots import save_step_value_course
+from .report_text import data_line
+from .runs import baseline_of, data_record, decay_start, run_or_reuse, val_rows
+from .statistics import (
     NOT_COMPARABLE,
-    baseline_of,
-    data_line,
-    data_record,
-    decay_start,
     first_reaching,
     fit_curve,
     gap_reading,
     not_comparable_value,
     phase1_step_value,
-    run_or_reuse,
-    save_step_value_course,
-    val_rows,
     value_at,
 )
-from .ladder import Rung, ladder_reading, plan_ladder, plot_ladder, train_ladder
 
 
 @dataclass

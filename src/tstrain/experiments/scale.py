@@ -9,7 +9,7 @@ baseline's); its phase-1 step value and switch figures are then not comparable. 
 phase-1 step value, the gap at the switch and the steps TST takes to halve it, then fits the gap
 against log10(steps) per size to say where the trend crosses zero. Gaps and phase-1 step values
 are read against the evaluation noise of each baseline's curve and, with two seeds or more, the
-seed spread (``experiments.gap_reading``, ``experiments.value_summary``). Each arm's compute to equal loss
+seed spread (``statistics.gap_reading``, ``statistics.value_summary``). Each arm's compute to equal loss
 is read against the study's baselines at its run length and every longer one (``ladder.equal_loss``). A
 cell's first seed settles it when its gap is beyond the noise of a final value, measured within the decays
 (``ladder.final_noise``). Runs are reused when finished and resumed when interrupted.
@@ -30,25 +30,12 @@ from ..models import model_info
 from ..options import check
 from ..run_lock import locked
 from ..train.run_dir import CONFIG, SUMMARY, read_summary
-from .base import (
-    baseline_of,
-    data_line,
-    data_record,
-    decay_start,
-    fit_curve,
-    gap_reading,
-    interval_text,
-    not_comparable_value,
-    phase1_step_value,
-    run_or_reuse,
-    save_step_value_course,
-    val_rows,
-    value_at,
-    value_summary,
-    value_text,
-)
 from .ladder import equal_loss, final_noise, over_seeds
 from .plans import ScaleOptions
+from .plots import save_step_value_course
+from .report_text import data_line, interval_text, value_text
+from .runs import baseline_of, data_record, decay_start, run_or_reuse, val_rows
+from .statistics import fit_curve, gap_reading, not_comparable_value, phase1_step_value, value_at, value_summary
 
 
 def tune_lr(cfg: Config, out: Path, lrs: list[float], steps: int) -> tuple[float, dict[str, float]]:

@@ -5,7 +5,7 @@ skipped and an interrupted one resumed, so a sweep can be stopped and restarted 
 result is the paper's kind of table: final next-token validation loss per (s, r), with the
 baseline row, and plots (a heat map, and the loss against s at the best r: the U-shape). Each
 gap to the baseline is read against the evaluation noise of the baseline's curve
-(``experiments.gap_reading``): "within noise" rather than a win or a loss where it is. With
+(``statistics.gap_reading``): "within noise" rather than a win or a loss where it is. With
 ``baseline_lr`` the baseline trains at its own LR and every TST run at ``optim.lr`` (each arm tuned
 apart); the gaps keep their reading and the phase-1 step values are not comparable.
 """
@@ -19,21 +19,10 @@ from typing import Any
 from ..config import Config
 from ..fileio import save_figure, write_text_atomic
 from ..run_lock import locked
-from .base import (
-    NOT_COMPARABLE,
-    baseline_of,
-    data_line,
-    data_record,
-    decay_start,
-    fit_curve,
-    gap_reading,
-    not_comparable_value,
-    phase1_step_value,
-    run_or_reuse,
-    val_rows,
-    value_at,
-)
 from .plans import ABLATIONS
+from .report_text import data_line
+from .runs import baseline_of, data_record, decay_start, run_or_reuse, val_rows
+from .statistics import NOT_COMPARABLE, fit_curve, gap_reading, not_comparable_value, phase1_step_value, value_at
 
 
 def grid_configs(cfg: Config, bag_sizes: list[int], ratios: list[float],
@@ -70,7 +59,7 @@ def sweep(cfg: Config, out_dir: str | Path, bag_sizes: list[int], ratios: list[f
 
 
 def step_values(runs: dict[str, Config], out: Path) -> dict[str, dict[str, Any]]:
-    """Return each TST run's phase-1 step value (``experiments.phase1_step_value``) against the dir's ``baseline``:
+    """Return each TST run's phase-1 step value (``statistics.phase1_step_value``) against the dir's ``baseline``:
     not comparable for a run at another LR than the baseline's."""
     base, base_lr = val_rows(out / "baseline"), runs["baseline"].optim.lr
     return {name: phase1_step_value(base, val_rows(out / name), c.switch_step, decay_start(c), c.optim.warmup_steps)

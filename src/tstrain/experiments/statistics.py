@@ -1,8 +1,6 @@
-"""What every experiment verb stands on: training or reusing a run, the baseline of a config, and
-reading val-loss curves (interpolation, the steps to reach a loss, the phase-1 step value).
-
-``compare``, ``sweep`` (with ``ablate``) and ``scale`` are thin reports over these pieces, so a
-run is reused, and a curve read, the same way in all of them.
+"""The numbers every experiment reads off val-loss curves: interpolation, the power-law fit of a baseline's
+stable phase and its evaluation noise, gaps and phase-1 step values with their 95% intervals, and what
+each interval says (its reading). Numpy only: nothing here trains or writes.
 
 One noise model feeds every reading. The baseline's stable phase (after twice the warmup, before
 the LR decay) is fitted by a power law in steps, ``loss = a + b * step**-c``; the scatter of its
@@ -16,79 +14,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from ..config import Config
-from ..errors import ConfigError, RecordError
-from ..fileio import read_json, save_figure
-from ..train.loop import train
-from ..train.metrics import read_jsonl
-from ..train.run_dir import CHECKPOINTS, METRICS, SUMMARY, read_summary, refuse_reuse
-
-
-def baseline_of(cfg: Config, lr: float | None = None) -> Config:
-    """Return the baseline of a TST config: the same run with no phase 1 (ratio 0), at ``lr`` when given
-    (the baseline tuned apart from TST) and else at TST's ``optim.lr``."""
-    check_baseline_lr(lr)
-    return cfg.with_values({"tst.ratio": 0.0, **({} if lr is None else {"optim.lr": lr})})
-
-
-def check_baseline_lr(lr: float | None) -> None:
-    """Refuse a baseline LR that no run could train at (None: the baseline trains at TST's LR)."""
-    if lr is not None and not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
-        raise ConfigError(f"--baseline-lr must be a finite number above 0; got {lr!r}: give the baseline's "
-                          "peak learning rate (e.g. --baseline-lr 4e-3), or leave it out to train both arms at --lr")
-
-
-def run_or_reuse(cfg: Config, run_dir: Path, **seams: Any) -> dict[str, Any]:
-    """Return the summary of the run in ``run_dir``, training (or resuming) it if unfinished.
-
-    A finished or interrupted run is used only when its saved config is the one asked for now;
-    otherwise the call is refused with the differing fields, so a report never labels one run
-    with another's settings. ``seams`` go to the trainer (``branch_points``).
-    """
-    refuse_reuse(run_dir, cfg)
-    summary = run_dir / SUMMARY
-    if summary.is_file():
-        try:
-            found = read_summary(run_dir, "delete it to finish the run again from its last checkpoint")
-            print(f"{run_dir.name}: finished earlier, reusing {run_dir}")
-            return found
-        except RecordError as e:
-            if "is not valid JSON" not in str(e):
-                raise
-            # cut short: the run's final checkpoint writes it again
-            print(f"{run_dir.name}: {summary} does not parse; finishing the run again from its last checkpoint")
-    ckpts = run_dir / CHECKPOINTS
-    train(cfg, run_dir, resume=ckpts.is_dir() and any(ckpts.iterdir()), **seams)
-    return read_summary(run_dir, "run the same command again")
-
-
-def data_record(path: str) -> dict[str, Any] | None:
-    """Return what names an experiment's data: its dir, corpus hash and token counts (None: no manifest there)."""
-    manifest = Path(path) / "manifest.json"
-    if not manifest.is_file():
-        return None
-    m = read_json(manifest, ConfigError, "prepare the data again (tstrain prepare-data)")
-    return {"path": str(Path(path).resolve()), "corpus_sha256": m.get("corpus_sha256"),
-            "train_tokens": m.get("train_tokens"), "val_tokens": m.get("val_tokens")}
-
-
-def data_line(record: dict[str, Any] | None) -> str:
-    """Return a report's line naming its data (``data_record``): dir, corpus hash, tokens."""
-    if not record:
-        return "Data: no manifest found."
-    corpus = record["corpus_sha256"] or "not recorded (prepared before it was)"
-    return (f"Data: `{record['path']}`, corpus hash {corpus}, {record['train_tokens']:,} training and "
-            f"{record['val_tokens']:,} validation tokens.")
-
-
-def val_rows(run_dir: Path) -> list[dict[str, Any]]:
-    """Return a run's evaluation rows (step, val loss, FLOPs, ...) from its metrics log."""
-    return [r for r in read_jsonl(run_dir / METRICS) if r.get("val_loss") is not None]
 
 
 def first_reaching(rows: list[dict[str, Any]], target: float, key: str) -> float | None:
@@ -114,11 +42,6 @@ def value_at(rows: list[dict[str, Any]], step: int) -> float | None:
             frac = (step - a["step"]) / (b["step"] - a["step"])
             return float(a["val_loss"] + frac * (b["val_loss"] - a["val_loss"]))
     return None
-
-
-def decay_start(cfg: Config) -> int:
-    """Return the first step of the run's LR decay (the end of the stable phase of its WSD schedule)."""
-    return cfg.train.steps - round(cfg.optim.decay_fraction * cfg.train.steps)
 
 
 Z95 = 1.96  # two-sided 95% for a normal error
@@ -295,24 +218,6 @@ def value_summary(values: list[dict[str, Any]]) -> dict[str, Any]:
     return {"value": c["mean"], "interval": c["interval"], "seeds": c["seeds"], "reading": value_reading(c["interval"])}
 
 
-def value_text(summary: dict[str, Any]) -> str:
-    """Return a ``value_summary`` as table text: "value (lo to hi; reading)", "n/a" (with the reason where it
-    is not comparable), or, for TST below the baseline's fitted asymptote, "above any (lo to unbounded; ...)"."""
-    if summary["value"] is None and not summary["interval"]:
-        return "n/a" if summary["reading"] == "not measured" else f"n/a ({summary['reading']})"
-    if summary["value"] is None and summary["interval"][0] is None:
-        return f"above any ({summary['reading']})"
-    value = "above any" if summary["value"] is None else f"{summary['value']:.2f}"
-    return f"{value} ({interval_text(summary['interval'], '.2f')}; {summary['reading']})"
-
-
-def interval_text(interval: list[float | None] | None, spec: str) -> str:
-    """Return a 95% interval as "lo to hi" ("unbounded" for an open end, "n/a" for none)."""
-    if not interval:
-        return "n/a"
-    return " to ".join("unbounded" if x is None else format(x, spec) for x in interval)
-
-
 def _bootstrap(rows: list[dict[str, Any]], fit: CurveFit, draws: int,
                rng: np.random.Generator) -> tuple[np.ndarray, ...]:
     """Return ``draws`` refits ``(a, b, c)`` of the baseline's stable phase, redrawn about ``fit`` with its noise."""
@@ -378,17 +283,3 @@ def phase1_step_value(base: list[dict[str, Any]], tst: list[dict[str, Any]], swi
         out["extrapolated"] = head["baseline_step"] > fit.last
     return out
 
-
-def save_step_value_course(fig, ax, ylabel: str, path: Path, legend_size: int) -> None:
-    """Finish a plot of the phase-1 step value along a run (break-even and zero marked) and write it to ``path``."""
-    import matplotlib.pyplot as plt
-
-    ax.axhline(1.0, color="green", linestyle="--", linewidth=1, label="break-even")
-    ax.axhline(0.0, color="grey", linestyle=":", linewidth=1)
-    ax.set_xlabel("TST step (phase 2, before the LR decay)")
-    ax.set_ylabel(ylabel)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=legend_size)
-    fig.tight_layout()
-    save_figure(fig, path)
-    plt.close(fig)
