@@ -23,7 +23,7 @@ from typing import Any
 
 from lr_warmup import best_setting, load_runs, mean_final, seed_gaps, step_value
 from tstrain.config import padded_vocab
-from tstrain.experiments.report_text import value_text
+from tstrain.experiments.report_text import interval_text, value_text
 from tstrain.models import model_info
 
 
@@ -40,7 +40,7 @@ def gap_text(found: tuple[list[str], list[float], dict[str, Any] | None]) -> str
     seeds, gaps, g = found
     if not seeds:
         return "n/a"
-    interval = "" if g["interval"] is None else f"; {g['interval'][0]:+.3f} to {g['interval'][1]:+.3f}"
+    interval = "" if g["interval"] is None else f"; {interval_text(g['interval'], '+.3f')}"
     return f"{', '.join(f'{x:+.3f}' for x in gaps)} ({g['reading']}{interval})"
 
 

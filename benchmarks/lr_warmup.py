@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from tstrain.config import load_config
-from tstrain.experiments.report_text import interval_text, value_text
+from tstrain.experiments.report_text import interval_text, number, value_text
 from tstrain.experiments.runs import decay_start, val_rows
 from tstrain.experiments.statistics import fit_curve, gap_reading, phase1_step_value, value_summary
 
@@ -142,7 +142,7 @@ def finals_table(cells: Cells, arms: list[str], size: str, steps: int) -> list[s
             finals = " | ".join(f"{runs[a]['final']:.4f}" if a in runs else "not run" for a in ["baseline", *arms])
             noise = noise_of(runs["baseline"]) if "baseline" in runs else None
             lines.append(f"| {key[0]:g} | {key[1]} | {seed} | {finals} | "
-                         f"{'n/a' if noise is None else f'{noise:.4f}'} |")
+                         f"{number(noise, '.4f')} |")
     return lines
 
 

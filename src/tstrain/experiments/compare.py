@@ -25,7 +25,7 @@ from ..run_lock import locked
 from ..train.run_dir import read_summary
 from .ladder import Rung, ladder_reading, plan_ladder, plot_ladder, train_ladder
 from .plots import save_step_value_course
-from .report_text import data_line
+from .report_text import data_line, interval_text, number
 from .runs import baseline_of, data_record, decay_start, run_or_reuse, val_rows
 from .statistics import (
     NOT_COMPARABLE,
@@ -157,10 +157,6 @@ def within_runs(base: list[dict[str, Any]], tst: list[dict[str, Any]], runs: dic
             "wall_time_per_flop_ratio": ratio, "wall_time_comparable": comparable}
 
 
-def _fmt(x: float | None, spec: str, suffix: str = "") -> str:
-    return "not reached" if x is None else format(x, spec) + suffix
-
-
 def report_markdown(result: dict[str, Any], labels: dict[str, str], command: str) -> str:
     """Return report.md: the table of runs and the three views."""
     runs = result["runs"]
@@ -216,6 +212,11 @@ def _first_below(step: int | None) -> str:
     return f"TST's first evaluation below the baseline's at the same step after the switch: step {step}."
 
 
+def _reached(x: float | None, spec: str, suffix: str = "") -> str:
+    """Return a figure of the within-run equal-loss view ("not reached" where an arm's curve never got there)."""
+    return number(x, spec, "not reached", suffix)
+
+
 def equal_loss_lines(result: dict[str, Any]) -> list[str]:
     """Return report.md's equal-loss sections: the ladder's speedup (when measured) and the within-run view."""
     lines = []
@@ -233,11 +234,11 @@ def equal_loss_lines(result: dict[str, Any]) -> list[str]:
               f"Where each arm's own curve first reaches the baseline's final val loss {w['target_val_loss']:.4f} "
               "(TST's curve read as it stands, through its LR decay).", "",
               "| | baseline | TST | speedup |", "| --- | --- | --- | --- |",
-              f"| steps to reach it | {_fmt(w['baseline_steps'], '.0f')} | {_fmt(w['tst_steps'], '.0f')} | "
-              f"{_fmt(w['speedup_steps'], '.2f', 'x')} |"]
+              f"| steps to reach it | {_reached(w['baseline_steps'], '.0f')} | {_reached(w['tst_steps'], '.0f')} | "
+              f"{_reached(w['speedup_steps'], '.2f', 'x')} |"]
     if w["wall_time_comparable"]:
-        lines.append(f"| wall time to reach it (s) | {_fmt(w['baseline_time_s'], '.0f')} | "
-                     f"{_fmt(w['tst_time_s'], '.0f')} | {_fmt(w['speedup_time'], '.2f', 'x')} |")
+        lines.append(f"| wall time to reach it (s) | {_reached(w['baseline_time_s'], '.0f')} | "
+                     f"{_reached(w['tst_time_s'], '.0f')} | {_reached(w['speedup_time'], '.2f', 'x')} |")
     elif w["wall_time_per_flop_ratio"] is not None:
         lines += ["", f"No wall-time speedup: the arms' seconds per FLOP differ {w['wall_time_per_flop_ratio']:.2f}x, "
                   f"beyond the {WALL_TOLERANCE:g}x their work explains, so the machine's load differed between the "
@@ -245,18 +246,13 @@ def equal_loss_lines(result: dict[str, Any]) -> list[str]:
     return lines + [""]
 
 
-def _end(x: float | None) -> str:
-    """Return one end of a phase-1 step value's interval (None: off the baseline's fitted curve)."""
-    return "unbounded" if x is None else f"{x:.2f}"
-
-
 def gap_words(reading: dict[str, Any], noise: float | None) -> str:
     """Return a gap's reading with its interval, e.g. "baseline better: 95% interval +0.008 to +0.117"."""
     if reading["interval"] is None:
         return ("noise unknown: the baseline has too few evaluations in its stable phase to estimate it "
                 "(evaluate more often, train.eval_every)")
-    lo, hi = reading["interval"]
-    return (f"{reading['reading']}: 95% interval {lo:+.3f} to {hi:+.3f}, evaluation noise {noise:.3f} nats "
+    return (f"{reading['reading']}: 95% interval {interval_text(reading['interval'], '+.3f')}, "
+            f"evaluation noise {noise:.3f} nats "
             "on one evaluation")
 
 
@@ -295,15 +291,15 @@ def phase1_value_lines(detail: dict[str, Any], switch: int) -> list[str]:
     if detail["value"] is None:
         what = "Not comparable" if detail["reading"] == "not comparable" else "Not measured"
         return lines + [f"{what}: {detail['reason']}.", ""]
-    lo, hi = (_end(x) for x in detail["interval"])
     fit, steps = detail["fit"], detail["steps"]
     t = detail["at_step"]
+    extrapolated = " (extrapolated)" if detail["extrapolated"] else ""
     lines += [
-        f"Phase-1 step value: **{detail['value']:.2f}** baseline steps per phase-1 step (95% interval {lo} to "
-        f"{hi}: {detail['reading']}). Over its last {len(steps)} evaluations before the LR decay (steps "
-        f"{steps[0]}-{steps[-1]}) TST's mean val loss {detail['level']:.4f} is where the baseline's fitted curve "
-        f"stands at step {detail['baseline_step']:.0f}{' (extrapolated)' if detail['extrapolated'] else ''}; less "
-        f"TST's {t - switch:.0f} phase-2 steps, its {switch} phase-1 steps bought "
+        f"Phase-1 step value: **{detail['value']:.2f}** baseline steps per phase-1 step (95% interval "
+        f"{interval_text(detail['interval'], '.2f')}: {detail['reading']}). Over its last {len(steps)} evaluations "
+        f"before the LR decay (steps {steps[0]}-{steps[-1]}) TST's mean val loss {detail['level']:.4f} is where the "
+        f"baseline's fitted curve stands at step {detail['baseline_step']:.0f}{extrapolated}; "
+        f"less TST's {t - switch:.0f} phase-2 steps, its {switch} phase-1 steps bought "
         f"{detail['baseline_step'] - (t - switch):.0f} baseline steps. 1.00 is break-even at equal FLOPs, above 1 "
         "TST saves compute, 0 means phase 1 bought nothing.", "",
         f"The baseline's curve: {fit['a']:.3f} + {fit['b']:.3g} * step^-{fit['c']:.3f}, fitted to its {fit['evals']} "
@@ -313,7 +309,7 @@ def phase1_value_lines(detail: dict[str, Any], switch: int) -> list[str]:
     if course:
         picks = [course[round(i * (len(course) - 1) / 4)] for i in range(5)] if len(course) > 5 else course
         lines += ["Along the run (one evaluation each, so wider intervals; plotted in `phase1_step_value.png`): "
-                  + "; ".join(f"step {p['step']}: {p['value']:.2f} ({' to '.join(_end(x) for x in p['interval'])})"
+                  + "; ".join(f"step {p['step']}: {p['value']:.2f} ({interval_text(p['interval'], '.2f')})"
                               for p in picks) + ".", ""]
     return lines
 

@@ -3,16 +3,41 @@ One formatter per kind of figure, so compare, sweep, ablate and scale write them
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
+from .statistics import Z95
 
-def data_line(record: dict[str, Any] | None) -> str:
-    """Return a report's line naming its data (``data_record``): dir, corpus hash, tokens."""
-    if not record:
-        return "Data: no manifest found."
-    corpus = record["corpus_sha256"] or "not recorded (prepared before it was)"
-    return (f"Data: `{record['path']}`, corpus hash {corpus}, {record['train_tokens']:,} training and "
-            f"{record['val_tokens']:,} validation tokens.")
+
+def number(x: float | None, spec: str, missing: str = "n/a", suffix: str = "") -> str:
+    """Return ``x`` formatted by ``spec`` (then ``suffix``), or ``missing`` where there is no finite value: every
+    figure of a report goes through here, so an absent one reads the same in every table."""
+    if x is None or not math.isfinite(x):
+        return missing
+    return format(x, spec) + suffix
+
+
+def interval_text(interval: list[float | None] | None, spec: str) -> str:
+    """Return a 95% interval as "lo to hi" ("unbounded" for an open end, "n/a" for none)."""
+    if not interval:
+        return "n/a"
+    return " to ".join(number(x, spec, "unbounded") for x in interval)
+
+
+def estimate_text(value: float | None, interval: list[float | None] | None, spec: str = ".2f") -> str:
+    """Return a value with its 95% interval, "value (lo to hi)"; the value alone without an interval, "n/a"
+    without a value."""
+    if value is None or not interval:
+        return number(value, spec)
+    return f"{number(value, spec)} ({interval_text(interval, spec)})"
+
+
+def gap_text(gap: dict[str, Any]) -> str:
+    """Return a gap reading (``statistics.gap_reading``) with its 95% half-width, e.g. "+0.0123 +- 0.0390 (within
+    noise)"."""
+    if gap["se"] is None:
+        return f"{gap['gap']:+.4f} (noise unknown)"
+    return f"{gap['gap']:+.4f} +- {Z95 * gap['se']:.4f} ({gap['reading']})"
 
 
 def value_text(summary: dict[str, Any]) -> str:
@@ -22,14 +47,14 @@ def value_text(summary: dict[str, Any]) -> str:
         return "n/a" if summary["reading"] == "not measured" else f"n/a ({summary['reading']})"
     if summary["value"] is None and summary["interval"][0] is None:
         return f"above any ({summary['reading']})"
-    value = "above any" if summary["value"] is None else f"{summary['value']:.2f}"
+    value = number(summary["value"], ".2f", "above any")
     return f"{value} ({interval_text(summary['interval'], '.2f')}; {summary['reading']})"
 
 
-def interval_text(interval: list[float | None] | None, spec: str) -> str:
-    """Return a 95% interval as "lo to hi" ("unbounded" for an open end, "n/a" for none)."""
-    if not interval:
-        return "n/a"
-    return " to ".join("unbounded" if x is None else format(x, spec) for x in interval)
-
-
+def data_line(record: dict[str, Any] | None) -> str:
+    """Return a report's line naming its data (``data_record``): dir, corpus hash, tokens."""
+    if not record:
+        return "Data: no manifest found."
+    corpus = record["corpus_sha256"] or "not recorded (prepared before it was)"
+    return (f"Data: `{record['path']}`, corpus hash {corpus}, {record['train_tokens']:,} training and "
+            f"{record['val_tokens']:,} validation tokens.")

@@ -33,7 +33,7 @@ from ..train.run_dir import CONFIG, SUMMARY, read_summary
 from .ladder import equal_loss, final_noise, over_seeds
 from .plans import ScaleOptions
 from .plots import save_step_value_course
-from .report_text import data_line, interval_text, value_text
+from .report_text import data_line, interval_text, number, value_text
 from .runs import baseline_of, data_record, decay_start, run_or_reuse, val_rows
 from .statistics import fit_curve, gap_reading, not_comparable_value, phase1_step_value, value_at, value_summary
 
@@ -291,10 +291,6 @@ def _mean(cell: dict[str, dict], arm: str, key: str) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def _num(x: float | None, spec: str) -> str:
-    return "n/a" if x is None or not math.isfinite(x) else format(x, spec)
-
-
 def cell_readings(cell: dict[str, dict], arm: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """Return one cell's gap reading and phase-1 step value over its seeds (``gap_reading``, ``value_summary``)."""
     figs = [f[arm] for f in cell.values() if arm in f]
@@ -323,8 +319,8 @@ def scale_markdown(result: dict[str, Any]) -> str:
                     f"{_mean(cell, arm, 'tst_val_loss'):.4f} | {_mean(cell, arm, 'gap'):+.4f} ({gaps}) | "
                     f"{interval_text(gap['interval'], '+.3f')} | {gap['reading']} | "
                     f"{value_text(value)} | "
-                    f"{_num(_mean(cell, arm, 'gap_at_switch'), '+.3f')} | "
-                    f"{_num(_mean(cell, arm, 'half_recovery_steps'), '.0f')} |")
+                    f"{number(_mean(cell, arm, 'gap_at_switch'), '+.3f')} | "
+                    f"{number(_mean(cell, arm, 'half_recovery_steps'), '.0f')} |")
     lines += ["", "Gap: TST minus baseline final val loss at equal FLOPs; its 95% interval comes from the evaluation "
               "noise of the baseline's fitted curve and, with two seeds or more, their spread. Phase-1 step value: "
               "TST's last 5 evaluations before the LR decay against the baseline's fitted stable-phase curve "
@@ -338,8 +334,9 @@ def scale_markdown(result: dict[str, Any]) -> str:
             if fit is None:
                 continue
             rng = fit["crossing_range"] or [None, None]
-            lines.append(f"| {size} | {arm} | {fit['slope_per_decade']:+.4f} | {_num(fit['slope_se'], '.4f')} | "
-                         f"{_num(fit['crossing_steps'], ',.0f')} | {_num(rng[0], ',.0f')} to {_num(rng[1], ',.0f')} |")
+            lines.append(f"| {size} | {arm} | {fit['slope_per_decade']:+.4f} | {number(fit['slope_se'], '.4f')} | "
+                         f"{number(fit['crossing_steps'], ',.0f')} | "
+                         f"{number(rng[0], ',.0f')} to {number(rng[1], ',.0f')} |")
     return "\n".join(lines + equal_loss_lines(result)) + "\n"
 
 

@@ -20,7 +20,7 @@ from ..config import Config
 from ..fileio import save_figure, write_text_atomic
 from ..run_lock import locked
 from .plans import ABLATIONS
-from .report_text import data_line
+from .report_text import data_line, estimate_text, gap_text
 from .runs import baseline_of, data_record, decay_start, run_or_reuse, val_rows
 from .statistics import NOT_COMPARABLE, fit_curve, gap_reading, not_comparable_value, phase1_step_value, value_at
 
@@ -86,22 +86,6 @@ def eval_noise(cfg: Config, out: Path) -> float | None:
     return fit.noise if fit else None
 
 
-def _value(v: float | None, interval: list[float | None] | None = None) -> str:
-    if v is None:
-        return "n/a"
-    if not interval:
-        return f"{v:.2f}"
-    lo, hi = ("unbounded" if x is None else f"{x:.2f}" for x in interval)
-    return f"{v:.2f} ({lo} to {hi})"
-
-
-def _gap(g: dict[str, Any]) -> str:
-    """Return a gap with its 95% half-width and reading, e.g. "+0.0123 +- 0.0390 (within noise)"."""
-    if g["se"] is None:
-        return f"{g['gap']:+.4f} (noise unknown)"
-    return f"{g['gap']:+.4f} +- {1.96 * g['se']:.4f} ({g['reading']})"
-
-
 def sweep_markdown(table: dict[str, Any], cfg: Config) -> str:
     """Return the paper-style table: final val loss per s (rows) and r (columns), baseline first."""
     rs = table["ratios"]
@@ -121,7 +105,7 @@ def sweep_markdown(table: dict[str, Any], cfg: Config) -> str:
               "one seed):", "",
               "| s \\ r | " + " | ".join(f"{r:g}" for r in rs) + " |", "| --- |" + " --- |" * len(rs)]
     for s, row in table["gap"].items():
-        lines.append(f"| {s} | " + " | ".join(_gap(row[f"{r:g}"]) for r in rs) + " |")
+        lines.append(f"| {s} | " + " | ".join(gap_text(row[f"{r:g}"]) for r in rs) + " |")
     if table["lrs"]["baseline"] != table["lrs"]["tst"]:
         return "\n".join([*lines, "", f"Phase-1 step value: not comparable: {NOT_COMPARABLE}."]) + "\n"
     lines += ["", "Phase-1 step value (baseline steps a phase-1 step buys: TST's last 5 evaluations before the LR "
@@ -130,7 +114,7 @@ def sweep_markdown(table: dict[str, Any], cfg: Config) -> str:
               "| s \\ r | " + " | ".join(f"{r:g}" for r in rs) + " |", "| --- |" + " --- |" * len(rs)]
     for s, row in table["phase1_step_value"].items():
         ivs = table["phase1_step_value_interval"][s]
-        lines.append(f"| {s} | " + " | ".join(_value(row[f"{r:g}"], ivs[f"{r:g}"]) for r in rs) + " |")
+        lines.append(f"| {s} | " + " | ".join(estimate_text(row[f"{r:g}"], ivs[f"{r:g}"]) for r in rs) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -212,8 +196,8 @@ def ablate(cfg: Config, out_dir: str | Path, names: list[str] | None = None,
             at = "" if r["val_loss_at_switch"] is None else f"{r['val_loss_at_switch']:.4f}"
             value = "" if n == "baseline" else (
                 "not comparable" if values[n]["reading"] == "not comparable"
-                else _value(r["phase1_step_value"], r["phase1_step_value_interval"]))
-            vs = "" if n == "baseline" else _gap(r["vs_baseline"])
+                else estimate_text(r["phase1_step_value"], r["phase1_step_value_interval"]))
+            vs = "" if n == "baseline" else gap_text(r["vs_baseline"])
             lines.append(f"| {n} | {ov} | {at} | {r['final_val_loss']:.4f} | {vs} | {value} | {r['data_tokens']:,} |")
         write_text_atomic(out / "ablations.md", "\n".join(lines) + "\n")
         plot_ablations(vals, switch, out / "ablations.png")
