@@ -5,7 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from tstrain.experiments.sweep import ABLATIONS, ablate, sweep
+from tstrain.experiments.ablate import ablate
+from tstrain.experiments.plans import ABLATIONS
+from tstrain.experiments.sweep import sweep
 
 
 def test_sweep_runs_the_grid_and_the_baseline_once_and_resumes(tiny_cfg, tmp_path):

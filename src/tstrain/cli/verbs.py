@@ -92,7 +92,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_ablate(args: argparse.Namespace) -> int:
-    from ..experiments.sweep import ablate
+    from ..experiments.ablate import ablate
 
     cfg = _config_with_data(args)
     ablate(cfg, args.out, args.runs.split(",") if args.runs else None, baseline_lr=args.baseline_lr)

@@ -58,3 +58,15 @@ def data_line(record: dict[str, Any] | None) -> str:
     corpus = record["corpus_sha256"] or "not recorded (prepared before it was)"
     return (f"Data: `{record['path']}`, corpus hash {corpus}, {record['train_tokens']:,} training and "
             f"{record['val_tokens']:,} validation tokens.")
+
+
+def lr_line(lrs: dict[str, float]) -> str:
+    """Return the report's sentence on the arms' LRs ("" when they share one)."""
+    if lrs["baseline"] == lrs["tst"]:
+        return ""
+    return f" Each arm at its own LR: the baseline at {lrs['baseline']:g}, TST at {lrs['tst']:g}."
+
+
+def noise_text(noise: float | None) -> str:
+    """Return the evaluation noise behind a table's gaps, as its caption says it."""
+    return "unknown: too few evaluations" if noise is None else f"{noise:.4f} nats on one evaluation"

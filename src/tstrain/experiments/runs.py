@@ -1,5 +1,6 @@
 """Running the runs every experiment verb stands on: the baseline of a config, training or reusing a run,
-and reading back what a run wrote (its evaluations, the start of its LR decay, the data it read).
+and reading back what a run wrote (its evaluations, the start of its LR decay, the data it read, and the
+readings of a dir of runs against its ``baseline``).
 
 ``compare``, ``sweep``, ``ablate`` and ``scale`` reuse a run the same way through ``run_or_reuse``: a saved
 run is used only when its config is the one asked for now.
@@ -17,6 +18,7 @@ from ..fileio import read_json
 from ..train.loop import train
 from ..train.metrics import read_jsonl
 from ..train.run_dir import CHECKPOINTS, METRICS, SUMMARY, read_summary, refuse_reuse
+from .statistics import fit_curve, not_comparable_value, phase1_step_value
 
 
 def baseline_of(cfg: Config, lr: float | None = None) -> Config:
@@ -76,3 +78,23 @@ def decay_start(cfg: Config) -> int:
     """Return the first step of the run's LR decay (the end of the stable phase of its WSD schedule)."""
     return cfg.train.steps - round(cfg.optim.decay_fraction * cfg.train.steps)
 
+
+def step_values(runs: dict[str, Config], out: Path) -> dict[str, dict[str, Any]]:
+    """Return each TST run's phase-1 step value (``statistics.phase1_step_value``) against the dir's ``baseline``:
+    not comparable for a run at another LR than the baseline's."""
+    base, base_lr = val_rows(out / "baseline"), runs["baseline"].optim.lr
+    return {name: phase1_step_value(base, val_rows(out / name), c.switch_step, decay_start(c), c.optim.warmup_steps)
+            if c.optim.lr == base_lr else not_comparable_value()
+            for name, c in runs.items() if name != "baseline"}
+
+
+def lrs_of(runs: dict[str, Config]) -> dict[str, float]:
+    """Return the baseline's LR and the TST runs' (one LR for all of them)."""
+    return {"baseline": runs["baseline"].optim.lr,
+            "tst": next(c.optim.lr for name, c in runs.items() if name != "baseline")}
+
+
+def eval_noise(cfg: Config, out: Path) -> float | None:
+    """Return the evaluation noise of the dir's ``baseline`` run (None with too few evaluations to fit its curve)."""
+    fit = fit_curve(val_rows(out / "baseline"), cfg.optim.warmup_steps, decay_start(cfg))
+    return fit.noise if fit else None
