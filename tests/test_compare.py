@@ -126,9 +126,10 @@ def test_plan_runs_equal_flops_and_equal_data():
 
 def test_compare_end_to_end_writes_report_json_and_plots(tiny_cfg, tmp_path):
     from tstrain.experiments.compare import compare
+    from tstrain.experiments.plans import CompareOptions
 
     cfg = tiny_cfg(**{"train.steps": 12, "tst.ratio": 0.5, "train.eval_every": 3})
-    result = compare(cfg, tmp_path / "cmp", command="test")
+    result = compare(cfg, tmp_path / "cmp", CompareOptions(command="test"))
     for name in ("report.md", "comparison.json", "val_loss_vs_flops.png", "val_loss_vs_data_tokens.png",
                  "val_loss_vs_wall_time.png"):
         assert (tmp_path / "cmp" / name).stat().st_size > 0
@@ -145,7 +146,7 @@ def test_compare_end_to_end_writes_report_json_and_plots(tiny_cfg, tmp_path):
     # default comparison, and its report and figures are the same bytes.
     before = (tmp_path / "cmp" / "tst" / "summary.json").stat().st_mtime
     written = {name: (tmp_path / "cmp" / name).read_bytes() for name in ("report.md", "comparison.json")}
-    compare(cfg, tmp_path / "cmp", command="test", baseline_lr=cfg.optim.lr)
+    compare(cfg, tmp_path / "cmp", CompareOptions(command="test", baseline_lr=cfg.optim.lr))
     assert (tmp_path / "cmp" / "tst" / "summary.json").stat().st_mtime == before
     assert {name: (tmp_path / "cmp" / name).read_bytes() for name in written} == written
     assert "lr " not in report.split("## Equal FLOPs")[0] and "own LR" not in report
@@ -183,11 +184,12 @@ def test_a_gap_at_different_lrs_keeps_its_reading_and_the_step_value_is_not_comp
 def test_compare_with_the_baseline_at_its_own_lr(tiny_cfg, tmp_path):
     from tstrain.errors import ConfigError
     from tstrain.experiments.compare import NOT_COMPARABLE, compare
+    from tstrain.experiments.plans import CompareOptions
 
     # 24 steps evaluated every 2: enough stable-phase evaluations for a phase-1 step value at one LR.
     cfg = tiny_cfg(**{"train.steps": 24, "tst.ratio": 0.5, "train.eval_every": 2})
     out = tmp_path / "cmp"
-    result = compare(cfg, out, equal_data=True, command="test", baseline_lr=6e-3)
+    result = compare(cfg, out, CompareOptions(equal_data=True, command="test", baseline_lr=6e-3))
     saved = {name: load_config(None, out / name / "config.toml").optim.lr
              for name in ("baseline", "tst", "baseline-equal-data")}
     assert saved == {"baseline": 6e-3, "tst": cfg.optim.lr, "baseline-equal-data": 6e-3} and cfg.optim.lr == 3e-3
@@ -209,7 +211,7 @@ def test_compare_with_the_baseline_at_its_own_lr(tiny_cfg, tmp_path):
     # The baseline saved at 0.006 is not reused for a comparison at one LR.
     before = (out / "baseline" / "summary.json").stat().st_mtime
     with pytest.raises(ConfigError, match="optim.lr: saved 0.006, now 0.003"):
-        compare(cfg, out, command="test")
+        compare(cfg, out, CompareOptions(command="test"))
     assert (out / "baseline" / "summary.json").stat().st_mtime == before
 
 
@@ -219,13 +221,15 @@ def test_a_baseline_lr_no_run_could_train_at_is_refused_before_anything_is_writt
     from conftest import one_line_error
     from tstrain.errors import ConfigError
     from tstrain.experiments.compare import compare
+    from tstrain.experiments.plans import CompareOptions
 
     out = tmp_path / "cmp"
     one_line_error(capsys, ["compare", "--preset", "tiny", "--data", str(data_dir), "--out", str(out), "--steps", "4",
                             "--no-progress", f"--baseline-lr={value}"],
                    f"tstrain compare: error: --baseline-lr must be a finite number above 0; got {shown}")
     with pytest.raises(ConfigError, match="--baseline-lr must be a finite number above 0"):
-        compare(load_config("tiny", overrides={"data.path": str(data_dir)}), out, baseline_lr=float(value))
+        compare(load_config("tiny", overrides={"data.path": str(data_dir)}), out,
+                CompareOptions(baseline_lr=float(value)))
     assert not out.exists()
 
 

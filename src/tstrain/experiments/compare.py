@@ -21,9 +21,11 @@ from ..config import Config
 from ..data.reader import WindowSchedule
 from ..errors import ConfigError
 from ..fileio import save_figure, write_text_atomic
+from ..options import check
 from ..run_lock import locked
 from ..train.run_dir import read_summary
 from .ladder import Rung, ladder_reading, plan_ladder, plot_ladder, train_ladder
+from .plans import CompareOptions
 from .plots import save_step_value_course
 from .report_text import data_line, interval_text, number
 from .runs import baseline_of, data_record, decay_start, run_or_reuse, val_rows
@@ -369,16 +371,17 @@ def plot(run_dirs: dict[str, Path], labels: dict[str, str], switch_step: int, ou
     return paths
 
 
-def compare(cfg: Config, out_dir: str | Path, equal_data: bool = False, command: str = "tstrain compare",
-            baseline_lr: float | None = None, ladder: tuple[float, ...] | None = None) -> dict[str, Any]:
+def compare(cfg: Config, out_dir: str | Path, options: CompareOptions | None = None) -> dict[str, Any]:
     """Train (or reuse) the runs of a comparison and write report.md, comparison.json and plots.
 
-    ``baseline_lr``: the LR of the baseline (and the equal-data baseline and the ladder); TST trains at
-    ``cfg.optim.lr``. None, the default, trains both at ``cfg.optim.lr``. ``ladder``: multiples of the steps at
-    which the baseline is trained too, for the equal-loss speedup (``plans.LADDER`` is the usual);
-    one trunk with a decay branched off at each rung's decay start (``ladder.train_ladder``)."""
-    runs = plan_runs(cfg, equal_data, baseline_lr)  # refuses a bad baseline LR before anything is written
-    rungs = plan_ladder(runs[0].config, ladder) if ladder is not None else []
+    ``options`` (``plans.CompareOptions``): the equal-data baseline, the baseline's own LR (TST trains at
+    ``cfg.optim.lr``), the ladder (multiples of the steps at which the baseline is trained too, for the equal-loss
+    speedup: one trunk with a decay branched off at each rung's decay start, ``ladder.train_ladder``) and the
+    command report.md names."""
+    o = options or CompareOptions()
+    check(o, ConfigError)
+    runs = plan_runs(cfg, o.equal_data, o.baseline_lr)  # refuses a config without TST before anything is written
+    rungs = plan_ladder(runs[0].config, o.ladder) if o.ladder is not None else []
     with locked(out_dir, "comparison dir") as out:
         dirs = {spec.name: out / spec.name for spec in runs} | {r.name: out / r.name for r in rungs}
         for spec in runs:
@@ -395,7 +398,7 @@ def compare(cfg: Config, out_dir: str | Path, equal_data: bool = False, command:
         result["labels"] = labels
         result["data"] = data_record(cfg.data.path)
         write_text_atomic(out / "comparison.json", json.dumps(result, indent=2) + "\n")
-        write_text_atomic(out / "report.md", report_markdown(result, labels, command))
+        write_text_atomic(out / "report.md", report_markdown(result, labels, o.command))
         plot(dirs, labels, cfg.switch_step, out)
         _plot_or_remove(plot_ladder, result.get("equal_loss"), out / "equal_loss.png")
         detail = result["phase1_step_value_detail"]

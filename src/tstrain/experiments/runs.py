@@ -8,7 +8,6 @@ run is used only when its config is the one asked for now.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ from ..fileio import read_json
 from ..train.loop import train
 from ..train.metrics import read_jsonl
 from ..train.run_dir import CHECKPOINTS, METRICS, SUMMARY, read_summary, refuse_reuse
+from .plans import baseline_lr_rule
 from .statistics import fit_curve, not_comparable_value, phase1_step_value
 
 
@@ -30,9 +30,9 @@ def baseline_of(cfg: Config, lr: float | None = None) -> Config:
 
 def check_baseline_lr(lr: float | None) -> None:
     """Refuse a baseline LR that no run could train at (None: the baseline trains at TST's LR)."""
-    if lr is not None and not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
-        raise ConfigError(f"--baseline-lr must be a finite number above 0; got {lr!r}: give the baseline's "
-                          "peak learning rate (e.g. --baseline-lr 4e-3), or leave it out to train both arms at --lr")
+    ok, message = baseline_lr_rule(lr)
+    if not ok:
+        raise ConfigError(message)
 
 
 def run_or_reuse(cfg: Config, run_dir: Path, **seams: Any) -> dict[str, Any]:
