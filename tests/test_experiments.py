@@ -139,3 +139,22 @@ def test_tst_below_the_baseline_asymptote_reads_as_saving_compute_not_as_unmeasu
     assert value_text(value_summary([{"value": None, "interval": None, "reading": "not measured"}])) == "n/a"
     plain = {"value": 0.8, "interval": [0.5, 1.1], "reading": "not resolved"}
     assert value_text(plain) == "0.80 (0.50 to 1.10; not resolved)"
+
+
+def test_one_rule_says_when_the_arms_are_comparable_and_every_report_follows_it():
+    from tstrain.experiments.report_text import lr_line
+    from tstrain.experiments.statistics import comparable
+
+    assert comparable(4e-3, 4e-3) and not comparable(4e-3, 2e-3)
+    assert lr_line({"baseline": 4e-3, "tst": 4e-3}) == ""
+    assert lr_line({"baseline": 4e-3, "tst": 2e-3}) == " Each arm at its own LR: the baseline at 0.004, TST at 0.002."
+
+
+def test_every_figure_is_formatted_by_one_function():
+    from tstrain.experiments.report_text import estimate_text, gap_text, interval_text, number
+
+    assert number(None, ".2f") == number(float("nan"), ".2f") == "n/a"
+    assert number(1.5, ".2f", suffix="x") == "1.50x" and number(None, ".0f", "not reached") == "not reached"
+    assert interval_text([0.5, None], ".2f") == "0.50 to unbounded" and interval_text(None, ".2f") == "n/a"
+    assert estimate_text(0.8, [0.5, 1.1]) == "0.80 (0.50 to 1.10)" and estimate_text(0.8, None) == "0.80"
+    assert gap_text({"gap": 0.0123, "se": 0.02, "reading": "within noise"}) == "+0.0123 +- 0.0392 (within noise)"

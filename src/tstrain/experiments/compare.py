@@ -31,6 +31,7 @@ from .report_text import data_line, interval_text, number
 from .runs import baseline_of, data_record, decay_start, run_or_reuse, val_rows
 from .statistics import (
     NOT_COMPARABLE,
+    comparable,
     first_reaching,
     fit_curve,
     gap_reading,
@@ -63,7 +64,7 @@ def plan_runs(cfg: Config, equal_data: bool = False, baseline_lr: float | None =
         raise ConfigError("compare needs a TST run: give --bag-size > 1 and --ratio > 0 "
                           "(tst.bag_size and tst.ratio)")
     base = baseline_of(cfg, baseline_lr)
-    own = base.optim.lr != cfg.optim.lr
+    own = not comparable(base.optim.lr, cfg.optim.lr)
 
     def lr(c: Config) -> str:
         return f", lr {c.optim.lr:g}" if own else ""
@@ -90,7 +91,7 @@ def analyse(run_dirs: dict[str, Path], switch_step: int, decay: int, warmup: int
     readings of the baseline's curve as TST's counterfactual are reported as not comparable. ``ladder``:
     the decay start of each rung of the baseline ladder by name (the baseline's included), read into
     ``equal_loss`` (``ladder.ladder_reading``)."""
-    own_lrs = lrs is not None and lrs["baseline"] != lrs["tst"]
+    own_lrs = lrs is not None and not comparable(lrs["baseline"], lrs["tst"])
     rows = {name: val_rows(d) for name, d in run_dirs.items()}
     summaries = {name: read_summary(d, "run the same command again to finish that run")
                  for name, d in run_dirs.items()}

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from .statistics import Z95
+from .statistics import Z95, comparable
 
 
 def number(x: float | None, spec: str, missing: str = "n/a", suffix: str = "") -> str:
@@ -62,7 +62,7 @@ def data_line(record: dict[str, Any] | None) -> str:
 
 def lr_line(lrs: dict[str, float]) -> str:
     """Return the report's sentence on the arms' LRs ("" when they share one)."""
-    if lrs["baseline"] == lrs["tst"]:
+    if comparable(lrs["baseline"], lrs["tst"]):
         return ""
     return f" Each arm at its own LR: the baseline at {lrs['baseline']:g}, TST at {lrs['tst']:g}."
 

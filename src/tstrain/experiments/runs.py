@@ -18,7 +18,7 @@ from ..train.loop import train
 from ..train.metrics import read_jsonl
 from ..train.run_dir import CHECKPOINTS, METRICS, SUMMARY, read_summary, refuse_reuse
 from .plans import baseline_lr_rule
-from .statistics import fit_curve, not_comparable_value, phase1_step_value
+from .statistics import comparable, fit_curve, not_comparable_value, phase1_step_value
 
 
 def baseline_of(cfg: Config, lr: float | None = None) -> Config:
@@ -84,7 +84,7 @@ def step_values(runs: dict[str, Config], out: Path) -> dict[str, dict[str, Any]]
     not comparable for a run at another LR than the baseline's."""
     base, base_lr = val_rows(out / "baseline"), runs["baseline"].optim.lr
     return {name: phase1_step_value(base, val_rows(out / name), c.switch_step, decay_start(c), c.optim.warmup_steps)
-            if c.optim.lr == base_lr else not_comparable_value()
+            if comparable(base_lr, c.optim.lr) else not_comparable_value()
             for name, c in runs.items() if name != "baseline"}
 
 

@@ -35,7 +35,15 @@ from .plans import ScaleOptions
 from .plots import save_step_value_course
 from .report_text import data_line, interval_text, number, value_text
 from .runs import baseline_of, data_record, decay_start, run_or_reuse, val_rows
-from .statistics import fit_curve, gap_reading, not_comparable_value, phase1_step_value, value_at, value_summary
+from .statistics import (
+    comparable,
+    fit_curve,
+    gap_reading,
+    not_comparable_value,
+    phase1_step_value,
+    value_at,
+    value_summary,
+)
 
 
 def tune_lr(cfg: Config, out: Path, lrs: list[float], steps: int) -> tuple[float, dict[str, float]]:
@@ -86,7 +94,7 @@ def cell_figures(base_dir: Path, tst_dir: Path, cfg: Config, params: int) -> dic
     base_lr = load_config(config_file=base_dir / CONFIG).optim.lr
     fit = fit_curve(base, cfg.optim.warmup_steps, decay_start(cfg))
     switch_gap = None
-    if base_lr != cfg.optim.lr:
+    if not comparable(base_lr, cfg.optim.lr):
         value = not_comparable_value()
     else:
         value = phase1_step_value(base, tst, S, decay_start(cfg), cfg.optim.warmup_steps)
@@ -312,7 +320,7 @@ def scale_markdown(result: dict[str, Any]) -> str:
                 first = next(figs[arm] for figs in cell.values() if arm in figs)
                 gaps = ", ".join(f"{figs[arm]['gap']:+.4f}" for figs in cell.values() if arm in figs)
                 gap, value = cell_readings(cell, arm)
-                label = arm if first.get("lr") == first.get("baseline_lr") else f"{arm} at LR {first['lr']:g}"
+                label = arm if comparable(first.get("baseline_lr"), first.get("lr")) else f"{arm} at LR {first['lr']:g}"
                 lines.append(
                     f"| {size} | {entry['parameters'] / 1e6:.2f}M | {n} | {label} | {first['tokens_per_param']:.1f}, "
                     f"{first['tst_tokens_per_param']:.1f} | {_mean(cell, arm, 'baseline_val_loss'):.4f} | "

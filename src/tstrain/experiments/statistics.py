@@ -185,6 +185,13 @@ def gap_reading(gaps: list[float], noises: list[float | None]) -> dict[str, Any]
             "reading": gap_reading_of(g["interval"])}
 
 
+def comparable(baseline_lr: float, tst_lr: float) -> bool:
+    """Return whether TST's curve may be read against the baseline's as what TST would have done without phase 1
+    (the phase-1 step value, the spike at the switch): only when both arms ran at one LR, since the stable phases
+    of two LRs stand at different levels. Gaps between the runs as trained keep their reading either way."""
+    return baseline_lr == tst_lr
+
+
 # What a reading of the baseline's curve as TST's counterfactual says when the arms ran at different LRs.
 NOT_COMPARABLE = "the arms ran at different LRs (the baseline's stable phase stands at another level)"
 

@@ -21,7 +21,7 @@ from ..fileio import save_figure, write_text_atomic
 from ..run_lock import locked
 from .report_text import data_line, estimate_text, gap_text, lr_line, noise_text
 from .runs import baseline_of, data_record, eval_noise, lrs_of, run_or_reuse, step_values
-from .statistics import NOT_COMPARABLE, gap_reading
+from .statistics import NOT_COMPARABLE, comparable, gap_reading
 
 
 def grid_configs(cfg: Config, bag_sizes: list[int], ratios: list[float],
@@ -77,7 +77,7 @@ def sweep_markdown(table: dict[str, Any], cfg: Config) -> str:
               "| s \\ r | " + " | ".join(f"{r:g}" for r in rs) + " |", "| --- |" + " --- |" * len(rs)]
     for s, row in table["gap"].items():
         lines.append(f"| {s} | " + " | ".join(gap_text(row[f"{r:g}"]) for r in rs) + " |")
-    if table["lrs"]["baseline"] != table["lrs"]["tst"]:
+    if not comparable(table["lrs"]["baseline"], table["lrs"]["tst"]):
         return "\n".join([*lines, "", f"Phase-1 step value: not comparable: {NOT_COMPARABLE}."]) + "\n"
     lines += ["", "Phase-1 step value (baseline steps a phase-1 step buys: TST's last 5 evaluations before the LR "
               "decay against the baseline's fitted curve, with its 95% interval; 1 is break-even at equal FLOPs; "
