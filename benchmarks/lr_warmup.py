@@ -27,7 +27,14 @@ from typing import Any
 from tstrain.config import load_config
 from tstrain.experiments.report_text import interval_text, number, value_text
 from tstrain.experiments.runs import decay_start, val_rows
-from tstrain.experiments.statistics import fit_curve, gap_reading, phase1_step_value, value_summary
+from tstrain.experiments.statistics import (
+    GapReading,
+    ValueSummary,
+    fit_curve,
+    gap_reading,
+    phase1_step_value,
+    value_summary,
+)
 
 
 def load_runs(root: Path, size: str, steps: int) -> dict[tuple[float, int], dict[str, dict[str, Any]]]:
@@ -78,7 +85,7 @@ def best_setting(cells: Cells, name: str) -> tuple[tuple[float, int], list[str]]
 
 
 def seed_gaps(base_cell: dict[str, dict[str, Any]], arm_cell: dict[str, dict[str, Any]],
-              arm: str) -> tuple[list[str], list[float], dict[str, Any] | None]:
+              arm: str) -> tuple[list[str], list[float], GapReading | None]:
     """Return the seeds both cells ran, ``arm`` minus the baseline's final val loss on each, and their
     ``gap_reading`` (None without a shared seed)."""
     seeds = [s for s in arm_cell if arm in arm_cell[s] and "baseline" in base_cell.get(s, {})]
@@ -86,7 +93,7 @@ def seed_gaps(base_cell: dict[str, dict[str, Any]], arm_cell: dict[str, dict[str
     return seeds, gaps, gap_reading(gaps, [noise_of(base_cell[s]["baseline"]) for s in seeds]) if seeds else None
 
 
-def step_value(cell: dict[str, dict[str, Any]], arm: str) -> dict[str, Any]:
+def step_value(cell: dict[str, dict[str, Any]], arm: str) -> ValueSummary:
     """Return the ``value_summary`` of ``arm``'s phase-1 step value against the baseline of the same cell."""
     values = []
     for runs in cell.values():
@@ -103,8 +110,8 @@ def reading(base_cell: dict[str, dict[str, Any]], arm_cell: dict[str, dict[str, 
     seeds, gaps, g = seed_gaps(base_cell, arm_cell, arm)
     if not seeds:
         return "| n/a | | | |"
-    head = (f"| {', '.join(f'{x:+.4f}' for x in gaps)} | {interval_text(g['interval'], '+.3f')} | "
-            f"{g['reading']} (seeds {', '.join(seeds)}) ")
+    head = (f"| {', '.join(f'{x:+.4f}' for x in gaps)} | {interval_text(g.interval, '+.3f')} | "
+            f"{g.reading} (seeds {', '.join(seeds)}) ")
     if base_cell is not arm_cell:  # the stable phases of two LRs stand at different levels
         return head + "| not comparable across settings |"
     return head + f"| {value_text(step_value(arm_cell, arm))} |"
@@ -158,7 +165,7 @@ def baselines_table(cells: Cells) -> tuple[tuple[float, int], list[str]]:
         seeds, gaps, g = seed_gaps(cells[best], cell, "baseline")
         if key != best and seeds:
             lines.append(f"| {label(key)} | {', '.join(f'{x:+.4f}' for x in gaps)} | "
-                         f"{interval_text(g['interval'], '+.3f')} | {within.get(g['reading'], g['reading'])} |")
+                         f"{interval_text(g.interval, '+.3f')} | {within.get(g.reading, g.reading)} |")
     return best, lines
 
 

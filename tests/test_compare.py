@@ -56,7 +56,7 @@ def test_analyse_gives_the_three_views(tmp_path):
     # Three baseline evaluations in the stable phase (steps 1-36) are too few to fit its curve: no noise
     # estimate, so neither the gap nor the phase-1 step value is read as a win or a loss.
     assert r["phase1_step_value"] is None and "fitting its curve needs 5" in r["phase1_step_value_detail"]["reason"]
-    assert r["eval_noise"] is None and r["equal_flops"]["reading"] == "noise unknown"
+    assert r["eval_noise"] is None and r["equal_flops"].reading == "noise unknown"
 
 
 def test_no_wall_time_speedup_where_the_arms_seconds_per_flop_differ_beyond_their_work(tmp_path):
@@ -85,7 +85,7 @@ def test_a_gap_is_read_against_the_noise_of_the_baseline_curve(tmp_path):
     for name, gap in (("close", 0.03), ("far", 0.3), ("ahead", -0.3)):
         write_run(tmp_path / name, base[:-1] + [(2000, final + gap)], 2000, 100)
         r = analyse({"baseline": tmp_path / "baseline", "tst": tmp_path / name}, 400, 1600, warmup=20)
-        readings[name] = r["equal_flops"]["reading"]
+        readings[name] = r["equal_flops"].reading
         assert r["eval_noise"] == pytest.approx(0.03, rel=0.3)
     assert readings == {"close": "within noise", "far": "baseline better", "ahead": "TST better"}
     from tstrain.experiments.compare import reading_lines
@@ -140,7 +140,7 @@ def test_compare_end_to_end_writes_report_json_and_plots(tiny_cfg, tmp_path):
     assert f"{runs['tst']['final_val_loss']:.4f}" in report and "Equal loss" in report
     assert "What a phase-1 step buys" in report and "phase1_step_value" in result
     # 12 steps evaluated every 3: too few stable-phase evaluations to estimate the noise, so no verdict.
-    assert result["equal_flops"]["reading"] == "noise unknown"
+    assert result["equal_flops"].reading == "noise unknown"
     assert "## Reading" in report and "not resolved" in report and "saves compute" not in report
     # A second call reuses the finished runs instead of training again; a baseline LR equal to TST's is the
     # default comparison, and its report and figures are the same bytes.
@@ -167,7 +167,7 @@ def test_a_gap_at_different_lrs_keeps_its_reading_and_the_step_value_is_not_comp
     assert same["phase1_step_value"] is not None and same["switch"]["spike_vs_baseline"] is not None
     own = analyse(dirs, 400, 1600, warmup=20, lrs={"baseline": 4e-3, "tst": 2e-3})
     # The gap between the runs as trained is read against the same noise ...
-    assert own["equal_flops"] == same["equal_flops"] and own["equal_flops"]["reading"] == "TST better"
+    assert own["equal_flops"] == same["equal_flops"] and own["equal_flops"].reading == "TST better"
     assert own["equal_loss_within_runs"] == same["equal_loss_within_runs"]
     # ... while what reads the baseline's curve as TST's counterfactual gives no figure.
     assert own["phase1_step_value"] is None and own["phase1_step_value_detail"]["course"] == []
@@ -202,8 +202,8 @@ def test_compare_with_the_baseline_at_its_own_lr(tiny_cfg, tmp_path):
     assert saved_json["phase1_step_value"] is None and saved_json["lrs"] == {"baseline": 6e-3, "tst": 3e-3}
     assert saved_json["phase1_step_value_detail"]["value"] is None
     assert saved_json["phase1_step_value_detail"]["reading"] == "not comparable"
-    assert result["equal_flops"]["interval"] is not None  # the gaps keep their noise-aware reading
-    assert f"{result['equal_flops_delta']:+.4f}** nats ({result['equal_flops']['reading']}: 95% interval" in report
+    assert result["equal_flops"].interval is not None  # the gaps keep their noise-aware reading
+    assert f"{result['equal_flops_delta']:+.4f}** nats ({result['equal_flops'].reading}: 95% interval" in report
     # The same runs read at one LR would give a figure: the LRs, not the runs, withhold it.
     same = analyse({name: out / name for name in ("baseline", "tst")}, cfg.switch_step, decay_start(cfg),
                    cfg.optim.warmup_steps)

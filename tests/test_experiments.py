@@ -6,6 +6,8 @@ import pytest
 
 from tstrain.experiments.report_text import value_text
 from tstrain.experiments.statistics import (
+    GapReading,
+    ValueSummary,
     combine,
     fit_curve,
     gap_reading,
@@ -95,22 +97,22 @@ def test_a_step_value_that_cannot_be_measured_says_why():
 
 def test_a_gap_inside_the_noise_is_within_noise_and_a_clear_one_is_a_win_or_a_loss():
     noise = fit_curve(baseline_rows(0.02), WARMUP, DECAY).noise  # measured from the curve, about 0.02
-    assert gap_reading([0.03], [noise])["reading"] == "within noise"  # half-width ~ 1.96 * sqrt(2) * 0.02
-    assert gap_reading([-0.03], [noise])["reading"] == "within noise"
-    assert gap_reading([0.15], [noise])["reading"] == "baseline better"
-    assert gap_reading([-0.15], [noise])["reading"] == "TST better"
+    assert gap_reading([0.03], [noise]).reading == "within noise"  # half-width ~ 1.96 * sqrt(2) * 0.02
+    assert gap_reading([-0.03], [noise]).reading == "within noise"
+    assert gap_reading([0.15], [noise]).reading == "baseline better"
+    assert gap_reading([-0.15], [noise]).reading == "TST better"
     g = gap_reading([0.03], [noise])
-    assert g["interval"][0] < 0.0 < g["interval"][1] and g["se"] == pytest.approx(np.sqrt(2) * noise)
-    assert gap_reading([0.5], [None])["reading"] == "noise unknown"
+    assert g.interval[0] < 0.0 < g.interval[1] and g.se == pytest.approx(np.sqrt(2) * noise)
+    assert gap_reading([0.5], [None]).reading == "noise unknown"
 
 
 def test_two_seeds_add_their_spread_to_the_noise():
     # Each seed alone is clear, but they disagree: the pair is within noise.
-    assert gap_reading([0.08], [0.005])["reading"] == "baseline better"
+    assert gap_reading([0.08], [0.005]).reading == "baseline better"
     split = gap_reading([0.08, -0.06], [0.005, 0.005])
-    assert split["reading"] == "within noise" and split["seeds"] == 2 and split["gap"] == pytest.approx(0.01)
+    assert split.reading == "within noise" and split.seeds == 2 and split.gap == pytest.approx(0.01)
     agree = gap_reading([0.08, 0.07], [0.005, 0.005])
-    assert agree["reading"] == "baseline better" and agree["se"] < split["se"]
+    assert agree.reading == "baseline better" and agree.se < split.se
     c = combine([1.0, 3.0], [0.0, 0.0])
     assert c["mean"] == 2.0 and c["se"] == pytest.approx(np.sqrt(2.0 / 2))  # sample variance 2, over 2 seeds
 
@@ -119,25 +121,25 @@ def test_value_readings_over_seeds():
     assert value_reading([1.2, 1.9]) == "saves compute" and value_reading([0.2, 0.9]) == "costs compute"
     assert value_reading([0.5, None]) == "not resolved" and value_reading(None) == "not measured"
     one = {"value": 0.3, "interval": [0.1, 0.5], "reading": "costs compute"}
-    assert value_summary([one])["interval"] == [0.1, 0.5]
+    assert value_summary([one]).interval == [0.1, 0.5]
     two = value_summary([one, {"value": 1.3, "interval": [1.1, 1.5], "reading": "saves compute"}])
-    assert two["value"] == pytest.approx(0.8) and two["reading"] == "not resolved" and two["seeds"] == 2
-    assert value_summary([{"value": None, "interval": None, "reading": "not measured"}])["reading"] == "not measured"
+    assert two.value == pytest.approx(0.8) and two.reading == "not resolved" and two.seeds == 2
+    assert value_summary([{"value": None, "interval": None, "reading": "not measured"}]).reading == "not measured"
 
 
 def test_tst_below_the_baseline_asymptote_reads_as_saving_compute_not_as_unmeasured():
     base, tst = baseline_rows(0.01), tst_rows(0.3, 1800, 0.01)
     below = [dict(r, val_loss=2.0) if r["step"] > 1800 else r for r in tst]
     summary = value_summary([phase1_step_value(base, below, 1800, DECAY, WARMUP)])
-    assert summary["value"] is None and summary["reading"] == "saves compute" and summary["seeds"] == 1
-    assert summary["interval"] == [None, None]  # every redraw stays below the asymptote
+    assert summary.value is None and summary.reading == "saves compute" and summary.seeds == 1
+    assert summary.interval == [None, None]  # every redraw stays below the asymptote
     assert value_text(summary) == "above any (saves compute)"
     near = value_summary([{"value": None, "interval": [90.5, None], "reading": "saves compute"}])
     assert value_text(near) == "above any (90.50 to unbounded; saves compute)"
     wide = value_summary([{"value": None, "interval": [0.6, None], "reading": "not resolved"}])
-    assert wide["reading"] == "not resolved"
+    assert wide.reading == "not resolved"
     assert value_text(value_summary([{"value": None, "interval": None, "reading": "not measured"}])) == "n/a"
-    plain = {"value": 0.8, "interval": [0.5, 1.1], "reading": "not resolved"}
+    plain = ValueSummary(0.8, [0.5, 1.1], 1, "not resolved")
     assert value_text(plain) == "0.80 (0.50 to 1.10; not resolved)"
 
 
@@ -157,4 +159,5 @@ def test_every_figure_is_formatted_by_one_function():
     assert number(1.5, ".2f", suffix="x") == "1.50x" and number(None, ".0f", "not reached") == "not reached"
     assert interval_text([0.5, None], ".2f") == "0.50 to unbounded" and interval_text(None, ".2f") == "n/a"
     assert estimate_text(0.8, [0.5, 1.1]) == "0.80 (0.50 to 1.10)" and estimate_text(0.8, None) == "0.80"
-    assert gap_text({"gap": 0.0123, "se": 0.02, "reading": "within noise"}) == "+0.0123 +- 0.0392 (within noise)"
+    gap = GapReading(0.0123, 0.02, [0.0123 - 0.0392, 0.0123 + 0.0392], 1, "within noise")
+    assert gap_text(gap) == "+0.0123 +- 0.0392 (within noise)"

@@ -34,7 +34,7 @@ def test_sweep_runs_the_grid_and_the_baseline_once_and_resumes(tiny_cfg, tmp_pat
             and (measured["value"] is None) == (measured["reason"] is not None))
     assert table["phase1_step_value"]["2"]["0.25"] == measured["value"]
     # Eight steps give too few evaluations to estimate the noise: every gap is read as such, none as a win.
-    assert table["eval_noise"] is None and table["gap"]["4"]["0.5"]["reading"] == "noise unknown"
+    assert table["eval_noise"] is None and table["gap"]["4"]["0.5"].reading == "noise unknown"
     assert "noise unknown" in md
     assert (tmp_path / "sw" / "sweep_heatmap.png").stat().st_size > 0
     stamp = (tmp_path / "sw" / "s4-r0.5" / "summary.json").stat().st_mtime
@@ -73,7 +73,7 @@ def test_sweep_and_ablate_train_the_baseline_at_its_own_lr(tiny_cfg, tmp_path):
     saved = {n: load_config(None, tmp_path / "sw" / n / "config.toml").optim.lr for n in ("baseline", "s2-r0.5")}
     assert saved == {"baseline": 6e-3, "s2-r0.5": cfg.optim.lr} and cfg.optim.lr != 6e-3
     assert table["lrs"] == {"baseline": 6e-3, "tst": cfg.optim.lr}
-    assert table["phase1_step_value"]["2"]["0.5"] is None and table["gap"]["2"]["0.5"]["reading"] == "noise unknown"
+    assert table["phase1_step_value"]["2"]["0.5"] is None and table["gap"]["2"]["0.5"].reading == "noise unknown"
     md = (tmp_path / "sw" / "sweep.md").read_text()
     assert f"Each arm at its own LR: the baseline at 0.006, TST at {cfg.optim.lr:g}." in md
     assert f"Phase-1 step value: not comparable: {NOT_COMPARABLE}." in md

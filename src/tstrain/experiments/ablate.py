@@ -8,7 +8,6 @@ evaluation noise of the baseline's curve (``statistics.gap_reading``), and its p
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,7 @@ from ..config import Config
 from ..fileio import save_figure, write_text_atomic
 from ..run_lock import locked
 from .plans import ABLATIONS
-from .report_text import data_line, estimate_text, gap_text, lr_line, noise_text
+from .report_text import data_line, estimate_text, gap_text, json_text, lr_line, noise_text
 from .runs import baseline_of, data_record, eval_noise, lrs_of, run_or_reuse, step_values, val_rows
 from .statistics import gap_reading, value_at
 
@@ -46,7 +45,7 @@ def ablate(cfg: Config, out_dir: str | Path, names: list[str] | None = None,
                       "vs_baseline": gap_reading([s["final_val_loss"] - base], [noise]),
                       "data_tokens": s["data_tokens"], "overrides": table_of.get(n, {"tst.ratio": 0.0})}
                   for n, s in summaries.items()}
-        write_text_atomic(out / "ablations.json", json.dumps(result, indent=2) + "\n")
+        write_text_atomic(out / "ablations.json", json_text(result))
         write_text_atomic(out / "ablations.md", ablations_markdown(result, values, cfg, noise, lrs_of(runs)))
         plot_ablations(vals, switch, out / "ablations.png")
         return result

@@ -12,7 +12,6 @@ without phase 1 (the phase-1 step value, the spike at the switch) is reported as
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,10 +26,11 @@ from ..train.run_dir import read_summary
 from .ladder import Rung, ladder_reading, plan_ladder, plot_ladder, train_ladder
 from .plans import CompareOptions
 from .plots import save_step_value_course
-from .report_text import data_line, interval_text, number
+from .report_text import data_line, interval_text, json_text, number
 from .runs import baseline_of, data_record, decay_start, run_or_reuse, val_rows
 from .statistics import (
     NOT_COMPARABLE,
+    GapReading,
     comparable,
     first_reaching,
     fit_curve,
@@ -249,12 +249,12 @@ def equal_loss_lines(result: dict[str, Any]) -> list[str]:
     return lines + [""]
 
 
-def gap_words(reading: dict[str, Any], noise: float | None) -> str:
+def gap_words(reading: GapReading, noise: float | None) -> str:
     """Return a gap's reading with its interval, e.g. "baseline better: 95% interval +0.008 to +0.117"."""
-    if reading["interval"] is None:
+    if reading.interval is None:
         return ("noise unknown: the baseline has too few evaluations in its stable phase to estimate it "
                 "(evaluate more often, train.eval_every)")
-    return (f"{reading['reading']}: 95% interval {interval_text(reading['interval'], '+.3f')}, "
+    return (f"{reading.reading}: 95% interval {interval_text(reading.interval, '+.3f')}, "
             f"evaluation noise {noise:.3f} nats "
             "on one evaluation")
 
@@ -276,10 +276,10 @@ def reading_lines(result: dict[str, Any]) -> list[str]:
                    "size.")
     words = gap_words(reading, result.get("eval_noise"))
     at = "at equal FLOPs" + (", each arm at its own LR" if own_lr else "")
-    if reading["reading"] == "TST better":
+    if reading.reading == "TST better":
         verdict = (f"TST ends {-gap:.3f} nats below the baseline {at} ({words}): here it saves compute."
                    f"{bought} Check that the win holds on a second seed (`--seed 1`) before relying on it.")
-    elif reading["reading"] == "baseline better":
+    elif reading.reading == "baseline better":
         verdict = (f"TST ends {gap:.3f} nats above the baseline {at} ({words}): here it costs compute."
                    f"{bought} {small_scale}")
     else:
@@ -398,7 +398,7 @@ def compare(cfg: Config, out_dir: str | Path, options: CompareOptions | None = N
                          {"baseline": runs[0].config.optim.lr, "tst": cfg.optim.lr}, decays if rungs else None)
         result["labels"] = labels
         result["data"] = data_record(cfg.data.path)
-        write_text_atomic(out / "comparison.json", json.dumps(result, indent=2) + "\n")
+        write_text_atomic(out / "comparison.json", json_text(result))
         write_text_atomic(out / "report.md", report_markdown(result, labels, o.command))
         plot(dirs, labels, cfg.switch_step, out)
         _plot_or_remove(plot_ladder, result.get("equal_loss"), out / "equal_loss.png")

@@ -3,10 +3,12 @@ One formatter per kind of figure, so compare, sweep, ablate and scale write them
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 from typing import Any
 
-from .statistics import Z95, comparable
+from .statistics import Z95, GapReading, ValueSummary, comparable
 
 
 def number(x: float | None, spec: str, missing: str = "n/a", suffix: str = "") -> str:
@@ -32,23 +34,34 @@ def estimate_text(value: float | None, interval: list[float | None] | None, spec
     return f"{number(value, spec)} ({interval_text(interval, spec)})"
 
 
-def gap_text(gap: dict[str, Any]) -> str:
-    """Return a gap reading (``statistics.gap_reading``) with its 95% half-width, e.g. "+0.0123 +- 0.0390 (within
-    noise)"."""
-    if gap["se"] is None:
-        return f"{gap['gap']:+.4f} (noise unknown)"
-    return f"{gap['gap']:+.4f} +- {Z95 * gap['se']:.4f} ({gap['reading']})"
+def gap_text(gap: GapReading) -> str:
+    """Return a gap reading with its 95% half-width, e.g. "+0.0123 +- 0.0390 (within noise)"."""
+    if gap.se is None:
+        return f"{gap.gap:+.4f} (noise unknown)"
+    return f"{gap.gap:+.4f} +- {Z95 * gap.se:.4f} ({gap.reading})"
 
 
-def value_text(summary: dict[str, Any]) -> str:
-    """Return a ``value_summary`` as table text: "value (lo to hi; reading)", "n/a" (with the reason where it
-    is not comparable), or, for TST below the baseline's fitted asymptote, "above any (lo to unbounded; ...)"."""
-    if summary["value"] is None and not summary["interval"]:
-        return "n/a" if summary["reading"] == "not measured" else f"n/a ({summary['reading']})"
-    if summary["value"] is None and summary["interval"][0] is None:
-        return f"above any ({summary['reading']})"
-    value = number(summary["value"], ".2f", "above any")
-    return f"{value} ({interval_text(summary['interval'], '.2f')}; {summary['reading']})"
+def value_text(summary: ValueSummary) -> str:
+    """Return a phase-1 step value over seeds as table text: "value (lo to hi; reading)", "n/a" (with the reason
+    where it is not comparable), or, for TST below the baseline's fitted asymptote, "above any (lo to unbounded;
+    ...)"."""
+    if summary.value is None and not summary.interval:
+        return "n/a" if summary.reading == "not measured" else f"n/a ({summary.reading})"
+    if summary.value is None and summary.interval[0] is None:
+        return f"above any ({summary.reading})"
+    value = number(summary.value, ".2f", "above any")
+    return f"{value} ({interval_text(summary.interval, '.2f')}; {summary.reading})"
+
+
+def json_text(result: Any) -> str:
+    """Return a result as a report's JSON file holds it: its typed readings (``GapReading``) as their fields."""
+    return json.dumps(result, indent=2, default=_fields) + "\n"
+
+
+def _fields(value: Any) -> dict[str, Any]:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    raise TypeError(f"{type(value).__name__} is not JSON: give the report a dataclass, a dict or a number")
 
 
 def data_line(record: dict[str, Any] | None) -> str:

@@ -36,6 +36,8 @@ from .plots import save_step_value_course
 from .report_text import data_line, interval_text, number, value_text
 from .runs import baseline_of, data_record, decay_start, run_or_reuse, val_rows
 from .statistics import (
+    GapReading,
+    ValueSummary,
     comparable,
     fit_curve,
     gap_reading,
@@ -168,7 +170,7 @@ def settled(figures: dict[str, Any], within: float) -> bool:
     (measured within the two runs' decays, ``ladder.final_noise``; where they hold too few evaluations, the
     baseline's stable phase) and more than ``within`` nats. A gap of unknown noise is not settled."""
     noise = figures.get("final_noise") or figures["eval_noise"]
-    read = gap_reading([figures["gap"]], [noise])["reading"]
+    read = gap_reading([figures["gap"]], [noise]).reading
     return abs(figures["gap"]) > within and read in ("TST better", "baseline better")
 
 
@@ -299,7 +301,7 @@ def _mean(cell: dict[str, dict], arm: str, key: str) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def cell_readings(cell: dict[str, dict], arm: str) -> tuple[dict[str, Any], dict[str, Any]]:
+def cell_readings(cell: dict[str, dict], arm: str) -> tuple[GapReading, ValueSummary]:
     """Return one cell's gap reading and phase-1 step value over its seeds (``gap_reading``, ``value_summary``)."""
     figs = [f[arm] for f in cell.values() if arm in f]
     gap = gap_reading([f["gap"] for f in figs], [f.get("eval_noise") for f in figs])
@@ -325,7 +327,7 @@ def scale_markdown(result: dict[str, Any]) -> str:
                     f"| {size} | {entry['parameters'] / 1e6:.2f}M | {n} | {label} | {first['tokens_per_param']:.1f}, "
                     f"{first['tst_tokens_per_param']:.1f} | {_mean(cell, arm, 'baseline_val_loss'):.4f} | "
                     f"{_mean(cell, arm, 'tst_val_loss'):.4f} | {_mean(cell, arm, 'gap'):+.4f} ({gaps}) | "
-                    f"{interval_text(gap['interval'], '+.3f')} | {gap['reading']} | "
+                    f"{interval_text(gap.interval, '+.3f')} | {gap.reading} | "
                     f"{value_text(value)} | "
                     f"{number(_mean(cell, arm, 'gap_at_switch'), '+.3f')} | "
                     f"{number(_mean(cell, arm, 'half_recovery_steps'), '.0f')} |")
@@ -403,11 +405,10 @@ def plot_scale(result: dict[str, Any], out: Path) -> None:
             label = f"{size} ({entry['parameters'] / 1e6:.2f}M), {arm}"
             axes[0].plot(ns, [_mean(c, arm, "gap") for c in cells.values()], marker="o", label=label)
             values = [(n, cell_readings(c, arm)[1]) for n, c in zip(ns, cells.values())]
-            values = [(n, v) for n, v in values
-                      if v["value"] is not None and v["interval"] and None not in v["interval"]]
-            axes[1].errorbar([n for n, _ in values], [v["value"] for _, v in values], marker="o", capsize=3,
-                             label=label, yerr=[[v["value"] - v["interval"][0] for _, v in values],
-                                                [v["interval"][1] - v["value"] for _, v in values]])
+            values = [(n, v) for n, v in values if v.value is not None and v.interval and None not in v.interval]
+            axes[1].errorbar([n for n, _ in values], [v.value for _, v in values], marker="o", capsize=3,
+                             label=label, yerr=[[v.value - v.interval[0] for _, v in values],
+                                                [v.interval[1] - v.value for _, v in values]])
             axes[2].plot([_mean(c, arm, "flops") for c in cells.values()],
                          [_mean(c, arm, "gap") for c in cells.values()], marker="o", label=label)
     for ax, (xlabel, ylabel, level) in zip(axes, [("steps", "TST minus baseline val loss (nats)", 0.0),

@@ -173,7 +173,19 @@ def combine(values: list[float], errors: list[float | None]) -> dict[str, Any]:
     return {"mean": mean, "se": se, "interval": [mean - Z95 * se, mean + Z95 * se], "seeds": n}
 
 
-def gap_reading(gaps: list[float], noises: list[float | None]) -> dict[str, Any]:
+@dataclass(frozen=True)
+class GapReading:
+    """A gap over seeds (TST minus baseline final val loss) with its standard error, 95% interval and reading;
+    ``se`` and ``interval`` are None where the noise is unknown. Written to a report's JSON as its fields."""
+
+    gap: float
+    se: float | None
+    interval: list[float] | None
+    seeds: int
+    reading: str
+
+
+def gap_reading(gaps: list[float], noises: list[float | None]) -> GapReading:
     """Return the equal-FLOPs gap over seeds (TST minus baseline final val loss) with its interval and reading.
 
     ``noises`` are each seed's evaluation noise (``CurveFit.noise``); a gap of two final evaluations
@@ -181,8 +193,7 @@ def gap_reading(gaps: list[float], noises: list[float | None]) -> dict[str, Any]
     the final evaluation, taken after the LR decay.
     """
     g = combine(gaps, [None if n is None else math.sqrt(2.0) * n for n in noises])
-    return {"gap": g["mean"], "se": g["se"], "interval": g["interval"], "seeds": g["seeds"],
-            "reading": gap_reading_of(g["interval"])}
+    return GapReading(g["mean"], g["se"], g["interval"], g["seeds"], gap_reading_of(g["interval"]))
 
 
 def comparable(baseline_lr: float, tst_lr: float) -> bool:
@@ -203,26 +214,37 @@ def not_comparable_value() -> dict[str, Any]:
             "fit": None, "extrapolated": False}
 
 
-def value_summary(values: list[dict[str, Any]]) -> dict[str, Any]:
+@dataclass(frozen=True)
+class ValueSummary:
+    """The phase-1 step value over seeds with its 95% interval (an end None where it is unbounded) and reading.
+    ``value`` is None where it was not measured, not comparable, or, with ``beyond_asymptote``, where TST
+    ends below the baseline's fitted asymptote (worth more than any number of baseline steps)."""
+
+    value: float | None
+    interval: list[float | None] | None
+    seeds: int
+    reading: str
+    beyond_asymptote: bool = False
+
+
+def value_summary(values: list[dict[str, Any]]) -> ValueSummary:
     """Return the phase-1 step value over seeds (each a ``phase1_step_value`` result) with interval and reading."""
     measured = [v for v in values if v["value"] is not None]
     beyond = [v for v in values if v["value"] is None and v.get("interval")]  # below the baseline's asymptote
     if not measured and beyond:
         lo = min(math.inf if v["interval"][0] is None else v["interval"][0] for v in beyond)
         interval = [None if math.isinf(lo) else lo, None]
-        return {"value": None, "interval": interval, "seeds": len(beyond), "reading": value_reading(interval),
-                "beyond_asymptote": True}
+        return ValueSummary(None, interval, len(beyond), value_reading(interval), beyond_asymptote=True)
     if not measured:
         comparable = not values or any(v["reading"] != "not comparable" for v in values)
-        reading = "not measured" if comparable else "not comparable"
-        return {"value": None, "interval": None, "seeds": 0, "reading": reading}
+        return ValueSummary(None, None, 0, "not measured" if comparable else "not comparable")
     if len(measured) == 1:
         v = measured[0]
-        return {"value": v["value"], "interval": v["interval"], "seeds": 1, "reading": v["reading"]}
+        return ValueSummary(v["value"], v["interval"], 1, v["reading"])
     ses = [(v["interval"][1] - v["interval"][0]) / (2 * Z95) if v["interval"] and None not in v["interval"] else None
            for v in measured]
     c = combine([v["value"] for v in measured], ses)
-    return {"value": c["mean"], "interval": c["interval"], "seeds": c["seeds"], "reading": value_reading(c["interval"])}
+    return ValueSummary(c["mean"], c["interval"], c["seeds"], value_reading(c["interval"]))
 
 
 def _bootstrap(rows: list[dict[str, Any]], fit: CurveFit, draws: int,

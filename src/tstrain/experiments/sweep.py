@@ -12,14 +12,13 @@ apart); the gaps keep their reading and the phase-1 step values are not comparab
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from ..config import Config
 from ..fileio import save_figure, write_text_atomic
 from ..run_lock import locked
-from .report_text import data_line, estimate_text, gap_text, lr_line, noise_text
+from .report_text import data_line, estimate_text, gap_text, json_text, lr_line, noise_text
 from .runs import baseline_of, data_record, eval_noise, lrs_of, run_or_reuse, step_values
 from .statistics import NOT_COMPARABLE, comparable, gap_reading
 
@@ -51,7 +50,7 @@ def sweep(cfg: Config, out_dir: str | Path, bag_sizes: list[int], ratios: list[f
                  "phase1_step_value": {s: {r: values[n]["value"] for r, n in row.items()} for s, row in names.items()},
                  "phase1_step_value_interval": {s: {r: values[n]["interval"] for r, n in row.items()}
                                                 for s, row in names.items()}}
-        write_text_atomic(out / "sweep.json", json.dumps(table, indent=2) + "\n")
+        write_text_atomic(out / "sweep.json", json_text(table))
         write_text_atomic(out / "sweep.md", sweep_markdown(table, cfg))
         plot_sweep(table, out)
         return table
@@ -64,7 +63,7 @@ def sweep_markdown(table: dict[str, Any], cfg: Config) -> str:
     lines = [f"Final next-token validation loss, {cfg.train.steps} steps, "
              f"B={cfg.train.batch_size}, L={cfg.train.seq_len} "
              f"(lower is better; baseline {table['baseline']:.4f}; best s={best[1]}, r={best[2]}: {best[0]:.4f}, "
-             f"{best[0] - table['baseline']:+.4f} vs baseline, {table['gap'][best[1]][best[2]]['reading']})."
+             f"{best[0] - table['baseline']:+.4f} vs baseline, {table['gap'][best[1]][best[2]].reading})."
              + lr_line(table["lrs"]), "", data_line(data_record(cfg.data.path)), "",
              "| s \\ r | " + " | ".join(f"{r:g}" for r in rs) + " |", "| --- |" + " --- |" * len(rs),
              "| baseline | " + " | ".join(f"{table['baseline']:.4f}" for _ in rs) + " |"]
