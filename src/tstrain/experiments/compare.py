@@ -199,8 +199,7 @@ def report_markdown(result: dict[str, Any], labels: dict[str, str], command: str
     if "equal_data_delta" in result:
         lines += ["## Equal data", "",
                   f"TST minus the equal-data baseline's final val loss: **{result['equal_data_delta']:+.4f}** nats "
-                  f"({gap_words(result['equal_data'], result.get('eval_noise'))}; the paper finds the "
-                  "baseline wins this view).", ""]
+                  f"({gap_words(result['equal_data'], result.get('eval_noise'))}).", ""]
     lines += reading_lines(result)
     lines += ["Plots: `val_loss_vs_flops.png`, `val_loss_vs_data_tokens.png`, `val_loss_vs_wall_time.png`"
               + (", `phase1_step_value.png`." if result["phase1_step_value_detail"]["course"] else "."), ""]
@@ -260,20 +259,19 @@ def gap_words(reading: GapReading, noise: float | None) -> str:
 
 
 def reading_lines(result: dict[str, Any]) -> list[str]:
-    """Return report.md's plain reading: does TST pay here, beyond the noise, and where to look if it does not."""
+    """Return report.md's plain reading: does TST pay in these runs, beyond the noise, and which runs would say more
+    if it does not. What other runs found belongs in docs/results.md, not in a report of these."""
     gap, reading = result["equal_flops_delta"], result["equal_flops"]
     detail = result["phase1_step_value_detail"]
     bought = "" if detail["value"] is None else (f" A phase-1 step bought {detail['value']:.2f} baseline steps "
                                                  f"({detail['reading']}).")
     own_lr = result.get("each_arm_at_its_own_lr")
-    tune = ("Tune TST's LR on its own before concluding: "
+    tune = ("These runs measured one LR per arm; to tune TST's on its own, "
             + ("try other `--lr` values against this baseline, or `tstrain scale --lrs ... --tune-arms`, which "
                "tunes both arms over one grid. " if own_lr else
-               "its best LR can sit below the baseline's (what the project measured, and where: "
-               "docs/results.md); run `--lr` at a half or a quarter of this LR with `--baseline-lr` at this one. "))
-    small_scale = (tune + "The paper's gains are at 270M-10B parameters and tens of thousands of 2M-token steps; "
-                   "`tstrain scale` measures how the gap and the phase-1 step value move with run length and model "
-                   "size.")
+               "run other `--lr` values with `--baseline-lr` at this one. "))
+    small_scale = (tune + "`tstrain scale` measures how the gap and the phase-1 step value move with run length and "
+                   "model size.")
     words = gap_words(reading, result.get("eval_noise"))
     at = "at equal FLOPs" + (", each arm at its own LR" if own_lr else "")
     if reading.reading == "TST better":

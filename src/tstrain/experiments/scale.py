@@ -1,18 +1,18 @@
 """Where TST starts to pay: baseline vs TST over a grid of run lengths and model sizes.
 
-Each size is a preset (a model shape and its batch geometry). Its learning rate is tuned on its
-own baseline first (``--lrs``, the best final val loss at ``tune_steps``), then used by both
-arms at every run length: the paper's protocol. With ``--tune-arms`` each TST arm is tuned the
-same way on its own runs and trained at its own best LR (TST's best LR can sit below the
-baseline's); its phase-1 step value and switch figures are then not comparable. For every
-(size, steps, seed) cell the study records tokens per parameter, the equal-FLOPs gap, the
-phase-1 step value, the gap at the switch and the steps TST takes to halve it, then fits the gap
-against log10(steps) per size to say where the trend crosses zero. Gaps and phase-1 step values
-are read against the evaluation noise of each baseline's curve and, with two seeds or more, the
-seed spread (``statistics.gap_reading``, ``statistics.value_summary``). Each arm's compute to equal loss
-is read against the study's baselines at its run length and every longer one (``ladder.equal_loss``). A
-cell's first seed settles it when its gap is beyond the noise of a final value, measured within the decays
-(``ladder.final_noise``). Runs are reused when finished and resumed when interrupted.
+Each size is a preset (a model shape and its batch geometry). Its learning rate is tuned on its own
+baseline first (``--lrs``, the best final val loss at ``tune_steps``), then used by both arms at
+every run length: the paper's protocol. With ``--tune-arms`` each TST arm is tuned the same way on
+its own runs and trained at its own best LR; its phase-1 step value and switch figures are then not
+comparable. For every (size, steps, seed) cell the study records tokens per parameter, the
+equal-FLOPs gap, the phase-1 step value, the gap at the switch and the steps TST takes to halve it,
+then fits the gap against log10(steps) per size to say where the trend crosses zero. Gaps and
+phase-1 step values are read against the evaluation noise of each baseline's curve and, with two
+seeds or more, the seed spread (``statistics.gap_reading``, ``statistics.value_summary``). Each
+arm's compute to equal loss is read against the study's baselines at its run length and every longer
+one (``ladder.equal_loss``). A cell's first seed settles it when its gap is beyond the noise of a
+final value, measured within the decays (``ladder.final_noise``). Runs are reused when finished and
+resumed when interrupted.
 """
 
 from __future__ import annotations
