@@ -118,18 +118,9 @@ def analyse(run_dirs: dict[str, Path], switch_step: int, decay: int, warmup: int
     if ladder:
         out["equal_loss"] = ladder_reading(rows, {n: out["runs"][n]["flops"] for n in rows},
                                            {**ladder, "tst": decay}, list(ladder), noise)
-    tst_at, base_at = value_at(tst, switch_step), value_at(base, switch_step)
-    if tst_at is not None and base_at is not None:
-        after = [r for r in tst if r["step"] > switch_step]
-        crossing = next((r["step"] for r in after if r["val_loss"] < (value_at(base, r["step"]) or float("inf"))), None)
-        out["switch"] = {
-            "tst_val_loss_at_switch": tst_at,
-            "baseline_val_loss_at_switch": base_at,
-            "spike_vs_baseline": None if own_lrs else tst_at - base_at,
-            "first_eval_below_baseline_after_switch": None if own_lrs else crossing,
-        }
-        if own_lrs:
-            out["switch"]["not_comparable"] = NOT_COMPARABLE
+    switch = switch_figures(base, tst, switch_step, own_lrs)
+    if switch is not None:
+        out["switch"] = switch
     step_value = not_comparable_value() if own_lrs else phase1_step_value(base, tst, switch_step, decay, warmup)
     out["phase1_step_value"] = step_value["value"]
     out["phase1_step_value_detail"] = step_value
@@ -137,6 +128,27 @@ def analyse(run_dirs: dict[str, Path], switch_step: int, decay: int, warmup: int
         out["equal_data_delta"] = tst[-1]["val_loss"] - rows["baseline-equal-data"][-1]["val_loss"]
         out["equal_data"] = gap_reading([out["equal_data_delta"]], [noise])
     return out
+
+
+def switch_figures(base: list[dict[str, Any]], tst: list[dict[str, Any]], switch_step: int,
+                   own_lrs: bool) -> dict[str, Any] | None:
+    """Return both arms' val loss at the switch, TST's spike against the baseline and its first evaluation below
+    it after the switch (those two not comparable when the arms ran at different LRs); None where either curve
+    has no value at the switch."""
+    tst_at, base_at = value_at(tst, switch_step), value_at(base, switch_step)
+    if tst_at is None or base_at is None:
+        return None
+    after = [r for r in tst if r["step"] > switch_step]
+    crossing = next((r["step"] for r in after if r["val_loss"] < (value_at(base, r["step"]) or float("inf"))), None)
+    figures = {
+        "tst_val_loss_at_switch": tst_at,
+        "baseline_val_loss_at_switch": base_at,
+        "spike_vs_baseline": None if own_lrs else tst_at - base_at,
+        "first_eval_below_baseline_after_switch": None if own_lrs else crossing,
+    }
+    if own_lrs:
+        figures["not_comparable"] = NOT_COMPARABLE
+    return figures
 
 
 WALL_TOLERANCE = 1.25  # per-FLOP wall times further apart than this say the machine's load differed
