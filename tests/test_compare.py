@@ -55,7 +55,7 @@ def test_analyse_gives_the_three_views(tmp_path):
     assert r["runs"]["tst"]["data_tokens"] == 8000
     # Three baseline evaluations in the stable phase (steps 1-36) are too few to fit its curve: no noise
     # estimate, so neither the gap nor the phase-1 step value is read as a win or a loss.
-    assert r["phase1_step_value"] is None and "fitting its curve needs 5" in r["phase1_step_value_detail"]["reason"]
+    assert r["phase1_step_value"] is None and "fitting its curve needs 5" in r["phase1_step_value_detail"].reason
     assert r["eval_noise"] is None and r["equal_flops"].reading == "noise unknown"
 
 
@@ -104,7 +104,7 @@ def test_a_gap_is_read_against_the_noise_of_the_baseline_curve(tmp_path):
     from tstrain.experiments.compare import report_markdown
 
     assert r["phase1_step_value"] == pytest.approx(1.0, abs=0.1)
-    lo, hi = r["phase1_step_value_detail"]["interval"]
+    lo, hi = r["phase1_step_value_detail"].interval
     report = report_markdown(r, {"baseline": "baseline", "tst": "tst"}, "test")
     assert f"Phase-1 step value: **{r['phase1_step_value']:.2f}**" in report
     assert f"95% interval {lo:.2f} to {hi:.2f}: not resolved" in report and "`phase1_step_value.png`" in report
@@ -170,8 +170,8 @@ def test_a_gap_at_different_lrs_keeps_its_reading_and_the_step_value_is_not_comp
     assert own["equal_flops"] == same["equal_flops"] and own["equal_flops"].reading == "TST better"
     assert own["equal_loss_within_runs"] == same["equal_loss_within_runs"]
     # ... while what reads the baseline's curve as TST's counterfactual gives no figure.
-    assert own["phase1_step_value"] is None and own["phase1_step_value_detail"]["course"] == []
-    assert own["phase1_step_value_detail"]["reading"] == "not comparable"
+    assert own["phase1_step_value"] is None and own["phase1_step_value_detail"].course == []
+    assert own["phase1_step_value_detail"].reading == "not comparable"
     assert own["switch"]["spike_vs_baseline"] is None
     assert own["switch"]["first_eval_below_baseline_after_switch"] is None
     assert own["lrs"] == {"baseline": 4e-3, "tst": 2e-3} and own["each_arm_at_its_own_lr"] is True
@@ -207,7 +207,7 @@ def test_compare_with_the_baseline_at_its_own_lr(tiny_cfg, tmp_path):
     # The same runs read at one LR would give a figure: the LRs, not the runs, withhold it.
     same = analyse({name: out / name for name in ("baseline", "tst")}, cfg.switch_step, decay_start(cfg),
                    cfg.optim.warmup_steps)
-    assert same["phase1_step_value_detail"]["course"]
+    assert same["phase1_step_value_detail"].course
     # The baseline saved at 0.006 is not reused for a comparison at one LR.
     before = (out / "baseline" / "summary.json").stat().st_mtime
     with pytest.raises(ConfigError, match="optim.lr: saved 0.006, now 0.003"):

@@ -30,9 +30,9 @@ def test_sweep_runs_the_grid_and_the_baseline_once_and_resumes(tiny_cfg, tmp_pat
 
     measured = phase1_step_value(val_rows(tmp_path / "sw" / "baseline"), val_rows(tmp_path / "sw" / "s2-r0.25"), 2, 6,
                                  cfg.optim.warmup_steps)
-    assert ({p["step"] for p in measured["course"]} <= {4, 6}
-            and (measured["value"] is None) == (measured["reason"] is not None))
-    assert table["phase1_step_value"]["2"]["0.25"] == measured["value"]
+    assert ({p["step"] for p in measured.course} <= {4, 6}
+            and (measured.value is None) == (measured.reason is not None))
+    assert table["phase1_step_value"]["2"]["0.25"] == measured.value
     # Eight steps give too few evaluations to estimate the noise: every gap is read as such, none as a win.
     assert table["eval_noise"] is None and table["gap"]["4"]["0.5"].reading == "noise unknown"
     assert "noise unknown" in md

@@ -17,7 +17,7 @@ from ..run_lock import locked
 from .plans import ABLATIONS
 from .report_text import data_line, estimate_text, gap_text, json_text, lr_line, noise_text
 from .runs import baseline_of, data_record, eval_noise, lrs_of, run_or_reuse, step_values, val_rows
-from .statistics import gap_reading, value_at
+from .statistics import StepValue, gap_reading, value_at
 
 
 def ablate(cfg: Config, out_dir: str | Path, names: list[str] | None = None,
@@ -40,8 +40,8 @@ def ablate(cfg: Config, out_dir: str | Path, names: list[str] | None = None,
         noise = eval_noise(cfg, out)
         base = summaries["baseline"]["final_val_loss"]
         result = {n: {"final_val_loss": s["final_val_loss"], "val_loss_at_switch": value_at(vals[n], switch),
-                      "phase1_step_value": values[n]["value"] if n in values else None,
-                      "phase1_step_value_interval": values[n]["interval"] if n in values else None,
+                      "phase1_step_value": values[n].value if n in values else None,
+                      "phase1_step_value_interval": values[n].interval if n in values else None,
                       "vs_baseline": gap_reading([s["final_val_loss"] - base], [noise]),
                       "data_tokens": s["data_tokens"], "overrides": table_of.get(n, {"tst.ratio": 0.0})}
                   for n, s in summaries.items()}
@@ -51,7 +51,7 @@ def ablate(cfg: Config, out_dir: str | Path, names: list[str] | None = None,
         return result
 
 
-def ablations_markdown(result: dict[str, Any], values: dict[str, dict[str, Any]], cfg: Config, noise: float | None,
+def ablations_markdown(result: dict[str, Any], values: dict[str, StepValue], cfg: Config, noise: float | None,
                        lrs: dict[str, float]) -> str:
     """Return ablations.md: one row per run, its val loss at the switch and at the end, its gap to the baseline and
     its phase-1 step value."""
@@ -69,7 +69,7 @@ def ablations_markdown(result: dict[str, Any], values: dict[str, dict[str, Any]]
         ov = ", ".join(f"{k}={v}" for k, v in r["overrides"].items()) or "(the method)"
         at = "" if r["val_loss_at_switch"] is None else f"{r['val_loss_at_switch']:.4f}"
         value = "" if n == "baseline" else (
-            "not comparable" if values[n]["reading"] == "not comparable"
+            "not comparable" if values[n].reading == "not comparable"
             else estimate_text(r["phase1_step_value"], r["phase1_step_value_interval"]))
         vs = "" if n == "baseline" else gap_text(r["vs_baseline"])
         lines.append(f"| {n} | {ov} | {at} | {r['final_val_loss']:.4f} | {vs} | {value} | {r['data_tokens']:,} |")

@@ -31,6 +31,7 @@ from .runs import baseline_of, data_record, decay_start, run_or_reuse, val_rows
 from .statistics import (
     NOT_COMPARABLE,
     GapReading,
+    StepValue,
     comparable,
     first_reaching,
     fit_curve,
@@ -122,7 +123,7 @@ def analyse(run_dirs: dict[str, Path], switch_step: int, decay: int, warmup: int
     if switch is not None:
         out["switch"] = switch
     step_value = not_comparable_value() if own_lrs else phase1_step_value(base, tst, switch_step, decay, warmup)
-    out["phase1_step_value"] = step_value["value"]
+    out["phase1_step_value"] = step_value.value
     out["phase1_step_value_detail"] = step_value
     if "baseline-equal-data" in rows:
         out["equal_data_delta"] = tst[-1]["val_loss"] - rows["baseline-equal-data"][-1]["val_loss"]
@@ -214,7 +215,7 @@ def report_markdown(result: dict[str, Any], labels: dict[str, str], command: str
                   f"({gap_words(result['equal_data'], result.get('eval_noise'))}).", ""]
     lines += reading_lines(result)
     lines += ["Plots: `val_loss_vs_flops.png`, `val_loss_vs_data_tokens.png`, `val_loss_vs_wall_time.png`"
-              + (", `phase1_step_value.png`." if result["phase1_step_value_detail"]["course"] else "."), ""]
+              + (", `phase1_step_value.png`." if result["phase1_step_value_detail"].course else "."), ""]
     return "\n".join(lines)
 
 
@@ -275,8 +276,8 @@ def reading_lines(result: dict[str, Any]) -> list[str]:
     if it does not. What other runs found belongs in docs/results.md, not in a report of these."""
     gap, reading = result["equal_flops_delta"], result["equal_flops"]
     detail = result["phase1_step_value_detail"]
-    bought = "" if detail["value"] is None else (f" A phase-1 step bought {detail['value']:.2f} baseline steps "
-                                                 f"({detail['reading']}).")
+    bought = "" if detail.value is None else (f" A phase-1 step bought {detail.value:.2f} baseline steps "
+                                                 f"({detail.reading}).")
     own_lr = result.get("each_arm_at_its_own_lr")
     tune = ("These runs measured one LR per arm; to tune TST's on its own, "
             + ("try other `--lr` values against this baseline, or `tstrain scale --lrs ... --tune-arms`, which "
@@ -298,27 +299,27 @@ def reading_lines(result: dict[str, Any]) -> list[str]:
     return ["## Reading", "", verdict, ""]
 
 
-def phase1_value_lines(detail: dict[str, Any], switch: int) -> list[str]:
+def phase1_value_lines(detail: StepValue, switch: int) -> list[str]:
     """Return report.md's section on what a phase-1 step buys: the value, its interval and its course."""
     lines = ["## What a phase-1 step buys", ""]
-    if detail["value"] is None:
-        what = "Not comparable" if detail["reading"] == "not comparable" else "Not measured"
-        return lines + [f"{what}: {detail['reason']}.", ""]
-    fit, steps = detail["fit"], detail["steps"]
-    t = detail["at_step"]
-    extrapolated = " (extrapolated)" if detail["extrapolated"] else ""
+    if detail.value is None:
+        what = "Not comparable" if detail.reading == "not comparable" else "Not measured"
+        return lines + [f"{what}: {detail.reason}.", ""]
+    fit, steps = detail.fit, detail.steps
+    t = detail.at_step
+    extrapolated = " (extrapolated)" if detail.extrapolated else ""
     lines += [
-        f"Phase-1 step value: **{detail['value']:.2f}** baseline steps per phase-1 step (95% interval "
-        f"{interval_text(detail['interval'], '.2f')}: {detail['reading']}). Over its last {len(steps)} evaluations "
-        f"before the LR decay (steps {steps[0]}-{steps[-1]}) TST's mean val loss {detail['level']:.4f} is where the "
-        f"baseline's fitted curve stands at step {detail['baseline_step']:.0f}{extrapolated}; "
+        f"Phase-1 step value: **{detail.value:.2f}** baseline steps per phase-1 step (95% interval "
+        f"{interval_text(detail.interval, '.2f')}: {detail.reading}). Over its last {len(steps)} evaluations "
+        f"before the LR decay (steps {steps[0]}-{steps[-1]}) TST's mean val loss {detail.level:.4f} is where the "
+        f"baseline's fitted curve stands at step {detail.baseline_step:.0f}{extrapolated}; "
         f"less TST's {t - switch:.0f} phase-2 steps, its {switch} phase-1 steps bought "
-        f"{detail['baseline_step'] - (t - switch):.0f} baseline steps. 1.00 is break-even at equal FLOPs, above 1 "
+        f"{detail.baseline_step - (t - switch):.0f} baseline steps. 1.00 is break-even at equal FLOPs, above 1 "
         "TST saves compute, 0 means phase 1 bought nothing.", "",
         f"The baseline's curve: {fit['a']:.3f} + {fit['b']:.3g} * step^-{fit['c']:.3f}, fitted to its {fit['evals']} "
         f"evaluations from step {fit['first']} to {fit['last']}; their scatter about it, {fit['noise']:.4f} nats, is "
         "the evaluation noise behind every interval here.", ""]
-    course = [p for p in detail["course"] if p["value"] is not None]
+    course = [p for p in detail.course if p["value"] is not None]
     if course:
         picks = [course[round(i * (len(course) - 1) / 4)] for i in range(5)] if len(course) > 5 else course
         lines += ["Along the run (one evaluation each, so wider intervals; plotted in `phase1_step_value.png`): "
@@ -327,25 +328,25 @@ def phase1_value_lines(detail: dict[str, Any], switch: int) -> list[str]:
     return lines
 
 
-def plot_step_value(detail: dict[str, Any], path: Path) -> None:
+def plot_step_value(detail: StepValue, path: Path) -> None:
     """Write the phase-1 step value of each TST evaluation in phase 2 against its step, with its interval."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    course = [p for p in detail["course"] if p["value"] is not None]
+    course = [p for p in detail.course if p["value"] is not None]
     fig, ax = plt.subplots(figsize=(7, 4.5))
     steps = [p["step"] for p in course]
     lows = [-5.0 if p["interval"][0] is None else max(p["interval"][0], -5.0) for p in course]
     highs = [5.0 if p["interval"][1] is None else min(p["interval"][1], 5.0) for p in course]
     ax.fill_between(steps, lows, highs, alpha=0.25, label="95% interval (clipped to -5..5)")
     ax.plot(steps, [p["value"] for p in course], marker=".", label="one evaluation")
-    if detail["value"] is not None:
-        lo, hi = (5.0 if x is None else min(max(x, -5.0), 5.0) for x in detail["interval"])
-        ax.errorbar([detail["at_step"]], [detail["value"]], fmt="o", color="black",
-                    yerr=[[max(detail["value"] - lo, 0.0)], [max(hi - detail["value"], 0.0)]],
-                    label=f"mean of the last {len(detail['steps'])}")
+    if detail.value is not None:
+        lo, hi = (5.0 if x is None else min(max(x, -5.0), 5.0) for x in detail.interval)
+        ax.errorbar([detail.at_step], [detail.value], fmt="o", color="black",
+                    yerr=[[max(detail.value - lo, 0.0)], [max(hi - detail.value, 0.0)]],
+                    label=f"mean of the last {len(detail.steps)}")
     save_step_value_course(fig, ax, "phase-1 step value (baseline steps)", path, 8)
 
 
@@ -413,7 +414,7 @@ def compare(cfg: Config, out_dir: str | Path, options: CompareOptions | None = N
         plot(dirs, labels, cfg.switch_step, out)
         _plot_or_remove(plot_ladder, result.get("equal_loss"), out / "equal_loss.png")
         detail = result["phase1_step_value_detail"]
-        _plot_or_remove(plot_step_value, detail if detail["course"] else None, out / "phase1_step_value.png")
+        _plot_or_remove(plot_step_value, detail if detail.course else None, out / "phase1_step_value.png")
         return result
 
 

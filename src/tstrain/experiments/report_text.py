@@ -54,11 +54,14 @@ def value_text(summary: ValueSummary) -> str:
 
 
 def json_text(result: Any) -> str:
-    """Return a result as a report's JSON file holds it: its typed readings (``GapReading``) as their fields."""
+    """Return a result as a report's JSON file holds it: its typed readings (``GapReading``, ``StepValue``) as
+    their fields."""
     return json.dumps(result, indent=2, default=_fields) + "\n"
 
 
 def _fields(value: Any) -> dict[str, Any]:
+    if hasattr(value, "to_dict"):
+        return value.to_dict()
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return dataclasses.asdict(value)
     raise TypeError(f"{type(value).__name__} is not JSON: give the report a dataclass, a dict or a number")

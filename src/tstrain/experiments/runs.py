@@ -18,7 +18,7 @@ from ..train.loop import train
 from ..train.metrics import read_jsonl
 from ..train.run_dir import CHECKPOINTS, METRICS, SUMMARY, read_summary, refuse_reuse
 from .plans import baseline_lr_rule
-from .statistics import comparable, fit_curve, not_comparable_value, phase1_step_value
+from .statistics import StepValue, comparable, fit_curve, not_comparable_value, phase1_step_value
 
 
 def baseline_of(cfg: Config, lr: float | None = None) -> Config:
@@ -79,7 +79,7 @@ def decay_start(cfg: Config) -> int:
     return cfg.train.steps - round(cfg.optim.decay_fraction * cfg.train.steps)
 
 
-def step_values(runs: dict[str, Config], out: Path) -> dict[str, dict[str, Any]]:
+def step_values(runs: dict[str, Config], out: Path) -> dict[str, StepValue]:
     """Return each TST run's phase-1 step value (``statistics.phase1_step_value``) against the dir's ``baseline``:
     not comparable for a run at another LR than the baseline's."""
     base, base_lr = val_rows(out / "baseline"), runs["baseline"].optim.lr

@@ -37,6 +37,7 @@ from .report_text import data_line, interval_text, number, value_text
 from .runs import baseline_of, data_record, decay_start, run_or_reuse, val_rows
 from .statistics import (
     GapReading,
+    StepValue,
     ValueSummary,
     comparable,
     fit_curve,
@@ -109,9 +110,9 @@ def cell_figures(base_dir: Path, tst_dir: Path, cfg: Config, params: int) -> dic
         "tokens_per_param": b_sum["data_tokens"] / params, "tst_tokens_per_param": t_sum["data_tokens"] / params,
         "eval_noise": fit.noise if fit else None, "tst_flops": t_sum["flops"],
         "final_noise": final_noise([(base, decay_start(cfg)), (tst, decay_start(cfg))]),
-        "phase1_step_value": value["value"], "phase1_step_value_reason": value["reason"],
-        "phase1_step_value_interval": value["interval"], "phase1_step_value_reading": value["reading"],
-        "phase1_step_value_course": [[p["step"], p["value"]] for p in value["course"]],
+        "phase1_step_value": value.value, "phase1_step_value_reason": value.reason,
+        "phase1_step_value_interval": value.interval, "phase1_step_value_reading": value.reading,
+        "phase1_step_value_course": [[p["step"], p["value"]] for p in value.course],
         "gap_at_switch": switch_gap,
         "half_recovery_steps": None if switch_gap is None else half_recovery_steps(base, tst, S),
     }
@@ -305,8 +306,8 @@ def cell_readings(cell: dict[str, dict], arm: str) -> tuple[GapReading, ValueSum
     """Return one cell's gap reading and phase-1 step value over its seeds (``gap_reading``, ``value_summary``)."""
     figs = [f[arm] for f in cell.values() if arm in f]
     gap = gap_reading([f["gap"] for f in figs], [f.get("eval_noise") for f in figs])
-    value = value_summary([{"value": f["phase1_step_value"], "interval": f.get("phase1_step_value_interval"),
-                            "reading": f.get("phase1_step_value_reading", "not measured")} for f in figs])
+    value = value_summary([StepValue(f["phase1_step_value"], f.get("phase1_step_value_interval"),
+                                     f.get("phase1_step_value_reading", "not measured")) for f in figs])
     return gap, value
 
 

@@ -13,7 +13,7 @@ otherwise it is "within noise" / "not resolved".
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -207,11 +207,42 @@ def comparable(baseline_lr: float, tst_lr: float) -> bool:
 NOT_COMPARABLE = "the arms ran at different LRs (the baseline's stable phase stands at another level)"
 
 
-def not_comparable_value() -> dict[str, Any]:
-    """Return the phase-1 step value's record of a comparison whose arms ran at different LRs: no figure, since
-    the baseline's curve is not what TST would have done without phase 1."""
-    return {"value": None, "interval": None, "reading": "not comparable", "reason": NOT_COMPARABLE, "course": [],
-            "fit": None, "extrapolated": False}
+@dataclass(frozen=True)
+class StepValue:
+    """What one phase-1 step bought, in baseline steps, for one TST run against its baseline (``phase1_step_value``):
+    ``value`` with its 95% interval and reading, or None with the ``reason``; ``course`` one point per evaluation;
+    where the baseline's curve was fitted (``fit``), the ``level`` TST stands at over its last ``steps`` (mean step
+    ``at_step``) and the ``baseline_step`` where the fitted curve stands there."""
+
+    value: float | None
+    interval: list[float | None] | None
+    reading: str
+    reason: str | None = None
+    course: list[dict[str, Any]] = field(default_factory=list)
+    k: int | None = None  # the evaluations averaged; None where no reading was tried (the arms are not comparable)
+    fit: dict[str, Any] | None = None
+    extrapolated: bool = False
+    level: float | None = None
+    at_step: float | None = None
+    steps: list[int] | None = None
+    baseline_step: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the record a report's JSON holds: ``k`` only where a reading was tried, and the level, its steps
+        and the baseline's step only where the baseline's curve was fitted."""
+        record = asdict(self)
+        if self.k is None:
+            del record["k"]
+        if self.fit is None:
+            for key in ("level", "at_step", "steps", "baseline_step"):
+                del record[key]
+        return record
+
+
+def not_comparable_value() -> StepValue:
+    """Return the phase-1 step value of a comparison whose arms ran at different LRs: no figure, since the
+    baseline's curve is not what TST would have done without phase 1."""
+    return StepValue(None, None, "not comparable", NOT_COMPARABLE)
 
 
 @dataclass(frozen=True)
@@ -227,23 +258,23 @@ class ValueSummary:
     beyond_asymptote: bool = False
 
 
-def value_summary(values: list[dict[str, Any]]) -> ValueSummary:
+def value_summary(values: list[StepValue]) -> ValueSummary:
     """Return the phase-1 step value over seeds (each a ``phase1_step_value`` result) with interval and reading."""
-    measured = [v for v in values if v["value"] is not None]
-    beyond = [v for v in values if v["value"] is None and v.get("interval")]  # below the baseline's asymptote
+    measured = [v for v in values if v.value is not None]
+    beyond = [v for v in values if v.value is None and v.interval]  # below the baseline's asymptote
     if not measured and beyond:
-        lo = min(math.inf if v["interval"][0] is None else v["interval"][0] for v in beyond)
+        lo = min(math.inf if v.interval[0] is None else v.interval[0] for v in beyond)
         interval = [None if math.isinf(lo) else lo, None]
         return ValueSummary(None, interval, len(beyond), value_reading(interval), beyond_asymptote=True)
     if not measured:
-        comparable = not values or any(v["reading"] != "not comparable" for v in values)
+        comparable = not values or any(v.reading != "not comparable" for v in values)
         return ValueSummary(None, None, 0, "not measured" if comparable else "not comparable")
     if len(measured) == 1:
         v = measured[0]
-        return ValueSummary(v["value"], v["interval"], 1, v["reading"])
-    ses = [(v["interval"][1] - v["interval"][0]) / (2 * Z95) if v["interval"] and None not in v["interval"] else None
+        return ValueSummary(v.value, v.interval, 1, v.reading)
+    ses = [(v.interval[1] - v.interval[0]) / (2 * Z95) if v.interval and None not in v.interval else None
            for v in measured]
-    c = combine([v["value"] for v in measured], ses)
+    c = combine([v.value for v in measured], ses)
     return ValueSummary(c["mean"], c["interval"], c["seeds"], value_reading(c["interval"]))
 
 
@@ -268,7 +299,7 @@ def _value_point(fit: CurveFit, boot: tuple[np.ndarray, ...], step: float, level
 
 
 def phase1_step_value(base: list[dict[str, Any]], tst: list[dict[str, Any]], switch: int, decay: int,
-                      warmup: int = 0, k: int = 5, draws: int = 400) -> dict[str, Any]:
+                      warmup: int = 0, k: int = 5, draws: int = 400) -> StepValue:
     """Return what one phase-1 step buys, in baseline steps, with its 95% interval and its course along the run.
 
     TST's level is the mean of its last ``k`` evaluations in phase 2 before the LR decay, at their
@@ -280,35 +311,37 @@ def phase1_step_value(base: list[dict[str, Any]], tst: list[dict[str, Any]], swi
     bootstrap, fixed seed); "not resolved" where it spans break-even. ``course`` is the value of
     each single evaluation, to show how it moves along the run.
     """
-    out: dict[str, Any] = {"value": None, "interval": None, "reading": "not measured", "reason": None,
-                           "course": [], "k": k, "fit": None, "extrapolated": False}
     evals = [r for r in tst if switch < r["step"] <= decay]
     fit = fit_curve(base, warmup, decay)
-    if switch == 0:
-        out["reason"] = "the run has no phase 1"
-    elif not evals:
-        out["reason"] = (f"no TST evaluation between the switch (step {switch}) and the LR decay (step {decay}); "
-                         "evaluate more often (train.eval_every)")
-    elif fit is None:
-        out["reason"] = (f"the baseline has {len(stable_rows(base, warmup, decay))} evaluations in its stable phase "
-                         f"(steps {max(2 * warmup, 1)} to {decay}), and fitting its curve needs {MIN_FIT_EVALS}; "
-                         "evaluate more often (train.eval_every)")
-    if out["reason"]:
-        return out
+    reason = _unmeasured(base, evals, fit, switch, decay, warmup)
+    if reason:
+        return StepValue(None, None, "not measured", reason, k=k)
     rng = np.random.default_rng(0)
     boot = _bootstrap(base, fit, draws, rng)
-    out["fit"] = fit.__dict__.copy()
-    out["course"] = [_value_point(fit, boot, r["step"], r["val_loss"], 1, switch, rng) for r in evals]
+    course = [_value_point(fit, boot, r["step"], r["val_loss"], 1, switch, rng) for r in evals]
     last = evals[-k:]
     at = sum(r["step"] for r in last) / len(last)
     head = _value_point(fit, boot, at, sum(r["val_loss"] for r in last) / len(last), len(last), switch, rng)
-    out.update(level=head["val_loss"], at_step=at, steps=[r["step"] for r in last], baseline_step=head["baseline_step"],
-               value=head["value"], interval=head["interval"], reading=value_reading(head["interval"]))
-    if head["value"] is None:
-        out["reason"] = (f"TST's mean val loss {head['val_loss']:.4f} over steps {last[0]['step']}-{last[-1]['step']} "
-                         f"is below the baseline's fitted asymptote {fit.a:.4f}: a phase-1 step is worth more than "
-                         "any number of baseline steps on this fit")
-    else:
-        out["extrapolated"] = head["baseline_step"] > fit.last
-    return out
+    reason = None if head["value"] is not None else (
+        f"TST's mean val loss {head['val_loss']:.4f} over steps {last[0]['step']}-{last[-1]['step']} "
+        f"is below the baseline's fitted asymptote {fit.a:.4f}: a phase-1 step is worth more than "
+        "any number of baseline steps on this fit")
+    return StepValue(head["value"], head["interval"], value_reading(head["interval"]), reason, course, k,
+                     fit.__dict__.copy(), head["value"] is not None and head["baseline_step"] > fit.last,
+                     head["val_loss"], at, [r["step"] for r in last], head["baseline_step"])
+
+
+def _unmeasured(base: list[dict[str, Any]], evals: list[dict[str, Any]], fit: CurveFit | None, switch: int,
+                decay: int, warmup: int) -> str | None:
+    """Return why a phase-1 step value cannot be read off these curves (None: it can)."""
+    if switch == 0:
+        return "the run has no phase 1"
+    if not evals:
+        return (f"no TST evaluation between the switch (step {switch}) and the LR decay (step {decay}); "
+                "evaluate more often (train.eval_every)")
+    if fit is None:
+        return (f"the baseline has {len(stable_rows(base, warmup, decay))} evaluations in its stable phase "
+                f"(steps {max(2 * warmup, 1)} to {decay}), and fitting its curve needs {MIN_FIT_EVALS}; "
+                "evaluate more often (train.eval_every)")
+    return None
 

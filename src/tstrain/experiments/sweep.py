@@ -47,8 +47,8 @@ def sweep(cfg: Config, out_dir: str | Path, bag_sizes: list[int], ratios: list[f
                  "grid": {s: {r: results[n] for r, n in row.items()} for s, row in names.items()},
                  "gap": {s: {r: gap_reading([results[n] - results["baseline"]], [noise]) for r, n in row.items()}
                          for s, row in names.items()},
-                 "phase1_step_value": {s: {r: values[n]["value"] for r, n in row.items()} for s, row in names.items()},
-                 "phase1_step_value_interval": {s: {r: values[n]["interval"] for r, n in row.items()}
+                 "phase1_step_value": {s: {r: values[n].value for r, n in row.items()} for s, row in names.items()},
+                 "phase1_step_value_interval": {s: {r: values[n].interval for r, n in row.items()}
                                                 for s, row in names.items()}}
         write_text_atomic(out / "sweep.json", json_text(table))
         write_text_atomic(out / "sweep.md", sweep_markdown(table, cfg))
