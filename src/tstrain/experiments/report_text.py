@@ -1,5 +1,6 @@
-"""Every number of an experiment's report as text: a value, a gap, a 95% interval, the data line.
-One formatter per kind of figure, so compare, sweep, ablate and scale write them alike."""
+"""Every figure of an experiment's report as text: a number, a 95% interval, a value with its interval, a gap, a
+phase-1 step value, the noise, the arms' LRs and the data line; and a result as its JSON file holds it. One
+formatter per kind of figure, so compare, sweep, ablate, scale and the result readers write them alike."""
 
 from __future__ import annotations
 
