@@ -23,7 +23,8 @@ from typing import Any
 
 from lr_warmup import best_setting, load_runs, mean_final, seed_gaps, step_value
 from tstrain.config import padded_vocab
-from tstrain.experiments.base import value_text
+from tstrain.experiments.report_text import interval_text, value_text
+from tstrain.experiments.statistics import GapReading
 from tstrain.models import model_info
 
 
@@ -35,13 +36,13 @@ def body_and_rest(cfg) -> tuple[int, int]:
     return p["total"] - p["embedding"] - head, p["embedding"] + head
 
 
-def gap_text(found: tuple[list[str], list[float], dict[str, Any] | None]) -> str:
+def gap_text(found: tuple[list[str], list[float], GapReading | None]) -> str:
     """Return ``seed_gaps``' result as text: the gap on each shared seed, with its reading and interval."""
     seeds, gaps, g = found
     if not seeds:
         return "n/a"
-    interval = "" if g["interval"] is None else f"; {g['interval'][0]:+.3f} to {g['interval'][1]:+.3f}"
-    return f"{', '.join(f'{x:+.3f}' for x in gaps)} ({g['reading']}{interval})"
+    interval = "" if g.interval is None else f"; {interval_text(g.interval, '+.3f')}"
+    return f"{', '.join(f'{x:+.3f}' for x in gaps)} ({g.reading}{interval})"
 
 
 def model_points(root: Path, size: str, steps: int, warmup: int) -> list[dict[str, Any]]:
@@ -92,8 +93,8 @@ def plot(points: list[dict[str, Any]], path: Path) -> None:
             done = [p for p in mine if p[key][0]]
             x = [100 * p["body"] / (p["body"] + p["rest"]) for p in done]
             mid = [sum(p[key][1]) / len(p[key][1]) for p in done]
-            lo = [m - p[key][2]["interval"][0] for m, p in zip(mid, done)]
-            hi = [p[key][2]["interval"][1] - m for m, p in zip(mid, done)]
+            lo = [m - p[key][2].interval[0] for m, p in zip(mid, done)]
+            hi = [p[key][2].interval[1] - m for m, p in zip(mid, done)]
             ax.errorbar(x, mid, yerr=[lo, hi], linestyle=style, marker="o", capsize=3, label=f"{arm}, {label}")
     ax.axhline(0, color="grey", linewidth=1)
     ax.set_xlabel("share of the parameters in the transformer body (%)")

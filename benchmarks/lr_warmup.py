@@ -25,15 +25,15 @@ from pathlib import Path
 from typing import Any
 
 from tstrain.config import load_config
-from tstrain.experiments.base import (
-    decay_start,
+from tstrain.experiments.report_text import interval_text, number, value_text
+from tstrain.experiments.runs import decay_start, val_rows
+from tstrain.experiments.statistics import (
+    GapReading,
+    ValueSummary,
     fit_curve,
     gap_reading,
-    interval_text,
     phase1_step_value,
-    val_rows,
     value_summary,
-    value_text,
 )
 
 
@@ -85,7 +85,7 @@ def best_setting(cells: Cells, name: str) -> tuple[tuple[float, int], list[str]]
 
 
 def seed_gaps(base_cell: dict[str, dict[str, Any]], arm_cell: dict[str, dict[str, Any]],
-              arm: str) -> tuple[list[str], list[float], dict[str, Any] | None]:
+              arm: str) -> tuple[list[str], list[float], GapReading | None]:
     """Return the seeds both cells ran, ``arm`` minus the baseline's final val loss on each, and their
     ``gap_reading`` (None without a shared seed)."""
     seeds = [s for s in arm_cell if arm in arm_cell[s] and "baseline" in base_cell.get(s, {})]
@@ -93,7 +93,7 @@ def seed_gaps(base_cell: dict[str, dict[str, Any]], arm_cell: dict[str, dict[str
     return seeds, gaps, gap_reading(gaps, [noise_of(base_cell[s]["baseline"]) for s in seeds]) if seeds else None
 
 
-def step_value(cell: dict[str, dict[str, Any]], arm: str) -> dict[str, Any]:
+def step_value(cell: dict[str, dict[str, Any]], arm: str) -> ValueSummary:
     """Return the ``value_summary`` of ``arm``'s phase-1 step value against the baseline of the same cell."""
     values = []
     for runs in cell.values():
@@ -110,8 +110,8 @@ def reading(base_cell: dict[str, dict[str, Any]], arm_cell: dict[str, dict[str, 
     seeds, gaps, g = seed_gaps(base_cell, arm_cell, arm)
     if not seeds:
         return "| n/a | | | |"
-    head = (f"| {', '.join(f'{x:+.4f}' for x in gaps)} | {interval_text(g['interval'], '+.3f')} | "
-            f"{g['reading']} (seeds {', '.join(seeds)}) ")
+    head = (f"| {', '.join(f'{x:+.4f}' for x in gaps)} | {interval_text(g.interval, '+.3f')} | "
+            f"{g.reading} (seeds {', '.join(seeds)}) ")
     if base_cell is not arm_cell:  # the stable phases of two LRs stand at different levels
         return head + "| not comparable across settings |"
     return head + f"| {value_text(step_value(arm_cell, arm))} |"
@@ -149,7 +149,7 @@ def finals_table(cells: Cells, arms: list[str], size: str, steps: int) -> list[s
             finals = " | ".join(f"{runs[a]['final']:.4f}" if a in runs else "not run" for a in ["baseline", *arms])
             noise = noise_of(runs["baseline"]) if "baseline" in runs else None
             lines.append(f"| {key[0]:g} | {key[1]} | {seed} | {finals} | "
-                         f"{'n/a' if noise is None else f'{noise:.4f}'} |")
+                         f"{number(noise, '.4f')} |")
     return lines
 
 
@@ -165,7 +165,7 @@ def baselines_table(cells: Cells) -> tuple[tuple[float, int], list[str]]:
         seeds, gaps, g = seed_gaps(cells[best], cell, "baseline")
         if key != best and seeds:
             lines.append(f"| {label(key)} | {', '.join(f'{x:+.4f}' for x in gaps)} | "
-                         f"{interval_text(g['interval'], '+.3f')} | {within.get(g['reading'], g['reading'])} |")
+                         f"{interval_text(g.interval, '+.3f')} | {within.get(g.reading, g.reading)} |")
     return best, lines
 
 

@@ -5,8 +5,9 @@ import json
 import pytest
 
 from tstrain.config import load_config
-from tstrain.experiments.base import decay_start, first_reaching
 from tstrain.experiments.compare import analyse, plan_runs, report_markdown
+from tstrain.experiments.runs import decay_start
+from tstrain.experiments.statistics import first_reaching
 
 
 def write_run(d, val, steps, data_per_step, wall_per_step=1.0):
@@ -19,7 +20,7 @@ def write_run(d, val, steps, data_per_step, wall_per_step=1.0):
 
 
 def test_value_at_interpolates_and_is_none_outside():
-    from tstrain.experiments.base import value_at
+    from tstrain.experiments.statistics import value_at
 
     rows = [{"step": 0, "val_loss": 5.0}, {"step": 10, "val_loss": 4.0}]
     assert value_at(rows, 4) == pytest.approx(4.6) and value_at(rows, 10) == 4.0 and value_at(rows, 11) is None
@@ -54,8 +55,8 @@ def test_analyse_gives_the_three_views(tmp_path):
     assert r["runs"]["tst"]["data_tokens"] == 8000
     # Three baseline evaluations in the stable phase (steps 1-36) are too few to fit its curve: no noise
     # estimate, so neither the gap nor the phase-1 step value is read as a win or a loss.
-    assert r["phase1_step_value"] is None and "fitting its curve needs 5" in r["phase1_step_value_detail"]["reason"]
-    assert r["eval_noise"] is None and r["equal_flops"]["reading"] == "noise unknown"
+    assert r["phase1_step_value"] is None and "fitting its curve needs 5" in r["phase1_step_value_detail"].reason
+    assert r["eval_noise"] is None and r["equal_flops"].reading == "noise unknown"
 
 
 def test_no_wall_time_speedup_where_the_arms_seconds_per_flop_differ_beyond_their_work(tmp_path):
@@ -84,7 +85,7 @@ def test_a_gap_is_read_against_the_noise_of_the_baseline_curve(tmp_path):
     for name, gap in (("close", 0.03), ("far", 0.3), ("ahead", -0.3)):
         write_run(tmp_path / name, base[:-1] + [(2000, final + gap)], 2000, 100)
         r = analyse({"baseline": tmp_path / "baseline", "tst": tmp_path / name}, 400, 1600, warmup=20)
-        readings[name] = r["equal_flops"]["reading"]
+        readings[name] = r["equal_flops"].reading
         assert r["eval_noise"] == pytest.approx(0.03, rel=0.3)
     assert readings == {"close": "within noise", "far": "baseline better", "ahead": "TST better"}
     from tstrain.experiments.compare import reading_lines
@@ -103,7 +104,7 @@ def test_a_gap_is_read_against_the_noise_of_the_baseline_curve(tmp_path):
     from tstrain.experiments.compare import report_markdown
 
     assert r["phase1_step_value"] == pytest.approx(1.0, abs=0.1)
-    lo, hi = r["phase1_step_value_detail"]["interval"]
+    lo, hi = r["phase1_step_value_detail"].interval
     report = report_markdown(r, {"baseline": "baseline", "tst": "tst"}, "test")
     assert f"Phase-1 step value: **{r['phase1_step_value']:.2f}**" in report
     assert f"95% interval {lo:.2f} to {hi:.2f}: not resolved" in report and "`phase1_step_value.png`" in report
@@ -125,9 +126,10 @@ def test_plan_runs_equal_flops_and_equal_data():
 
 def test_compare_end_to_end_writes_report_json_and_plots(tiny_cfg, tmp_path):
     from tstrain.experiments.compare import compare
+    from tstrain.experiments.plans import CompareOptions
 
     cfg = tiny_cfg(**{"train.steps": 12, "tst.ratio": 0.5, "train.eval_every": 3})
-    result = compare(cfg, tmp_path / "cmp", command="test")
+    result = compare(cfg, tmp_path / "cmp", CompareOptions(command="test"))
     for name in ("report.md", "comparison.json", "val_loss_vs_flops.png", "val_loss_vs_data_tokens.png",
                  "val_loss_vs_wall_time.png"):
         assert (tmp_path / "cmp" / name).stat().st_size > 0
@@ -138,13 +140,13 @@ def test_compare_end_to_end_writes_report_json_and_plots(tiny_cfg, tmp_path):
     assert f"{runs['tst']['final_val_loss']:.4f}" in report and "Equal loss" in report
     assert "What a phase-1 step buys" in report and "phase1_step_value" in result
     # 12 steps evaluated every 3: too few stable-phase evaluations to estimate the noise, so no verdict.
-    assert result["equal_flops"]["reading"] == "noise unknown"
+    assert result["equal_flops"].reading == "noise unknown"
     assert "## Reading" in report and "not resolved" in report and "saves compute" not in report
     # A second call reuses the finished runs instead of training again; a baseline LR equal to TST's is the
     # default comparison, and its report and figures are the same bytes.
     before = (tmp_path / "cmp" / "tst" / "summary.json").stat().st_mtime
     written = {name: (tmp_path / "cmp" / name).read_bytes() for name in ("report.md", "comparison.json")}
-    compare(cfg, tmp_path / "cmp", command="test", baseline_lr=cfg.optim.lr)
+    compare(cfg, tmp_path / "cmp", CompareOptions(command="test", baseline_lr=cfg.optim.lr))
     assert (tmp_path / "cmp" / "tst" / "summary.json").stat().st_mtime == before
     assert {name: (tmp_path / "cmp" / name).read_bytes() for name in written} == written
     assert "lr " not in report.split("## Equal FLOPs")[0] and "own LR" not in report
@@ -165,11 +167,11 @@ def test_a_gap_at_different_lrs_keeps_its_reading_and_the_step_value_is_not_comp
     assert same["phase1_step_value"] is not None and same["switch"]["spike_vs_baseline"] is not None
     own = analyse(dirs, 400, 1600, warmup=20, lrs={"baseline": 4e-3, "tst": 2e-3})
     # The gap between the runs as trained is read against the same noise ...
-    assert own["equal_flops"] == same["equal_flops"] and own["equal_flops"]["reading"] == "TST better"
+    assert own["equal_flops"] == same["equal_flops"] and own["equal_flops"].reading == "TST better"
     assert own["equal_loss_within_runs"] == same["equal_loss_within_runs"]
     # ... while what reads the baseline's curve as TST's counterfactual gives no figure.
-    assert own["phase1_step_value"] is None and own["phase1_step_value_detail"]["course"] == []
-    assert own["phase1_step_value_detail"]["reading"] == "not comparable"
+    assert own["phase1_step_value"] is None and own["phase1_step_value_detail"].course == []
+    assert own["phase1_step_value_detail"].reading == "not comparable"
     assert own["switch"]["spike_vs_baseline"] is None
     assert own["switch"]["first_eval_below_baseline_after_switch"] is None
     assert own["lrs"] == {"baseline": 4e-3, "tst": 2e-3} and own["each_arm_at_its_own_lr"] is True
@@ -182,11 +184,12 @@ def test_a_gap_at_different_lrs_keeps_its_reading_and_the_step_value_is_not_comp
 def test_compare_with_the_baseline_at_its_own_lr(tiny_cfg, tmp_path):
     from tstrain.errors import ConfigError
     from tstrain.experiments.compare import NOT_COMPARABLE, compare
+    from tstrain.experiments.plans import CompareOptions
 
     # 24 steps evaluated every 2: enough stable-phase evaluations for a phase-1 step value at one LR.
     cfg = tiny_cfg(**{"train.steps": 24, "tst.ratio": 0.5, "train.eval_every": 2})
     out = tmp_path / "cmp"
-    result = compare(cfg, out, equal_data=True, command="test", baseline_lr=6e-3)
+    result = compare(cfg, out, CompareOptions(equal_data=True, command="test", baseline_lr=6e-3))
     saved = {name: load_config(None, out / name / "config.toml").optim.lr
              for name in ("baseline", "tst", "baseline-equal-data")}
     assert saved == {"baseline": 6e-3, "tst": cfg.optim.lr, "baseline-equal-data": 6e-3} and cfg.optim.lr == 3e-3
@@ -199,16 +202,16 @@ def test_compare_with_the_baseline_at_its_own_lr(tiny_cfg, tmp_path):
     assert saved_json["phase1_step_value"] is None and saved_json["lrs"] == {"baseline": 6e-3, "tst": 3e-3}
     assert saved_json["phase1_step_value_detail"]["value"] is None
     assert saved_json["phase1_step_value_detail"]["reading"] == "not comparable"
-    assert result["equal_flops"]["interval"] is not None  # the gaps keep their noise-aware reading
-    assert f"{result['equal_flops_delta']:+.4f}** nats ({result['equal_flops']['reading']}: 95% interval" in report
+    assert result["equal_flops"].interval is not None  # the gaps keep their noise-aware reading
+    assert f"{result['equal_flops_delta']:+.4f}** nats ({result['equal_flops'].reading}: 95% interval" in report
     # The same runs read at one LR would give a figure: the LRs, not the runs, withhold it.
     same = analyse({name: out / name for name in ("baseline", "tst")}, cfg.switch_step, decay_start(cfg),
                    cfg.optim.warmup_steps)
-    assert same["phase1_step_value_detail"]["course"]
+    assert same["phase1_step_value_detail"].course
     # The baseline saved at 0.006 is not reused for a comparison at one LR.
     before = (out / "baseline" / "summary.json").stat().st_mtime
     with pytest.raises(ConfigError, match="optim.lr: saved 0.006, now 0.003"):
-        compare(cfg, out, command="test")
+        compare(cfg, out, CompareOptions(command="test"))
     assert (out / "baseline" / "summary.json").stat().st_mtime == before
 
 
@@ -218,13 +221,15 @@ def test_a_baseline_lr_no_run_could_train_at_is_refused_before_anything_is_writt
     from conftest import one_line_error
     from tstrain.errors import ConfigError
     from tstrain.experiments.compare import compare
+    from tstrain.experiments.plans import CompareOptions
 
     out = tmp_path / "cmp"
     one_line_error(capsys, ["compare", "--preset", "tiny", "--data", str(data_dir), "--out", str(out), "--steps", "4",
                             "--no-progress", f"--baseline-lr={value}"],
                    f"tstrain compare: error: --baseline-lr must be a finite number above 0; got {shown}")
     with pytest.raises(ConfigError, match="--baseline-lr must be a finite number above 0"):
-        compare(load_config("tiny", overrides={"data.path": str(data_dir)}), out, baseline_lr=float(value))
+        compare(load_config("tiny", overrides={"data.path": str(data_dir)}), out,
+                CompareOptions(baseline_lr=float(value)))
     assert not out.exists()
 
 

@@ -93,10 +93,11 @@ def test_a_ladder_no_run_could_make_is_refused(tiny_cfg, multiples):
 def test_compare_equal_loss_trains_the_ladder_as_one_trunk_with_branched_decays(tiny_cfg, tmp_path, data_dir, capsys):
     from conftest import one_line_error
     from tstrain.experiments.compare import compare
+    from tstrain.experiments.plans import CompareOptions
 
     cfg = tiny_cfg(**{"train.steps": 12, "tst.ratio": 0.5, "train.eval_every": 2})
-    plain = compare(cfg, tmp_path / "plain", command="test")
-    result = compare(cfg, tmp_path / "cmp", command="test", ladder=(1.5, 2.0))
+    plain = compare(cfg, tmp_path / "plain", CompareOptions(command="test"))
+    result = compare(cfg, tmp_path / "cmp", CompareOptions(command="test", ladder=(1.5, 2.0)))
     eq = result["equal_loss"]
     assert [g["steps"] for g in eq["rungs"]] == [12, 18, 24] and eq["tst"]["steps"] == 12
     assert [g["val_loss"] for g in eq["rungs"]] == [result["runs"][n]["final_val_loss"]

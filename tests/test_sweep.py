@@ -5,7 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from tstrain.experiments.sweep import ABLATIONS, ablate, sweep
+from tstrain.experiments.ablate import ablate
+from tstrain.experiments.plans import ABLATIONS
+from tstrain.experiments.sweep import sweep
 
 
 def test_sweep_runs_the_grid_and_the_baseline_once_and_resumes(tiny_cfg, tmp_path):
@@ -23,15 +25,16 @@ def test_sweep_runs_the_grid_and_the_baseline_once_and_resumes(tiny_cfg, tmp_pat
     manifest = json.loads((Path(cfg.data.path) / "manifest.json").read_text())
     assert f"corpus hash {manifest['corpus_sha256']}" in md  # the report names the text it was trained on
     # s=2, r=0.25: switch at 2, decay from step 6 (the preset's 20%): measured from the two curves.
-    from tstrain.experiments.base import phase1_step_value, val_rows
+    from tstrain.experiments.runs import val_rows
+    from tstrain.experiments.statistics import phase1_step_value
 
     measured = phase1_step_value(val_rows(tmp_path / "sw" / "baseline"), val_rows(tmp_path / "sw" / "s2-r0.25"), 2, 6,
                                  cfg.optim.warmup_steps)
-    assert ({p["step"] for p in measured["course"]} <= {4, 6}
-            and (measured["value"] is None) == (measured["reason"] is not None))
-    assert table["phase1_step_value"]["2"]["0.25"] == measured["value"]
+    assert ({p["step"] for p in measured.course} <= {4, 6}
+            and (measured.value is None) == (measured.reason is not None))
+    assert table["phase1_step_value"]["2"]["0.25"] == measured.value
     # Eight steps give too few evaluations to estimate the noise: every gap is read as such, none as a win.
-    assert table["eval_noise"] is None and table["gap"]["4"]["0.5"]["reading"] == "noise unknown"
+    assert table["eval_noise"] is None and table["gap"]["4"]["0.5"].reading == "noise unknown"
     assert "noise unknown" in md
     assert (tmp_path / "sw" / "sweep_heatmap.png").stat().st_size > 0
     stamp = (tmp_path / "sw" / "s4-r0.5" / "summary.json").stat().st_mtime
@@ -63,14 +66,14 @@ def test_ablations_apply_their_overrides(tiny_cfg, tmp_path):
 def test_sweep_and_ablate_train_the_baseline_at_its_own_lr(tiny_cfg, tmp_path):
     from tstrain.config import load_config
     from tstrain.errors import ConfigError
-    from tstrain.experiments.base import NOT_COMPARABLE
+    from tstrain.experiments.statistics import NOT_COMPARABLE
 
     cfg = tiny_cfg(**{"train.steps": 8, "train.eval_every": 2, "tst.ratio": 0.5})
     table = sweep(cfg, tmp_path / "sw", [2], [0.5], baseline_lr=6e-3)
     saved = {n: load_config(None, tmp_path / "sw" / n / "config.toml").optim.lr for n in ("baseline", "s2-r0.5")}
     assert saved == {"baseline": 6e-3, "s2-r0.5": cfg.optim.lr} and cfg.optim.lr != 6e-3
     assert table["lrs"] == {"baseline": 6e-3, "tst": cfg.optim.lr}
-    assert table["phase1_step_value"]["2"]["0.5"] is None and table["gap"]["2"]["0.5"]["reading"] == "noise unknown"
+    assert table["phase1_step_value"]["2"]["0.5"] is None and table["gap"]["2"]["0.5"].reading == "noise unknown"
     md = (tmp_path / "sw" / "sweep.md").read_text()
     assert f"Each arm at its own LR: the baseline at 0.006, TST at {cfg.optim.lr:g}." in md
     assert f"Phase-1 step value: not comparable: {NOT_COMPARABLE}." in md

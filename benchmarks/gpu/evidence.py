@@ -29,7 +29,7 @@ sys.path[:0] = [str(ROOT / "src"), str(ROOT / "benchmarks")]
 from _common import machine, require_data  # noqa: E402
 from tstrain.config import load_config, padded_vocab  # noqa: E402
 from tstrain.data.tokens import TokenData  # noqa: E402
-from tstrain.experiments.base import val_rows  # noqa: E402
+from tstrain.experiments.runs import val_rows  # noqa: E402
 from tstrain.experiments.scale import ScaleOptions, arm_name, scale_study  # noqa: E402
 from tstrain.models import model_info  # noqa: E402
 

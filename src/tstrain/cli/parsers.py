@@ -137,7 +137,7 @@ def _add_training_verbs(sub) -> None:
 
 
 def _add_baseline_lr(p: argparse.ArgumentParser, which: str) -> None:
-    """Add --baseline-lr: the baseline tuned apart from TST, as the results recommend."""
+    """Add --baseline-lr: the baseline trained at an LR of its own, apart from TST's."""
     p.add_argument("--baseline-lr", type=float, metavar="LR",
                    help=f"train {which} at LR, TST at --lr (optim.lr); default: both at --lr. At different LRs "
                         "the phase-1 step value is reported as not comparable")

@@ -67,11 +67,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from ..experiments.compare import compare
+    from ..experiments.plans import CompareOptions
 
     cfg = _config_with_data(args)
-    command = "tstrain " + " ".join(sys.argv[1:]) if args.command is None else args.command
-    compare(cfg, args.out, equal_data=args.equal_data, command=command, baseline_lr=args.baseline_lr,
-            ladder=args.ladder if args.equal_loss else None)
+    options = CompareOptions(equal_data=args.equal_data, baseline_lr=args.baseline_lr,
+                             ladder=args.ladder if args.equal_loss else None,
+                             command="tstrain " + " ".join(sys.argv[1:]) if args.command is None else args.command)
+    check(options, ConfigError)
+    compare(cfg, args.out, options)
     print((Path(args.out) / "report.md").read_text())
     return 0
 
@@ -92,7 +95,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_ablate(args: argparse.Namespace) -> int:
-    from ..experiments.sweep import ablate
+    from ..experiments.ablate import ablate
 
     cfg = _config_with_data(args)
     ablate(cfg, args.out, args.runs.split(",") if args.runs else None, baseline_lr=args.baseline_lr)

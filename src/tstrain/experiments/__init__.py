@@ -1,3 +1,3 @@
-"""Experiments over runs: the shared base, compare, sweep and ablate, scale.
+"""Experiments over runs: runs, statistics and report text under compare, sweep and ablate, scale.
 
 Nothing is imported here, so that a module of the package loads only what it needs."""

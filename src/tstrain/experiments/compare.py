@@ -12,7 +12,6 @@ without phase 1 (the phase-1 step value, the spike at the switch) is reported as
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,25 +20,26 @@ from ..config import Config
 from ..data.reader import WindowSchedule
 from ..errors import ConfigError
 from ..fileio import save_figure, write_text_atomic
+from ..options import check
 from ..run_lock import locked
 from ..train.run_dir import read_summary
-from .base import (
+from .ladder import Rung, ladder_reading, plan_ladder, plot_ladder, train_ladder
+from .plans import CompareOptions
+from .plots import save_step_value_course
+from .report_text import data_line, interval_text, json_text, number
+from .runs import baseline_of, data_record, decay_start, run_or_reuse, val_rows
+from .statistics import (
     NOT_COMPARABLE,
-    baseline_of,
-    data_line,
-    data_record,
-    decay_start,
+    GapReading,
+    StepValue,
+    comparable,
     first_reaching,
     fit_curve,
     gap_reading,
     not_comparable_value,
     phase1_step_value,
-    run_or_reuse,
-    save_step_value_course,
-    val_rows,
     value_at,
 )
-from .ladder import Rung, ladder_reading, plan_ladder, plot_ladder, train_ladder
 
 
 @dataclass
@@ -65,7 +65,7 @@ def plan_runs(cfg: Config, equal_data: bool = False, baseline_lr: float | None =
         raise ConfigError("compare needs a TST run: give --bag-size > 1 and --ratio > 0 "
                           "(tst.bag_size and tst.ratio)")
     base = baseline_of(cfg, baseline_lr)
-    own = base.optim.lr != cfg.optim.lr
+    own = not comparable(base.optim.lr, cfg.optim.lr)
 
     def lr(c: Config) -> str:
         return f", lr {c.optim.lr:g}" if own else ""
@@ -92,7 +92,7 @@ def analyse(run_dirs: dict[str, Path], switch_step: int, decay: int, warmup: int
     readings of the baseline's curve as TST's counterfactual are reported as not comparable. ``ladder``:
     the decay start of each rung of the baseline ladder by name (the baseline's included), read into
     ``equal_loss`` (``ladder.ladder_reading``)."""
-    own_lrs = lrs is not None and lrs["baseline"] != lrs["tst"]
+    own_lrs = lrs is not None and not comparable(lrs["baseline"], lrs["tst"])
     rows = {name: val_rows(d) for name, d in run_dirs.items()}
     summaries = {name: read_summary(d, "run the same command again to finish that run")
                  for name, d in run_dirs.items()}
@@ -119,25 +119,37 @@ def analyse(run_dirs: dict[str, Path], switch_step: int, decay: int, warmup: int
     if ladder:
         out["equal_loss"] = ladder_reading(rows, {n: out["runs"][n]["flops"] for n in rows},
                                            {**ladder, "tst": decay}, list(ladder), noise)
-    tst_at, base_at = value_at(tst, switch_step), value_at(base, switch_step)
-    if tst_at is not None and base_at is not None:
-        after = [r for r in tst if r["step"] > switch_step]
-        crossing = next((r["step"] for r in after if r["val_loss"] < (value_at(base, r["step"]) or float("inf"))), None)
-        out["switch"] = {
-            "tst_val_loss_at_switch": tst_at,
-            "baseline_val_loss_at_switch": base_at,
-            "spike_vs_baseline": None if own_lrs else tst_at - base_at,
-            "first_eval_below_baseline_after_switch": None if own_lrs else crossing,
-        }
-        if own_lrs:
-            out["switch"]["not_comparable"] = NOT_COMPARABLE
+    switch = switch_figures(base, tst, switch_step, own_lrs)
+    if switch is not None:
+        out["switch"] = switch
     step_value = not_comparable_value() if own_lrs else phase1_step_value(base, tst, switch_step, decay, warmup)
-    out["phase1_step_value"] = step_value["value"]
+    out["phase1_step_value"] = step_value.value
     out["phase1_step_value_detail"] = step_value
     if "baseline-equal-data" in rows:
         out["equal_data_delta"] = tst[-1]["val_loss"] - rows["baseline-equal-data"][-1]["val_loss"]
         out["equal_data"] = gap_reading([out["equal_data_delta"]], [noise])
     return out
+
+
+def switch_figures(base: list[dict[str, Any]], tst: list[dict[str, Any]], switch_step: int,
+                   own_lrs: bool) -> dict[str, Any] | None:
+    """Return both arms' val loss at the switch, TST's spike against the baseline and its first evaluation below
+    it after the switch (those two not comparable when the arms ran at different LRs); None where either curve
+    has no value at the switch."""
+    tst_at, base_at = value_at(tst, switch_step), value_at(base, switch_step)
+    if tst_at is None or base_at is None:
+        return None
+    after = [r for r in tst if r["step"] > switch_step]
+    crossing = next((r["step"] for r in after if r["val_loss"] < (value_at(base, r["step"]) or float("inf"))), None)
+    figures = {
+        "tst_val_loss_at_switch": tst_at,
+        "baseline_val_loss_at_switch": base_at,
+        "spike_vs_baseline": None if own_lrs else tst_at - base_at,
+        "first_eval_below_baseline_after_switch": None if own_lrs else crossing,
+    }
+    if own_lrs:
+        figures["not_comparable"] = NOT_COMPARABLE
+    return figures
 
 
 WALL_TOLERANCE = 1.25  # per-FLOP wall times further apart than this say the machine's load differed
@@ -159,10 +171,6 @@ def within_runs(base: list[dict[str, Any]], tst: list[dict[str, Any]], runs: dic
             "baseline_time_s": b_time, "tst_time_s": t_time,
             "speedup_time": (b_time / t_time) if t_time and comparable else None,
             "wall_time_per_flop_ratio": ratio, "wall_time_comparable": comparable}
-
-
-def _fmt(x: float | None, spec: str, suffix: str = "") -> str:
-    return "not reached" if x is None else format(x, spec) + suffix
 
 
 def report_markdown(result: dict[str, Any], labels: dict[str, str], command: str) -> str:
@@ -204,11 +212,10 @@ def report_markdown(result: dict[str, Any], labels: dict[str, str], command: str
     if "equal_data_delta" in result:
         lines += ["## Equal data", "",
                   f"TST minus the equal-data baseline's final val loss: **{result['equal_data_delta']:+.4f}** nats "
-                  f"({gap_words(result['equal_data'], result.get('eval_noise'))}; the paper finds the "
-                  "baseline wins this view).", ""]
+                  f"({gap_words(result['equal_data'], result.get('eval_noise'))}).", ""]
     lines += reading_lines(result)
     lines += ["Plots: `val_loss_vs_flops.png`, `val_loss_vs_data_tokens.png`, `val_loss_vs_wall_time.png`"
-              + (", `phase1_step_value.png`." if result["phase1_step_value_detail"]["course"] else "."), ""]
+              + (", `phase1_step_value.png`." if result["phase1_step_value_detail"].course else "."), ""]
     return "\n".join(lines)
 
 
@@ -218,6 +225,11 @@ def _first_below(step: int | None) -> str:
         return ("No evaluation of TST after the switch is below the baseline's at the same step: TST's curve never "
                 "went below the baseline's.")
     return f"TST's first evaluation below the baseline's at the same step after the switch: step {step}."
+
+
+def _reached(x: float | None, spec: str, suffix: str = "") -> str:
+    """Return a figure of the within-run equal-loss view ("not reached" where an arm's curve never got there)."""
+    return number(x, spec, "not reached", suffix)
 
 
 def equal_loss_lines(result: dict[str, Any]) -> list[str]:
@@ -237,11 +249,11 @@ def equal_loss_lines(result: dict[str, Any]) -> list[str]:
               f"Where each arm's own curve first reaches the baseline's final val loss {w['target_val_loss']:.4f} "
               "(TST's curve read as it stands, through its LR decay).", "",
               "| | baseline | TST | speedup |", "| --- | --- | --- | --- |",
-              f"| steps to reach it | {_fmt(w['baseline_steps'], '.0f')} | {_fmt(w['tst_steps'], '.0f')} | "
-              f"{_fmt(w['speedup_steps'], '.2f', 'x')} |"]
+              f"| steps to reach it | {_reached(w['baseline_steps'], '.0f')} | {_reached(w['tst_steps'], '.0f')} | "
+              f"{_reached(w['speedup_steps'], '.2f', 'x')} |"]
     if w["wall_time_comparable"]:
-        lines.append(f"| wall time to reach it (s) | {_fmt(w['baseline_time_s'], '.0f')} | "
-                     f"{_fmt(w['tst_time_s'], '.0f')} | {_fmt(w['speedup_time'], '.2f', 'x')} |")
+        lines.append(f"| wall time to reach it (s) | {_reached(w['baseline_time_s'], '.0f')} | "
+                     f"{_reached(w['tst_time_s'], '.0f')} | {_reached(w['speedup_time'], '.2f', 'x')} |")
     elif w["wall_time_per_flop_ratio"] is not None:
         lines += ["", f"No wall-time speedup: the arms' seconds per FLOP differ {w['wall_time_per_flop_ratio']:.2f}x, "
                   f"beyond the {WALL_TOLERANCE:g}x their work explains, so the machine's load differed between the "
@@ -249,42 +261,36 @@ def equal_loss_lines(result: dict[str, Any]) -> list[str]:
     return lines + [""]
 
 
-def _end(x: float | None) -> str:
-    """Return one end of a phase-1 step value's interval (None: off the baseline's fitted curve)."""
-    return "unbounded" if x is None else f"{x:.2f}"
-
-
-def gap_words(reading: dict[str, Any], noise: float | None) -> str:
+def gap_words(reading: GapReading, noise: float | None) -> str:
     """Return a gap's reading with its interval, e.g. "baseline better: 95% interval +0.008 to +0.117"."""
-    if reading["interval"] is None:
+    if reading.interval is None:
         return ("noise unknown: the baseline has too few evaluations in its stable phase to estimate it "
                 "(evaluate more often, train.eval_every)")
-    lo, hi = reading["interval"]
-    return (f"{reading['reading']}: 95% interval {lo:+.3f} to {hi:+.3f}, evaluation noise {noise:.3f} nats "
+    return (f"{reading.reading}: 95% interval {interval_text(reading.interval, '+.3f')}, "
+            f"evaluation noise {noise:.3f} nats "
             "on one evaluation")
 
 
 def reading_lines(result: dict[str, Any]) -> list[str]:
-    """Return report.md's plain reading: does TST pay here, beyond the noise, and where to look if it does not."""
+    """Return report.md's plain reading: does TST pay in these runs, beyond the noise, and which runs would say more
+    if it does not. What other runs found belongs in docs/results.md, not in a report of these."""
     gap, reading = result["equal_flops_delta"], result["equal_flops"]
     detail = result["phase1_step_value_detail"]
-    bought = "" if detail["value"] is None else (f" A phase-1 step bought {detail['value']:.2f} baseline steps "
-                                                 f"({detail['reading']}).")
+    bought = "" if detail.value is None else (f" A phase-1 step bought {detail.value:.2f} baseline steps "
+                                                 f"({detail.reading}).")
     own_lr = result.get("each_arm_at_its_own_lr")
-    tune = ("Tune TST's LR on its own before concluding: "
+    tune = ("These runs measured one LR per arm; to tune TST's on its own, "
             + ("try other `--lr` values against this baseline, or `tstrain scale --lrs ... --tune-arms`, which "
                "tunes both arms over one grid. " if own_lr else
-               "its best LR can sit below the baseline's (what the project measured, and where: "
-               "docs/results.md); run `--lr` at a half or a quarter of this LR with `--baseline-lr` at this one. "))
-    small_scale = (tune + "The paper's gains are at 270M-10B parameters and tens of thousands of 2M-token steps; "
-                   "`tstrain scale` measures how the gap and the phase-1 step value move with run length and model "
-                   "size.")
+               "run other `--lr` values with `--baseline-lr` at this one. "))
+    small_scale = (tune + "`tstrain scale` measures how the gap and the phase-1 step value move with run length and "
+                   "model size.")
     words = gap_words(reading, result.get("eval_noise"))
     at = "at equal FLOPs" + (", each arm at its own LR" if own_lr else "")
-    if reading["reading"] == "TST better":
+    if reading.reading == "TST better":
         verdict = (f"TST ends {-gap:.3f} nats below the baseline {at} ({words}): here it saves compute."
                    f"{bought} Check that the win holds on a second seed (`--seed 1`) before relying on it.")
-    elif reading["reading"] == "baseline better":
+    elif reading.reading == "baseline better":
         verdict = (f"TST ends {gap:.3f} nats above the baseline {at} ({words}): here it costs compute."
                    f"{bought} {small_scale}")
     else:
@@ -293,54 +299,54 @@ def reading_lines(result: dict[str, Any]) -> list[str]:
     return ["## Reading", "", verdict, ""]
 
 
-def phase1_value_lines(detail: dict[str, Any], switch: int) -> list[str]:
+def phase1_value_lines(detail: StepValue, switch: int) -> list[str]:
     """Return report.md's section on what a phase-1 step buys: the value, its interval and its course."""
     lines = ["## What a phase-1 step buys", ""]
-    if detail["value"] is None:
-        what = "Not comparable" if detail["reading"] == "not comparable" else "Not measured"
-        return lines + [f"{what}: {detail['reason']}.", ""]
-    lo, hi = (_end(x) for x in detail["interval"])
-    fit, steps = detail["fit"], detail["steps"]
-    t = detail["at_step"]
+    if detail.value is None:
+        what = "Not comparable" if detail.reading == "not comparable" else "Not measured"
+        return lines + [f"{what}: {detail.reason}.", ""]
+    fit, steps = detail.fit, detail.steps
+    t = detail.at_step
+    extrapolated = " (extrapolated)" if detail.extrapolated else ""
     lines += [
-        f"Phase-1 step value: **{detail['value']:.2f}** baseline steps per phase-1 step (95% interval {lo} to "
-        f"{hi}: {detail['reading']}). Over its last {len(steps)} evaluations before the LR decay (steps "
-        f"{steps[0]}-{steps[-1]}) TST's mean val loss {detail['level']:.4f} is where the baseline's fitted curve "
-        f"stands at step {detail['baseline_step']:.0f}{' (extrapolated)' if detail['extrapolated'] else ''}; less "
-        f"TST's {t - switch:.0f} phase-2 steps, its {switch} phase-1 steps bought "
-        f"{detail['baseline_step'] - (t - switch):.0f} baseline steps. 1.00 is break-even at equal FLOPs, above 1 "
+        f"Phase-1 step value: **{detail.value:.2f}** baseline steps per phase-1 step (95% interval "
+        f"{interval_text(detail.interval, '.2f')}: {detail.reading}). Over its last {len(steps)} evaluations "
+        f"before the LR decay (steps {steps[0]}-{steps[-1]}) TST's mean val loss {detail.level:.4f} is where the "
+        f"baseline's fitted curve stands at step {detail.baseline_step:.0f}{extrapolated}; "
+        f"less TST's {t - switch:.0f} phase-2 steps, its {switch} phase-1 steps bought "
+        f"{detail.baseline_step - (t - switch):.0f} baseline steps. 1.00 is break-even at equal FLOPs, above 1 "
         "TST saves compute, 0 means phase 1 bought nothing.", "",
         f"The baseline's curve: {fit['a']:.3f} + {fit['b']:.3g} * step^-{fit['c']:.3f}, fitted to its {fit['evals']} "
         f"evaluations from step {fit['first']} to {fit['last']}; their scatter about it, {fit['noise']:.4f} nats, is "
         "the evaluation noise behind every interval here.", ""]
-    course = [p for p in detail["course"] if p["value"] is not None]
+    course = [p for p in detail.course if p["value"] is not None]
     if course:
         picks = [course[round(i * (len(course) - 1) / 4)] for i in range(5)] if len(course) > 5 else course
         lines += ["Along the run (one evaluation each, so wider intervals; plotted in `phase1_step_value.png`): "
-                  + "; ".join(f"step {p['step']}: {p['value']:.2f} ({' to '.join(_end(x) for x in p['interval'])})"
+                  + "; ".join(f"step {p['step']}: {p['value']:.2f} ({interval_text(p['interval'], '.2f')})"
                               for p in picks) + ".", ""]
     return lines
 
 
-def plot_step_value(detail: dict[str, Any], path: Path) -> None:
+def plot_step_value(detail: StepValue, path: Path) -> None:
     """Write the phase-1 step value of each TST evaluation in phase 2 against its step, with its interval."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    course = [p for p in detail["course"] if p["value"] is not None]
+    course = [p for p in detail.course if p["value"] is not None]
     fig, ax = plt.subplots(figsize=(7, 4.5))
     steps = [p["step"] for p in course]
     lows = [-5.0 if p["interval"][0] is None else max(p["interval"][0], -5.0) for p in course]
     highs = [5.0 if p["interval"][1] is None else min(p["interval"][1], 5.0) for p in course]
     ax.fill_between(steps, lows, highs, alpha=0.25, label="95% interval (clipped to -5..5)")
     ax.plot(steps, [p["value"] for p in course], marker=".", label="one evaluation")
-    if detail["value"] is not None:
-        lo, hi = (5.0 if x is None else min(max(x, -5.0), 5.0) for x in detail["interval"])
-        ax.errorbar([detail["at_step"]], [detail["value"]], fmt="o", color="black",
-                    yerr=[[max(detail["value"] - lo, 0.0)], [max(hi - detail["value"], 0.0)]],
-                    label=f"mean of the last {len(detail['steps'])}")
+    if detail.value is not None:
+        lo, hi = (5.0 if x is None else min(max(x, -5.0), 5.0) for x in detail.interval)
+        ax.errorbar([detail.at_step], [detail.value], fmt="o", color="black",
+                    yerr=[[max(detail.value - lo, 0.0)], [max(hi - detail.value, 0.0)]],
+                    label=f"mean of the last {len(detail.steps)}")
     save_step_value_course(fig, ax, "phase-1 step value (baseline steps)", path, 8)
 
 
@@ -377,16 +383,17 @@ def plot(run_dirs: dict[str, Path], labels: dict[str, str], switch_step: int, ou
     return paths
 
 
-def compare(cfg: Config, out_dir: str | Path, equal_data: bool = False, command: str = "tstrain compare",
-            baseline_lr: float | None = None, ladder: tuple[float, ...] | None = None) -> dict[str, Any]:
+def compare(cfg: Config, out_dir: str | Path, options: CompareOptions | None = None) -> dict[str, Any]:
     """Train (or reuse) the runs of a comparison and write report.md, comparison.json and plots.
 
-    ``baseline_lr``: the LR of the baseline (and the equal-data baseline and the ladder); TST trains at
-    ``cfg.optim.lr``. None, the default, trains both at ``cfg.optim.lr``. ``ladder``: multiples of the steps at
-    which the baseline is trained too, for the equal-loss speedup (``plans.LADDER`` is the usual);
-    one trunk with a decay branched off at each rung's decay start (``ladder.train_ladder``)."""
-    runs = plan_runs(cfg, equal_data, baseline_lr)  # refuses a bad baseline LR before anything is written
-    rungs = plan_ladder(runs[0].config, ladder) if ladder is not None else []
+    ``options`` (``plans.CompareOptions``): the equal-data baseline, the baseline's own LR (TST trains at
+    ``cfg.optim.lr``), the ladder (multiples of the steps at which the baseline is trained too, for the equal-loss
+    speedup: one trunk with a decay branched off at each rung's decay start, ``ladder.train_ladder``) and the
+    command report.md names."""
+    o = options or CompareOptions()
+    check(o, ConfigError)
+    runs = plan_runs(cfg, o.equal_data, o.baseline_lr)  # refuses a config without TST before anything is written
+    rungs = plan_ladder(runs[0].config, o.ladder) if o.ladder is not None else []
     with locked(out_dir, "comparison dir") as out:
         dirs = {spec.name: out / spec.name for spec in runs} | {r.name: out / r.name for r in rungs}
         for spec in runs:
@@ -402,12 +409,12 @@ def compare(cfg: Config, out_dir: str | Path, equal_data: bool = False, command:
                          {"baseline": runs[0].config.optim.lr, "tst": cfg.optim.lr}, decays if rungs else None)
         result["labels"] = labels
         result["data"] = data_record(cfg.data.path)
-        write_text_atomic(out / "comparison.json", json.dumps(result, indent=2) + "\n")
-        write_text_atomic(out / "report.md", report_markdown(result, labels, command))
+        write_text_atomic(out / "comparison.json", json_text(result))
+        write_text_atomic(out / "report.md", report_markdown(result, labels, o.command))
         plot(dirs, labels, cfg.switch_step, out)
         _plot_or_remove(plot_ladder, result.get("equal_loss"), out / "equal_loss.png")
         detail = result["phase1_step_value_detail"]
-        _plot_or_remove(plot_step_value, detail if detail["course"] else None, out / "phase1_step_value.png")
+        _plot_or_remove(plot_step_value, detail if detail.course else None, out / "phase1_step_value.png")
         return result
 
 

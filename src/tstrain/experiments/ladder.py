@@ -29,8 +29,8 @@ from ..config import Config
 from ..errors import CheckpointError, ConfigError
 from ..train.branch import branch
 from ..train.run_dir import CHECKPOINTS, CONFIG, SUMMARY
-from .base import decay_start, run_or_reuse
 from .plans import LADDER
+from .runs import decay_start, run_or_reuse
 
 DRAWS = 2000
 MIN_DECAY_EVALS = 6  # a cubic's four parameters and two degrees of freedom for the scatter

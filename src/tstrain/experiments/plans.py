@@ -1,5 +1,5 @@
-"""What each experiment verb runs, as data: the scale study's grid (``ScaleOptions``), the sweep's
-(``SweepOptions``), the named
+"""What each experiment verb runs, as data: a comparison's settings (``CompareOptions``), the scale study's grid
+(``ScaleOptions``), the sweep's (``SweepOptions``), the named
 ablations (``ABLATIONS``) and the equal-loss ladder's default lengths (``LADDER``). Nothing here trains, so
 the command line builds its flags and help from these without loading torch.
 """
@@ -99,6 +99,29 @@ LADDER = (1.25, 1.5, 2.0, 3.0)
 def parse_ladder(text: str) -> tuple[float, ...]:
     """Return ``--ladder``'s multiples from their comma-separated text."""
     return _listed(float)(text)
+
+
+def baseline_lr_rule(lr: float | None) -> tuple[bool, str]:
+    """Return the check of a baseline LR (None: the baseline trains at TST's LR), in ``rules()``' form, so that
+    compare, sweep and ablate refuse one that no run could train at with one message."""
+    ok = lr is None or (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0)
+    return ok, (f"--baseline-lr must be a finite number above 0; got {lr!r}: give the baseline's peak learning rate "
+                "(e.g. --baseline-lr 4e-3), or leave it out to train both arms at --lr")
+
+
+@dataclass(frozen=True)
+class CompareOptions:
+    """What a comparison trains besides baseline and TST at equal FLOPs, and the command its report names."""
+
+    equal_data: bool = knob(False, "also train a baseline that reads as many tokens as TST")
+    baseline_lr: float | None = knob(None, "the LR of the baseline (and the equal-data one and the ladder); TST "
+                                           "trains at optim.lr; None: both at optim.lr")
+    ladder: tuple[float, ...] | None = knob(None, "multiples of the steps at which the baseline is trained too, for "
+                                                  "the equal-loss speedup (LADDER is the usual); None: no ladder")
+    command: str = knob("tstrain compare", "the command line report.md names")
+
+    def rules(self) -> list[tuple[bool, str]]:
+        return [baseline_lr_rule(self.baseline_lr)]
 
 
 # Named ablations: each is a set of config overrides on top of the method at (s, r).

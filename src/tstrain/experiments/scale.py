@@ -1,18 +1,18 @@
 """Where TST starts to pay: baseline vs TST over a grid of run lengths and model sizes.
 
-Each size is a preset (a model shape and its batch geometry). Its learning rate is tuned on its
-own baseline first (``--lrs``, the best final val loss at ``tune_steps``), then used by both
-arms at every run length: the paper's protocol. With ``--tune-arms`` each TST arm is tuned the
-same way on its own runs and trained at its own best LR (TST's best LR can sit below the
-baseline's); its phase-1 step value and switch figures are then not comparable. For every
-(size, steps, seed) cell the study records tokens per parameter, the equal-FLOPs gap, the
-phase-1 step value, the gap at the switch and the steps TST takes to halve it, then fits the gap
-against log10(steps) per size to say where the trend crosses zero. Gaps and phase-1 step values
-are read against the evaluation noise of each baseline's curve and, with two seeds or more, the
-seed spread (``experiments.gap_reading``, ``experiments.value_summary``). Each arm's compute to equal loss
-is read against the study's baselines at its run length and every longer one (``ladder.equal_loss``). A
-cell's first seed settles it when its gap is beyond the noise of a final value, measured within the decays
-(``ladder.final_noise``). Runs are reused when finished and resumed when interrupted.
+Each size is a preset (a model shape and its batch geometry). Its learning rate is tuned on its own
+baseline first (``--lrs``, the best final val loss at ``tune_steps``), then used by both arms at
+every run length: the paper's protocol. With ``--tune-arms`` each TST arm is tuned the same way on
+its own runs and trained at its own best LR; its phase-1 step value and switch figures are then not
+comparable. For every (size, steps, seed) cell the study records tokens per parameter, the
+equal-FLOPs gap, the phase-1 step value, the gap at the switch and the steps TST takes to halve it,
+then fits the gap against log10(steps) per size to say where the trend crosses zero. Gaps and
+phase-1 step values are read against the evaluation noise of each baseline's curve and, with two
+seeds or more, the seed spread (``statistics.gap_reading``, ``statistics.value_summary``). Each
+arm's compute to equal loss is read against the study's baselines at its run length and every longer
+one (``ladder.equal_loss``). A cell's first seed settles it when its gap is beyond the noise of a
+final value, measured within the decays (``ladder.final_noise``). Runs are reused when finished and
+resumed when interrupted.
 """
 
 from __future__ import annotations
@@ -30,25 +30,23 @@ from ..models import model_info
 from ..options import check
 from ..run_lock import locked
 from ..train.run_dir import CONFIG, SUMMARY, read_summary
-from .base import (
-    baseline_of,
-    data_line,
-    data_record,
-    decay_start,
-    fit_curve,
-    gap_reading,
-    interval_text,
-    not_comparable_value,
-    phase1_step_value,
-    run_or_reuse,
-    save_step_value_course,
-    val_rows,
-    value_at,
-    value_summary,
-    value_text,
-)
 from .ladder import equal_loss, final_noise, over_seeds
 from .plans import ScaleOptions
+from .plots import save_step_value_course
+from .report_text import data_line, interval_text, number, value_text
+from .runs import baseline_of, data_record, decay_start, run_or_reuse, val_rows
+from .statistics import (
+    GapReading,
+    StepValue,
+    ValueSummary,
+    comparable,
+    fit_curve,
+    gap_reading,
+    not_comparable_value,
+    phase1_step_value,
+    value_at,
+    value_summary,
+)
 
 
 def tune_lr(cfg: Config, out: Path, lrs: list[float], steps: int) -> tuple[float, dict[str, float]]:
@@ -99,7 +97,7 @@ def cell_figures(base_dir: Path, tst_dir: Path, cfg: Config, params: int) -> dic
     base_lr = load_config(config_file=base_dir / CONFIG).optim.lr
     fit = fit_curve(base, cfg.optim.warmup_steps, decay_start(cfg))
     switch_gap = None
-    if base_lr != cfg.optim.lr:
+    if not comparable(base_lr, cfg.optim.lr):
         value = not_comparable_value()
     else:
         value = phase1_step_value(base, tst, S, decay_start(cfg), cfg.optim.warmup_steps)
@@ -112,9 +110,9 @@ def cell_figures(base_dir: Path, tst_dir: Path, cfg: Config, params: int) -> dic
         "tokens_per_param": b_sum["data_tokens"] / params, "tst_tokens_per_param": t_sum["data_tokens"] / params,
         "eval_noise": fit.noise if fit else None, "tst_flops": t_sum["flops"],
         "final_noise": final_noise([(base, decay_start(cfg)), (tst, decay_start(cfg))]),
-        "phase1_step_value": value["value"], "phase1_step_value_reason": value["reason"],
-        "phase1_step_value_interval": value["interval"], "phase1_step_value_reading": value["reading"],
-        "phase1_step_value_course": [[p["step"], p["value"]] for p in value["course"]],
+        "phase1_step_value": value.value, "phase1_step_value_reason": value.reason,
+        "phase1_step_value_interval": value.interval, "phase1_step_value_reading": value.reading,
+        "phase1_step_value_course": [[p["step"], p["value"]] for p in value.course],
         "gap_at_switch": switch_gap,
         "half_recovery_steps": None if switch_gap is None else half_recovery_steps(base, tst, S),
     }
@@ -173,7 +171,7 @@ def settled(figures: dict[str, Any], within: float) -> bool:
     (measured within the two runs' decays, ``ladder.final_noise``; where they hold too few evaluations, the
     baseline's stable phase) and more than ``within`` nats. A gap of unknown noise is not settled."""
     noise = figures.get("final_noise") or figures["eval_noise"]
-    read = gap_reading([figures["gap"]], [noise])["reading"]
+    read = gap_reading([figures["gap"]], [noise]).reading
     return abs(figures["gap"]) > within and read in ("TST better", "baseline better")
 
 
@@ -304,16 +302,12 @@ def _mean(cell: dict[str, dict], arm: str, key: str) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def _num(x: float | None, spec: str) -> str:
-    return "n/a" if x is None or not math.isfinite(x) else format(x, spec)
-
-
-def cell_readings(cell: dict[str, dict], arm: str) -> tuple[dict[str, Any], dict[str, Any]]:
+def cell_readings(cell: dict[str, dict], arm: str) -> tuple[GapReading, ValueSummary]:
     """Return one cell's gap reading and phase-1 step value over its seeds (``gap_reading``, ``value_summary``)."""
     figs = [f[arm] for f in cell.values() if arm in f]
     gap = gap_reading([f["gap"] for f in figs], [f.get("eval_noise") for f in figs])
-    value = value_summary([{"value": f["phase1_step_value"], "interval": f.get("phase1_step_value_interval"),
-                            "reading": f.get("phase1_step_value_reading", "not measured")} for f in figs])
+    value = value_summary([StepValue(f["phase1_step_value"], f.get("phase1_step_value_interval"),
+                                     f.get("phase1_step_value_reading", "not measured")) for f in figs])
     return gap, value
 
 
@@ -329,15 +323,15 @@ def scale_markdown(result: dict[str, Any]) -> str:
                 first = next(figs[arm] for figs in cell.values() if arm in figs)
                 gaps = ", ".join(f"{figs[arm]['gap']:+.4f}" for figs in cell.values() if arm in figs)
                 gap, value = cell_readings(cell, arm)
-                label = arm if first.get("lr") == first.get("baseline_lr") else f"{arm} at LR {first['lr']:g}"
+                label = arm if comparable(first.get("baseline_lr"), first.get("lr")) else f"{arm} at LR {first['lr']:g}"
                 lines.append(
                     f"| {size} | {entry['parameters'] / 1e6:.2f}M | {n} | {label} | {first['tokens_per_param']:.1f}, "
                     f"{first['tst_tokens_per_param']:.1f} | {_mean(cell, arm, 'baseline_val_loss'):.4f} | "
                     f"{_mean(cell, arm, 'tst_val_loss'):.4f} | {_mean(cell, arm, 'gap'):+.4f} ({gaps}) | "
-                    f"{interval_text(gap['interval'], '+.3f')} | {gap['reading']} | "
+                    f"{interval_text(gap.interval, '+.3f')} | {gap.reading} | "
                     f"{value_text(value)} | "
-                    f"{_num(_mean(cell, arm, 'gap_at_switch'), '+.3f')} | "
-                    f"{_num(_mean(cell, arm, 'half_recovery_steps'), '.0f')} |")
+                    f"{number(_mean(cell, arm, 'gap_at_switch'), '+.3f')} | "
+                    f"{number(_mean(cell, arm, 'half_recovery_steps'), '.0f')} |")
     lines += ["", "Gap: TST minus baseline final val loss at equal FLOPs; its 95% interval comes from the evaluation "
               "noise of the baseline's fitted curve and, with two seeds or more, their spread. Phase-1 step value: "
               "TST's last 5 evaluations before the LR decay against the baseline's fitted stable-phase curve "
@@ -351,8 +345,9 @@ def scale_markdown(result: dict[str, Any]) -> str:
             if fit is None:
                 continue
             rng = fit["crossing_range"] or [None, None]
-            lines.append(f"| {size} | {arm} | {fit['slope_per_decade']:+.4f} | {_num(fit['slope_se'], '.4f')} | "
-                         f"{_num(fit['crossing_steps'], ',.0f')} | {_num(rng[0], ',.0f')} to {_num(rng[1], ',.0f')} |")
+            lines.append(f"| {size} | {arm} | {fit['slope_per_decade']:+.4f} | {number(fit['slope_se'], '.4f')} | "
+                         f"{number(fit['crossing_steps'], ',.0f')} | "
+                         f"{number(rng[0], ',.0f')} to {number(rng[1], ',.0f')} |")
     return "\n".join(lines + equal_loss_lines(result)) + "\n"
 
 
@@ -411,11 +406,10 @@ def plot_scale(result: dict[str, Any], out: Path) -> None:
             label = f"{size} ({entry['parameters'] / 1e6:.2f}M), {arm}"
             axes[0].plot(ns, [_mean(c, arm, "gap") for c in cells.values()], marker="o", label=label)
             values = [(n, cell_readings(c, arm)[1]) for n, c in zip(ns, cells.values())]
-            values = [(n, v) for n, v in values
-                      if v["value"] is not None and v["interval"] and None not in v["interval"]]
-            axes[1].errorbar([n for n, _ in values], [v["value"] for _, v in values], marker="o", capsize=3,
-                             label=label, yerr=[[v["value"] - v["interval"][0] for _, v in values],
-                                                [v["interval"][1] - v["value"] for _, v in values]])
+            values = [(n, v) for n, v in values if v.value is not None and v.interval and None not in v.interval]
+            axes[1].errorbar([n for n, _ in values], [v.value for _, v in values], marker="o", capsize=3,
+                             label=label, yerr=[[v.value - v.interval[0] for _, v in values],
+                                                [v.interval[1] - v.value for _, v in values]])
             axes[2].plot([_mean(c, arm, "flops") for c in cells.values()],
                          [_mean(c, arm, "gap") for c in cells.values()], marker="o", label=label)
     for ax, (xlabel, ylabel, level) in zip(axes, [("steps", "TST minus baseline val loss (nats)", 0.0),

@@ -1,39 +1,26 @@
-"""Grids of runs: the s x r sweep (plus the baseline once) and named ablations.
+"""The s x r sweep: a grid of TST runs, plus the baseline once (the named ablations are ``ablate``).
 
 Every run lives in its own directory under the sweep dir; a finished run (``summary.json``) is
 skipped and an interrupted one resumed, so a sweep can be stopped and restarted at will. The
 result is the paper's kind of table: final next-token validation loss per (s, r), with the
 baseline row, and plots (a heat map, and the loss against s at the best r: the U-shape). Each
 gap to the baseline is read against the evaluation noise of the baseline's curve
-(``experiments.gap_reading``): "within noise" rather than a win or a loss where it is. With
+(``statistics.gap_reading``): "within noise" rather than a win or a loss where it is. With
 ``baseline_lr`` the baseline trains at its own LR and every TST run at ``optim.lr`` (each arm tuned
 apart); the gaps keep their reading and the phase-1 step values are not comparable.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from ..config import Config
 from ..fileio import save_figure, write_text_atomic
 from ..run_lock import locked
-from .base import (
-    NOT_COMPARABLE,
-    baseline_of,
-    data_line,
-    data_record,
-    decay_start,
-    fit_curve,
-    gap_reading,
-    not_comparable_value,
-    phase1_step_value,
-    run_or_reuse,
-    val_rows,
-    value_at,
-)
-from .plans import ABLATIONS
+from .report_text import data_line, estimate_text, gap_text, json_text, lr_line, noise_text
+from .runs import baseline_of, data_record, eval_noise, lrs_of, run_or_reuse, step_values
+from .statistics import NOT_COMPARABLE, comparable, gap_reading
 
 
 def grid_configs(cfg: Config, bag_sizes: list[int], ratios: list[float],
@@ -60,57 +47,13 @@ def sweep(cfg: Config, out_dir: str | Path, bag_sizes: list[int], ratios: list[f
                  "grid": {s: {r: results[n] for r, n in row.items()} for s, row in names.items()},
                  "gap": {s: {r: gap_reading([results[n] - results["baseline"]], [noise]) for r, n in row.items()}
                          for s, row in names.items()},
-                 "phase1_step_value": {s: {r: values[n]["value"] for r, n in row.items()} for s, row in names.items()},
-                 "phase1_step_value_interval": {s: {r: values[n]["interval"] for r, n in row.items()}
+                 "phase1_step_value": {s: {r: values[n].value for r, n in row.items()} for s, row in names.items()},
+                 "phase1_step_value_interval": {s: {r: values[n].interval for r, n in row.items()}
                                                 for s, row in names.items()}}
-        write_text_atomic(out / "sweep.json", json.dumps(table, indent=2) + "\n")
+        write_text_atomic(out / "sweep.json", json_text(table))
         write_text_atomic(out / "sweep.md", sweep_markdown(table, cfg))
         plot_sweep(table, out)
         return table
-
-
-def step_values(runs: dict[str, Config], out: Path) -> dict[str, dict[str, Any]]:
-    """Return each TST run's phase-1 step value (``experiments.phase1_step_value``) against the dir's ``baseline``:
-    not comparable for a run at another LR than the baseline's."""
-    base, base_lr = val_rows(out / "baseline"), runs["baseline"].optim.lr
-    return {name: phase1_step_value(base, val_rows(out / name), c.switch_step, decay_start(c), c.optim.warmup_steps)
-            if c.optim.lr == base_lr else not_comparable_value()
-            for name, c in runs.items() if name != "baseline"}
-
-
-def lrs_of(runs: dict[str, Config]) -> dict[str, float]:
-    """Return the baseline's LR and the TST runs' (one LR for all of them)."""
-    return {"baseline": runs["baseline"].optim.lr,
-            "tst": next(c.optim.lr for name, c in runs.items() if name != "baseline")}
-
-
-def lr_line(lrs: dict[str, float]) -> str:
-    """Return the report's sentence on the arms' LRs ("" when they share one)."""
-    if lrs["baseline"] == lrs["tst"]:
-        return ""
-    return f" Each arm at its own LR: the baseline at {lrs['baseline']:g}, TST at {lrs['tst']:g}."
-
-
-def eval_noise(cfg: Config, out: Path) -> float | None:
-    """Return the evaluation noise of the dir's ``baseline`` run (None with too few evaluations to fit its curve)."""
-    fit = fit_curve(val_rows(out / "baseline"), cfg.optim.warmup_steps, decay_start(cfg))
-    return fit.noise if fit else None
-
-
-def _value(v: float | None, interval: list[float | None] | None = None) -> str:
-    if v is None:
-        return "n/a"
-    if not interval:
-        return f"{v:.2f}"
-    lo, hi = ("unbounded" if x is None else f"{x:.2f}" for x in interval)
-    return f"{v:.2f} ({lo} to {hi})"
-
-
-def _gap(g: dict[str, Any]) -> str:
-    """Return a gap with its 95% half-width and reading, e.g. "+0.0123 +- 0.0390 (within noise)"."""
-    if g["se"] is None:
-        return f"{g['gap']:+.4f} (noise unknown)"
-    return f"{g['gap']:+.4f} +- {1.96 * g['se']:.4f} ({g['reading']})"
 
 
 def sweep_markdown(table: dict[str, Any], cfg: Config) -> str:
@@ -120,7 +63,7 @@ def sweep_markdown(table: dict[str, Any], cfg: Config) -> str:
     lines = [f"Final next-token validation loss, {cfg.train.steps} steps, "
              f"B={cfg.train.batch_size}, L={cfg.train.seq_len} "
              f"(lower is better; baseline {table['baseline']:.4f}; best s={best[1]}, r={best[2]}: {best[0]:.4f}, "
-             f"{best[0] - table['baseline']:+.4f} vs baseline, {table['gap'][best[1]][best[2]]['reading']})."
+             f"{best[0] - table['baseline']:+.4f} vs baseline, {table['gap'][best[1]][best[2]].reading})."
              + lr_line(table["lrs"]), "", data_line(data_record(cfg.data.path)), "",
              "| s \\ r | " + " | ".join(f"{r:g}" for r in rs) + " |", "| --- |" + " --- |" * len(rs),
              "| baseline | " + " | ".join(f"{table['baseline']:.4f}" for _ in rs) + " |"]
@@ -128,12 +71,12 @@ def sweep_markdown(table: dict[str, Any], cfg: Config) -> str:
         lines.append(f"| {s} | " + " | ".join(f"{row[f'{r:g}']:.4f}" for r in rs) + " |")
     noise = table["eval_noise"]
     lines += ["", "TST minus baseline, with the 95% half-width from the evaluation noise of the baseline's curve "
-              f"({'unknown: too few evaluations' if noise is None else f'{noise:.4f} nats on one evaluation'}; "
+              f"({noise_text(noise)}; "
               "one seed):", "",
               "| s \\ r | " + " | ".join(f"{r:g}" for r in rs) + " |", "| --- |" + " --- |" * len(rs)]
     for s, row in table["gap"].items():
-        lines.append(f"| {s} | " + " | ".join(_gap(row[f"{r:g}"]) for r in rs) + " |")
-    if table["lrs"]["baseline"] != table["lrs"]["tst"]:
+        lines.append(f"| {s} | " + " | ".join(gap_text(row[f"{r:g}"]) for r in rs) + " |")
+    if not comparable(table["lrs"]["baseline"], table["lrs"]["tst"]):
         return "\n".join([*lines, "", f"Phase-1 step value: not comparable: {NOT_COMPARABLE}."]) + "\n"
     lines += ["", "Phase-1 step value (baseline steps a phase-1 step buys: TST's last 5 evaluations before the LR "
               "decay against the baseline's fitted curve, with its 95% interval; 1 is break-even at equal FLOPs; "
@@ -141,7 +84,7 @@ def sweep_markdown(table: dict[str, Any], cfg: Config) -> str:
               "| s \\ r | " + " | ".join(f"{r:g}" for r in rs) + " |", "| --- |" + " --- |" * len(rs)]
     for s, row in table["phase1_step_value"].items():
         ivs = table["phase1_step_value_interval"][s]
-        lines.append(f"| {s} | " + " | ".join(_value(row[f"{r:g}"], ivs[f"{r:g}"]) for r in rs) + " |")
+        lines.append(f"| {s} | " + " | ".join(estimate_text(row[f"{r:g}"], ivs[f"{r:g}"]) for r in rs) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -180,78 +123,4 @@ def plot_sweep(table: dict[str, Any], out: Path) -> None:
     ax.legend()
     fig.tight_layout()
     save_figure(fig, out / "sweep_bag_size.png")
-    plt.close(fig)
-
-
-def ablate(cfg: Config, out_dir: str | Path, names: list[str] | None = None,
-           extra: dict[str, dict[str, Any]] | None = None, baseline_lr: float | None = None) -> dict[str, Any]:
-    """Run the baseline (at ``baseline_lr`` if given) and each named ablation at the config's (s, r);
-    write ``ablations.json/md``."""
-    table_of: dict[str, dict[str, Any]] = {**ABLATIONS, **(extra or {})}
-    names = names or list(table_of)
-    unknown = [n for n in names if n not in table_of]
-    if unknown:
-        raise ValueError(f"unknown ablation(s) {', '.join(unknown)}; known: {', '.join(table_of)}")
-    runs: dict[str, Config] = {"baseline": baseline_of(cfg, baseline_lr)}
-    for n in names:
-        runs[n] = cfg.with_values(table_of[n])
-    with locked(out_dir, "ablation dir") as out:
-        summaries = {n: run_or_reuse(c, out / n) for n, c in runs.items()}
-        switch = cfg.switch_step
-        vals = {n: val_rows(out / n) for n in runs}
-        values = step_values(runs, out)
-        noise = eval_noise(cfg, out)
-        base = summaries["baseline"]["final_val_loss"]
-        result = {n: {"final_val_loss": s["final_val_loss"], "val_loss_at_switch": value_at(vals[n], switch),
-                      "phase1_step_value": values[n]["value"] if n in values else None,
-                      "phase1_step_value_interval": values[n]["interval"] if n in values else None,
-                      "vs_baseline": gap_reading([s["final_val_loss"] - base], [noise]),
-                      "data_tokens": s["data_tokens"], "overrides": table_of.get(n, {"tst.ratio": 0.0})}
-                  for n, s in summaries.items()}
-        write_text_atomic(out / "ablations.json", json.dumps(result, indent=2) + "\n")
-        lines = [f"Ablations at s={cfg.tst.bag_size}, r={cfg.tst.ratio}, {cfg.train.steps} steps, "
-                 f"switch at step {switch} (next-token val loss; lower is better; vs baseline with the 95% "
-                 f"half-width from the evaluation noise of the baseline's curve, "
-                 f"{'unknown: too few evaluations' if noise is None else f'{noise:.4f} nats on one evaluation'}; "
-                 "phase-1 step value with its 95% interval)." + lr_line(lrs_of(runs)), "",
-                 data_line(data_record(cfg.data.path)), "",
-                 f"| run | overrides | val loss at step {switch} | final val loss | vs baseline | "
-                 "phase-1 step value | data tokens |",
-                 "| --- | --- | --- | --- | --- | --- | --- |"]
-        for n, r in result.items():
-            ov = ", ".join(f"{k}={v}" for k, v in r["overrides"].items()) or "(the method)"
-            at = "" if r["val_loss_at_switch"] is None else f"{r['val_loss_at_switch']:.4f}"
-            value = "" if n == "baseline" else (
-                "not comparable" if values[n]["reading"] == "not comparable"
-                else _value(r["phase1_step_value"], r["phase1_step_value_interval"]))
-            vs = "" if n == "baseline" else _gap(r["vs_baseline"])
-            lines.append(f"| {n} | {ov} | {at} | {r['final_val_loss']:.4f} | {vs} | {value} | {r['data_tokens']:,} |")
-        write_text_atomic(out / "ablations.md", "\n".join(lines) + "\n")
-        plot_ablations(vals, switch, out / "ablations.png")
-        return result
-
-
-def plot_ablations(vals: dict[str, list[dict[str, Any]]], switch: int, path: Path) -> None:
-    """Write the val-loss curves of every ablation run: the whole run, and the steps after the switch."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(13, 5))
-    colours = plt.get_cmap("tab20").colors  # distinct colours for up to 20 runs
-    for ax, first in zip(axes, (1, switch)):
-        for i, (n, rows) in enumerate(vals.items()):
-            rows = [r for r in rows if r["step"] >= first]
-            style = {"color": "black", "linewidth": 2} if n == "baseline" else {"color": colours[i % 20]}
-            ax.plot([r["step"] for r in rows], [r["val_loss"] for r in rows], label=n, **style)
-        ax.axvline(switch, color="grey", linestyle="--", linewidth=1)
-        ax.set_xlabel("step")
-        ax.set_ylabel("next-token val loss (nats)")
-        ax.grid(alpha=0.3)
-    axes[0].set_title("whole run")
-    axes[1].set_title(f"from the switch (step {switch})")
-    axes[1].legend(fontsize=8, ncol=2)
-    fig.tight_layout()
-    save_figure(fig, path)
     plt.close(fig)

@@ -1,8 +1,6 @@
-"""What every experiment verb stands on: training or reusing a run, the baseline of a config, and
-reading val-loss curves (interpolation, the steps to reach a loss, the phase-1 step value).
-
-``compare``, ``sweep`` (with ``ablate``) and ``scale`` are thin reports over these pieces, so a
-run is reused, and a curve read, the same way in all of them.
+"""The numbers every experiment reads off val-loss curves: interpolation, the power-law fit of a baseline's
+stable phase and its evaluation noise, gaps and phase-1 step values with their 95% intervals, and what
+each interval says (its reading). Numpy only: nothing here trains or writes.
 
 One noise model feeds every reading. The baseline's stable phase (after twice the warmup, before
 the LR decay) is fitted by a power law in steps, ``loss = a + b * step**-c``; the scatter of its
@@ -15,80 +13,10 @@ otherwise it is "within noise" / "not resolved".
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
-
-from ..config import Config
-from ..errors import ConfigError, RecordError
-from ..fileio import read_json, save_figure
-from ..train.loop import train
-from ..train.metrics import read_jsonl
-from ..train.run_dir import CHECKPOINTS, METRICS, SUMMARY, read_summary, refuse_reuse
-
-
-def baseline_of(cfg: Config, lr: float | None = None) -> Config:
-    """Return the baseline of a TST config: the same run with no phase 1 (ratio 0), at ``lr`` when given
-    (the baseline tuned apart from TST) and else at TST's ``optim.lr``."""
-    check_baseline_lr(lr)
-    return cfg.with_values({"tst.ratio": 0.0, **({} if lr is None else {"optim.lr": lr})})
-
-
-def check_baseline_lr(lr: float | None) -> None:
-    """Refuse a baseline LR that no run could train at (None: the baseline trains at TST's LR)."""
-    if lr is not None and not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
-        raise ConfigError(f"--baseline-lr must be a finite number above 0; got {lr!r}: give the baseline's "
-                          "peak learning rate (e.g. --baseline-lr 4e-3), or leave it out to train both arms at --lr")
-
-
-def run_or_reuse(cfg: Config, run_dir: Path, **seams: Any) -> dict[str, Any]:
-    """Return the summary of the run in ``run_dir``, training (or resuming) it if unfinished.
-
-    A finished or interrupted run is used only when its saved config is the one asked for now;
-    otherwise the call is refused with the differing fields, so a report never labels one run
-    with another's settings. ``seams`` go to the trainer (``branch_points``).
-    """
-    refuse_reuse(run_dir, cfg)
-    summary = run_dir / SUMMARY
-    if summary.is_file():
-        try:
-            found = read_summary(run_dir, "delete it to finish the run again from its last checkpoint")
-            print(f"{run_dir.name}: finished earlier, reusing {run_dir}")
-            return found
-        except RecordError as e:
-            if "is not valid JSON" not in str(e):
-                raise
-            # cut short: the run's final checkpoint writes it again
-            print(f"{run_dir.name}: {summary} does not parse; finishing the run again from its last checkpoint")
-    ckpts = run_dir / CHECKPOINTS
-    train(cfg, run_dir, resume=ckpts.is_dir() and any(ckpts.iterdir()), **seams)
-    return read_summary(run_dir, "run the same command again")
-
-
-def data_record(path: str) -> dict[str, Any] | None:
-    """Return what names an experiment's data: its dir, corpus hash and token counts (None: no manifest there)."""
-    manifest = Path(path) / "manifest.json"
-    if not manifest.is_file():
-        return None
-    m = read_json(manifest, ConfigError, "prepare the data again (tstrain prepare-data)")
-    return {"path": str(Path(path).resolve()), "corpus_sha256": m.get("corpus_sha256"),
-            "train_tokens": m.get("train_tokens"), "val_tokens": m.get("val_tokens")}
-
-
-def data_line(record: dict[str, Any] | None) -> str:
-    """Return a report's line naming its data (``data_record``): dir, corpus hash, tokens."""
-    if not record:
-        return "Data: no manifest found."
-    corpus = record["corpus_sha256"] or "not recorded (prepared before it was)"
-    return (f"Data: `{record['path']}`, corpus hash {corpus}, {record['train_tokens']:,} training and "
-            f"{record['val_tokens']:,} validation tokens.")
-
-
-def val_rows(run_dir: Path) -> list[dict[str, Any]]:
-    """Return a run's evaluation rows (step, val loss, FLOPs, ...) from its metrics log."""
-    return [r for r in read_jsonl(run_dir / METRICS) if r.get("val_loss") is not None]
 
 
 def first_reaching(rows: list[dict[str, Any]], target: float, key: str) -> float | None:
@@ -114,11 +42,6 @@ def value_at(rows: list[dict[str, Any]], step: int) -> float | None:
             frac = (step - a["step"]) / (b["step"] - a["step"])
             return float(a["val_loss"] + frac * (b["val_loss"] - a["val_loss"]))
     return None
-
-
-def decay_start(cfg: Config) -> int:
-    """Return the first step of the run's LR decay (the end of the stable phase of its WSD schedule)."""
-    return cfg.train.steps - round(cfg.optim.decay_fraction * cfg.train.steps)
 
 
 Z95 = 1.96  # two-sided 95% for a normal error
@@ -250,7 +173,19 @@ def combine(values: list[float], errors: list[float | None]) -> dict[str, Any]:
     return {"mean": mean, "se": se, "interval": [mean - Z95 * se, mean + Z95 * se], "seeds": n}
 
 
-def gap_reading(gaps: list[float], noises: list[float | None]) -> dict[str, Any]:
+@dataclass(frozen=True)
+class GapReading:
+    """A gap over seeds (TST minus baseline final val loss) with its standard error, 95% interval and reading;
+    ``se`` and ``interval`` are None where the noise is unknown. Written to a report's JSON as its fields."""
+
+    gap: float
+    se: float | None
+    interval: list[float] | None
+    seeds: int
+    reading: str
+
+
+def gap_reading(gaps: list[float], noises: list[float | None]) -> GapReading:
     """Return the equal-FLOPs gap over seeds (TST minus baseline final val loss) with its interval and reading.
 
     ``noises`` are each seed's evaluation noise (``CurveFit.noise``); a gap of two final evaluations
@@ -258,59 +193,89 @@ def gap_reading(gaps: list[float], noises: list[float | None]) -> dict[str, Any]
     the final evaluation, taken after the LR decay.
     """
     g = combine(gaps, [None if n is None else math.sqrt(2.0) * n for n in noises])
-    return {"gap": g["mean"], "se": g["se"], "interval": g["interval"], "seeds": g["seeds"],
-            "reading": gap_reading_of(g["interval"])}
+    return GapReading(g["mean"], g["se"], g["interval"], g["seeds"], gap_reading_of(g["interval"]))
+
+
+def comparable(baseline_lr: float, tst_lr: float) -> bool:
+    """Return whether TST's curve may be read against the baseline's as what TST would have done without phase 1
+    (the phase-1 step value, the spike at the switch): only when both arms ran at one LR, since the stable phases
+    of two LRs stand at different levels. Gaps between the runs as trained keep their reading either way."""
+    return baseline_lr == tst_lr
 
 
 # What a reading of the baseline's curve as TST's counterfactual says when the arms ran at different LRs.
 NOT_COMPARABLE = "the arms ran at different LRs (the baseline's stable phase stands at another level)"
 
 
-def not_comparable_value() -> dict[str, Any]:
-    """Return the phase-1 step value's record of a comparison whose arms ran at different LRs: no figure, since
-    the baseline's curve is not what TST would have done without phase 1."""
-    return {"value": None, "interval": None, "reading": "not comparable", "reason": NOT_COMPARABLE, "course": [],
-            "fit": None, "extrapolated": False}
+@dataclass(frozen=True)
+class StepValue:
+    """What one phase-1 step bought, in baseline steps, for one TST run against its baseline (``phase1_step_value``):
+    ``value`` with its 95% interval and reading, or None with the ``reason``; ``course`` one point per evaluation;
+    where the baseline's curve was fitted (``fit``), the ``level`` TST stands at over its last ``steps`` (mean step
+    ``at_step``) and the ``baseline_step`` where the fitted curve stands there."""
+
+    value: float | None
+    interval: list[float | None] | None
+    reading: str
+    reason: str | None = None
+    course: list[dict[str, Any]] = field(default_factory=list)
+    k: int | None = None  # the evaluations averaged; None where no reading was tried (the arms are not comparable)
+    fit: dict[str, Any] | None = None
+    extrapolated: bool = False
+    level: float | None = None
+    at_step: float | None = None
+    steps: list[int] | None = None
+    baseline_step: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the record a report's JSON holds: ``k`` only where a reading was tried, and the level, its steps
+        and the baseline's step only where the baseline's curve was fitted."""
+        record = asdict(self)
+        if self.k is None:
+            del record["k"]
+        if self.fit is None:
+            for key in ("level", "at_step", "steps", "baseline_step"):
+                del record[key]
+        return record
 
 
-def value_summary(values: list[dict[str, Any]]) -> dict[str, Any]:
+def not_comparable_value() -> StepValue:
+    """Return the phase-1 step value of a comparison whose arms ran at different LRs: no figure, since the
+    baseline's curve is not what TST would have done without phase 1."""
+    return StepValue(None, None, "not comparable", NOT_COMPARABLE)
+
+
+@dataclass(frozen=True)
+class ValueSummary:
+    """The phase-1 step value over seeds with its 95% interval (an end None where it is unbounded) and reading.
+    ``value`` is None where it was not measured, not comparable, or, with ``beyond_asymptote``, where TST
+    ends below the baseline's fitted asymptote (worth more than any number of baseline steps)."""
+
+    value: float | None
+    interval: list[float | None] | None
+    seeds: int
+    reading: str
+    beyond_asymptote: bool = False
+
+
+def value_summary(values: list[StepValue]) -> ValueSummary:
     """Return the phase-1 step value over seeds (each a ``phase1_step_value`` result) with interval and reading."""
-    measured = [v for v in values if v["value"] is not None]
-    beyond = [v for v in values if v["value"] is None and v.get("interval")]  # below the baseline's asymptote
+    measured = [v for v in values if v.value is not None]
+    beyond = [v for v in values if v.value is None and v.interval]  # below the baseline's asymptote
     if not measured and beyond:
-        lo = min(math.inf if v["interval"][0] is None else v["interval"][0] for v in beyond)
+        lo = min(math.inf if v.interval[0] is None else v.interval[0] for v in beyond)
         interval = [None if math.isinf(lo) else lo, None]
-        return {"value": None, "interval": interval, "seeds": len(beyond), "reading": value_reading(interval),
-                "beyond_asymptote": True}
+        return ValueSummary(None, interval, len(beyond), value_reading(interval), beyond_asymptote=True)
     if not measured:
-        comparable = not values or any(v["reading"] != "not comparable" for v in values)
-        reading = "not measured" if comparable else "not comparable"
-        return {"value": None, "interval": None, "seeds": 0, "reading": reading}
+        comparable = not values or any(v.reading != "not comparable" for v in values)
+        return ValueSummary(None, None, 0, "not measured" if comparable else "not comparable")
     if len(measured) == 1:
         v = measured[0]
-        return {"value": v["value"], "interval": v["interval"], "seeds": 1, "reading": v["reading"]}
-    ses = [(v["interval"][1] - v["interval"][0]) / (2 * Z95) if v["interval"] and None not in v["interval"] else None
+        return ValueSummary(v.value, v.interval, 1, v.reading)
+    ses = [(v.interval[1] - v.interval[0]) / (2 * Z95) if v.interval and None not in v.interval else None
            for v in measured]
-    c = combine([v["value"] for v in measured], ses)
-    return {"value": c["mean"], "interval": c["interval"], "seeds": c["seeds"], "reading": value_reading(c["interval"])}
-
-
-def value_text(summary: dict[str, Any]) -> str:
-    """Return a ``value_summary`` as table text: "value (lo to hi; reading)", "n/a" (with the reason where it
-    is not comparable), or, for TST below the baseline's fitted asymptote, "above any (lo to unbounded; ...)"."""
-    if summary["value"] is None and not summary["interval"]:
-        return "n/a" if summary["reading"] == "not measured" else f"n/a ({summary['reading']})"
-    if summary["value"] is None and summary["interval"][0] is None:
-        return f"above any ({summary['reading']})"
-    value = "above any" if summary["value"] is None else f"{summary['value']:.2f}"
-    return f"{value} ({interval_text(summary['interval'], '.2f')}; {summary['reading']})"
-
-
-def interval_text(interval: list[float | None] | None, spec: str) -> str:
-    """Return a 95% interval as "lo to hi" ("unbounded" for an open end, "n/a" for none)."""
-    if not interval:
-        return "n/a"
-    return " to ".join("unbounded" if x is None else format(x, spec) for x in interval)
+    c = combine([v.value for v in measured], ses)
+    return ValueSummary(c["mean"], c["interval"], c["seeds"], value_reading(c["interval"]))
 
 
 def _bootstrap(rows: list[dict[str, Any]], fit: CurveFit, draws: int,
@@ -334,7 +299,7 @@ def _value_point(fit: CurveFit, boot: tuple[np.ndarray, ...], step: float, level
 
 
 def phase1_step_value(base: list[dict[str, Any]], tst: list[dict[str, Any]], switch: int, decay: int,
-                      warmup: int = 0, k: int = 5, draws: int = 400) -> dict[str, Any]:
+                      warmup: int = 0, k: int = 5, draws: int = 400) -> StepValue:
     """Return what one phase-1 step buys, in baseline steps, with its 95% interval and its course along the run.
 
     TST's level is the mean of its last ``k`` evaluations in phase 2 before the LR decay, at their
@@ -346,49 +311,37 @@ def phase1_step_value(base: list[dict[str, Any]], tst: list[dict[str, Any]], swi
     bootstrap, fixed seed); "not resolved" where it spans break-even. ``course`` is the value of
     each single evaluation, to show how it moves along the run.
     """
-    out: dict[str, Any] = {"value": None, "interval": None, "reading": "not measured", "reason": None,
-                           "course": [], "k": k, "fit": None, "extrapolated": False}
     evals = [r for r in tst if switch < r["step"] <= decay]
     fit = fit_curve(base, warmup, decay)
-    if switch == 0:
-        out["reason"] = "the run has no phase 1"
-    elif not evals:
-        out["reason"] = (f"no TST evaluation between the switch (step {switch}) and the LR decay (step {decay}); "
-                         "evaluate more often (train.eval_every)")
-    elif fit is None:
-        out["reason"] = (f"the baseline has {len(stable_rows(base, warmup, decay))} evaluations in its stable phase "
-                         f"(steps {max(2 * warmup, 1)} to {decay}), and fitting its curve needs {MIN_FIT_EVALS}; "
-                         "evaluate more often (train.eval_every)")
-    if out["reason"]:
-        return out
+    reason = _unmeasured(base, evals, fit, switch, decay, warmup)
+    if reason:
+        return StepValue(None, None, "not measured", reason, k=k)
     rng = np.random.default_rng(0)
     boot = _bootstrap(base, fit, draws, rng)
-    out["fit"] = fit.__dict__.copy()
-    out["course"] = [_value_point(fit, boot, r["step"], r["val_loss"], 1, switch, rng) for r in evals]
+    course = [_value_point(fit, boot, r["step"], r["val_loss"], 1, switch, rng) for r in evals]
     last = evals[-k:]
     at = sum(r["step"] for r in last) / len(last)
     head = _value_point(fit, boot, at, sum(r["val_loss"] for r in last) / len(last), len(last), switch, rng)
-    out.update(level=head["val_loss"], at_step=at, steps=[r["step"] for r in last], baseline_step=head["baseline_step"],
-               value=head["value"], interval=head["interval"], reading=value_reading(head["interval"]))
-    if head["value"] is None:
-        out["reason"] = (f"TST's mean val loss {head['val_loss']:.4f} over steps {last[0]['step']}-{last[-1]['step']} "
-                         f"is below the baseline's fitted asymptote {fit.a:.4f}: a phase-1 step is worth more than "
-                         "any number of baseline steps on this fit")
-    else:
-        out["extrapolated"] = head["baseline_step"] > fit.last
-    return out
+    reason = None if head["value"] is not None else (
+        f"TST's mean val loss {head['val_loss']:.4f} over steps {last[0]['step']}-{last[-1]['step']} "
+        f"is below the baseline's fitted asymptote {fit.a:.4f}: a phase-1 step is worth more than "
+        "any number of baseline steps on this fit")
+    return StepValue(head["value"], head["interval"], value_reading(head["interval"]), reason, course, k,
+                     fit.__dict__.copy(), head["value"] is not None and head["baseline_step"] > fit.last,
+                     head["val_loss"], at, [r["step"] for r in last], head["baseline_step"])
 
 
-def save_step_value_course(fig, ax, ylabel: str, path: Path, legend_size: int) -> None:
-    """Finish a plot of the phase-1 step value along a run (break-even and zero marked) and write it to ``path``."""
-    import matplotlib.pyplot as plt
+def _unmeasured(base: list[dict[str, Any]], evals: list[dict[str, Any]], fit: CurveFit | None, switch: int,
+                decay: int, warmup: int) -> str | None:
+    """Return why a phase-1 step value cannot be read off these curves (None: it can)."""
+    if switch == 0:
+        return "the run has no phase 1"
+    if not evals:
+        return (f"no TST evaluation between the switch (step {switch}) and the LR decay (step {decay}); "
+                "evaluate more often (train.eval_every)")
+    if fit is None:
+        return (f"the baseline has {len(stable_rows(base, warmup, decay))} evaluations in its stable phase "
+                f"(steps {max(2 * warmup, 1)} to {decay}), and fitting its curve needs {MIN_FIT_EVALS}; "
+                "evaluate more often (train.eval_every)")
+    return None
 
-    ax.axhline(1.0, color="green", linestyle="--", linewidth=1, label="break-even")
-    ax.axhline(0.0, color="grey", linestyle=":", linewidth=1)
-    ax.set_xlabel("TST step (phase 2, before the LR decay)")
-    ax.set_ylabel(ylabel)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=legend_size)
-    fig.tight_layout()
-    save_figure(fig, path)
-    plt.close(fig)
