@@ -23,9 +23,9 @@ from typing import Any
 
 from lr_warmup import best_setting, load_runs, mean_final, seed_gaps, step_value
 from tstrain.config import padded_vocab
-from tstrain.experiments.report_text import interval_text, value_text
-from tstrain.experiments.statistics import GapReading
 from tstrain.models import model_info
+from tstrain.studies.report_text import interval_text, value_text
+from tstrain.studies.statistics import GapReading
 
 
 def body_and_rest(cfg) -> tuple[int, int]:

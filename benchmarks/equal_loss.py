@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from _figures import new_figure, save_figure
-from tstrain.experiments.ladder import non_increasing, over_seeds
+from tstrain.studies.ladder import non_increasing, over_seeds
 
 
 def read(dirs: list[str]) -> list[dict]:

@@ -12,7 +12,7 @@ the TST arms). Prints markdown:
 
 Gaps are read against the evaluation noise of the baseline's fitted curve (and the seed spread
 with two seeds or more), phase-1 step values against the baseline's fitted curve, both with 95%
-intervals (``tstrain.experiments``). Nothing is trained.
+intervals (``tstrain.studies``). Nothing is trained.
 
     python benchmarks/lr_warmup.py ROOT [SIZE] [STEPS]
 """
@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from tstrain.config import load_config
-from tstrain.experiments.report_text import interval_text, number, value_text
-from tstrain.experiments.runs import decay_start, val_rows
-from tstrain.experiments.statistics import (
+from tstrain.studies.report_text import interval_text, number, value_text
+from tstrain.studies.runs import decay_start, val_rows
+from tstrain.studies.statistics import (
     GapReading,
     ValueSummary,
     fit_curve,

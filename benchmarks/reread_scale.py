@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from tstrain.experiments.scale import read_study
+from tstrain.studies.scale import read_study
 
 
 def main(argv: list[str]) -> int:

@@ -91,8 +91,8 @@ def test_the_method_and_the_reader_import_nothing_above_them():
     assert g["schedule"] == {"errors"} and third_party_imports_of(PACKAGE / "schedule.py") == set()
     assert g["data.reader"] <= {"errors", "data.permutation", "schedule"}
     assert g["config"] <= {"errors", "options", "schedule"} and g["options"] == {"errors"}
-    below_trainer = {m for m in g if not m.startswith(("train.loop", "experiments", "cli", "doctor"))}
-    assert not any(d.startswith(("train.loop", "experiments")) for m in below_trainer for d in g[m])
+    below_trainer = {m for m in g if not m.startswith(("train.loop", "studies", "cli", "doctor"))}
+    assert not any(d.startswith(("train.loop", "studies")) for m in below_trainer for d in g[m])
 
 
 def third_party_imports_of(module: Path) -> set[str]:
@@ -173,7 +173,7 @@ WITHIN_FLOOR = {("fileio", "errors")}
 
 def test_every_module_sits_on_its_floor_of_the_architecture_table():
     floors, g = architecture_floors(), graph()
-    packages = {"", "__main__", "data", "train", "experiments"}  # no code of their own
+    packages = {"", "__main__", "data", "train", "studies"}  # no code of their own
     assert set(g) - packages == set(floors)  # every module is in the table, and no other
     upward = [f"{m} (floor {floors[m]}) imports {d} (floor {floors[d]})"
               for m in floors for d in g[m] if floors[d] >= floors[m] and (m, d) not in WITHIN_FLOOR]

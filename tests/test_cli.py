@@ -83,8 +83,8 @@ SCALE_FLAGS = ("--sizes", "--steps", "--arms", "--seeds", "--repeat-within", "--
 def test_prepare_data_and_scale_flags_are_their_options_fields(capsys):
     from tstrain.cli.verbs import options_of
     from tstrain.data.prepare import PrepareOptions
-    from tstrain.experiments.scale import ScaleOptions
     from tstrain.options import option_help
+    from tstrain.studies.scale import ScaleOptions
 
     for verb, cls, flags, default in (("prepare-data", PrepareOptions, PREPARE_FLAGS, "(default: 0.01)"),
                                       ("scale", ScaleOptions, SCALE_FLAGS, "(default: 600,2000,6000)")):
@@ -106,7 +106,7 @@ def test_prepare_data_and_scale_flags_are_their_options_fields(capsys):
 def test_options_given_from_python_are_checked_before_anything_is_written(data_dir, tmp_path):
     from tstrain.data.prepare import PrepareOptions, prepare_data
     from tstrain.errors import ConfigError, DataError
-    from tstrain.experiments.scale import ScaleOptions, scale_study
+    from tstrain.studies.scale import ScaleOptions, scale_study
 
     text = tmp_path / "c.txt"
     text.write_text("the cat sat on the mat")

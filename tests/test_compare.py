@@ -5,9 +5,9 @@ import json
 import pytest
 
 from tstrain.config import load_config
-from tstrain.experiments.compare import analyse, plan_runs, report_markdown
-from tstrain.experiments.runs import decay_start
-from tstrain.experiments.statistics import first_reaching
+from tstrain.studies.compare import analyse, plan_runs, report_markdown
+from tstrain.studies.runs import decay_start
+from tstrain.studies.statistics import first_reaching
 
 
 def write_run(d, val, steps, data_per_step, wall_per_step=1.0):
@@ -20,7 +20,7 @@ def write_run(d, val, steps, data_per_step, wall_per_step=1.0):
 
 
 def test_value_at_interpolates_and_is_none_outside():
-    from tstrain.experiments.statistics import value_at
+    from tstrain.studies.statistics import value_at
 
     rows = [{"step": 0, "val_loss": 5.0}, {"step": 10, "val_loss": 4.0}]
     assert value_at(rows, 4) == pytest.approx(4.6) and value_at(rows, 10) == 4.0 and value_at(rows, 11) is None
@@ -88,7 +88,7 @@ def test_a_gap_is_read_against_the_noise_of_the_baseline_curve(tmp_path):
         readings[name] = r["equal_flops"].reading
         assert r["eval_noise"] == pytest.approx(0.03, rel=0.3)
     assert readings == {"close": "within noise", "far": "baseline better", "ahead": "TST better"}
-    from tstrain.experiments.compare import reading_lines
+    from tstrain.studies.compare import reading_lines
 
     r = analyse({"baseline": tmp_path / "baseline", "tst": tmp_path / "close"}, 400, 1600, warmup=20)
     text = " ".join(reading_lines(r))
@@ -101,7 +101,7 @@ def test_a_gap_is_read_against_the_noise_of_the_baseline_curve(tmp_path):
     text = " ".join(reading_lines(far))
     assert "each arm at its own LR" in text and "--tune-arms" in text and "`--baseline-lr` at this one" not in text
     # TST's phase 2 is the baseline's own curve: a phase-1 step bought one baseline step, break-even.
-    from tstrain.experiments.compare import report_markdown
+    from tstrain.studies.compare import report_markdown
 
     assert r["phase1_step_value"] == pytest.approx(1.0, abs=0.1)
     lo, hi = r["phase1_step_value_detail"].interval
@@ -125,8 +125,8 @@ def test_plan_runs_equal_flops_and_equal_data():
 
 
 def test_compare_end_to_end_writes_report_json_and_plots(tiny_cfg, tmp_path):
-    from tstrain.experiments.compare import compare
-    from tstrain.experiments.plans import CompareOptions
+    from tstrain.studies.compare import compare
+    from tstrain.studies.plans import CompareOptions
 
     cfg = tiny_cfg(**{"train.steps": 12, "tst.ratio": 0.5, "train.eval_every": 3})
     result = compare(cfg, tmp_path / "cmp", CompareOptions(command="test"))
@@ -155,7 +155,7 @@ def test_compare_end_to_end_writes_report_json_and_plots(tiny_cfg, tmp_path):
 def test_a_gap_at_different_lrs_keeps_its_reading_and_the_step_value_is_not_comparable(tmp_path):
     import numpy as np
 
-    from tstrain.experiments.compare import NOT_COMPARABLE, report_markdown
+    from tstrain.studies.compare import NOT_COMPARABLE, report_markdown
 
     rng = np.random.default_rng(0)
     base = [(s, 3.5 + 20.0 * max(s, 10) ** -0.5 + 0.03 * rng.normal()) for s in range(0, 2001, 20)]
@@ -183,8 +183,8 @@ def test_a_gap_at_different_lrs_keeps_its_reading_and_the_step_value_is_not_comp
 
 def test_compare_with_the_baseline_at_its_own_lr(tiny_cfg, tmp_path):
     from tstrain.errors import ConfigError
-    from tstrain.experiments.compare import NOT_COMPARABLE, compare
-    from tstrain.experiments.plans import CompareOptions
+    from tstrain.studies.compare import NOT_COMPARABLE, compare
+    from tstrain.studies.plans import CompareOptions
 
     # 24 steps evaluated every 2: enough stable-phase evaluations for a phase-1 step value at one LR.
     cfg = tiny_cfg(**{"train.steps": 24, "tst.ratio": 0.5, "train.eval_every": 2})
@@ -220,8 +220,8 @@ def test_a_baseline_lr_no_run_could_train_at_is_refused_before_anything_is_writt
                                                                                   value, shown):
     from conftest import one_line_error
     from tstrain.errors import ConfigError
-    from tstrain.experiments.compare import compare
-    from tstrain.experiments.plans import CompareOptions
+    from tstrain.studies.compare import compare
+    from tstrain.studies.plans import CompareOptions
 
     out = tmp_path / "cmp"
     one_line_error(capsys, ["compare", "--preset", "tiny", "--data", str(data_dir), "--out", str(out), "--steps", "4",
@@ -235,7 +235,7 @@ def test_a_baseline_lr_no_run_could_train_at_is_refused_before_anything_is_writt
 
 def test_compare_refuses_a_config_without_tst_before_training(tiny_cfg, tmp_path):
     from tstrain.errors import ConfigError
-    from tstrain.experiments.compare import compare
+    from tstrain.studies.compare import compare
 
     with pytest.raises(ConfigError, match="compare needs a TST run"):
         compare(tiny_cfg(**{"tst.ratio": 0.0}), tmp_path / "cmp")

@@ -200,8 +200,8 @@ def test_resume_names_a_changed_final_and_writes_it_again(finished, data_dir, tm
 
 def test_malformed_run_records_are_one_line_naming_the_file_and_the_field(finished, data_dir, tmp_path, capsys):
     from tstrain.errors import RecordError
-    from tstrain.experiments.runs import run_or_reuse
     from tstrain.model_io import run_settings
+    from tstrain.studies.runs import run_or_reuse
 
     run = shutil.copytree(finished, tmp_path / "run")
     saved = (run / "config.toml").read_text()

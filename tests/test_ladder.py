@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from tstrain.experiments.ladder import equal_loss, final_noise, log_compute_at, non_increasing, plan_ladder
+from tstrain.studies.ladder import equal_loss, final_noise, log_compute_at, non_increasing, plan_ladder
 
 LADDER = [(1.0, 4.0), (1.25, 3.9), (1.5, 3.82), (2.0, 3.7), (3.0, 3.6)]  # (compute over TST's, final val loss)
 
@@ -92,8 +92,8 @@ def test_a_ladder_no_run_could_make_is_refused(tiny_cfg, multiples):
 
 def test_compare_equal_loss_trains_the_ladder_as_one_trunk_with_branched_decays(tiny_cfg, tmp_path, data_dir, capsys):
     from conftest import one_line_error
-    from tstrain.experiments.compare import compare
-    from tstrain.experiments.plans import CompareOptions
+    from tstrain.studies.compare import compare
+    from tstrain.studies.plans import CompareOptions
 
     cfg = tiny_cfg(**{"train.steps": 12, "tst.ratio": 0.5, "train.eval_every": 2})
     plain = compare(cfg, tmp_path / "plain", CompareOptions(command="test"))
@@ -120,7 +120,7 @@ def test_compare_equal_loss_trains_the_ladder_as_one_trunk_with_branched_decays(
 
 def test_seeds_combine_from_each_comparisons_reading_and_other_ladders_are_refused():
     from tstrain.errors import ConfigError
-    from tstrain.experiments.ladder import over_seeds
+    from tstrain.studies.ladder import over_seeds
 
     a = equal_loss(rungs([(m, v + 0.02) for m, v in LADDER]), tst(3.78), noise=0.005)
     b = equal_loss(rungs([(m, v - 0.02) for m, v in LADDER]), tst(3.74), noise=0.005)

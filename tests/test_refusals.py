@@ -12,7 +12,7 @@ from tstrain.config import load_config
 from tstrain.data.prepare import PrepareOptions, prepare_data
 from tstrain.data.tokens import TokenData
 from tstrain.errors import CheckpointError, ConfigError, DataError
-from tstrain.experiments.runs import run_or_reuse
+from tstrain.studies.runs import run_or_reuse
 from tstrain.train.loop import train
 
 

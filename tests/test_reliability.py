@@ -359,7 +359,7 @@ def test_a_summary_cut_short_is_written_again_when_the_run_is_reused(finished_ru
     import shutil
 
     from tstrain.config import load_config
-    from tstrain.experiments.runs import run_or_reuse
+    from tstrain.studies.runs import run_or_reuse
 
     run = shutil.copytree(finished_run, tmp_path / "run")
     whole = json.loads((run / "summary.json").read_text())

@@ -58,7 +58,7 @@ def test_a_seed_without_its_baseline_is_read_and_paired_only_where_a_baseline_ra
 
 def test_the_equal_loss_reader_prints_each_seed_and_their_combination(tmp_path, capsys):
     from equal_loss import main
-    from tstrain.experiments.ladder import equal_loss
+    from tstrain.studies.ladder import equal_loss
 
     for seed, shift in ((0, 0.02), (1, -0.02)):
         rungs = [{"steps": round(100 * m), "flops": 1e9 * m, "val_losses": [v + shift]}

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from tstrain.config import load_config
-from tstrain.experiments.scale import fit_crossing, read_study
+from tstrain.studies.scale import fit_crossing, read_study
 
 STEPS, SWITCH = 2000, 600  # cpu-micro's WSD: warmup 50, decay from step 1600; s=4, r=0.3
 
@@ -91,7 +91,7 @@ def fake_run(best_lr_of_ratio):
 
 
 def test_tune_arms_trains_each_arm_at_its_own_best_lr(data_dir, tmp_path, monkeypatch):
-    from tstrain.experiments import scale
+    from tstrain.studies import scale
 
     monkeypatch.setattr(scale, "run_or_reuse", fake_run({0.0: 4e-3, 0.2: 2e-3}))
     options = scale.ScaleOptions(sizes=("cpu-micro",), steps=(STEPS,), arms=((2, 0.2),), seeds=(0,),
@@ -112,7 +112,7 @@ def test_tune_arms_trains_each_arm_at_its_own_best_lr(data_dir, tmp_path, monkey
 
 def test_tune_arms_needs_the_lrs_to_tune_over(data_dir, tmp_path):
     from tstrain.errors import ConfigError
-    from tstrain.experiments.scale import ScaleOptions, scale_study
+    from tstrain.studies.scale import ScaleOptions, scale_study
 
     with pytest.raises(ConfigError, match="--tune-arms tunes over --lrs"):
         scale_study(str(data_dir), tmp_path / "study", ScaleOptions(sizes=("tiny",), tune_arms=True))
@@ -138,7 +138,7 @@ def noisy_run(gap, noise):
     (0.03, 0.002, 0.05, ["seed0", "seed1"])])  # within an asked margin of 0.05 nats
 def test_a_cell_is_repeated_unless_its_first_seed_settles_the_gap(data_dir, tmp_path, monkeypatch, gap, noise, within,
                                                                   seeds_run):
-    from tstrain.experiments import scale
+    from tstrain.studies import scale
 
     monkeypatch.setattr(scale, "run_or_reuse", noisy_run(gap, noise))
     options = scale.ScaleOptions(sizes=("cpu-micro",), steps=(STEPS,), arms=((2, 0.2),), seeds=(0, 1),
@@ -150,7 +150,7 @@ def test_a_cell_is_repeated_unless_its_first_seed_settles_the_gap(data_dir, tmp_
 
 def test_each_arm_gets_its_equal_loss_speedup_from_the_baselines_at_its_length_and_longer(data_dir, tmp_path,
                                                                                         monkeypatch):
-    from tstrain.experiments import scale
+    from tstrain.studies import scale
 
     gap = -0.09  # TST at 1000 steps ends between the baselines at 1000 and 2000
     monkeypatch.setattr(scale, "run_or_reuse", noisy_run(gap, 0.002))

@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from tstrain.experiments.ablate import ablate
-from tstrain.experiments.plans import ABLATIONS
-from tstrain.experiments.sweep import sweep
+from tstrain.studies.ablate import ablate
+from tstrain.studies.plans import ABLATIONS
+from tstrain.studies.sweep import sweep
 
 
 def test_sweep_runs_the_grid_and_the_baseline_once_and_resumes(tiny_cfg, tmp_path):
@@ -25,8 +25,8 @@ def test_sweep_runs_the_grid_and_the_baseline_once_and_resumes(tiny_cfg, tmp_pat
     manifest = json.loads((Path(cfg.data.path) / "manifest.json").read_text())
     assert f"corpus hash {manifest['corpus_sha256']}" in md  # the report names the text it was trained on
     # s=2, r=0.25: switch at 2, decay from step 6 (the preset's 20%): measured from the two curves.
-    from tstrain.experiments.runs import val_rows
-    from tstrain.experiments.statistics import phase1_step_value
+    from tstrain.studies.runs import val_rows
+    from tstrain.studies.statistics import phase1_step_value
 
     measured = phase1_step_value(val_rows(tmp_path / "sw" / "baseline"), val_rows(tmp_path / "sw" / "s2-r0.25"), 2, 6,
                                  cfg.optim.warmup_steps)
@@ -66,7 +66,7 @@ def test_ablations_apply_their_overrides(tiny_cfg, tmp_path):
 def test_sweep_and_ablate_train_the_baseline_at_its_own_lr(tiny_cfg, tmp_path):
     from tstrain.config import load_config
     from tstrain.errors import ConfigError
-    from tstrain.experiments.statistics import NOT_COMPARABLE
+    from tstrain.studies.statistics import NOT_COMPARABLE
 
     cfg = tiny_cfg(**{"train.steps": 8, "train.eval_every": 2, "tst.ratio": 0.5})
     table = sweep(cfg, tmp_path / "sw", [2], [0.5], baseline_lr=6e-3)

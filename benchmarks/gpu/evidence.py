@@ -29,9 +29,9 @@ sys.path[:0] = [str(ROOT / "src"), str(ROOT / "benchmarks")]
 from _common import machine, require_data  # noqa: E402
 from tstrain.config import load_config, padded_vocab  # noqa: E402
 from tstrain.data.tokens import TokenData  # noqa: E402
-from tstrain.experiments.runs import val_rows  # noqa: E402
-from tstrain.experiments.scale import ScaleOptions, arm_name, scale_study  # noqa: E402
 from tstrain.models import model_info  # noqa: E402
+from tstrain.studies.runs import val_rows  # noqa: E402
+from tstrain.studies.scale import ScaleOptions, arm_name, scale_study  # noqa: E402
 
 DRY = os.environ.get("DRY_RUN") == "1"
 ARMS = [(2, 0.2), (4, 0.3)]

@@ -1,7 +1,7 @@
 """Typed, documented settings: the one form of every setting a person gives tstrain.
 
 A config section (``config.py``) or the options of a verb (``data.prepare.PrepareOptions``,
-``experiments.scale.ScaleOptions``) is a dataclass: each field has one default and one line of
+``studies.scale.ScaleOptions``) is a dataclass: each field has one default and one line of
 documentation (``knob``), a field with a fixed set of values is a ``Literal``, and ``rules()``
 returns the checks of its values as ``(ok, message)`` pairs, each message naming the fix. The
 command line builds its flags, defaults and help from the fields (``option_help``), and

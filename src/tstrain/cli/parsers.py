@@ -145,7 +145,7 @@ def _add_baseline_lr(p: argparse.ArgumentParser, which: str) -> None:
 
 def _add_experiment_verbs(sub) -> None:
     """Add the experiment verbs: compare, sweep, ablate, scale."""
-    from ..experiments.plans import LADDER, parse_ladder
+    from ..studies.plans import LADDER, parse_ladder
 
     p = sub.add_parser("compare", help="train baseline and TST at equal FLOPs and write a report with plots")
     p.add_argument("--equal-data", action="store_true", help="also train a baseline that reads as many tokens as TST")
@@ -159,7 +159,7 @@ def _add_experiment_verbs(sub) -> None:
     _add_run_flags(p, "comparison dir: baseline/, tst/, report.md, comparison.json, *.png")
     p.set_defaults(func=verbs.cmd_compare, needs=(*TRAINING, "matplotlib"))
 
-    from ..experiments.plans import SweepOptions
+    from ..studies.plans import SweepOptions
 
     p = sub.add_parser("sweep", help="the s x r grid plus the baseline: a table of final val loss and plots")
     add_options(p, SweepOptions)
@@ -167,7 +167,7 @@ def _add_experiment_verbs(sub) -> None:
     _add_run_flags(p, "sweep dir: one run dir each, sweep.md, sweep.json, *.png")
     p.set_defaults(func=verbs.cmd_sweep, needs=(*TRAINING, "matplotlib"))
 
-    from ..experiments.plans import ABLATIONS
+    from ..studies.plans import ABLATIONS
 
     p = sub.add_parser("ablate", help="the paper's ablations at one (s, r), each against the baseline")
     p.add_argument("--runs", help=f"comma-separated subset of: {', '.join(ABLATIONS)} (default: all)")
@@ -175,7 +175,7 @@ def _add_experiment_verbs(sub) -> None:
     _add_run_flags(p, "ablation dir: one run dir each, ablations.md, ablations.json")
     p.set_defaults(func=verbs.cmd_ablate, needs=(*TRAINING, "matplotlib"))
 
-    from ..experiments.plans import ScaleOptions
+    from ..studies.plans import ScaleOptions
 
     p = sub.add_parser("scale", help="baseline vs TST over run lengths and model sizes: where TST starts to pay")
     p.add_argument("--data", required=True, help="prepared data dir")

@@ -66,8 +66,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from ..experiments.compare import compare
-    from ..experiments.plans import CompareOptions
+    from ..studies.compare import compare
+    from ..studies.plans import CompareOptions
 
     cfg = _config_with_data(args)
     options = CompareOptions(equal_data=args.equal_data, baseline_lr=args.baseline_lr,
@@ -84,7 +84,7 @@ def _config_with_data(args: argparse.Namespace):
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from ..experiments.sweep import sweep
+    from ..studies.sweep import sweep
 
     cfg = _config_with_data(args)
     options = options_of(args)
@@ -95,7 +95,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_ablate(args: argparse.Namespace) -> int:
-    from ..experiments.ablate import ablate
+    from ..studies.ablate import ablate
 
     cfg = _config_with_data(args)
     ablate(cfg, args.out, args.runs.split(",") if args.runs else None, baseline_lr=args.baseline_lr)
@@ -121,7 +121,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
 
 
 def cmd_scale(args: argparse.Namespace) -> int:
-    from ..experiments.scale import scale_study
+    from ..studies.scale import scale_study
 
     scale_study(args.data, args.out, options_of(args), _overrides(args))
     print((Path(args.out) / "scale.md").read_text())

@@ -6,7 +6,7 @@ plan, the LR), so where two configs agree on every step before ``step`` the trun
 there and gives that run's numbers. The use: with a Warmup-Stable-Decay LR, runs of different lengths
 share their warmup and stable phase, so one trunk at the stable LR with a decay branched off at each
 run's decay start gives a ladder of run lengths for little more than the longest one
-(``experiments.ladder``).
+(``studies.ladder``).
 
 ``branch`` checks that claim before it writes anything (``branch_differences``): the two configs may
 differ only in ``train.steps`` and the fields free to change on resume, and must give every step before

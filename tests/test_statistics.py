@@ -4,8 +4,8 @@ and gaps read against the evaluation noise, on synthetic curves whose answers ar
 import numpy as np
 import pytest
 
-from tstrain.experiments.report_text import value_text
-from tstrain.experiments.statistics import (
+from tstrain.studies.report_text import value_text
+from tstrain.studies.statistics import (
     GapReading,
     StepValue,
     ValueSummary,
@@ -145,8 +145,8 @@ def test_tst_below_the_baseline_asymptote_reads_as_saving_compute_not_as_unmeasu
 
 
 def test_one_rule_says_when_the_arms_are_comparable_and_every_report_follows_it():
-    from tstrain.experiments.report_text import lr_line
-    from tstrain.experiments.statistics import comparable
+    from tstrain.studies.report_text import lr_line
+    from tstrain.studies.statistics import comparable
 
     assert comparable(4e-3, 4e-3) and not comparable(4e-3, 2e-3)
     assert lr_line({"baseline": 4e-3, "tst": 4e-3}) == ""
@@ -154,7 +154,7 @@ def test_one_rule_says_when_the_arms_are_comparable_and_every_report_follows_it(
 
 
 def test_every_figure_is_formatted_by_one_function():
-    from tstrain.experiments.report_text import estimate_text, gap_text, interval_text, number
+    from tstrain.studies.report_text import estimate_text, gap_text, interval_text, number
 
     assert number(None, ".2f") == number(float("nan"), ".2f") == "n/a"
     assert number(1.5, ".2f", suffix="x") == "1.50x" and number(None, ".0f", "not reached") == "not reached"
