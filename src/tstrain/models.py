@@ -214,3 +214,35 @@ def model_info(cfg: ModelConfig, vocab_size: int, seq_len: int) -> dict:
         "flops_per_token": flops_per_position(model, seq_len),
         "memory_bytes": memory,
     }
+
+
+def _short(n: float) -> str:
+    """Return a count in K, M or B with four significant digits."""
+    for scale, unit in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if n >= scale:
+            return f"{n / scale:.4g}{unit}"
+    return f"{n:g}"
+
+
+def model_info_text(info: dict, vocab_note: str = "") -> str:
+    """Return ``model_info`` as the lines ``tstrain info`` prints; ``vocab_note`` says where the vocabulary
+    came from."""
+    p, mem = info["parameters"], info["memory_bytes"]
+    gib = 2.0**30
+    moe = f", {info['experts']} experts ({info['experts_per_token']} per token)" if info["experts"] else ""
+    lines = [
+        f"model        {info['model_type']}, {info['layers']} layers, d={info['hidden_size']}, "
+        f"vocabulary {info['vocab_size']:,}{vocab_note}, "
+        f"{'tied' if info['tied_embeddings'] else 'untied'} embeddings{moe}",
+        f"parameters   {p['total']:,} total ({_short(p['total'])})"
+        + (f", {p['active']:,} active per token ({_short(p['active'])})" if p["active"] != p["total"] else "")
+        + f"; {p['embedding']:,} in embedding lookups",
+        f"FLOPs/token  {info['flops_per_token']:.4g} to train at seq_len {info['seq_len']} "
+        "(6 x active matmul params + 12 x layers x d_attn x seq_len; a third of it forward only)",
+        f"memory       {mem['training_total'] / gib:,.2f} GiB to train with AdamW: "
+        f"fp32 weights {mem['weights_fp32'] / gib:,.2f} "
+        f"+ fp32 gradients {mem['grads_fp32'] / gib:,.2f} "
+        f"+ two fp32 AdamW moments {mem['adamw_moments_fp32'] / gib:,.2f} "
+        f"(16 bytes/param; activations not included); {mem['weights_bf16'] / gib:,.2f} GiB of bf16 weights to serve",
+    ]
+    return "\n".join(lines)

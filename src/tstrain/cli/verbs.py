@@ -160,39 +160,9 @@ def cmd_mi(args: argparse.Namespace) -> int:
     return 0
 
 
-def _short(n: float) -> str:
-    """Return a count in K, M or B with four significant digits."""
-    for scale, unit in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
-        if n >= scale:
-            return f"{n / scale:.4g}{unit}"
-    return f"{n:g}"
-
-
-def _format_info(info: dict, vocab_note: str) -> str:
-    p, mem = info["parameters"], info["memory_bytes"]
-    gib = 2.0**30
-    moe = f", {info['experts']} experts ({info['experts_per_token']} per token)" if info["experts"] else ""
-    lines = [
-        f"model        {info['model_type']}, {info['layers']} layers, d={info['hidden_size']}, "
-        f"vocabulary {info['vocab_size']:,}{vocab_note}, "
-        f"{'tied' if info['tied_embeddings'] else 'untied'} embeddings{moe}",
-        f"parameters   {p['total']:,} total ({_short(p['total'])})"
-        + (f", {p['active']:,} active per token ({_short(p['active'])})" if p["active"] != p["total"] else "")
-        + f"; {p['embedding']:,} in embedding lookups",
-        f"FLOPs/token  {info['flops_per_token']:.4g} to train at seq_len {info['seq_len']} "
-        "(6 x active matmul params + 12 x layers x d_attn x seq_len; a third of it forward only)",
-        f"memory       {mem['training_total'] / gib:,.2f} GiB to train with AdamW: "
-        f"fp32 weights {mem['weights_fp32'] / gib:,.2f} "
-        f"+ fp32 gradients {mem['grads_fp32'] / gib:,.2f} "
-        f"+ two fp32 AdamW moments {mem['adamw_moments_fp32'] / gib:,.2f} "
-        f"(16 bytes/param; activations not included); {mem['weights_bf16'] / gib:,.2f} GiB of bf16 weights to serve",
-    ]
-    return "\n".join(lines)
-
-
 def cmd_info(args: argparse.Namespace) -> int:
     from ..data.tokens import TokenData
-    from ..models import model_info
+    from ..models import model_info, model_info_text
 
     cfg = load_config(args.preset, args.config, _overrides(args))
     m, note = cfg.model, ""
@@ -206,7 +176,7 @@ def cmd_info(args: argparse.Namespace) -> int:
             raise ConfigError(f"--vocab-size must be >= 1; got {args.vocab_size}")
         vocab, note = args.vocab_size, " (assumed: the preset follows the data; pass --data or --vocab-size)"
     info = model_info(m, vocab, cfg.train.seq_len)
-    print(json.dumps(info, indent=2) if args.json else _format_info(info, note))
+    print(json.dumps(info, indent=2) if args.json else model_info_text(info, note))
     return 0
 
 
