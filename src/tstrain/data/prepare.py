@@ -58,7 +58,7 @@ SHARD_TOKENS = 1 << 29  # the default shard: 1.07 GB of uint16 ids (2.1 GB of ui
 TOKEN_FILE = re.compile(r"(train|val)(-\d+)?\.bin(\.tmp)?")
 
 
-@dataclass
+@dataclass(frozen=True)
 class PrepareOptions:
     """How text becomes token shards: the tokenizer, the split, the shards and the work."""
 

@@ -37,7 +37,7 @@ def settings_rules(pairs, name: str) -> list[tuple[bool, str]]:
     return rules
 
 
-@dataclass
+@dataclass(frozen=True)
 class ScaleOptions:
     """The grid of a scale study: model sizes x run lengths x seeds, each TST arm against its baseline."""
 
@@ -76,7 +76,7 @@ class ScaleOptions:
         ]
 
 
-@dataclass
+@dataclass(frozen=True)
 class SweepOptions:
     """The s x r grid of a sweep: every bag size with every ratio, each cell against the one baseline."""
 
