@@ -69,7 +69,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from ..studies.compare import compare
     from ..studies.plans import CompareOptions
 
-    cfg = _config_with_data(args)
+    cfg = load_config(args.preset, args.config, _overrides(args))
     options = CompareOptions(equal_data=args.equal_data, baseline_lr=args.baseline_lr,
                              ladder=args.ladder if args.equal_loss else None,
                              command="tstrain " + " ".join(sys.argv[1:]) if args.command is None else args.command)
@@ -79,14 +79,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
-def _config_with_data(args: argparse.Namespace):
-    return load_config(args.preset, args.config, _overrides(args))
-
-
 def cmd_sweep(args: argparse.Namespace) -> int:
     from ..studies.sweep import sweep
 
-    cfg = _config_with_data(args)
+    cfg = load_config(args.preset, args.config, _overrides(args))
     options = options_of(args)
     check(options, ConfigError)
     sweep(cfg, args.out, list(options.bag_sizes), list(options.ratios), baseline_lr=args.baseline_lr)
@@ -97,7 +93,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def cmd_ablate(args: argparse.Namespace) -> int:
     from ..studies.ablate import ablate
 
-    cfg = _config_with_data(args)
+    cfg = load_config(args.preset, args.config, _overrides(args))
     ablate(cfg, args.out, args.runs.split(",") if args.runs else None, baseline_lr=args.baseline_lr)
     print((Path(args.out) / "ablations.md").read_text())
     return 0
