@@ -106,3 +106,23 @@ def test_the_gap_course_is_tst_minus_the_baseline_at_their_shared_evaluations(tm
         (tmp_path / name / "config.toml").write_text("[train]\nsteps = 20\n")
     x, gaps, _ = gap_course(tmp_path)
     assert x == [0.5, 1.0] and gaps == pytest.approx([0.3, -0.1])
+
+
+def test_the_seed_reader_combines_the_gaps_and_refuses_other_corpora(tmp_path, capsys):
+    from compare_seeds import main
+    from tstrain.studies.statistics import gap_reading
+
+    for seed, (base, tst, corpus) in enumerate(((3.80, 3.74, "a"), (3.78, 3.76, "a"), (3.8, 3.7, "b"))):
+        gap = tst - base
+        (tmp_path / f"s{seed}").mkdir()
+        (tmp_path / f"s{seed}" / "comparison.json").write_text(json.dumps({
+            "runs": {"baseline": {"final_val_loss": base}, "tst": {"final_val_loss": tst}}, "eval_noise": 0.01,
+            "equal_flops_delta": gap, "equal_flops": {"gap": gap, "interval": [gap - 0.03, gap + 0.03],
+                                                      "reading": "within noise"}, "data": {"corpus_sha256": corpus}}))
+    main([str(tmp_path / "s0"), str(tmp_path / "s1")])
+    both = gap_reading([-0.06, -0.02], [0.01, 0.01])
+    assert both.gap == pytest.approx(-0.04)
+    out = capsys.readouterr().out
+    assert f"Over 2 seeds: {both.gap:+.3f} ({both.interval[0]:+.3f} to {both.interval[1]:+.3f}" in out
+    with pytest.raises(SystemExit, match="different corpora"):
+        main([str(tmp_path / "s0"), str(tmp_path / "s2")])
