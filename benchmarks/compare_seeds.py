@@ -27,7 +27,8 @@ def main(dirs: list[str]) -> None:
         print(f"| {d} | {r['runs']['baseline']['final_val_loss']:.4f} | {r['runs']['tst']['final_val_loss']:.4f} | "
               f"{g['gap']:+.3f} ({interval_text(g['interval'], '+.3f')}, {g['reading']}) |")
     both = gap_reading([r["equal_flops_delta"] for r in results], [r["eval_noise"] for r in results])
-    print(f"\nOver {both.seeds} seeds: {both.gap:+.3f} ({interval_text(both.interval, '+.3f')}, {both.reading}).")
+    seeds = f"{both.seeds} seed" + ("s" if both.seeds > 1 else "")
+    print(f"\nOver {seeds}: {both.gap:+.3f} ({interval_text(both.interval, '+.3f')}, {both.reading}).")
 
 
 if __name__ == "__main__":
