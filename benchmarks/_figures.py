@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tstrain import fileio
+
 
 def new_figure(size: tuple[float, float] = (8, 4.5)):
     """Return ``(fig, ax)`` on matplotlib's file-only backend."""
@@ -16,7 +18,8 @@ def new_figure(size: tuple[float, float] = (8, 4.5)):
 
 
 def save_figure(fig, ax, path: str | Path, xlabel: str, ylabel: str, legend_at: str = "best") -> None:
-    """Label the axes, add the grid and the legend, and write the figure to ``path``."""
+    """Label the axes, add the grid and the legend, and write the figure to ``path`` (``fileio.save_figure``:
+    never through a link, whole)."""
     import matplotlib.pyplot as plt
 
     ax.set_xlabel(xlabel)
@@ -24,5 +27,5 @@ def save_figure(fig, ax, path: str | Path, xlabel: str, ylabel: str, legend_at: 
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8, loc=legend_at)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fileio.save_figure(fig, Path(path))
     plt.close(fig)

@@ -14,13 +14,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tomllib
 from pathlib import Path
 
 import numpy as np
 
 from _figures import new_figure, save_figure
+from tstrain.config import load_config
 from tstrain.studies.ladder import non_increasing, over_seeds
+from tstrain.studies.runs import decay_start, val_rows
 
 
 def read(dirs: list[str]) -> list[dict]:
@@ -47,11 +48,8 @@ def print_seed(d: str, result: dict) -> None:
 def curve(run_dir: Path, longest: bool) -> tuple[np.ndarray, np.ndarray]:
     """Return a run's evaluations as (FLOPs, val loss). A shorter rung is one decay branched off the longest
     rung's trunk, so only its decay is returned; the first evaluation (no FLOPs yet) is left out."""
-    cfg = tomllib.loads((run_dir / "config.toml").read_text())
-    steps = cfg["train"]["steps"]
-    start = 0 if longest or run_dir.name == "tst" else round(steps * (1 - cfg["optim"]["decay_fraction"]))
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    rows = [r for r in rows if "val_loss" in r and r.get("flops", 0) > 0 and r["step"] >= start]
+    start = 0 if longest or run_dir.name == "tst" else decay_start(load_config(config_file=run_dir / "config.toml"))
+    rows = [r for r in val_rows(run_dir) if r.get("flops", 0) > 0 and r["step"] >= start]
     return np.array([r["flops"] for r in rows]), np.array([r["val_loss"] for r in rows])
 
 

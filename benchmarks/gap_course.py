@@ -10,27 +10,22 @@ Nothing is trained.
 
 from __future__ import annotations
 
-import json
 import sys
-import tomllib
 from pathlib import Path
 
 from _figures import new_figure, save_figure
+from tstrain.config import Config, load_config
+from tstrain.studies.runs import decay_start, val_rows
 
 
-def evaluations(run: Path) -> dict[int, float]:
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    return {r["step"]: r["val_loss"] for r in rows if "val_loss" in r}
-
-
-def gap_course(cell: Path) -> tuple[list[float], list[float], dict]:
+def gap_course(cell: Path) -> tuple[list[float], list[float], Config]:
     """Return (fraction of the run, TST minus baseline) at the shared evaluations, and TST's config."""
     tst = next(p for p in sorted(cell.iterdir()) if p.name.startswith("tst"))
-    base, mine = evaluations(cell / "baseline"), evaluations(tst)
-    cfg = tomllib.loads((tst / "config.toml").read_text())
-    steps = cfg["train"]["steps"]
+    base = {r["step"]: r["val_loss"] for r in val_rows(cell / "baseline")}
+    mine = {r["step"]: r["val_loss"] for r in val_rows(tst)}
+    cfg = load_config(config_file=tst / "config.toml")
     shared = sorted(set(base) & set(mine) - {0})
-    return [s / steps for s in shared], [mine[s] - base[s] for s in shared], cfg
+    return [s / cfg.train.steps for s in shared], [mine[s] - base[s] for s in shared], cfg
 
 
 def main(out: str, cells: list[str]) -> None:
@@ -39,9 +34,9 @@ def main(out: str, cells: list[str]) -> None:
         label, _, path = item.partition("=")
         x, y, cfg = gap_course(Path(path))
         ax.plot(x, y, linewidth=1, label=f"{label} (final {y[-1]:+.3f})")
-    ratio, decay = cfg["tst"]["ratio"], cfg["optim"]["decay_fraction"]
-    ax.axvline(ratio, color="grey", linestyle=":", linewidth=1, label=f"the switch (r={ratio:g})")
-    ax.axvline(1 - decay, color="grey", linestyle="--", linewidth=1, label="the decay starts")
+    ax.axvline(cfg.switch_step / cfg.train.steps, color="grey", linestyle=":", linewidth=1,
+               label=f"the switch (r={cfg.tst.ratio:g})")
+    ax.axvline(decay_start(cfg) / cfg.train.steps, color="grey", linestyle="--", linewidth=1, label="the decay starts")
     ax.axhline(0.0, color="k", linewidth=0.8)
     ax.set_ylim(-0.2, 0.4)
     save_figure(fig, ax, out, "fraction of the run's steps (equal FLOPs per step in both arms)",
