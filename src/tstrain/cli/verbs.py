@@ -73,8 +73,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     options = CompareOptions(equal_data=args.equal_data, baseline_lr=args.baseline_lr,
                              ladder=args.ladder if args.equal_loss else None,
                              command="tstrain " + " ".join(sys.argv[1:]) if args.command is None else args.command)
-    check(options, ConfigError)
-    compare(cfg, args.out, options)
+    compare(cfg, args.out, options)  # checks its options before anything is written
     print((Path(args.out) / "report.md").read_text())
     return 0
 
