@@ -30,6 +30,7 @@ anywhere in a transition.
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from collections.abc import Mapping
@@ -111,6 +112,20 @@ def lr_rules(peak: float, warmup: int, decay_fraction: float, final_lr_fraction:
         (is_real(final_lr_fraction) and 0.0 <= final_lr_fraction <= 1.0,
          f"{n['final_lr_fraction']} must be in [0, 1]; got {final_lr_fraction!r}"),
     ]
+
+
+@functools.lru_cache(maxsize=16, typed=True)
+def _checked_lr_settings(peak: float, warmup: int, decay_fraction: float, final_lr_fraction: float) -> None:
+    raise_first(lr_rules(peak, warmup, decay_fraction, final_lr_fraction))
+
+
+def _check_lr_settings(peak: float, warmup: int, decay_fraction: float, final_lr_fraction: float) -> None:
+    """Refuse LR settings that would give a negative LR, checking each set once (``Schedule.lr`` runs every step;
+    a refusal is never cached, and settings that cannot be a cache key are checked directly)."""
+    try:
+        _checked_lr_settings(peak, warmup, decay_fraction, final_lr_fraction)
+    except TypeError:
+        raise_first(lr_rules(peak, warmup, decay_fraction, final_lr_fraction))
 
 
 def wsd_lr(step: int, total: int, lr: float, warmup: int, decay_fraction: float,
@@ -294,7 +309,8 @@ class TSTSettings:
 
     def schedule(self, steps: int, batch_size: int, seq_len: int) -> Schedule:
         """Return the schedule of a run of ``steps`` steps of ``batch_size`` sequences of ``seq_len`` positions."""
-        return Schedule(steps=steps, batch_size=batch_size, seq_len=seq_len, **vars(self.settings()))
+        mine = {name: getattr(self, name) for name in TSTSettings.__dataclass_fields__}  # checked when made
+        return Schedule(steps=steps, batch_size=batch_size, seq_len=seq_len, **mine)
 
 
 @dataclass(frozen=True)
@@ -424,7 +440,7 @@ class Schedule(TSTSettings):
 
         Past the last step the LR stays at its final value; it is never negative.
         """
-        raise_first(lr_rules(peak, warmup, decay_fraction, final_lr_fraction))
+        _check_lr_settings(peak, warmup, decay_fraction, final_lr_fraction)
         n, S = self.steps, self.switch_step
         if restart and S > 0:
             if step < S:

@@ -127,8 +127,8 @@ class TSTTrainer(Trainer):
             extra = self.args.lr_scheduler_kwargs or {}
             decay, final = extra.get("decay_fraction", 0.1), extra.get("final_lr_fraction", 0.0)
             warmup = self.args.get_warmup_steps(num_training_steps)
-            self.schedule.lr(0, 1.0, warmup, decay, final)  # refuses settings that would give a negative LR
             factor = lambda step: self.schedule.lr(step, 1.0, warmup, decay, final)  # noqa: E731
+            # LambdaLR asks for step 0's factor at once: Schedule.lr refuses settings that would give a negative LR
             self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer or self.optimizer, factor)
             self._created_lr_scheduler = True  # the Trainer makes a fresh one for the next train()
         return self.lr_scheduler

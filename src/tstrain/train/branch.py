@@ -35,14 +35,15 @@ from .stepping import lr_at
 def first_step_differing(trunk: Config, cfg: Config, step: int) -> str | None:
     """Return the first of the steps before ``step`` that a run of ``cfg`` would train otherwise than a run of
     ``trunk`` (its plan, the stream positions it reads, or its LR), in words; None when all agree."""
-    reads = WindowSchedule.for_run(trunk.schedule), WindowSchedule.for_run(cfg.schedule)
+    a, b = trunk.schedule, cfg.schedule  # built once: each access of Config.schedule builds it anew
+    reads = WindowSchedule.for_run(a), WindowSchedule.for_run(b)
     for t in range(step):
-        if trunk.schedule.plan(t) != cfg.schedule.plan(t):
-            return f"step {t} trains on other sequences ({trunk.schedule.plan(t)} against {cfg.schedule.plan(t)})"
+        if a.plan(t) != b.plan(t):
+            return f"step {t} trains on other sequences ({a.plan(t)} against {b.plan(t)})"
         if reads[0].group_starts(t) != reads[1].group_starts(t):
             return f"step {t} reads other stream positions"
-        if lr_at(trunk, t) != lr_at(cfg, t):
-            return f"step {t} trains at LR {lr_at(cfg, t):g}, the trunk's at {lr_at(trunk, t):g}"
+        if lr_at(trunk, t, a) != lr_at(cfg, t, b):
+            return f"step {t} trains at LR {lr_at(cfg, t, b):g}, the trunk's at {lr_at(trunk, t, a):g}"
     return None
 
 
