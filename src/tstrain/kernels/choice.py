@@ -61,6 +61,7 @@ def forced_path() -> str:
     return value
 
 
+@functools.cache  # the superposition asks on every fused loss call on CUDA: one import attempt a process
 def load_triton() -> tuple[object | None, str]:
     """Return ``(the Triton autograd Function, "")``, or ``(None, why it cannot load)``."""
     try:

@@ -372,9 +372,9 @@ def full_model_state_dict(model) -> dict[str, torch.Tensor]:
 
 
 def copy_checkpoint(src: Path, root: Path, state: dict[str, Any]) -> Path:
-    """Copy the checkpoint ``src`` (after verifying it) under ``root`` with ``state`` as its ``state.json``, crash-safe
-    as any checkpoint; return its directory. Where one run branches off another (``train.branch``)."""
-    verify_checkpoint(src)
+    """Copy the checkpoint ``src`` under ``root`` with ``state`` as its ``state.json``, crash-safe as any checkpoint;
+    return its directory. Where one run branches off another (``train.branch``); the caller has verified ``src``
+    (``verify_checkpoint`` gives the state it rewrites)."""
     step = int(state["step"])
     root.mkdir(parents=True, exist_ok=True)
     tmp = _fresh_tmp(root, step, os.getpid())
