@@ -35,6 +35,12 @@ def _overrides(args: argparse.Namespace) -> dict[str, object]:
     return out
 
 
+def _config(args: argparse.Namespace, config_file: str | Path | None = None):
+    """Return the verb's config: its preset, then ``config_file`` (else ``--config``), then the fields its flags set."""
+    overrides = _overrides(args)
+    return load_config(args.preset, config_file or args.config, overrides)
+
+
 def options_of(args: argparse.Namespace):
     """Return the verb's options (the dataclass ``args.options``) with the fields its flags set."""
     given = {key.split(":", 1)[1]: value for key, value in vars(args).items()
@@ -58,7 +64,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from ..train.run_dir import config_to_resume
 
     config_file = config_to_resume(Path(args.out), args.config) if args.resume and not args.preset else args.config
-    cfg = load_config(args.preset, config_file, _overrides(args))
+    cfg = _config(args, config_file)
     summary = train(cfg, args.out, resume=args.resume)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, one summary, not one per process
         print(json.dumps(summary.to_dict(), indent=2))
@@ -69,7 +75,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from ..studies.compare import compare
     from ..studies.plans import CompareOptions
 
-    cfg = load_config(args.preset, args.config, _overrides(args))
+    cfg = _config(args)
     options = CompareOptions(equal_data=args.equal_data, baseline_lr=args.baseline_lr,
                              ladder=args.ladder if args.equal_loss else None,
                              command="tstrain " + " ".join(sys.argv[1:]) if args.command is None else args.command)
@@ -81,7 +87,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_sweep(args: argparse.Namespace) -> int:
     from ..studies.sweep import sweep
 
-    cfg = load_config(args.preset, args.config, _overrides(args))
+    cfg = _config(args)
     options = options_of(args)
     check(options, ConfigError)
     sweep(cfg, args.out, list(options.bag_sizes), list(options.ratios), baseline_lr=args.baseline_lr)
@@ -92,7 +98,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def cmd_ablate(args: argparse.Namespace) -> int:
     from ..studies.ablate import ablate
 
-    cfg = load_config(args.preset, args.config, _overrides(args))
+    cfg = _config(args)
     ablate(cfg, args.out, args.runs.split(",") if args.runs else None, baseline_lr=args.baseline_lr)
     print((Path(args.out) / "ablations.md").read_text())
     return 0
@@ -103,11 +109,9 @@ def cmd_batch(args: argparse.Namespace) -> int:
     from ..data.tokens import TokenData
     from ..train.run_dir import config_file_of
 
-    overrides = _overrides(args)
-    config_file = config_file_of(Path(args.run)) if args.run else args.config
     if not args.run and not args.preset and not args.config:
         raise ConfigError("give a run dir, or --preset NAME (or --config FILE) with --data DIR")
-    cfg = load_config(args.preset, config_file, overrides)
+    cfg = _config(args, config_file_of(Path(args.run)) if args.run else None)
     if not cfg.data.path:
         raise ConfigError("no data: pass --data DIR (a dir made by `tstrain prepare-data`)")
     layout = step_layout(cfg, TokenData(cfg.data.path), args.step, text_chars=60 if args.text else 0)
@@ -159,7 +163,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     from ..data.tokens import TokenData
     from ..models import model_info, model_info_text
 
-    cfg = load_config(args.preset, args.config, _overrides(args))
+    cfg = _config(args)
     m, note = cfg.model, ""
     vocab = m.vocab_size
     if args.data:
