@@ -177,6 +177,23 @@ def test_the_schedule_gives_each_steps_phase_groups_and_tokens():
     assert tstrain.Schedule(steps=10, batch_size=4, seq_len=8, bag_size=1, ratio=0.3).switch_step == 0
 
 
+def test_the_data_tokens_of_a_run_are_the_sum_of_its_steps_tokens_read_on_random_settings():
+    rng, built = random.Random(7), 0
+    while built < 60:
+        settings = {"steps": rng.randint(1, 60), "batch_size": rng.choice([1, 4, 8]), "seq_len": rng.choice([8, 16]),
+                    "bag_size": rng.choice([1, 2, 3, 4, 8]), "ratio": rng.choice([0.0, 0.2, 0.5, 0.9]),
+                    "transition": rng.choice(["hard", "step-down", "blend"]), "transition_steps": rng.choice([0, 6]),
+                    "variant": rng.choice(["both", "input", "output"]), "expand": rng.choice(["length", "batch"])}
+        try:
+            sch = tstrain.Schedule(**settings)
+        except ValueError:
+            continue
+        built += 1
+        for steps in (None, 0, 1, sch.switch_step, rng.randint(0, sch.steps)):
+            end = sch.steps if steps is None else steps
+            assert sch.data_tokens(steps) == sum(sch.tokens_read(t) for t in range(end)), (settings, steps)
+
+
 def test_the_schedules_lr_is_one_wsd_over_the_run_or_one_per_phase():
     sch = tstrain.Schedule(steps=100, batch_size=4, seq_len=8, bag_size=4, ratio=0.3)
     assert [sch.lr(t, 1.0, 10, 0.2) for t in (0, 9, 50, 79, 80, 99)] == [0.1, 1.0, 1.0, 1.0, 0.95, 0.0]

@@ -428,6 +428,13 @@ class Schedule(TSTSettings):
         """Return the data tokens ``step`` consumes as inputs (``s`` times a baseline step's in phase 1)."""
         return sum(g.tokens_read for g in self.plan(step))
 
+    def data_tokens(self, steps: int | None = None) -> int:
+        """Return the data tokens the first ``steps`` steps (the whole run if None) consume as inputs: one
+        step's figure per stretch between two changes of the batch, so a long run costs no more than a short one."""
+        end = self.steps if steps is None else steps
+        bounds = [0, *(c for c in self.changes() if 0 < c < end), end]
+        return sum((b - a) * self.tokens_read(a) for a, b in zip(bounds, bounds[1:]) if b > a)
+
     def positions_trained(self, step: int) -> int:
         """Return the positions the transformer sees in ``step`` (the same in both phases: equal FLOPs)."""
         return sum(g.count * g.positions for g in self.plan(step))

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Config
-from ..data.reader import WindowSchedule
 from ..errors import ConfigError
 from ..fileio import save_figure, write_text_atomic
 from ..options import check
@@ -27,7 +26,7 @@ from .ladder import Rung, ladder_reading, plan_ladder, plot_ladder, train_ladder
 from .plans import CompareOptions
 from .plots import save_step_value_course
 from .report_text import data_line, interval_text, json_text, number
-from .runs import baseline_of, data_record, decay_start, run_or_reuse, val_rows
+from .runs import baseline_of, data_record, decay_start, equal_data_baseline, run_or_reuse, val_rows
 from .statistics import (
     NOT_COMPARABLE,
     GapReading,
@@ -65,6 +64,7 @@ def plan_runs(cfg: Config, equal_data: bool = False, baseline_lr: float | None =
         raise ConfigError("compare needs a TST run: give --bag-size > 1 and --ratio > 0 "
                           "(tst.bag_size and tst.ratio)")
     base = baseline_of(cfg, baseline_lr)
+    eq = equal_data_baseline(cfg, baseline_lr) if equal_data else None
     own = not comparable(base.optim.lr, cfg.optim.lr)
 
     def lr(c: Config) -> str:
@@ -75,10 +75,7 @@ def plan_runs(cfg: Config, equal_data: bool = False, baseline_lr: float | None =
         RunSpec("baseline", f"baseline ({cfg.train.steps} steps{lr(base)})", base),
         RunSpec("tst", f"TST s={s} r={r}{_variant_label(cfg)} ({cfg.train.steps} steps{lr(cfg)})", cfg),
     ]
-    if equal_data:
-        sched = WindowSchedule.for_run(cfg.schedule)
-        read = sum(sched.tokens_read(t) for t in range(cfg.train.steps))  # TST's data tokens
-        eq = base.with_values({"train.steps": round(read / (cfg.train.batch_size * cfg.train.seq_len))})
+    if eq is not None:
         runs.append(RunSpec("baseline-equal-data", f"baseline, equal data ({eq.train.steps} steps{lr(eq)})", eq))
     return runs
 

@@ -28,6 +28,13 @@ def baseline_of(cfg: Config, lr: float | None = None) -> Config:
     return cfg.with_values({"tst.ratio": 0.0, **({} if lr is None else {"optim.lr": lr})})
 
 
+def equal_data_baseline(cfg: Config, lr: float | None = None) -> Config:
+    """Return the baseline of a TST config that reads as many data tokens as TST does (more steps: phase 1 reads
+    ``s`` times a baseline step's tokens), at ``lr`` as in ``baseline_of``."""
+    steps = round(cfg.schedule.data_tokens() / (cfg.train.batch_size * cfg.train.seq_len))
+    return baseline_of(cfg, lr).with_values({"train.steps": steps})
+
+
 def check_baseline_lr(lr: float | None) -> None:
     """Refuse a baseline LR that no run could train at (None: the baseline trains at TST's LR)."""
     ok, message = baseline_lr_rule(lr)
