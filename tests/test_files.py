@@ -2,6 +2,7 @@
 file read back checked for its shape."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from conftest import cli_args, launch, one_line_error
 from tstrain.cli import main
 from tstrain.data.tokens import TokenData
 from tstrain.errors import CheckpointError, DataError, WriteError
+from tstrain import fileio
 from tstrain.fileio import atomic_dir, write_text_atomic
 from tstrain.train.checkpoint import latest_good_checkpoint, list_checkpoints, verify_checkpoint
 from tstrain.train.loop import train
@@ -40,6 +42,26 @@ def test_a_link_at_the_lock_is_refused_and_the_file_it_points_to_is_untouched(da
     (run / ".tstrain.lock").symlink_to(victim)
     one_line_error(capsys, short_run(data_dir, run), ".tstrain.lock is a symbolic link", "remove the link")
     assert victim.read_text() == "keep me\n"
+
+
+@pytest.mark.parametrize("opener", [lambda p: fileio.open_no_link(p, os.O_WRONLY | os.O_CREAT),
+                                    lambda p: fileio.open_new(p).close()])
+def test_a_link_planted_between_the_check_and_the_open_is_refused_by_name(tmp_path, monkeypatch, opener):
+    target, path, checked = tmp_path / "elsewhere", tmp_path / "file", []
+    target.write_text("keep")
+    real = fileio.refuse_link
+
+    def check_then_plant(p):  # the first check passes, then a link appears before the open
+        real(p)
+        if not checked:
+            checked.append(p)
+            p.symlink_to(target)
+        return p
+
+    monkeypatch.setattr(fileio, "refuse_link", check_then_plant)
+    with pytest.raises(WriteError, match=f"{path} is a symbolic link"):
+        opener(path)
+    assert checked == [path] and target.read_text() == "keep"
 
 
 def test_a_final_linked_to_another_runs_model_is_refused_before_training(finished, data_dir, tmp_path, capsys):

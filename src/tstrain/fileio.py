@@ -73,15 +73,23 @@ def write_failed(path: Path, error: BaseException, kept: str = "nothing written 
                       "another --out) and run the command again")
 
 
+def open_no_link(path: Path, flags: int, mode: int = 0o644) -> int:
+    """Return a descriptor of ``path`` opened with ``flags`` and ``O_NOFOLLOW``: a link at its name raises
+    ``WriteError`` naming it, whether it was there before the open or planted just before it (``ELOOP``)."""
+    try:
+        return os.open(refuse_link(path), flags | os.O_NOFOLLOW, mode)
+    except OSError:
+        refuse_link(path)
+        raise
+
+
 def open_new(path: Path, mode: str = "w", **kwargs: Any):
     """Open ``path`` for writing without following a link at its name (``O_NOFOLLOW``): a file that is
     there is truncated (``"w"``) or appended to (``"a"``); a link raises ``WriteError`` naming it."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | (os.O_APPEND if "a" in mode else os.O_TRUNC)
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if "a" in mode else os.O_TRUNC)
     try:
-        fd = os.open(refuse_link(path), flags, 0o644)
+        fd = open_no_link(path, flags)
     except OSError as e:
-        if path.is_symlink():
-            refuse_link(path)
         raise write_failed(path, e) from None
     return os.fdopen(fd, mode, **kwargs)
 

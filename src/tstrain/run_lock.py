@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from .errors import BusyError, ConfigError
-from .fileio import refuse_link
+from .fileio import open_no_link
 
 LOCK_NAME = ".tstrain.lock"
 
@@ -50,7 +50,7 @@ def _open_locked(directory: Path, what: str) -> int:
     """Return a descriptor of the dir's lock file, locked; the file it names is the one on disk now."""
     path = directory / LOCK_NAME
     while True:
-        fd = os.open(refuse_link(path), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)  # never a link's target
+        fd = open_no_link(path, os.O_RDWR | os.O_CREAT)  # never a link's target
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -78,7 +78,6 @@ def locked(directory: str | Path, what: str = "run dir") -> Iterator[Path]:
         directory.mkdir(parents=True, exist_ok=True)
         fd = _open_locked(directory, what)
     except OSError as e:
-        refuse_link(directory / LOCK_NAME)  # a link planted at the lock's name after the check above (ELOOP)
         raise ConfigError(f"cannot write to {directory}: {e.strerror}; choose another --out") from None
     try:
         record = {"pid": os.getpid(), "command": _command()[:300],
