@@ -10,10 +10,10 @@ import sys
 import pytest
 
 from conftest import cli_args, launch, one_line_error
+from tstrain import fileio
 from tstrain.cli import main
 from tstrain.data.tokens import TokenData
 from tstrain.errors import CheckpointError, DataError, WriteError
-from tstrain import fileio
 from tstrain.fileio import atomic_dir, write_text_atomic
 from tstrain.train.checkpoint import latest_good_checkpoint, list_checkpoints, verify_checkpoint
 from tstrain.train.loop import train
