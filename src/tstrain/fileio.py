@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import shutil
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,15 @@ def read_json_object(path: Path, error: type[Exception], fix: str) -> dict[str, 
     if not isinstance(found, dict):
         raise error(f"{path} holds a JSON {type(found).__name__}, not an object: it was edited; {fix}")
     return found
+
+
+def read_toml(path: Path, error: type[Exception], fix: str) -> dict[str, Any]:
+    """Return the TOML table in ``path``; a file cut short or edited into something else raises ``error``
+    naming it and ``fix``."""
+    try:
+        return tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise error(f"{path} is not valid TOML ({e}); {fix}") from None
 
 
 def refuse_link(path: Path) -> Path:

@@ -157,7 +157,6 @@ class TokenData:
             raise DataError(f"{mpath} is not a JSON object; re-run `tstrain prepare-data`")
         if self.manifest.get("format") not in (FORMAT, FORMAT_V1):
             raise DataError(f"{mpath} has format {self.manifest.get('format')!r}, expected {FORMAT!r}")
-        self._check_tokenizer()
         try:
             self.vocab_size = int(self.manifest["vocab_size"])
             self.eos_id = int(self.manifest["eos_id"])
@@ -171,6 +170,7 @@ class TokenData:
                 raise
             raise DataError(f"{mpath} lacks or garbles a field ({type(e).__name__}: {e}): the manifest is truncated "
                             "or edited; re-run `tstrain prepare-data`") from None
+        self._check_tokenizer()  # last: the one check that reads a file whole
 
     def _check_bounds(self, mpath: Path) -> None:
         """Refuse a manifest whose vocabulary, EOS id or dtype cannot be those of token shards: the vocabulary

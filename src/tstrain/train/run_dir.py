@@ -19,7 +19,6 @@ import contextlib
 import json
 import os
 import shutil
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,16 @@ from ..config import Config, resume_differences
 from ..data.reader import FIRST_READER_ORDER, READER_ORDER
 from ..data.tokens import TokenData
 from ..errors import CheckpointError, ConfigError, DataError, RecordError, TstrainError
-from ..fileio import fresh_tmp, open_new, read_json_object, refuse_link, sha256_file, write_failed, write_text_atomic
+from ..fileio import (
+    fresh_tmp,
+    open_new,
+    read_json_object,
+    read_toml,
+    refuse_link,
+    sha256_file,
+    write_failed,
+    write_text_atomic,
+)
 from . import checkpoint as ckpt
 from . import distributed
 
@@ -106,12 +114,6 @@ def keep_tokenizer(data: TokenData, run: Path) -> None:
         raise write_failed(own, e, "the run's files as they were are kept") from None
 
 
-def data_differences(was: dict[str, Any], now: dict[str, Any]) -> list[str]:
-    """Return the identity fields (``TokenData.identity``) in which a run's recorded data (``data.json``)
-    differ from ``now``'s; the path is not one of them (a moved copy is the same data)."""
-    return [k for k in now if k in was and was[k] != now[k]]
-
-
 SUMMARY_FIELDS = {"final_val_loss": (int, float), "steps": int, "switch_step": int, "data_tokens": int,
                   "flops": (int, float), "wall_time": (int, float)}
 
@@ -146,30 +148,30 @@ class Differences:
         return bool(self.settings or self.data or self.reader_order)
 
 
-def _read_config(path: Path, fix: str) -> dict[str, Any]:
-    try:
-        return tomllib.loads(path.read_text())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{path} is not valid TOML ({e}); {fix}") from None
+def _saved_record(run: Path, fix: str) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """Return the run's ``config.toml`` and ``data.json`` as saved (None for one it does not hold); a file that
+    does not parse is refused, naming ``fix``."""
+    config, identity = run / CONFIG, run / DATA_IDENTITY
+    saved = read_toml(config, ConfigError, fix) if config.is_file() else None
+    was = read_json_object(identity, DataError, fix) if identity.is_file() else None
+    return saved, was
 
 
 def differences(run: Path, cfg: Config, data: TokenData, fix: str) -> Differences:
     """Return how the run saved in ``run`` differs from ``cfg`` on ``data`` (nothing if it saved no run).
 
     Settings: ``config.resume_differences``, with the fields that follow the data as they resolve for
-    ``data``. Data: the identity recorded in ``data.json`` (a moved copy is the same data); a run from
-    before ``data.json`` was written is compared by its saved path. Reader order: a run that records
-    none (its ``data.json`` names no order, or it has none) was read in the first one,
-    ``FIRST_READER_ORDER``. A record that does not parse is refused, naming ``fix``.
+    ``data``. Data: the identity fields (``TokenData.identity``) recorded in ``data.json`` that differ (not
+    the path: a moved copy is the same data); a run from before ``data.json`` was written is compared by its
+    saved path. Reader order: a run that records none (its ``data.json`` names no order, or it has none) was
+    read in the first one, ``FIRST_READER_ORDER``. A record that does not parse is refused, naming ``fix``.
     """
-    saved = _read_config(run / CONFIG, fix) if (run / CONFIG).is_file() else None
-    recorded = (run / DATA_IDENTITY).is_file()
-    if saved is None and not recorded:
+    saved, was = _saved_record(run, fix)
+    if saved is None and was is None:
         return Differences([], [], None, None)
     settings = resume_differences(saved, cfg.resolved_for(data.vocab_size)) if saved else []
-    if recorded:
-        was = read_json_object(run / DATA_IDENTITY, DataError, fix)
-        data_was, differ = was.get("path"), data_differences(was, data.identity)
+    if was is not None:
+        data_was, differ = was.get("path"), [k for k, v in data.identity.items() if k in was and was[k] != v]
     else:
         was, data_was = {}, saved.get("data", {}).get("path")
         differ = ["data.path"] if Path(data_was or "").resolve() != data.path.resolve() else []
@@ -216,7 +218,8 @@ def refuse_reuse(run: Path, cfg: Config) -> None:
     ``differences`` names, listing them all."""
     if not (run / CONFIG).is_file():
         return
-    d = differences(run, cfg, TokenData(cfg.data.path), "delete that run dir to train it again")
+    data = TokenData(cfg.data.path)
+    d = differences(run, cfg, data, "delete that run dir to train it again")
     lines = list(d.settings)
     if d.data == ["data.path"]:
         lines.append(f"data.path: saved {d.data_was!r}, now {cfg.data.path!r}")
