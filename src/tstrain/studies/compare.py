@@ -29,15 +29,16 @@ from .report_text import data_line, interval_text, json_text, number
 from .runs import baseline_of, data_record, decay_start, equal_data_baseline, run_or_reuse, val_rows
 from .statistics import (
     NOT_COMPARABLE,
+    WALL_TOLERANCE,
     GapReading,
     StepValue,
     comparable,
-    first_reaching,
     fit_curve,
     gap_reading,
     not_comparable_value,
     phase1_step_value,
-    value_at,
+    switch_figures,
+    within_runs,
 )
 
 
@@ -89,85 +90,39 @@ def analyse(run_dirs: dict[str, Path], switch_step: int, decay: int, warmup: int
     readings of the baseline's curve as TST's counterfactual are reported as not comparable. ``ladder``:
     the decay start of each rung of the baseline ladder by name (the baseline's included), read into
     ``equal_loss`` (``ladder.ladder_reading``)."""
-    own_lrs = lrs is not None and not comparable(lrs["baseline"], lrs["tst"])
     rows = {name: val_rows(d) for name, d in run_dirs.items()}
     summaries = {name: read_summary(d, "run the same command again to finish that run")
                  for name, d in run_dirs.items()}
+    own_lrs = lrs is not None and not comparable(lrs["baseline"], lrs["tst"])
     base, tst = rows["baseline"], rows["tst"]
-    target = base[-1]["val_loss"]
-    out: dict[str, Any] = {"switch_step": switch_step, "runs": {}}
-    if own_lrs:
-        out["lrs"] = {"baseline": lrs["baseline"], "tst": lrs["tst"]}
-        out["each_arm_at_its_own_lr"] = True
-    for name, r in rows.items():
-        out["runs"][name] = {
-            "final_val_loss": r[-1]["val_loss"],
-            "steps": summaries[name]["steps"],
-            "data_tokens": summaries[name]["data_tokens"],
-            "flops": summaries[name]["flops"],
-            "wall_time_s": summaries[name]["wall_time"],
-        }
+    runs = {name: {"final_val_loss": r[-1]["val_loss"], "steps": summaries[name]["steps"],
+                   "data_tokens": summaries[name]["data_tokens"], "flops": summaries[name]["flops"],
+                   "wall_time_s": summaries[name]["wall_time"]} for name, r in rows.items()}
     fit = fit_curve(base, warmup, decay)
     noise = fit.noise if fit else None
-    out["eval_noise"] = noise
-    out["equal_flops_delta"] = tst[-1]["val_loss"] - target  # negative: TST is better
-    out["equal_flops"] = gap_reading([out["equal_flops_delta"]], [noise])
-    out["equal_loss_within_runs"] = within_runs(base, tst, out["runs"])
-    if ladder:
-        out["equal_loss"] = ladder_reading(rows, {n: out["runs"][n]["flops"] for n in rows},
-                                           {**ladder, "tst": decay}, list(ladder), noise)
+    gaps = {"equal_flops": tst[-1]["val_loss"] - base[-1]["val_loss"]}  # negative: TST is better
+    if "baseline-equal-data" in rows:
+        gaps["equal_data"] = tst[-1]["val_loss"] - rows["baseline-equal-data"][-1]["val_loss"]
+    readings = {view: gap_reading([gap], [noise]) for view, gap in gaps.items()}
+    within = within_runs(base, tst, runs)
     switch = switch_figures(base, tst, switch_step, own_lrs)
+    step_value = not_comparable_value() if own_lrs else phase1_step_value(base, tst, switch_step, decay, warmup)
+    equal_loss = ladder_reading(rows, {n: runs[n]["flops"] for n in rows}, {**ladder, "tst": decay}, list(ladder),
+                                noise) if ladder else None
+    out: dict[str, Any] = {"switch_step": switch_step, "runs": runs}
+    if own_lrs:
+        out |= {"lrs": {"baseline": lrs["baseline"], "tst": lrs["tst"]}, "each_arm_at_its_own_lr": True}
+    out |= {"eval_noise": noise, "equal_flops_delta": gaps["equal_flops"], "equal_flops": readings["equal_flops"],
+            "equal_loss_within_runs": within}
+    if equal_loss is not None:
+        out["equal_loss"] = equal_loss
     if switch is not None:
         out["switch"] = switch
-    step_value = not_comparable_value() if own_lrs else phase1_step_value(base, tst, switch_step, decay, warmup)
     out["phase1_step_value"] = step_value.value
     out["phase1_step_value_detail"] = step_value
-    if "baseline-equal-data" in rows:
-        out["equal_data_delta"] = tst[-1]["val_loss"] - rows["baseline-equal-data"][-1]["val_loss"]
-        out["equal_data"] = gap_reading([out["equal_data_delta"]], [noise])
+    if "equal_data" in gaps:
+        out |= {"equal_data_delta": gaps["equal_data"], "equal_data": readings["equal_data"]}
     return out
-
-
-def switch_figures(base: list[dict[str, Any]], tst: list[dict[str, Any]], switch_step: int,
-                   own_lrs: bool) -> dict[str, Any] | None:
-    """Return both arms' val loss at the switch, TST's spike against the baseline and its first evaluation below
-    it after the switch (those two not comparable when the arms ran at different LRs); None where either curve
-    has no value at the switch."""
-    tst_at, base_at = value_at(tst, switch_step), value_at(base, switch_step)
-    if tst_at is None or base_at is None:
-        return None
-    after = [r for r in tst if r["step"] > switch_step]
-    crossing = next((r["step"] for r in after if r["val_loss"] < (value_at(base, r["step"]) or float("inf"))), None)
-    figures = {
-        "tst_val_loss_at_switch": tst_at,
-        "baseline_val_loss_at_switch": base_at,
-        "spike_vs_baseline": None if own_lrs else tst_at - base_at,
-        "first_eval_below_baseline_after_switch": None if own_lrs else crossing,
-    }
-    if own_lrs:
-        figures["not_comparable"] = NOT_COMPARABLE
-    return figures
-
-
-WALL_TOLERANCE = 1.25  # per-FLOP wall times further apart than this say the machine's load differed
-
-
-def within_runs(base: list[dict[str, Any]], tst: list[dict[str, Any]], runs: dict[str, Any]) -> dict[str, Any]:
-    """Return the within-run equal-loss view: where each arm's own curve first reaches the baseline's final val
-    loss, in steps and in wall time. TST's curve is read as it stands, its own LR decay included. Wall time only
-    where the arms' seconds per FLOP agree within ``WALL_TOLERANCE``: beyond it the machine's load differed
-    between the runs, and a wall-time ratio would measure that."""
-    target = base[-1]["val_loss"]
-    b_step, t_step = first_reaching(base, target, "step"), first_reaching(tst, target, "step")
-    b_time, t_time = first_reaching(base, target, "wall_time"), first_reaching(tst, target, "wall_time")
-    per_flop = [runs[n]["wall_time_s"] / runs[n]["flops"] for n in ("baseline", "tst") if runs[n]["flops"]]
-    ratio = max(per_flop) / min(per_flop) if len(per_flop) == 2 and min(per_flop) > 0 else None
-    comparable = ratio is not None and ratio <= WALL_TOLERANCE
-    return {"target_val_loss": target, "baseline_steps": b_step, "tst_steps": t_step,
-            "speedup_steps": (b_step / t_step) if t_step else None,
-            "baseline_time_s": b_time, "tst_time_s": t_time,
-            "speedup_time": (b_time / t_time) if t_time and comparable else None,
-            "wall_time_per_flop_ratio": ratio, "wall_time_comparable": comparable}
 
 
 def report_markdown(result: dict[str, Any], labels: dict[str, str], command: str) -> str:
@@ -406,8 +361,9 @@ def compare(cfg: Config, out_dir: str | Path, options: CompareOptions | None = N
                          {"baseline": runs[0].config.optim.lr, "tst": cfg.optim.lr}, decays if rungs else None)
         result["labels"] = labels
         result["data"] = data_record(cfg.data.path)
+        report = report_markdown(result, labels, o.command)
         write_text_atomic(out / "comparison.json", json_text(result))
-        write_text_atomic(out / "report.md", report_markdown(result, labels, o.command))
+        write_text_atomic(out / "report.md", report)
         plot(dirs, labels, cfg.switch_step, out)
         _plot_or_remove(plot_ladder, result.get("equal_loss"), out / "equal_loss.png")
         detail = result["phase1_step_value_detail"]

@@ -1,6 +1,7 @@
 """The numbers every experiment reads off val-loss curves: interpolation, the power-law fit of a baseline's
 stable phase and its evaluation noise, gaps and phase-1 step values with their 95% intervals, and what
-each interval says (its reading). Numpy only: nothing here trains or writes.
+each interval says (its reading); where each arm's own curve reaches the baseline's final loss, and the curves
+at the switch. Numpy only: nothing here trains or writes.
 
 One noise model feeds every reading. The baseline's stable phase (after twice the warmup, before
 the LR decay) is fitted by a power law in steps, ``loss = a + b * step**-c``; the scatter of its
@@ -345,3 +346,44 @@ def _unmeasured(base: list[dict[str, Any]], evals: list[dict[str, Any]], fit: Cu
                 "evaluate more often (train.eval_every)")
     return None
 
+
+def switch_figures(base: list[dict[str, Any]], tst: list[dict[str, Any]], switch_step: int,
+                   own_lrs: bool) -> dict[str, Any] | None:
+    """Return both arms' val loss at the switch, TST's spike against the baseline and its first evaluation below
+    it after the switch (those two not comparable when the arms ran at different LRs); None where either curve
+    has no value at the switch."""
+    tst_at, base_at = value_at(tst, switch_step), value_at(base, switch_step)
+    if tst_at is None or base_at is None:
+        return None
+    after = [r for r in tst if r["step"] > switch_step]
+    crossing = next((r["step"] for r in after if r["val_loss"] < (value_at(base, r["step"]) or float("inf"))), None)
+    figures = {
+        "tst_val_loss_at_switch": tst_at,
+        "baseline_val_loss_at_switch": base_at,
+        "spike_vs_baseline": None if own_lrs else tst_at - base_at,
+        "first_eval_below_baseline_after_switch": None if own_lrs else crossing,
+    }
+    if own_lrs:
+        figures["not_comparable"] = NOT_COMPARABLE
+    return figures
+
+
+WALL_TOLERANCE = 1.25  # per-FLOP wall times further apart than this say the machine's load differed
+
+
+def within_runs(base: list[dict[str, Any]], tst: list[dict[str, Any]], runs: dict[str, Any]) -> dict[str, Any]:
+    """Return the within-run equal-loss view: where each arm's own curve first reaches the baseline's final val
+    loss, in steps and in wall time. TST's curve is read as it stands, its own LR decay included. Wall time only
+    where the arms' seconds per FLOP agree within ``WALL_TOLERANCE``: beyond it the machine's load differed
+    between the runs, and a wall-time ratio would measure that."""
+    target = base[-1]["val_loss"]
+    b_step, t_step = first_reaching(base, target, "step"), first_reaching(tst, target, "step")
+    b_time, t_time = first_reaching(base, target, "wall_time"), first_reaching(tst, target, "wall_time")
+    per_flop = [runs[n]["wall_time_s"] / runs[n]["flops"] for n in ("baseline", "tst") if runs[n]["flops"]]
+    ratio = max(per_flop) / min(per_flop) if len(per_flop) == 2 and min(per_flop) > 0 else None
+    steady = ratio is not None and ratio <= WALL_TOLERANCE
+    return {"target_val_loss": target, "baseline_steps": b_step, "tst_steps": t_step,
+            "speedup_steps": (b_step / t_step) if t_step else None,
+            "baseline_time_s": b_time, "tst_time_s": t_time,
+            "speedup_time": (b_time / t_time) if t_time and steady else None,
+            "wall_time_per_flop_ratio": ratio, "wall_time_comparable": steady}
