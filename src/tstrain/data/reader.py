@@ -148,10 +148,6 @@ class WindowSchedule:
         """Return the number of sequences the whole batch of ``step`` holds."""
         return sum(g.count for g in self.groups(step))
 
-    def tokens_read(self, step: int) -> int:
-        """Return the data tokens step ``step`` consumes as inputs."""
-        return sum(g.count * g.stride for g in self.groups(step))
-
     def placed_groups(self, step: int) -> list[tuple[SequenceGroup, Region, int]]:
         """Return ``(group, its region, index of its first sequence in the region)`` for each group of ``step``."""
         i = self._segment(step)
