@@ -7,7 +7,7 @@ import re
 import socket
 import subprocess
 import sys
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -297,3 +297,18 @@ def test_the_example_job_parses_with_command_line_overrides_and_is_accepted(monk
                                          "--tst.transition", "step-down", "--tst.weights", "power"])
     assert (config.tst.bag_size, config.tst.transition, config.tst.weights) == (8, "step-down", "power")
     assert config_problems(config) == []
+
+
+def test_torchtitans_help_shows_each_tst_flag_with_its_doc_line_and_default(monkeypatch, capsys):
+    from torchtitan.config import ConfigManager
+
+    monkeypatch.syspath_prepend(str(ROOT / "examples" / "torchtitan"))
+    with pytest.raises(SystemExit):
+        ConfigManager().parse_args(["--module", "tst_job", "--config", "tst_job", "--help"])
+    text = capsys.readouterr().out
+    section = " ".join(re.sub("[│╰╯╭╮─]", " ", text[text.index("tst options"):text.index("subcommands")]).split())
+    for f in fields(tstrain.TSTSettings):
+        flag = f"--tst.{f.name.replace('_', '-')}"
+        shown = re.search(re.escape(flag) + r" (INT|FLOAT|\{[^}]*\}) (.*?) \(default: ([^)]*)\)", section)
+        assert shown is not None, (flag, section)
+        assert (shown[2], shown[3]) == (f.metadata["doc"], str(f.default)), flag

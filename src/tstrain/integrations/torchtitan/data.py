@@ -13,6 +13,8 @@ data-parallel degree, reads what an uninterrupted one would.
 
 from __future__ import annotations
 
+import dataclasses
+import typing
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +25,7 @@ import torch
 import tyro
 from torchtitan.components.dataloader import BaseDataLoader
 from torchtitan.config import TrainingConfig
+from typing_extensions import Doc
 
 from ... import Batch, BatchMaker, superposition_batch
 from ... import schedule as settings
@@ -32,6 +35,18 @@ from ...data.tokens import TokenData
 RUN_NAMES = {"steps": "training.steps", "batch_size": "training.global_batch_size", "seq_len": "training.seq_len"}
 
 
+def _documented(cls: type) -> type:
+    """Return a subclass of the dataclass ``cls`` whose fields carry their doc line in their type (PEP 727
+    ``Doc``), which is where TorchTitan's parser (tyro) reads ``--help`` text from: each line stays written
+    once, beside its field in ``tstrain.schedule``."""
+    hints = typing.get_type_hints(cls)
+    documented = [(f.name, Annotated[hints[f.name], Doc(f.metadata["doc"])],
+                   dataclasses.field(default=f.default, metadata=f.metadata)) for f in dataclasses.fields(cls)]
+    return dataclasses.make_dataclass(cls.__name__, documented, bases=(cls,), frozen=True, kw_only=True,
+                                      namespace={"__doc__": cls.__doc__, "__module__": cls.__module__})
+
+
+@_documented
 @dataclass(frozen=True, kw_only=True)
 class TSTSettings(settings.TSTSettings):
     """tstrain's TST settings (``tstrain.TSTSettings``: the same fields, rules and messages), given as
