@@ -102,7 +102,6 @@ class BatchMaker:
         self.schedule = schedule
         self.layout = WindowSchedule.for_run(schedule)
         self.reader = WindowReader(tokens, self.layout, seed)
-        self.vocab_size = vocab_size
 
     def batch(self, step: int, start: int = 0, count: int | None = None) -> Batch:
         """Return sequences ``[start, start + count)`` of step ``step``'s global batch (all of it by default).
