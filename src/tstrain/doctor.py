@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from .kernels.choice import load_triton
+from .kernels.choice import Choice, load_triton
 from .superposition import (
     DCLM_MI_EXPONENT,
     IGNORE_INDEX,
@@ -318,7 +318,7 @@ def format_report(report: dict[str, Any]) -> str:
         lines += ["", f"{r['check']} on {r['device']}: {r['result']}"
                   + (f" in {r['seconds']} s: {r['detail']}" if "detail" in r else "")]
     lines.append("")
-    lines += [f"auto on {r['device']}: {r['path']} ({r['reason']})" for r in report["auto"]]
+    lines += [f"auto on {r['device']}: {Choice(r['path'], r['reason'])}" for r in report["auto"]]
     lines += ["", f"all checks passed in {report['seconds']} s" if report["ok"] else
               f"{report['failures']} check(s) failed (in {report['seconds']} s): see the rows marked fail"]
     return "\n".join(lines)
