@@ -51,7 +51,7 @@ def imports_of(module: Path, known: set[str] | None = None) -> set[str]:
 
 
 # What ``import tstrain`` loads: the public surface, torch and numpy only.
-PUBLIC_CORE = {"superposition", "schedule", "data.permutation", "errors", "data.reader", "batches", "loss",
+PUBLIC_CORE = {"superposition", "schedule", "options", "data.permutation", "errors", "data.reader", "batches", "loss",
                "model_parts", "optim"}
 
 
@@ -88,7 +88,8 @@ def test_the_method_and_the_reader_import_nothing_above_them():
         assert imports_of(kernel) == set()  # within kernels/ only
     assert g["data.permutation"] == set()  # numpy only, under the reader
     # the settings, their rules and the two phases, torch-free: the config imports them to build its flags
-    assert g["schedule"] == {"errors"} and third_party_imports_of(PACKAGE / "schedule.py") == set()
+    # (its fields written with ``options.knob``, as every other documented setting is)
+    assert g["schedule"] == {"errors", "options"} and third_party_imports_of(PACKAGE / "schedule.py") == set()
     assert g["data.reader"] <= {"errors", "data.permutation", "schedule"}
     assert g["config"] <= {"errors", "options", "schedule"} and g["options"] == {"errors"}
     below_trainer = {m for m in g if not m.startswith(("train.loop", "studies", "cli", "doctor"))}
@@ -167,8 +168,9 @@ def architecture_floors() -> dict[str, int]:
     return floors
 
 
-# The one import within a floor: the file helpers raise errors' WriteError (errors imports nothing).
-WITHIN_FLOOR = {("fileio", "errors")}
+# The imports within a floor, both of errors (which imports nothing): the file helpers raise its WriteError, the
+# documented settings its ConfigError.
+WITHIN_FLOOR = {("fileio", "errors"), ("options", "errors")}
 
 
 def test_every_module_sits_on_its_floor_of_the_architecture_table():

@@ -54,3 +54,10 @@ def test_a_branch_whose_steps_would_differ_from_the_trunks_is_refused_before_any
     with pytest.raises(CheckpointError, match="no checkpoint after step 14"):
         branch(tmp_path / "trunk", 14, tiny_cfg(**BASE, **{"train.steps": 19}), tmp_path / "missing")
     assert not any((tmp_path / name).exists() for name in ("late", "lr", "missing"))
+
+
+def test_a_branch_off_a_dir_that_holds_no_run_is_refused(tiny_cfg, tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="the trunk holds no config.toml: no run was saved there"):
+        branch(tmp_path / "empty", 2, tiny_cfg(**BASE, **{"train.steps": 8}), tmp_path / "branched")
+    assert not (tmp_path / "branched").exists()

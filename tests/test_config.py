@@ -32,6 +32,7 @@ def test_overrides_coerce_strings_from_the_command_line():
         ({"tst.weights": "cosine"}, "tst.weights must be one of"),
         ({"train.batch_size": 6, "train.grad_accum": 4}, "must be a multiple of train.grad_accum"),
         ({"train.steps": "ten"}, "train.steps must be an integer; got 'ten'"),
+        ({"tst.reset_optimizer": "maybe"}, "tst.reset_optimizer must be true or false; got 'maybe'"),
         ({"train.stepz": 3}, "unknown config field 'train.stepz'"),
         ({"trian.steps": 3}, "unknown config section 'trian'"),
         ({"train.steps": 3, "tst.ratio": 0.1}, "rounds to no phase-1 step"),

@@ -10,6 +10,19 @@ from tstrain.studies.plans import ABLATIONS
 from tstrain.studies.sweep import sweep
 
 
+@pytest.mark.parametrize("bag_sizes, ratios, message", [
+    ([], [0.5], "--bag-sizes and --ratios each need a value"),
+    ([0], [0.5], "--bag-sizes 0 with --ratios 0.5: bag_size must be an integer >= 1"),
+])
+def test_sweep_refuses_a_grid_it_cannot_train_before_anything_is_written(tiny_cfg, tmp_path, bag_sizes, ratios,
+                                                                        message):
+    from tstrain.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        sweep(tiny_cfg(**{"train.steps": 8}), tmp_path / "sw", bag_sizes, ratios)
+    assert not (tmp_path / "sw").exists()
+
+
 def test_sweep_runs_the_grid_and_the_baseline_once_and_resumes(tiny_cfg, tmp_path):
     cfg = tiny_cfg(**{"train.steps": 8, "train.eval_every": 2})
     table = sweep(cfg, tmp_path / "sw", [2, 4], [0.25, 0.5])

@@ -102,14 +102,16 @@ class BatchMaker:
         self.schedule = schedule
         self.layout = WindowSchedule.for_run(schedule)
         self.reader = WindowReader(tokens, self.layout, seed)
-        self.vocab_size = vocab_size
 
     def batch(self, step: int, start: int = 0, count: int | None = None) -> Batch:
         """Return sequences ``[start, start + count)`` of step ``step``'s global batch (all of it by default).
 
         ``step`` must be one of the schedule's steps, and the sequences within the step's batch.
         """
-        total = self.schedule.sequences(self.schedule.check_step(step))
+        return self._sequences(step, self.schedule.sequences(self.schedule.check_step(step)), start, count)
+
+    def _sequences(self, step: int, total: int, start: int, count: int | None) -> Batch:
+        """Return sequences ``[start, start + count)`` of step ``step``'s global batch of ``total`` sequences."""
         count = total - start if count is None else count
         if not (0 <= start and 0 <= count and start + count <= total):
             raise ValueError(f"sequences [{start}, {start + count}) are outside step {step}'s {total} sequences")
@@ -128,12 +130,12 @@ class BatchMaker:
         if not (grad_accum >= 1 and world_size >= 1 and 0 <= index < grad_accum and 0 <= rank < world_size):
             raise ValueError(f"micro-batch {index} of {grad_accum} on process {rank} of {world_size} does not exist: "
                              "index must be in [0, grad_accum) and rank in [0, world_size)")
-        total = self.schedule.sequences(step)  # ``batch`` refuses a step outside the schedule
+        total = self.schedule.sequences(self.schedule.check_step(step))
         if total % (grad_accum * world_size):
             raise ValueError(f"step {step} holds {total} sequences, which {world_size} processes x {grad_accum} "
                              "micro-batches cannot share evenly; make batch_size a multiple of their product")
         micro = total // world_size // grad_accum
-        return self.batch(step, (rank * grad_accum + index) * micro, micro)
+        return self._sequences(step, total, (rank * grad_accum + index) * micro, micro)
 
     def micro_batches(self, step: int, grad_accum: int = 1, rank: int = 0, world_size: int = 1) -> list[Batch]:
         """Return process ``rank``'s ``grad_accum`` micro-batches of step ``step`` (of ``world_size`` processes)."""

@@ -320,8 +320,10 @@ def apply_overrides(cfg: Config, values: dict[str, Any]) -> Config:
     """Set ``values`` on ``cfg`` in place (nested ``{section: {field: v}}`` or flat ``{"s.f": v}``); return it.
 
     Used while a config is being built; a built one changes through ``Config.with_values``. Each
-    section's values are set at once, so the TST settings check themselves as a whole: a value given
-    in the wrong form reaches them as given, and they refuse it in the words ``Schedule`` uses.
+    section's values are set at once, so the TST settings check themselves as a whole: a value of
+    one (``TSTSettings``' fields) given in the wrong form reaches them as given, and they refuse it
+    in the words ``Schedule`` uses. Every other field, the tst section's own switches included, is
+    refused here.
     """
     by_section: dict[str, dict[str, Any]] = {}
     for key, value in _flatten(values).items():
@@ -333,15 +335,17 @@ def apply_overrides(cfg: Config, values: dict[str, Any]) -> Config:
             raise ConfigError(f"unknown config field {key!r}; {section} has {', '.join(names)}")
         by_section.setdefault(section, {})[name] = value
     for section, named in by_section.items():
-        hints, checks_itself = typing.get_type_hints(SECTIONS[section]), issubclass(SECTIONS[section], TSTSettings)
-        values = {name: _coerced(f"{section}.{name}", named[name], hints[name], checks_itself)
+        hints = typing.get_type_hints(SECTIONS[section])
+        checked = set(TSTSettings.__dataclass_fields__) if issubclass(SECTIONS[section], TSTSettings) else set()
+        values = {name: _coerced(f"{section}.{name}", named[name], hints[name], name in checked)
                   for name in hints if name in named}
         setattr(cfg, section, dataclasses.replace(getattr(cfg, section), **values))
     return cfg
 
 
 def _coerced(key: str, value: Any, hint: Any, checks_itself: bool) -> Any:
-    """Return ``_coerce``'s value; for a section that checks itself, a value it cannot convert as given."""
+    """Return ``_coerce``'s value; for a setting that checks itself (``TSTSettings``'), a value it cannot
+    convert as given."""
     try:
         return _coerce(key, value, hint)
     except ConfigError:

@@ -13,7 +13,6 @@ when anything failed.
 from __future__ import annotations
 
 import importlib.metadata
-import importlib.util
 import math
 import os
 import platform
@@ -26,7 +25,8 @@ from typing import Any
 
 import torch
 
-from .kernels.choice import load_triton
+from .extras import PREPARING, TRAINING, install_fix, not_installed
+from .kernels.choice import Choice, load_triton
 from .superposition import (
     DCLM_MI_EXPONENT,
     IGNORE_INDEX,
@@ -45,7 +45,6 @@ PATHS = ("unfused", "chunked", "triton")
 # under bf16 autocast the logits and the gradient products are rounded to 8 bits.
 TOLERANCE = {"fp32": (1e-5, 1e-4), "bf16": (2e-3, 2.0**-5)}
 PACKAGES = ("torch", "triton", "transformers", "tstrain")
-TRAINING_PACKAGES = ("transformers", "safetensors", "tokenizers", "tomli_w")
 
 
 def versions() -> dict[str, str]:
@@ -204,10 +203,9 @@ def tiny_train(device: torch.device, work: Path) -> dict[str, Any]:
     """Train the tiny preset 8 steps through the switch (after step 4) on ``device``, the fused loss on; train it
     again, crash after step 3 and resume from the step-2 checkpoint; return whether both runs are bit-identical."""
     row: dict[str, Any] = {"device": str(device), "check": "tiny train through the switch, crash and resume"}
-    missing = [p for p in TRAINING_PACKAGES if importlib.util.find_spec(p) is None]
+    missing = not_installed(dict.fromkeys((*PREPARING, *TRAINING)))  # what prepare-data and train need
     if missing:
-        return {**row, "result": f"not run: needs {', '.join(missing)}, which the [hf] extra installs: "
-                                 "pip install 'tstrain[hf]'"}
+        return {**row, "result": f"not run: {install_fix(missing[0])}"}
     from contextlib import redirect_stdout
     from io import StringIO
 
@@ -318,7 +316,7 @@ def format_report(report: dict[str, Any]) -> str:
         lines += ["", f"{r['check']} on {r['device']}: {r['result']}"
                   + (f" in {r['seconds']} s: {r['detail']}" if "detail" in r else "")]
     lines.append("")
-    lines += [f"auto on {r['device']}: {r['path']} ({r['reason']})" for r in report["auto"]]
+    lines += [f"auto on {r['device']}: {Choice(r['path'], r['reason'])}" for r in report["auto"]]
     lines += ["", f"all checks passed in {report['seconds']} s" if report["ok"] else
               f"{report['failures']} check(s) failed (in {report['seconds']} s): see the rows marked fail"]
     return "\n".join(lines)

@@ -38,21 +38,24 @@ def parse(spec: str) -> tuple[str, int, int | None]:
     return point, int(step), int(rank) if rank else None
 
 
-def maybe_die(point: str, step: int, rank: int = 0) -> None:
-    """Kill this process with SIGKILL if ``TSTRAIN_FAULT`` names this point, step and rank."""
+def named(point: str, step: int, rank: int) -> str | None:
+    """Return ``TSTRAIN_FAULT``'s spec if it names this point, step and rank (a spec without a rank names every
+    rank); None otherwise, and when it is unset."""
     spec = os.environ.get(ENV)
     if not spec:
-        return
+        return None
     want_point, want_step, want_rank = parse(spec)
-    if want_point == point and want_step == step and want_rank in (None, rank):
+    return spec if want_point == point and want_step == step and want_rank in (None, rank) else None
+
+
+def maybe_die(point: str, step: int, rank: int = 0) -> None:
+    """Kill this process with SIGKILL if ``TSTRAIN_FAULT`` names this point, step and rank."""
+    if named(point, step, rank):
         os.kill(os.getpid(), signal.SIGKILL)
 
 
 def maybe_fill(point: str, step: int = 0, rank: int = 0) -> None:
     """Raise the ``OSError`` of a full disk if ``TSTRAIN_FAULT`` names this point, step and rank."""
-    spec = os.environ.get(ENV)
-    if not spec:
-        return
-    want_point, want_step, want_rank = parse(spec)
-    if want_point == point and want_step == step and want_rank in (None, rank):
+    spec = named(point, step, rank)
+    if spec:
         raise OSError(errno.ENOSPC, f"No space left on device ({ENV}={spec})")

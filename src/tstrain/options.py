@@ -1,11 +1,12 @@
 """Typed, documented settings: the one form of every setting a person gives tstrain.
 
-A config section (``config.py``) or the options of a verb (``data.prepare.PrepareOptions``,
-``studies.scale.ScaleOptions``) is a dataclass: each field has one default and one line of
-documentation (``knob``), a field with a fixed set of values is a ``Literal``, and ``rules()``
+The TST settings (``schedule.TSTSettings``), a config section (``config.py``) or the options of a verb
+(``data.prepare.PrepareOptions``, ``studies.plans.ScaleOptions``) is a dataclass: each field has one default
+and one line of documentation (``knob``), a field with a fixed set of values is a ``Literal``, and ``rules()``
 returns the checks of its values as ``(ok, message)`` pairs, each message naming the fix. The
 command line builds its flags, defaults and help from the fields (``option_help``), and
-``docs/reference.py`` the reference tables, so a setting is described in one place.
+``docs/reference.py`` the reference tables, so a setting is described in one place. The standard library
+only: the torch-free public core (``schedule``) writes its settings with it.
 """
 
 from __future__ import annotations

@@ -34,10 +34,11 @@ import functools
 import math
 import numbers
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from .errors import ConfigError, ConfigTypeError
+from .options import knob
 
 VARIANTS = ("both", "input", "output")
 WEIGHT_SCHEMES = ("uniform", "power", "exponential", "first", "mi")
@@ -67,11 +68,6 @@ def window_length(seq_len: int, bag_size: int, variant: str | None) -> tuple[int
     if variant == "output":
         return L, L + s
     raise ValueError(f"unknown TST variant {variant!r}; choose one of {VARIANTS}")
-
-
-def setting(default: Any, doc: str, **metadata: Any) -> Any:
-    """Return a dataclass field with its one line of documentation (what ``--help`` shows)."""
-    return field(default=default, metadata={"doc": doc, **metadata})
 
 
 def is_integer(value: Any) -> bool:
@@ -191,18 +187,18 @@ class TSTSettings:
     """The TST settings of a run, checked when made: each field alone here, against a run's steps,
     batch and sequence length in ``run_rules``. ``bag_size`` 1 or ``ratio`` 0 is the baseline."""
 
-    bag_size: int = setting(4, "s: tokens averaged into one position in phase 1 (1 is the baseline)")
-    ratio: float = setting(0.3, "r: the fraction of the steps in phase 1 (0 is the baseline)")
-    weights: Literal["uniform", "power", "exponential", "first", "mi"] = setting(
+    bag_size: int = knob(4, "s: tokens averaged into one position in phase 1 (1 is the baseline)")
+    ratio: float = knob(0.3, "r: the fraction of the steps in phase 1 (0 is the baseline)")
+    weights: Literal["uniform", "power", "exponential", "first", "mi"] = knob(
         "uniform", "weights of a target bag's tokens in the multi-hot cross entropy")
-    mi_exponent: float = setting(DCLM_MI_EXPONENT, "k of the MI(d) = C0 + a*d^k fit, for weights = mi")
-    variant: Literal["both", "input", "output"] = setting(
+    mi_exponent: float = knob(DCLM_MI_EXPONENT, "k of the MI(d) = C0 + a*d^k fit, for weights = mi")
+    variant: Literal["both", "input", "output"] = knob(
         "both", "bags on both sides, the input side only or the output side only")
-    transition: Literal["hard", "step-down", "blend"] = setting(
+    transition: Literal["hard", "step-down", "blend"] = knob(
         "hard", "the switch (the paper), bag size s -> s/2 -> ... within phase 1, or a blended mix of both")
-    transition_steps: int = setting(0, "blend: steps over which the bag share falls from 1 to 0, centred on the "
-                                       "switch (0: half of phase 1)")
-    expand: Literal["length", "batch"] = setting(
+    transition_steps: int = knob(0, "blend: steps over which the bag share falls from 1 to 0, centred on the "
+                                    "switch (0: half of phase 1)")
+    expand: Literal["length", "batch"] = knob(
         "length", "phase 1 reads s x the text as longer windows (length) or s x the windows of L/s bags (batch)")
 
     def __post_init__(self):
@@ -241,8 +237,9 @@ class TSTSettings:
         return [] if ok else [(ConfigError, message)]
 
     def rules(self) -> list[tuple[bool, str]]:
-        """Return the checks of each setting alone, as ``(ok, message)`` (a config section's form)."""
-        return [(False, message) for _, message in self.problems()]
+        """Return no checks (a config section's form, which ``options.check`` asks of every section): settings
+        that cannot work are refused when made (``__post_init__``), so a built one breaks none."""
+        return []
 
     # -- what follows from the steps ---------------------------------------------------------------
 

@@ -8,7 +8,6 @@ what stops it into one line and an exit code: a ``TstrainError`` or a missing op
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import signal
 import sys
@@ -16,6 +15,7 @@ import threading
 from pathlib import Path
 
 from ..errors import TstrainError
+from ..extras import check_extras, missing_extra
 from .parsers import build_parser
 
 __all__ = ["main", "build_parser", "check_extras", "missing_extra"]
@@ -35,28 +35,6 @@ def _how_to_continue(args: argparse.Namespace) -> str:
     if args.verb == "prepare-data":
         return "the finished parts are kept; run the same command again to resume"
     return "nothing was finished"
-
-
-# Which extra brings each optional package (pyproject.toml): named when a verb finds one missing.
-EXTRA_OF = {"transformers": "hf", "safetensors": "hf", "tomli_w": "hf", "tqdm": "hf", "tokenizers": "data",
-            "pyarrow": "data", "matplotlib": "plots", "tensorboard": "tb", "wandb": "wandb", "lm_eval": "eval"}
-
-
-def check_extras(needs: tuple[str, ...]) -> None:
-    """Raise ModuleNotFoundError for the first of a verb's optional packages (its parser's ``needs``) that is
-    not installed, so an experiment does not fail at its plots after hours of training."""
-    for package in needs:
-        if importlib.util.find_spec(package) is None:
-            raise ModuleNotFoundError(f"No module named {package!r}", name=package)
-
-
-def missing_extra(error: ModuleNotFoundError) -> str | None:
-    """Return the one-line fix for a missing optional package (None for any other missing module)."""
-    package = (error.name or "").split(".")[0]
-    extra = EXTRA_OF.get(package)
-    if extra is None:
-        return None
-    return f"needs the {package} package, which the [{extra}] extra installs: pip install 'tstrain[{extra}]'"
 
 
 class Terminated(KeyboardInterrupt):

@@ -11,6 +11,7 @@ import argparse
 import math
 
 from ..config import field_help, preset_names
+from ..extras import PREPARING, TRAINING
 from ..options import option_help
 from . import verbs
 
@@ -20,10 +21,6 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message}; see `{self.prog} --help`\n")
-
-
-# The optional packages the training verbs need (each verb's ``needs``, checked before it starts).
-TRAINING = ("transformers", "safetensors", "tomli_w", "tqdm")
 
 
 def finite(text: str) -> float:
@@ -100,7 +97,7 @@ def _add_data_verbs(sub) -> None:
                    help=".txt, .jsonl (.gz, .zst) or .parquet files, Hugging Face datasets dirs, dirs or globs of them")
     p.add_argument("--out", required=True, help="output data dir")
     add_options(p, PrepareOptions)
-    p.set_defaults(func=verbs.cmd_prepare_data, needs=("tokenizers", "tqdm"))
+    p.set_defaults(func=verbs.cmd_prepare_data, needs=PREPARING)
 
     p = sub.add_parser("verify-data",
                        help="read every token of a data dir: ids inside the vocabulary, hashes as written")

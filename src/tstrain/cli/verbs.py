@@ -11,7 +11,7 @@ from pathlib import Path
 from ..config import load_config
 from ..errors import ConfigError
 from ..fileio import write_text_atomic
-from ..options import check, from_text
+from ..options import from_text
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, object]:
@@ -89,8 +89,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     cfg = _config(args)
     options = options_of(args)
-    check(options, ConfigError)
-    sweep(cfg, args.out, list(options.bag_sizes), list(options.ratios), baseline_lr=args.baseline_lr)
+    sweep(cfg, args.out, list(options.bag_sizes), list(options.ratios), baseline_lr=args.baseline_lr)  # checks them
     print((Path(args.out) / "sweep.md").read_text())
     return 0
 

@@ -38,12 +38,14 @@ CHECK_TOLERANCE = {torch.float32: (1e-5, 1e-4), torch.bfloat16: (1e-3, 2e-2)}
 
 @dataclasses.dataclass(frozen=True)
 class Choice:
-    """The path the fused loss takes on a device (``"triton"`` or ``"chunked"``) and why."""
+    """The path the fused loss takes on a device (``"triton"`` or ``"chunked"``) and why; the trainer names its
+    ``"unfused"`` loss in the same form."""
 
     path: str
     reason: str
 
     def __str__(self) -> str:
+        """Return ``path (reason)``: how the trainer's start line and ``tstrain doctor`` name a path and why."""
         return f"{self.path} ({self.reason})"
 
 

@@ -16,8 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Config
+from ..errors import ConfigError
 from ..fileio import save_figure, write_text_atomic
+from ..options import check
 from ..run_lock import locked
+from .plans import SweepOptions
 from .report_text import data_line, estimate_text, gap_text, json_text, lr_line, noise_text
 from .runs import baseline_of, data_record, eval_noise, lrs_of, run_or_reuse, step_values
 from .statistics import NOT_COMPARABLE, comparable, gap_reading
@@ -35,7 +38,9 @@ def grid_configs(cfg: Config, bag_sizes: list[int], ratios: list[float],
 
 def sweep(cfg: Config, out_dir: str | Path, bag_sizes: list[int], ratios: list[float],
           baseline_lr: float | None = None) -> dict[str, Any]:
-    """Run the s x r grid and the baseline; write ``sweep.json``, ``sweep.md`` and plots."""
+    """Run the s x r grid and the baseline; write ``sweep.json``, ``sweep.md`` and plots. A grid that cannot train
+    (``plans.SweepOptions``' rules, in the words of its flags) is refused before anything is written."""
+    check(SweepOptions(bag_sizes=tuple(bag_sizes), ratios=tuple(ratios)), ConfigError)
     runs = grid_configs(cfg, bag_sizes, ratios, baseline_lr)
     with locked(out_dir, "sweep dir") as out:
         results = {name: run_or_reuse(c, out / name)["final_val_loss"] for name, c in runs.items()}

@@ -17,7 +17,6 @@ it goes on with and the run and step it came from (``branched_from`` in its ``st
 from __future__ import annotations
 
 import json
-import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ from ..config import Config, resume_differences
 from ..data.reader import FIRST_READER_ORDER, WindowSchedule
 from ..data.tokens import TokenData
 from ..errors import CheckpointError, ConfigError
+from ..fileio import write_text_atomic
 from ..run_lock import locked
 from . import checkpoint as ckpt
 from .metrics import read_jsonl
@@ -52,6 +52,8 @@ def branch_differences(trunk_dir: Path, cfg: Config, data: TokenData, step: int)
     after ``step`` steps (empty: it is, and ``cfg`` may branch off it there)."""
     d = differences(trunk_dir, cfg, data, "branch off another run, or train this one from step 0")
     found = [x for x in d.settings if not x.startswith("train.steps:")]
+    if d.saved is None:
+        found.append(f"the trunk holds no {CONFIG}: no run was saved there")
     if d.data:
         found.append(f"the trunk was trained on other data ({', '.join(d.data)} differ)")
     if d.reader_order:
@@ -61,7 +63,7 @@ def branch_differences(trunk_dir: Path, cfg: Config, data: TokenData, step: int)
     if found:
         return found
     # The trunk's saved config agrees with cfg on everything but its length and what is free on resume.
-    trunk_steps = int(tomllib.loads((trunk_dir / CONFIG).read_text())["train"]["steps"])
+    trunk_steps = int(d.saved["train"]["steps"])
     resolved = cfg.resolved_for(data.vocab_size)
     differing = first_step_differing(resolved.with_values({"train.steps": trunk_steps}), resolved, step)
     return [differing] if differing else []
@@ -93,7 +95,7 @@ def branch(trunk_dir: str | Path, step: int, cfg: Config, run_dir: str | Path) -
         refuse_restart(run)
         write_record(run, resolved, data)
         rows = [r for r in read_jsonl(trunk_dir / METRICS) if r["step"] <= step]
-        (run / METRICS).write_text("".join(json.dumps(r) + "\n" for r in rows))
+        write_text_atomic(run / METRICS, "".join(json.dumps(r) + "\n" for r in rows))
         state = {**state, "config": resolved.to_dict(), "branch_point": False,
                  "branched_from": {"run": str(trunk_dir.resolve()), "step": step}}
         return ckpt.copy_checkpoint(src, run / CHECKPOINTS, state)

@@ -29,6 +29,7 @@ from ..data.tokens import TokenData
 from ..errors import CheckpointError, ConfigError, TrainingError
 from ..faults import maybe_die
 from ..fileio import write_text_atomic
+from ..kernels import Choice
 from ..loss import TSTLoss
 from ..model_parts import CausalLMParts
 from ..models import build_model, flops_per_position
@@ -237,7 +238,7 @@ class Trainer:
         self.tst_loss = tst_loss_of(self.parts, cfg)
         self.loss_path = loss_path_of(self.tst_loss, device)
         if self.ctx.is_main:
-            print(f"loss path: {self.loss_path[0]} ({self.loss_path[1]})")  # as "no checkpoint ...": before the summary
+            print(f"loss path: {Choice(*self.loss_path)}")  # as "no checkpoint ...": before the summary
         # Tokens checks every id read against the data's vocabulary, which the model's covers (resolved_for).
         self.batches = BatchMaker(self.data.train, self.schedule, cfg.train.seed)
         self.batches.check_appetite(cfg.data.max_epochs)

@@ -143,6 +143,7 @@ class Differences:
     data: list[str]  # the identity fields that differ; ``data.path`` for a run that recorded no identity
     data_was: str | None  # where the run's data were
     reader_order: str | None  # the order the run read its data in, when it is not this reader's
+    saved: dict[str, Any] | None = None  # the run's config.toml as read (None: it holds none)
 
     def __bool__(self) -> bool:
         return bool(self.settings or self.data or self.reader_order)
@@ -176,7 +177,7 @@ def differences(run: Path, cfg: Config, data: TokenData, fix: str) -> Difference
         was, data_was = {}, saved.get("data", {}).get("path")
         differ = ["data.path"] if Path(data_was or "").resolve() != data.path.resolve() else []
     order = was.get("reader_order", FIRST_READER_ORDER)
-    return Differences(settings, differ, data_was, order if order != READER_ORDER else None)
+    return Differences(settings, differ, data_was, order if order != READER_ORDER else None, saved)
 
 
 # ----------------------------------------------------------------------------------------------

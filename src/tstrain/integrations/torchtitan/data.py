@@ -58,6 +58,13 @@ class TSTSettings(settings.TSTSettings):
         return f"tst.{setting_name}"
 
 
+def global_batch(training: TrainingConfig, dp_world_size: int) -> int:
+    """Return the sequences of a step's global batch: ``training.global_batch_size``, or where it is not set
+    (not above 0) ``training.local_batch_size`` on each of the ``dp_world_size`` data-parallel ranks."""
+    given = training.global_batch_size
+    return given if given > 0 else training.local_batch_size * dp_world_size
+
+
 def open_tokens(path: str) -> tuple[Any, int | None]:
     """Return the training tokens at ``path`` and their vocabulary size (None when unknown).
 
@@ -123,14 +130,13 @@ class TSTDataLoader(BaseDataLoader):
         if data_vocab is not None and config.vocab_size is not None and data_vocab > config.vocab_size:
             raise ValueError(f"the data's vocabulary has {data_vocab} ids but the model's {config.vocab_size}; "
                              "choose a model whose vocab_size covers the tokenizer")
-        t = config.training
-        global_batch = t.global_batch_size if t.global_batch_size > 0 else t.local_batch_size * dp_world_size
-        if global_batch % (dp_world_size * local_batch_size):
-            raise ValueError(f"the global batch of {global_batch} sequences does not split into {dp_world_size} "
+        batch = global_batch(config.training, dp_world_size)
+        if batch % (dp_world_size * local_batch_size):
+            raise ValueError(f"the global batch of {batch} sequences does not split into {dp_world_size} "
                              f"ranks x micro-batches of {local_batch_size}")
-        self.schedule = config.tst.schedule(t.steps, global_batch, seq_len)
+        self.schedule = config.tst.schedule(config.training.steps, batch, seq_len)
         self.maker = BatchMaker(tokens, self.schedule, config.seed, vocab_size=config.vocab_size)
-        self.pulls_per_step = global_batch // dp_world_size // local_batch_size
+        self.pulls_per_step = batch // dp_world_size // local_batch_size
         self.dp_rank, self.dp_world_size = dp_rank, dp_world_size
         self.steps_read = 0
 

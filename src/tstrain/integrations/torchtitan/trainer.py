@@ -17,7 +17,7 @@ from torchtitan.components.loss import ChunkedLossWrapper
 from torchtitan.tools.logging import logger
 from torchtitan.trainer import Trainer
 
-from .data import RUN_NAMES, TSTDataLoader, TSTSettings
+from .data import RUN_NAMES, TSTDataLoader, TSTSettings, global_batch
 from .loss import MultiHotLoss
 from .model import BagEmbedding
 
@@ -34,8 +34,9 @@ def config_problems(config: TSTTrainer.Config) -> list[str]:
     tst, t = config.tst, config.training
     loss = loss_config(config)
     bags_in = tst.bag_size > 1 and tst.ratio > 0 and tst.variant != "output"
-    batch = t.global_batch_size if t.global_batch_size > 0 else t.local_batch_size
-    checks = tst.run_rules(t.steps, batch, t.seq_len, RUN_NAMES) + [
+    # The data-parallel degree is known once TorchTitan builds its mesh; the rules ask only that a batch holds a
+    # sequence, which one rank's does exactly when all ranks' do.
+    checks = tst.run_rules(t.steps, global_batch(t, dp_world_size=1), t.seq_len, RUN_NAMES) + [
         (tst.transition in ("hard", "step-down"),
          f"tst.transition={tst.transition!r}: a blend mixes bag and token sequences in one micro-batch, which "
          "TorchTitan's one input tensor cannot carry; use hard or step-down"),
