@@ -100,13 +100,14 @@ def from_text(cls: type, texts: dict[str, Any]) -> Any:
 
 def check(options: Any, error: type[Exception], name: Callable[[str], str] = flag_of) -> None:
     """Raise ``error`` with the message of the first value of ``options`` that cannot work: one outside its
-    ``Literal``, then the first of its ``rules()`` that fails. ``name`` says how a message names a field
-    (a flag, or a config key)."""
+    ``Literal``, then the first of its ``rules()`` that fails (a dataclass that refuses bad values as it is
+    made, as the TST settings do, has none). ``name`` says how a message names a field (a flag, or a config
+    key)."""
     hints = typing.get_type_hints(type(options))
     for f in dataclasses.fields(options):
         allowed = choices_of(hints[f.name])
         if allowed is not None and getattr(options, f.name) not in allowed:
             raise error(f"{name(f.name)} must be one of {', '.join(allowed)}; got {getattr(options, f.name)!r}")
-    for ok, message in options.rules():
+    for ok, message in options.rules() if hasattr(options, "rules") else []:
         if not ok:
             raise error(message)

@@ -236,11 +236,6 @@ class TSTSettings:
         ok, message = ranges.get(name, (True, ""))
         return [] if ok else [(ConfigError, message)]
 
-    def rules(self) -> list[tuple[bool, str]]:
-        """Return no checks (a config section's form, which ``options.check`` asks of every section): settings
-        that cannot work are refused when made (``__post_init__``), so a built one breaks none."""
-        return []
-
     # -- what follows from the steps ---------------------------------------------------------------
 
     def switch_step_of(self, steps: int) -> int:
