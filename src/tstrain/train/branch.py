@@ -48,8 +48,9 @@ def first_step_differing(trunk: Config, cfg: Config, step: int) -> str | None:
 
 
 def branch_differences(trunk_dir: Path, cfg: Config, data: TokenData, step: int) -> list[str]:
-    """Return why the run saved in ``trunk_dir`` after ``step`` steps is not where a run of ``cfg`` would stand
-    after ``step`` steps (empty: it is, and ``cfg`` may branch off it there)."""
+    """Return why the run saved in ``trunk_dir`` after ``step`` steps is not where a run of ``cfg`` (resolved for
+    ``data``: ``Config.resolved_for``) would stand after ``step`` steps (empty: it is, and ``cfg`` may branch off it
+    there)."""
     d = differences(trunk_dir, cfg, data, "branch off another run, or train this one from step 0")
     found = [x for x in d.settings if not x.startswith("train.steps:")]
     if d.saved is None:
@@ -64,8 +65,7 @@ def branch_differences(trunk_dir: Path, cfg: Config, data: TokenData, step: int)
         return found
     # The trunk's saved config agrees with cfg on everything but its length and what is free on resume.
     trunk_steps = int(d.saved["train"]["steps"])
-    resolved = cfg.resolved_for(data.vocab_size)
-    differing = first_step_differing(resolved.with_values({"train.steps": trunk_steps}), resolved, step)
+    differing = first_step_differing(cfg.with_values({"train.steps": trunk_steps}), cfg, step)
     return [differing] if differing else []
 
 
@@ -77,7 +77,8 @@ def branch(trunk_dir: str | Path, step: int, cfg: Config, run_dir: str | Path) -
     that holds checkpoints already. Return the branch's checkpoint."""
     trunk_dir, run_dir = Path(trunk_dir), Path(run_dir)
     data = TokenData(cfg.data.path)
-    why = branch_differences(trunk_dir, cfg, data, step)
+    resolved = cfg.resolved_for(data.vocab_size)
+    why = branch_differences(trunk_dir, resolved, data, step)
     if why:
         raise ConfigError(f"cannot branch a run of {cfg.train.steps} steps off {trunk_dir} at step {step}: "
                           f"{'; '.join(why)}. Train it from step 0 instead")
@@ -87,7 +88,6 @@ def branch(trunk_dir: str | Path, step: int, cfg: Config, run_dir: str | Path) -
                               "among its branch points, or train this run from step 0")
     state: dict[str, Any] = ckpt.verify_checkpoint(src)
     refuse_order(state.get("reader_order", FIRST_READER_ORDER), f"the checkpoint {src}")
-    resolved = cfg.resolved_for(data.vocab_size)
     trained = [x for x in resume_differences(state.get("config") or {}, resolved) if not x.startswith("train.steps:")]
     if trained:
         raise ConfigError(f"cannot branch off {src}: its steps were trained with another config ({'; '.join(trained)})")
