@@ -116,6 +116,19 @@ def test_two_processes_killed_mid_checkpoint_and_in_phase_2_resume_bit_identical
     assert numbers(run) == numbers(whole)
 
 
+def test_a_trainer_built_without_a_context_shares_each_step_under_torchrun_as_train_does(
+        data_dir, two_process_run, tmp_path):
+    script = Path(__file__).with_name("dist_trainer.py")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
+           str(data_dir), str(tmp_path / "run"), json.dumps({**RUN_FLAGS, **ACCUM})]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=script.parent)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert all(f"rank {rank} finished" in done.stdout for rank in (0, 1))
+    close_curves(two_process_run[0], tmp_path / "run")
+    newest = list_checkpoints(tmp_path / "run" / "checkpoints")[-1]
+    assert verify_checkpoint(newest)["world_size"] == 2  # one job of two processes, not one run per process
+
+
 def test_a_non_finite_gradient_on_one_rank_stops_or_skips_on_all(data_dir, tmp_path):
     script = Path(__file__).with_name("dist_nonfinite.py")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),

@@ -180,20 +180,30 @@ class Trainer:
                  loss_fn: Callable[..., torch.Tensor] = TSTLoss.__call__, on_step: Callable[[int], None] | None = None,
                  branch_points: Iterable[int] = ()):
         self.branch_points = frozenset(branch_points)
-        self.ctx = ctx or distributed.Single(resolve_device(cfg))
+        self.owns_ctx = ctx is None  # then closed when fit() ends, or here if the set-up below fails
+        self.ctx = ctx or distributed.setup(resolve_device(cfg))
         self.run = Path(run_dir)
         self.resume = resume
         self.loss_fn = loss_fn
         self.on_step = on_step
-        if not cfg.data.path:
-            raise ConfigError("no data: pass --data DIR (a dir made by `tstrain prepare-data`) or set data.path")
-        self.data = TokenData(cfg.data.path)
-        self.cfg = cfg.resolved_for(self.data.vocab_size)
-        distributed.check_batch(self.cfg.train.batch_size, self.cfg.train.grad_accum, self.ctx.world_size)
+        try:
+            if not cfg.data.path:
+                raise ConfigError("no data: pass --data DIR (a dir made by `tstrain prepare-data`) or set data.path")
+            self.data = TokenData(cfg.data.path)
+            self.cfg = cfg.resolved_for(self.data.vocab_size)
+            distributed.check_batch(self.cfg.train.batch_size, self.cfg.train.grad_accum, self.ctx.world_size)
+        except BaseException:
+            self.close()
+            raise
         self.ckpt_root = self.run / CHECKPOINTS
         self.schedule = self.cfg.schedule  # what each step trains on: the public Schedule
         self.state = TrainState(phase=self.schedule.phase_after(0))
         self._flops_per_position: dict[int, float] = {}  # by sequence length: it walks the model
+
+    def close(self) -> None:
+        """Close the process context if this trainer made it (a caller's ``ctx`` stays the caller's)."""
+        if self.owns_ctx:
+            self.ctx.close()
 
     # -- set-up ------------------------------------------------------------------------------
 
@@ -402,25 +412,35 @@ class Trainer:
         """Train from the restored step to the end; return the summary (and write the final model).
 
         The run dir's lock (``run_dir.job_lock``) is held throughout: a second job on the same dir is refused.
+        A process context the trainer made (no ``ctx`` given: ``distributed.setup``, so that under ``torchrun``
+        the processes share each step as ``train``'s do) is closed when it ends.
         """
-        with job_lock(self.ctx, self.run):
-            self.setup()
-            if self.state.step == 0:
-                self.evaluate()
-            progress = Progress(self.cfg.train.steps, self.state.step, self.cfg.log.progress and self.ctx.is_main)
-            last_val = math.nan
-            try:
-                for step in range(self.state.step, self.cfg.train.steps):
-                    result = self.train_step(step)
-                    progress.update(self.state.phase, result.loss, self.schedule.tokens_read(step) / result.seconds)
-                    if self.on_step is not None:
-                        self.on_step(self.state.step)
-                    val = self.after_step(step, result)
-                    last_val = last_val if val is None else val
-            finally:
-                progress.close()
-                self.log.close()
-            return self.finish(last_val)
+        try:
+            with job_lock(self.ctx, self.run):
+                self.setup()
+                if self.state.step == 0:
+                    self.evaluate()
+                return self.finish(self.train_steps())
+        finally:
+            self.close()
+
+    def train_steps(self) -> float:
+        """Train from the restored step to the last, each with its cadence (``after_step``); return the last
+        validation loss measured (NaN if none was)."""
+        progress = Progress(self.cfg.train.steps, self.state.step, self.cfg.log.progress and self.ctx.is_main)
+        last_val = math.nan
+        try:
+            for step in range(self.state.step, self.cfg.train.steps):
+                result = self.train_step(step)
+                progress.update(self.state.phase, result.loss, self.schedule.tokens_read(step) / result.seconds)
+                if self.on_step is not None:
+                    self.on_step(self.state.step)
+                val = self.after_step(step, result)
+                last_val = last_val if val is None else val
+        finally:
+            progress.close()
+            self.log.close()
+        return last_val
 
     def finish(self, last_val: float) -> RunSummary:
         """Write ``final/`` (a Hugging Face model dir) and ``summary.json``; return the summary."""
@@ -447,8 +467,4 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, **seams: Any) 
     that verifies. Under torchrun every process calls this; they share the work of each step and rank 0
     writes. ``seams`` go to the ``Trainer`` (``loss_fn``, ``on_step``, ``branch_points``).
     """
-    ctx = distributed.setup(resolve_device(cfg))
-    try:
-        return Trainer(cfg, out_dir, resume, ctx, **seams).fit()
-    finally:
-        ctx.close()
+    return Trainer(cfg, out_dir, resume, **seams).fit()
