@@ -111,11 +111,12 @@ def test_a_verb_missing_its_extra_names_it_in_one_line(data_dir, tmp_path):
 
 def test_the_hf_trainer_under_torchrun_with_accumulation_repeats_tstrain_train(reference_run, data_dir):
     _, expected = reference_run
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                            str(ROOT / "examples" / "hf_trainer.py"), "--preset", "tiny", "--data", str(data_dir),
                            "--steps", "24", "--ratio", "0.5", "--grad-accum", "2"], capture_output=True, text=True,
-                          timeout=600)
-    assert done.returncode == 0, done.stderr[-2000:]
+                          timeout=600)  # --standalone: a free port, not torchrun's fixed default (29500)
+    causes = [line for line in done.stderr.splitlines() if "rror" in line or "terminate" in line][:12]
+    assert done.returncode == 0, "\n".join(causes) + "\n...\n" + done.stderr[-2000:]
     losses = json.loads(done.stdout.strip().splitlines()[-1])["losses"]  # rank 0: the mean over both processes
     assert losses == pytest.approx(expected, rel=1e-4)
 
