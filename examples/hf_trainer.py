@@ -51,3 +51,5 @@ trainer = TSTTrainer(model, training_args, tokens=data.train, schedule=schedule,
 trainer.train()
 if training_args.process_index == 0:
     print(json.dumps({"losses": trainer.step_losses}))
+if torch.distributed.is_initialized():  # under torchrun: end the process group before the interpreter exits, or
+    torch.distributed.destroy_process_group()  # gloo's threads can outlive it and abort the process at exit
