@@ -212,7 +212,11 @@ class TSTSettings:
 
     def settings(self) -> TSTSettings:
         """Return these settings alone (without what a subclass adds)."""
-        return TSTSettings(**{name: getattr(self, name) for name in TSTSettings.__dataclass_fields__})
+        return TSTSettings(**self._own_values())
+
+    def _own_values(self) -> dict[str, Any]:
+        """Return the TST settings' fields of this object by name (a subclass's own fields left out)."""
+        return {name: getattr(self, name) for name in TSTSettings.__dataclass_fields__}
 
     def problems(self) -> list[tuple[type[ConfigError], str]]:
         """Return ``(error class, message)`` for each setting that cannot work, in the order of the fields."""
@@ -301,8 +305,7 @@ class TSTSettings:
 
     def schedule(self, steps: int, batch_size: int, seq_len: int) -> Schedule:
         """Return the schedule of a run of ``steps`` steps of ``batch_size`` sequences of ``seq_len`` positions."""
-        mine = {name: getattr(self, name) for name in TSTSettings.__dataclass_fields__}  # checked when made
-        return Schedule(steps=steps, batch_size=batch_size, seq_len=seq_len, **mine)
+        return Schedule(steps=steps, batch_size=batch_size, seq_len=seq_len, **self._own_values())  # checked when made
 
 
 @dataclass(frozen=True)
