@@ -26,8 +26,9 @@ def not_installed(needs: Iterable[str]) -> list[str]:
 def check_extras(needs: tuple[str, ...]) -> None:
     """Raise ModuleNotFoundError for the first of a verb's optional packages (its parser's ``needs``) that is
     not installed, so an experiment does not fail at its plots after hours of training."""
-    for package in not_installed(needs)[:1]:
-        raise ModuleNotFoundError(f"No module named {package!r}", name=package)
+    missing = not_installed(needs)
+    if missing:
+        raise ModuleNotFoundError(f"No module named {missing[0]!r}", name=missing[0])
 
 
 def install_fix(package: str) -> str | None:
