@@ -118,6 +118,33 @@ def test_compare_equal_loss_trains_the_ladder_as_one_trunk_with_branched_decays(
     assert not (tmp_path / "bad").exists()
 
 
+def test_a_rerun_reuses_the_finished_rungs_and_branches_a_missing_one_off_the_kept_checkpoint(
+        tiny_cfg, tmp_path, capsys):
+    import shutil
+
+    from tstrain.studies.compare import compare
+    from tstrain.studies.ladder import training_order
+    from tstrain.studies.plans import CompareOptions
+
+    cfg = tiny_cfg(**{"train.steps": 12, "tst.ratio": 0.5, "train.eval_every": 2})
+    options = CompareOptions(command="test", ladder=(1.5, 2.0))
+    first = compare(cfg, tmp_path / "cmp", options)
+    shutil.rmtree(tmp_path / "cmp" / "baseline-x1.5")
+    capsys.readouterr()
+    again = compare(cfg, tmp_path / "cmp", options)
+    said = capsys.readouterr().out
+    assert "baseline-x2: finished earlier" in said and "baseline: finished earlier" in said
+    assert "baseline-x1.5: branched off baseline-x2 at step 14" in said
+    kept = tmp_path / "cmp" / "baseline-x1.5" / "checkpoints" / "step-00000014"
+    state = json.loads((kept / "state.json").read_text())
+    assert state["branched_from"]["step"] == 14
+    assert again["runs"]["baseline-x1.5"]["final_val_loss"] == first["runs"]["baseline-x1.5"]["final_val_loss"]
+    # The trunk is the longest rung, and every other rung branches off it at its own decay start.
+    order = training_order(plan_ladder(cfg, (0.5, 2.0, 1.5)))
+    assert order[0].name == "baseline-x2" and order[0].branches == (("baseline-x0.5", 5), ("baseline-x1.5", 14))
+    assert [r.branches for r in order[1:]] == [(), ()]
+
+
 def test_seeds_combine_from_each_comparisons_reading_and_other_ladders_are_refused():
     from tstrain.errors import ConfigError
     from tstrain.studies.ladder import over_seeds

@@ -12,7 +12,6 @@ without phase 1 (the phase-1 step value, the spike at the switch) is reported as
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +21,11 @@ from ..fileio import save_figure, write_text_atomic
 from ..options import check
 from ..run_lock import locked
 from ..train.run_dir import read_summary
-from .ladder import Rung, ladder_reading, plan_ladder, plot_ladder, train_ladder
+from .ladder import ladder_reading, plan_ladder, plot_ladder, training_order
 from .plans import CompareOptions
 from .plots import save_step_value_course
 from .report_text import data_line, interval_text, json_text, number
-from .runs import baseline_of, data_record, decay_start, equal_data_baseline, run_or_reuse, val_rows
+from .runs import RunSpec, baseline_of, data_record, decay_start, equal_data_baseline, train_all, val_rows
 from .statistics import (
     NOT_COMPARABLE,
     WALL_TOLERANCE,
@@ -40,13 +39,6 @@ from .statistics import (
     switch_figures,
     within_runs,
 )
-
-
-@dataclass
-class RunSpec:
-    name: str
-    label: str
-    config: Config
 
 
 def _variant_label(cfg: Config) -> str:
@@ -340,22 +332,17 @@ def compare(cfg: Config, out_dir: str | Path, options: CompareOptions | None = N
 
     ``options`` (``plans.CompareOptions``): the equal-data baseline, the baseline's own LR (TST trains at
     ``cfg.optim.lr``), the ladder (multiples of the steps at which the baseline is trained too, for the equal-loss
-    speedup: one trunk with a decay branched off at each rung's decay start, ``ladder.train_ladder``) and the
+    speedup: one trunk with a decay branched off at each rung's decay start, ``ladder.training_order``) and the
     command report.md names."""
     o = options or CompareOptions()
     check(o, ConfigError)
     runs = plan_runs(cfg, o.equal_data, o.baseline_lr)  # refuses a config without TST before anything is written
     rungs = plan_ladder(runs[0].config, o.ladder) if o.ladder is not None else []
+    order = [*runs[1:], *training_order([runs[0], *rungs])] if rungs else runs  # the baseline: the rung at 1x
     with locked(out_dir, "comparison dir") as out:
-        dirs = {spec.name: out / spec.name for spec in runs} | {r.name: out / r.name for r in rungs}
-        for spec in runs:
-            print(f"{spec.name}: {spec.label}")
-            if not (rungs and spec.name == "baseline"):  # the ladder trains it, a rung at 1x
-                run_or_reuse(spec.config, dirs[spec.name])
-        labels = {s.name: s.label for s in runs}
-        if rungs:
-            labels |= {r.name: f"baseline, {r.multiple:g}x ({r.config.train.steps} steps)" for r in rungs}
-            train_ladder([Rung("baseline", 1.0, runs[0].config), *rungs], dirs)
+        train_all(order, out)
+        dirs = {spec.name: out / spec.name for spec in [*runs, *rungs]}
+        labels = {s.name: s.label for s in [*runs, *rungs]}
         decays = {"baseline": decay_start(cfg)} | {r.name: decay_start(r.config) for r in rungs}
         result = analyse(dirs, cfg.switch_step, decay_start(cfg), cfg.optim.warmup_steps,
                          {"baseline": runs[0].config.optim.lr, "tst": cfg.optim.lr}, decays if rungs else None)

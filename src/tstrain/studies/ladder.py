@@ -19,32 +19,23 @@ the spread between seeds where there are several.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..config import Config
-from ..errors import CheckpointError, ConfigError
-from ..train.branch import branch
-from ..train.run_dir import CHECKPOINTS, CONFIG, SUMMARY
+from ..errors import ConfigError
 from .plans import LADDER
-from .runs import decay_start, run_or_reuse
+from .runs import RunSpec, decay_start
 
 DRAWS = 2000
 MIN_DECAY_EVALS = 6  # a cubic's four parameters and two degrees of freedom for the scatter
 MIN_NOISE_DOF = 10  # fewer leave the scatter's estimate too loose to read a gap by (its 95% range ~0.6-1.7x)
 
 
-@dataclass
-class Rung:
-    name: str
-    multiple: float
-    config: Config
-
-
-def plan_ladder(baseline: Config, multiples: tuple[float, ...] = LADDER) -> list[Rung]:
+def plan_ladder(baseline: Config, multiples: tuple[float, ...] = LADDER) -> list[RunSpec]:
     """Return the baseline's rungs at ``multiples`` of its steps, shortest first, besides the baseline itself
     (the rung at 1, which the caller trains as ``baseline``). Refuses multiples no ladder can have."""
     n = baseline.train.steps
@@ -54,32 +45,17 @@ def plan_ladder(baseline: Config, multiples: tuple[float, ...] = LADDER) -> list
         raise ConfigError(f"--ladder takes distinct positive multiples of --steps other than 1 that give distinct "
                           f"run lengths; got {','.join(f'{m:g}' for m in multiples) or 'none'} of {n} steps: give "
                           "e.g. --ladder 1.25,1.5,2,3")
-    return sorted((Rung(f"baseline-x{m:g}", m, baseline.with_values({"train.steps": s}))
-                   for m, s in zip(multiples, steps)), key=lambda r: r.config.train.steps)
+    return sorted((RunSpec(f"baseline-x{m:g}", f"baseline, {m:g}x ({s} steps)",
+                           baseline.with_values({"train.steps": s})) for m, s in zip(multiples, steps)),
+                  key=lambda r: r.config.train.steps)
 
 
-def _started(run_dir: Path) -> bool:
-    return (run_dir / SUMMARY).is_file() or (run_dir / CONFIG).is_file() or (run_dir / CHECKPOINTS).is_dir()
-
-
-def train_ladder(rungs: list[Rung], dirs: dict[str, Path]) -> None:
-    """Train (or reuse) every rung: the longest as the trunk, with a checkpoint kept at each other rung's decay
-    start, then each other rung branched off it there (or trained from step 0 where it cannot be)."""
+def training_order(rungs: list[RunSpec]) -> list[RunSpec]:
+    """Return the ladder's ``rungs`` (the baseline among them) in the order they train: the longest first, the
+    trunk, with every other rung branching off it at that rung's decay start; then the others."""
     trunk = max(rungs, key=lambda r: r.config.train.steps)
     others = [r for r in rungs if r is not trunk]
-    points = {decay_start(r.config) for r in others if not _started(dirs[r.name])}
-    print(f"{trunk.name}: the trunk ({trunk.config.train.steps} steps), kept at steps "
-          f"{', '.join(map(str, sorted(points))) or 'none'} for the other rungs")
-    run_or_reuse(trunk.config, dirs[trunk.name], branch_points=points)
-    for r in others:
-        if not _started(dirs[r.name]):
-            at = decay_start(r.config)
-            try:
-                branch(dirs[trunk.name], at, r.config, dirs[r.name])
-                print(f"{r.name}: branched off {trunk.name} at step {at}, its decay start")
-            except (ConfigError, CheckpointError) as e:
-                print(f"{r.name}: trained from step 0 ({e})")
-        run_or_reuse(r.config, dirs[r.name])
+    return [replace(trunk, branches=tuple((r.name, decay_start(r.config)) for r in others)), *others]
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
-"""Running the runs every experiment verb stands on: the baseline of a config, training or reusing a run,
-and reading back what a run wrote (its evaluations, the start of its LR decay, the data it read, and the
-readings of a dir of runs against its ``baseline``).
+"""Running the runs every experiment verb stands on: the baseline of a config, a run to train (``RunSpec``),
+training or reusing it, and reading back what a run wrote (its evaluations, the start of its LR decay, the data
+it read, and the readings of a dir of runs against its ``baseline``).
 
 ``compare``, ``sweep``, ``ablate`` and ``scale`` reuse a run the same way through ``run_or_reuse``: a saved
 run is used only when its config is the one asked for now.
@@ -8,17 +8,31 @@ run is used only when its config is the one asked for now.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..config import Config
-from ..errors import ConfigError, RecordError
+from ..errors import CheckpointError, ConfigError, RecordError
 from ..fileio import read_json
+from ..train.branch import branch
 from ..train.loop import train
 from ..train.metrics import read_jsonl
-from ..train.run_dir import CHECKPOINTS, METRICS, SUMMARY, read_summary, refuse_reuse
+from ..train.run_dir import CHECKPOINTS, CONFIG, METRICS, SUMMARY, read_summary, refuse_reuse
 from .plans import baseline_lr_rule
 from .statistics import StepValue, comparable, fit_curve, not_comparable_value, phase1_step_value
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """A run of an experiment: its name (its dir's in the experiment's dir), its label in reports and plots, its
+    config, and ``branches``: the runs of the experiment that start off this one's checkpoint after a step, as
+    ``(name, step)`` (``train_all``)."""
+
+    name: str
+    label: str
+    config: Config
+    branches: tuple[tuple[str, int], ...] = ()
 
 
 def baseline_of(cfg: Config, lr: float | None = None) -> Config:
@@ -40,6 +54,20 @@ def check_baseline_lr(lr: float | None) -> None:
     ok, message = baseline_lr_rule(lr)
     if not ok:
         raise ConfigError(message)
+
+
+def train_all(runs: list[RunSpec], out: Path) -> None:
+    """Train (or reuse) each run in ``out/NAME``, in order. A run with ``branches`` keeps its checkpoint at each of
+    their steps; once it has trained, each branch that has not started yet starts off that checkpoint
+    (``train.branch``), or from step 0 where it cannot, and is trained when its own turn comes."""
+    configs = {spec.name: spec.config for spec in runs}
+    for spec in runs:
+        fresh = [(name, at) for name, at in spec.branches if not started(out / name)]
+        kept = f"; kept at steps {', '.join(str(at) for _, at in fresh)} for its branches" if fresh else ""
+        print(f"{spec.name}: {spec.label}{kept}")
+        run_or_reuse(spec.config, out / spec.name, branch_points={at for _, at in fresh})
+        for name, at in fresh:
+            _branch_or_not(out / spec.name, at, configs[name], out / name)
 
 
 def run_or_reuse(cfg: Config, run_dir: Path, **seams: Any) -> dict[str, Any]:
@@ -64,6 +92,21 @@ def run_or_reuse(cfg: Config, run_dir: Path, **seams: Any) -> dict[str, Any]:
     ckpts = run_dir / CHECKPOINTS
     train(cfg, run_dir, resume=ckpts.is_dir() and any(ckpts.iterdir()), **seams)
     return read_summary(run_dir, "run the same command again")
+
+
+def started(run_dir: Path) -> bool:
+    """Whether a run was started in ``run_dir`` (it holds a config, a checkpoint dir or a summary)."""
+    return (run_dir / SUMMARY).is_file() or (run_dir / CONFIG).is_file() or (run_dir / CHECKPOINTS).is_dir()
+
+
+def _branch_or_not(trunk_dir: Path, step: int, cfg: Config, run_dir: Path) -> None:
+    """Start the run of ``cfg`` in ``run_dir`` as a branch of the run in ``trunk_dir`` after ``step`` steps, or say
+    why it trains from step 0 instead."""
+    try:
+        branch(trunk_dir, step, cfg, run_dir)
+        print(f"{run_dir.name}: branched off {trunk_dir.name} at step {step}")
+    except (ConfigError, CheckpointError) as e:
+        print(f"{run_dir.name}: trained from step 0 ({e})")
 
 
 def data_record(path: str) -> dict[str, Any] | None:
