@@ -159,18 +159,19 @@ def _saved_record(run: Path, fix: str) -> tuple[dict[str, Any] | None, dict[str,
 
 
 def differences(run: Path, cfg: Config, data: TokenData, fix: str) -> Differences:
-    """Return how the run saved in ``run`` differs from ``cfg`` on ``data`` (nothing if it saved no run).
+    """Return how the run saved in ``run`` differs from ``cfg`` (resolved for ``data``: ``Config.resolved_for``) on
+    ``data`` (nothing if it saved no run).
 
-    Settings: ``config.resume_differences``, with the fields that follow the data as they resolve for
-    ``data``. Data: the identity fields (``TokenData.identity``) recorded in ``data.json`` that differ (not
-    the path: a moved copy is the same data); a run from before ``data.json`` was written is compared by its
-    saved path. Reader order: a run that records none (its ``data.json`` names no order, or it has none) was
-    read in the first one, ``FIRST_READER_ORDER``. A record that does not parse is refused, naming ``fix``.
+    Settings: ``config.resume_differences``. Data: the identity fields (``TokenData.identity``) recorded in
+    ``data.json`` that differ (not the path: a moved copy is the same data); a run from before ``data.json`` was
+    written is compared by its saved path. Reader order: a run that records none (its ``data.json`` names no
+    order, or it has none) was read in the first one, ``FIRST_READER_ORDER``. A record that does not parse is
+    refused, naming ``fix``.
     """
     saved, was = _saved_record(run, fix)
     if saved is None and was is None:
         return Differences([], [], None, None)
-    settings = resume_differences(saved, cfg.resolved_for(data.vocab_size)) if saved else []
+    settings = resume_differences(saved, cfg) if saved else []
     if was is not None:
         data_was, differ = was.get("path"), [k for k, v in data.identity.items() if k in was and was[k] != v]
     else:
@@ -197,7 +198,7 @@ def refuse_order(order: str, what: str) -> None:
 
 
 def refuse_resume(run: Path, cfg: Config, data: TokenData) -> None:
-    """Refuse to resume ``run`` with other settings, on other data or in another reader order."""
+    """Refuse to resume ``run`` with ``cfg`` (resolved for ``data``) if its settings, data or reader order differ."""
     d = differences(run, cfg, data, "restore it, or start a new run in another --out")
     if d.settings:
         raise ConfigError(
@@ -220,7 +221,7 @@ def refuse_reuse(run: Path, cfg: Config) -> None:
     if not (run / CONFIG).is_file():
         return
     data = TokenData(cfg.data.path)
-    d = differences(run, cfg, data, "delete that run dir to train it again")
+    d = differences(run, cfg.resolved_for(data.vocab_size), data, "delete that run dir to train it again")
     lines = list(d.settings)
     if d.data == ["data.path"]:
         lines.append(f"data.path: saved {d.data_was!r}, now {cfg.data.path!r}")
