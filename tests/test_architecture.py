@@ -91,7 +91,8 @@ def test_the_method_and_the_reader_import_nothing_above_them():
     # (its fields written with ``options.knob``, as every other documented setting is)
     assert g["schedule"] == {"errors", "options"} and third_party_imports_of(PACKAGE / "schedule.py") == set()
     assert g["data.reader"] <= {"errors", "data.permutation", "schedule"}
-    assert g["config"] <= {"errors", "options", "schedule"} and g["options"] == {"errors"}
+    assert g["config"] <= {"errors", "fileio", "options", "schedule"} and g["options"] == {"errors"}
+    assert g["fileio"] == {"errors"}  # the config reads a --config file as every record is read
     below_trainer = {m for m in g if not m.startswith(("train.loop", "studies", "cli", "doctor"))}
     assert not any(d.startswith(("train.loop", "studies")) for m in below_trainer for d in g[m])
 

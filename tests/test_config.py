@@ -52,3 +52,21 @@ def test_unknown_preset_lists_the_available_ones():
 
 def test_bag_size_1_has_no_phase_1():
     assert load_config("tiny", overrides={"tst.bag_size": 1, "tst.ratio": 0.5}).switch_step == 0
+
+
+def test_a_config_file_is_read_whole_or_refused_by_name(tmp_path, capsys, data_dir):
+    from conftest import one_line_error
+
+    good = tmp_path / "run.toml"
+    good.write_text('[train]\nsteps = 7\n[tst]\nbag_size = 3\n')
+    cfg = load_config("tiny", good)
+    assert (cfg.train.steps, cfg.tst.bag_size) == (7, 3)
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[train\nsteps = 7\n")
+    one_line_error(capsys, ["train", "--config", str(bad), "--data", str(data_dir), "--out", str(tmp_path / "r")],
+                   f"{bad} is not valid TOML", "mend it, or give another --config")
+    wrong = tmp_path / "wrong.toml"
+    wrong.write_text('[train]\nsteps = "many"\n')
+    one_line_error(capsys, ["train", "--config", str(wrong), "--data", str(data_dir), "--out", str(tmp_path / "r")],
+                   f"{wrong}: ", "train.steps")
+    assert not (tmp_path / "r").exists()

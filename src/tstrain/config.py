@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .errors import ConfigError, ConfigTypeError
+from .fileio import read_toml
 from .options import check, choices_of, knob, option_help
 from .schedule import Schedule, TSTSettings, geometry_rules, lr_rules, raise_first
 
@@ -371,10 +372,9 @@ def load_config(preset: str | None = None, config_file: str | Path | None = None
         path = Path(config_file)
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist")
+        values = read_toml(path, ConfigError, "mend it, or give another --config")
         try:
-            apply_overrides(cfg, tomllib.loads(path.read_text()))
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-            raise ConfigError(f"config file {path} is not valid TOML ({e})") from None
+            apply_overrides(cfg, values)
         except ConfigError as e:  # a field of the file: name the file too
             raise ConfigError(f"{path}: {e}") from None
     if overrides:

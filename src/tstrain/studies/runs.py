@@ -90,8 +90,7 @@ def run_or_reuse(cfg: Config, run_dir: Path, **seams: Any) -> dict[str, Any]:
             # cut short: the run's final checkpoint writes it again
             print(f"{run_dir.name}: {summary} does not parse; finishing the run again from its last checkpoint")
     ckpts = run_dir / CHECKPOINTS
-    train(cfg, run_dir, resume=ckpts.is_dir() and any(ckpts.iterdir()), **seams)
-    return read_summary(run_dir, "run the same command again")
+    return train(cfg, run_dir, resume=ckpts.is_dir() and any(ckpts.iterdir()), **seams).to_dict()
 
 
 def started(run_dir: Path) -> bool:
