@@ -6,6 +6,7 @@ import pytest
 
 from tstrain.config import load_config
 from tstrain.studies.compare import analyse, plan_runs, report_markdown
+from tstrain.studies.report_text import json_text
 from tstrain.studies.runs import decay_start
 from tstrain.studies.statistics import first_reaching
 
@@ -42,21 +43,21 @@ def test_analyse_gives_the_three_views(tmp_path):
     write_run(tmp_path / "eq", eq, 70, 100)
     r = analyse({"baseline": tmp_path / "baseline", "tst": tmp_path / "tst", "baseline-equal-data": tmp_path / "eq"},
                 10, 36)
-    assert r["equal_flops_delta"] == pytest.approx(-0.2)
-    w = r["equal_loss_within_runs"]
-    assert w["target_val_loss"] == 4.0 and "equal_loss" not in r  # no ladder, no equal-loss speedup
+    assert r.equal_flops_delta == pytest.approx(-0.2)
+    w = r.equal_loss_within_runs
+    assert w["target_val_loss"] == 4.0 and r.equal_loss is None  # no ladder, no equal-loss speedup
     assert w["baseline_steps"] == 40 and w["tst_steps"] == pytest.approx(30)
     assert w["speedup_steps"] == pytest.approx(40 / 30)
     assert w["speedup_time"] == pytest.approx(40 / 33) and w["wall_time_comparable"]
-    assert r["switch"]["baseline_val_loss_at_switch"] == pytest.approx(5.4 - 0.9 / 3)
-    assert r["switch"]["spike_vs_baseline"] == pytest.approx(4.8 - 5.1)
-    assert r["switch"]["first_eval_below_baseline_after_switch"] == 30
-    assert r["equal_data_delta"] == pytest.approx(0.2)
-    assert r["runs"]["tst"]["data_tokens"] == 8000
+    assert r.switch["baseline_val_loss_at_switch"] == pytest.approx(5.4 - 0.9 / 3)
+    assert r.switch["spike_vs_baseline"] == pytest.approx(4.8 - 5.1)
+    assert r.switch["first_eval_below_baseline_after_switch"] == 30
+    assert r.equal_data_delta == pytest.approx(0.2)
+    assert r.runs["tst"].data_tokens == 8000
     # Three baseline evaluations in the stable phase (steps 1-36) are too few to fit its curve: no noise
     # estimate, so neither the gap nor the phase-1 step value is read as a win or a loss.
-    assert r["phase1_step_value"] is None and "fitting its curve needs 5" in r["phase1_step_value_detail"].reason
-    assert r["eval_noise"] is None and r["equal_flops"].reading == "noise unknown"
+    assert r.phase1_step_value is None and "fitting its curve needs 5" in r.phase1_step_value_detail.reason
+    assert r.eval_noise is None and r.equal_flops.reading == "noise unknown"
 
 
 def test_no_wall_time_speedup_where_the_arms_seconds_per_flop_differ_beyond_their_work(tmp_path):
@@ -65,7 +66,7 @@ def test_no_wall_time_speedup_where_the_arms_seconds_per_flop_differ_beyond_thei
     write_run(tmp_path / "baseline", base, 40, 100, wall_per_step=2.4)  # ran beside other jobs
     write_run(tmp_path / "tst", tst, 40, 200)
     r = analyse({"baseline": tmp_path / "baseline", "tst": tmp_path / "tst"}, 10, 36)
-    w = r["equal_loss_within_runs"]
+    w = r.equal_loss_within_runs
     assert w["speedup_time"] is None and not w["wall_time_comparable"]
     assert w["wall_time_per_flop_ratio"] == pytest.approx(2.4) and w["speedup_steps"] is not None
     report = report_markdown(r, {"baseline": "b", "tst": "t"}, "test")
@@ -85,8 +86,8 @@ def test_a_gap_is_read_against_the_noise_of_the_baseline_curve(tmp_path):
     for name, gap in (("close", 0.03), ("far", 0.3), ("ahead", -0.3)):
         write_run(tmp_path / name, base[:-1] + [(2000, final + gap)], 2000, 100)
         r = analyse({"baseline": tmp_path / "baseline", "tst": tmp_path / name}, 400, 1600, warmup=20)
-        readings[name] = r["equal_flops"].reading
-        assert r["eval_noise"] == pytest.approx(0.03, rel=0.3)
+        readings[name] = r.equal_flops.reading
+        assert r.eval_noise == pytest.approx(0.03, rel=0.3)
     assert readings == {"close": "within noise", "far": "baseline better", "ahead": "TST better"}
     from tstrain.studies.compare import reading_lines
 
@@ -103,10 +104,10 @@ def test_a_gap_is_read_against_the_noise_of_the_baseline_curve(tmp_path):
     # TST's phase 2 is the baseline's own curve: a phase-1 step bought one baseline step, break-even.
     from tstrain.studies.compare import report_markdown
 
-    assert r["phase1_step_value"] == pytest.approx(1.0, abs=0.1)
-    lo, hi = r["phase1_step_value_detail"].interval
+    assert r.phase1_step_value == pytest.approx(1.0, abs=0.1)
+    lo, hi = r.phase1_step_value_detail.interval
     report = report_markdown(r, {"baseline": "baseline", "tst": "tst"}, "test")
-    assert f"Phase-1 step value: **{r['phase1_step_value']:.2f}**" in report
+    assert f"Phase-1 step value: **{r.phase1_step_value:.2f}**" in report
     assert f"95% interval {lo:.2f} to {hi:.2f}: not resolved" in report and "`phase1_step_value.png`" in report
 
 
@@ -133,14 +134,16 @@ def test_compare_end_to_end_writes_report_json_and_plots(tiny_cfg, tmp_path):
     for name in ("report.md", "comparison.json", "val_loss_vs_flops.png", "val_loss_vs_data_tokens.png",
                  "val_loss_vs_wall_time.png"):
         assert (tmp_path / "cmp" / name).stat().st_size > 0
-    runs = result["runs"]
-    assert runs["baseline"]["flops"] == runs["tst"]["flops"]  # equal FLOPs
-    assert runs["tst"]["data_tokens"] == 8 * 32 * (4 * 6 + 6) and runs["baseline"]["data_tokens"] == 8 * 32 * 12
+    runs = result.runs
+    assert runs["baseline"].flops == runs["tst"].flops  # equal FLOPs
+    assert runs["tst"].data_tokens == 8 * 32 * (4 * 6 + 6) and runs["baseline"].data_tokens == 8 * 32 * 12
     report = (tmp_path / "cmp" / "report.md").read_text()
-    assert f"{runs['tst']['final_val_loss']:.4f}" in report and "Equal loss" in report
-    assert "What a phase-1 step buys" in report and "phase1_step_value" in result
+    assert f"{runs['tst'].final_val_loss:.4f}" in report and "Equal loss" in report
+    saved = json.loads((tmp_path / "cmp" / "comparison.json").read_text())
+    assert "What a phase-1 step buys" in report and saved == json.loads(json_text(result))
+    assert saved["runs"]["tst"]["final_val_loss"] == runs["tst"].final_val_loss and "phase1_step_value" in saved
     # 12 steps evaluated every 3: too few stable-phase evaluations to estimate the noise, so no verdict.
-    assert result["equal_flops"].reading == "noise unknown"
+    assert result.equal_flops.reading == "noise unknown"
     assert "## Reading" in report and "not resolved" in report and "saves compute" not in report
     # A second call reuses the finished runs instead of training again; a baseline LR equal to TST's is the
     # default comparison, and its report and figures are the same bytes.
@@ -164,17 +167,18 @@ def test_a_gap_at_different_lrs_keeps_its_reading_and_the_step_value_is_not_comp
     dirs = {"baseline": tmp_path / "baseline", "tst": tmp_path / "tst"}
     same = analyse(dirs, 400, 1600, warmup=20)
     assert analyse(dirs, 400, 1600, warmup=20, lrs={"baseline": 2e-3, "tst": 2e-3}) == same
-    assert same["phase1_step_value"] is not None and same["switch"]["spike_vs_baseline"] is not None
+    assert same.phase1_step_value is not None and same.switch["spike_vs_baseline"] is not None
     own = analyse(dirs, 400, 1600, warmup=20, lrs={"baseline": 4e-3, "tst": 2e-3})
     # The gap between the runs as trained is read against the same noise ...
-    assert own["equal_flops"] == same["equal_flops"] and own["equal_flops"].reading == "TST better"
-    assert own["equal_loss_within_runs"] == same["equal_loss_within_runs"]
+    assert own.equal_flops == same.equal_flops and own.equal_flops.reading == "TST better"
+    assert own.equal_loss_within_runs == same.equal_loss_within_runs
     # ... while what reads the baseline's curve as TST's counterfactual gives no figure.
-    assert own["phase1_step_value"] is None and own["phase1_step_value_detail"].course == []
-    assert own["phase1_step_value_detail"].reading == "not comparable"
-    assert own["switch"]["spike_vs_baseline"] is None
-    assert own["switch"]["first_eval_below_baseline_after_switch"] is None
-    assert own["lrs"] == {"baseline": 4e-3, "tst": 2e-3} and own["each_arm_at_its_own_lr"] is True
+    assert own.phase1_step_value is None and own.phase1_step_value_detail.course == []
+    assert own.phase1_step_value_detail.reading == "not comparable"
+    assert own.switch["spike_vs_baseline"] is None
+    assert own.switch["first_eval_below_baseline_after_switch"] is None
+    assert own.lrs == {"baseline": 4e-3, "tst": 2e-3} and own.each_arm_at_its_own_lr is True
+    assert own.to_dict()["each_arm_at_its_own_lr"] is True and "lrs" not in same.to_dict()
     report = report_markdown(own, {"baseline": "baseline", "tst": "tst"}, "test")
     assert f"Not comparable: {NOT_COMPARABLE}." in report and "Phase-1 step value:" not in report
     assert "the baseline at 0.004, TST at 0.002" in report and "phase1_step_value.png" not in report
@@ -202,12 +206,12 @@ def test_compare_with_the_baseline_at_its_own_lr(tiny_cfg, tmp_path):
     assert saved_json["phase1_step_value"] is None and saved_json["lrs"] == {"baseline": 6e-3, "tst": 3e-3}
     assert saved_json["phase1_step_value_detail"]["value"] is None
     assert saved_json["phase1_step_value_detail"]["reading"] == "not comparable"
-    assert result["equal_flops"].interval is not None  # the gaps keep their noise-aware reading
-    assert f"{result['equal_flops_delta']:+.4f}** nats ({result['equal_flops'].reading}: 95% interval" in report
+    assert result.equal_flops.interval is not None  # the gaps keep their noise-aware reading
+    assert f"{result.equal_flops_delta:+.4f}** nats ({result.equal_flops.reading}: 95% interval" in report
     # The same runs read at one LR would give a figure: the LRs, not the runs, withhold it.
     same = analyse({name: out / name for name in ("baseline", "tst")}, cfg.switch_step, decay_start(cfg),
                    cfg.optim.warmup_steps)
-    assert same["phase1_step_value_detail"].course
+    assert same.phase1_step_value_detail.course
     # The baseline saved at 0.006 is not reused for a comparison at one LR.
     before = (out / "baseline" / "summary.json").stat().st_mtime
     with pytest.raises(ConfigError, match="optim.lr: saved 0.006, now 0.003"):

@@ -91,6 +91,8 @@ def test_a_ladder_no_run_could_make_is_refused(tiny_cfg, multiples):
 
 
 def test_compare_equal_loss_trains_the_ladder_as_one_trunk_with_branched_decays(tiny_cfg, tmp_path, data_dir, capsys):
+    from dataclasses import replace
+
     from conftest import one_line_error
     from tstrain.studies.compare import compare
     from tstrain.studies.plans import CompareOptions
@@ -98,20 +100,19 @@ def test_compare_equal_loss_trains_the_ladder_as_one_trunk_with_branched_decays(
     cfg = tiny_cfg(**{"train.steps": 12, "tst.ratio": 0.5, "train.eval_every": 2})
     plain = compare(cfg, tmp_path / "plain", CompareOptions(command="test"))
     result = compare(cfg, tmp_path / "cmp", CompareOptions(command="test", ladder=(1.5, 2.0)))
-    eq = result["equal_loss"]
+    eq = result.equal_loss
     assert [g["steps"] for g in eq["rungs"]] == [12, 18, 24] and eq["tst"]["steps"] == 12
-    assert [g["val_loss"] for g in eq["rungs"]] == [result["runs"][n]["final_val_loss"]
+    assert [g["val_loss"] for g in eq["rungs"]] == [result.runs[n].final_val_loss
                                                     for n in ("baseline", "baseline-x1.5", "baseline-x2")]
     # The baseline and the 1.5x rung branched off the 2x trunk, and the branched baseline is the baseline.
     for name, at in (("baseline", 10), ("baseline-x1.5", 14)):  # each rung's decay start
         state = json.loads((tmp_path / "cmp" / name / "checkpoints" / f"step-{at:08d}" / "state.json").read_text())
         assert state["branched_from"] == {"run": str((tmp_path / "cmp" / "baseline-x2").resolve()), "step": at}
-    assert result["runs"]["baseline"] == {**plain["runs"]["baseline"], "wall_time_s": result["runs"]["baseline"]
-                                          ["wall_time_s"]}
+    assert result.runs["baseline"] == replace(plain.runs["baseline"], wall_time_s=result.runs["baseline"].wall_time_s)
     report = (tmp_path / "cmp" / "report.md").read_text()
     assert eq["reading"] in report and (tmp_path / "cmp" / "equal_loss.png").stat().st_size > 0
     assert json.loads((tmp_path / "cmp" / "comparison.json").read_text())["equal_loss"]["rungs"][1]["steps"] == 18
-    assert result["data"]["corpus_sha256"] and result["data"]["corpus_sha256"] in report
+    assert result.data["corpus_sha256"] and result.data["corpus_sha256"] in report
     one_line_error(capsys, ["compare", "--preset", "tiny", "--data", str(data_dir), "--out", str(tmp_path / "bad"),
                             "--steps", "12", "--no-progress", "--equal-loss", "--ladder", "1,2"],
                    "--ladder takes distinct positive multiples")
@@ -138,7 +139,7 @@ def test_a_rerun_reuses_the_finished_rungs_and_branches_a_missing_one_off_the_ke
     kept = tmp_path / "cmp" / "baseline-x1.5" / "checkpoints" / "step-00000014"
     state = json.loads((kept / "state.json").read_text())
     assert state["branched_from"]["step"] == 14
-    assert again["runs"]["baseline-x1.5"]["final_val_loss"] == first["runs"]["baseline-x1.5"]["final_val_loss"]
+    assert again.runs["baseline-x1.5"].final_val_loss == first.runs["baseline-x1.5"].final_val_loss
     # The trunk is the longest rung, and every other rung branches off it at its own decay start.
     order = training_order(plan_ladder(cfg, (0.5, 2.0, 1.5)))
     assert order[0].name == "baseline-x2" and order[0].branches == (("baseline-x0.5", 5), ("baseline-x1.5", 14))

@@ -12,6 +12,8 @@ without phase 1 (the phase-1 step value, the spike at the switch) is reported as
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +41,66 @@ from .statistics import (
     switch_figures,
     within_runs,
 )
+
+
+@dataclass(frozen=True)
+class RunFigures:
+    """One run of a comparison as it ended: its final val loss and what it cost."""
+
+    final_val_loss: float
+    steps: int
+    data_tokens: int
+    flops: float
+    wall_time_s: float
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """What a comparison measured, in the paper's three views; ``to_dict`` is ``comparison.json``.
+
+    ``lrs`` is set only where each arm ran at its own LR (``each_arm_at_its_own_lr``); ``equal_loss`` only with a
+    ladder, ``switch`` only where TST has evaluations at and after its switch, the equal-data figures only with
+    that baseline; ``labels`` and ``data`` (``runs.data_record``) are what ``compare`` adds for its report."""
+
+    switch_step: int
+    runs: dict[str, RunFigures]
+    eval_noise: float | None
+    equal_flops_delta: float  # TST minus baseline final val loss: negative, TST is better
+    equal_flops: GapReading
+    equal_loss_within_runs: dict[str, Any]
+    phase1_step_value_detail: StepValue
+    lrs: dict[str, float] | None = None
+    equal_loss: dict[str, Any] | None = None
+    switch: dict[str, Any] | None = None
+    equal_data_delta: float | None = None
+    equal_data: GapReading | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+    data: dict[str, Any] | None = None
+
+    @property
+    def each_arm_at_its_own_lr(self) -> bool:
+        return self.lrs is not None
+
+    @property
+    def phase1_step_value(self) -> float | None:
+        return self.phase1_step_value_detail.value
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the comparison as ``comparison.json`` holds it (a figure a comparison lacks is left out)."""
+        out: dict[str, Any] = {"switch_step": self.switch_step,
+                               "runs": {name: dataclasses.asdict(r) for name, r in self.runs.items()}}
+        if self.lrs is not None:
+            out |= {"lrs": self.lrs, "each_arm_at_its_own_lr": True}
+        out |= {"eval_noise": self.eval_noise, "equal_flops_delta": self.equal_flops_delta,
+                "equal_flops": self.equal_flops, "equal_loss_within_runs": self.equal_loss_within_runs}
+        if self.equal_loss is not None:
+            out["equal_loss"] = self.equal_loss
+        if self.switch is not None:
+            out["switch"] = self.switch
+        out |= {"phase1_step_value": self.phase1_step_value, "phase1_step_value_detail": self.phase1_step_value_detail}
+        if self.equal_data is not None:
+            out |= {"equal_data_delta": self.equal_data_delta, "equal_data": self.equal_data}
+        return out | {"labels": self.labels, "data": self.data}
 
 
 def _variant_label(cfg: Config) -> str:
@@ -74,7 +136,7 @@ def plan_runs(cfg: Config, equal_data: bool = False, baseline_lr: float | None =
 
 
 def analyse(run_dirs: dict[str, Path], switch_step: int, decay: int, warmup: int = 0,
-            lrs: dict[str, float] | None = None, ladder: dict[str, int] | None = None) -> dict[str, Any]:
+            lrs: dict[str, float] | None = None, ladder: dict[str, int] | None = None) -> Comparison:
     """Return the comparison figures from finished runs (``baseline``, ``tst``, optional
     ``baseline-equal-data`` and the ladder's rungs); ``decay`` is the first step of the LR decay, ``warmup``
     its warmup steps (the baseline's curve is fitted between the two, for the evaluation noise). ``lrs``
@@ -87,79 +149,65 @@ def analyse(run_dirs: dict[str, Path], switch_step: int, decay: int, warmup: int
                  for name, d in run_dirs.items()}
     own_lrs = lrs is not None and not comparable(lrs["baseline"], lrs["tst"])
     base, tst = rows["baseline"], rows["tst"]
-    runs = {name: {"final_val_loss": r[-1]["val_loss"], "steps": summaries[name]["steps"],
-                   "data_tokens": summaries[name]["data_tokens"], "flops": summaries[name]["flops"],
-                   "wall_time_s": summaries[name]["wall_time"]} for name, r in rows.items()}
+    runs = {name: RunFigures(r[-1]["val_loss"], summaries[name]["steps"], summaries[name]["data_tokens"],
+                             summaries[name]["flops"], summaries[name]["wall_time"]) for name, r in rows.items()}
     fit = fit_curve(base, warmup, decay)
     noise = fit.noise if fit else None
-    gaps = {"equal_flops": tst[-1]["val_loss"] - base[-1]["val_loss"]}  # negative: TST is better
-    if "baseline-equal-data" in rows:
-        gaps["equal_data"] = tst[-1]["val_loss"] - rows["baseline-equal-data"][-1]["val_loss"]
-    readings = {view: gap_reading([gap], [noise]) for view, gap in gaps.items()}
-    within = within_runs(base, tst, runs)
-    switch = switch_figures(base, tst, switch_step, own_lrs)
-    step_value = not_comparable_value() if own_lrs else phase1_step_value(base, tst, switch_step, decay, warmup)
-    equal_loss = ladder_reading(rows, {n: runs[n]["flops"] for n in rows}, {**ladder, "tst": decay}, list(ladder),
-                                noise) if ladder else None
-    out: dict[str, Any] = {"switch_step": switch_step, "runs": runs}
-    if own_lrs:
-        out |= {"lrs": {"baseline": lrs["baseline"], "tst": lrs["tst"]}, "each_arm_at_its_own_lr": True}
-    out |= {"eval_noise": noise, "equal_flops_delta": gaps["equal_flops"], "equal_flops": readings["equal_flops"],
-            "equal_loss_within_runs": within}
-    if equal_loss is not None:
-        out["equal_loss"] = equal_loss
-    if switch is not None:
-        out["switch"] = switch
-    out["phase1_step_value"] = step_value.value
-    out["phase1_step_value_detail"] = step_value
-    if "equal_data" in gaps:
-        out |= {"equal_data_delta": gaps["equal_data"], "equal_data": readings["equal_data"]}
-    return out
+    equal_flops = tst[-1]["val_loss"] - base[-1]["val_loss"]
+    equal_data = tst[-1]["val_loss"] - rows["baseline-equal-data"][-1]["val_loss"] if "baseline-equal-data" in rows \
+        else None
+    figures = {name: dataclasses.asdict(r) for name, r in runs.items()}
+    return Comparison(
+        switch_step, runs, noise, equal_flops, gap_reading([equal_flops], [noise]), within_runs(base, tst, figures),
+        not_comparable_value() if own_lrs else phase1_step_value(base, tst, switch_step, decay, warmup),
+        lrs={"baseline": lrs["baseline"], "tst": lrs["tst"]} if own_lrs else None,
+        equal_loss=ladder_reading(rows, {n: r.flops for n, r in runs.items()}, {**ladder, "tst": decay}, list(ladder),
+                                  noise) if ladder else None,
+        switch=switch_figures(base, tst, switch_step, own_lrs), equal_data_delta=equal_data,
+        equal_data=None if equal_data is None else gap_reading([equal_data], [noise]))
 
 
-def report_markdown(result: dict[str, Any], labels: dict[str, str], command: str) -> str:
+def report_markdown(result: Comparison, labels: dict[str, str], command: str) -> str:
     """Return report.md: the table of runs and the three views."""
-    runs = result["runs"]
     lines = ["# Baseline vs TST", "", f"Command: `{command}`", ""]
-    if result.get("data"):
-        lines += [data_line(result["data"]), ""]
+    if result.data:
+        lines += [data_line(result.data), ""]
     lines += ["| run | steps | final val loss | data tokens | FLOPs | wall time (s) |",
              "| --- | --- | --- | --- | --- | --- |"]
-    for name, r in runs.items():
-        lines.append(f"| {labels[name]} | {r['steps']} | {r['final_val_loss']:.4f} | {r['data_tokens']:,} | "
-                     f"{r['flops']:.3e} | {r['wall_time_s']:.0f} |")
-    if result.get("each_arm_at_its_own_lr"):
-        lines += ["", f"Each arm ran at its own LR: the baseline at {result['lrs']['baseline']:g}, TST at "
-                  f"{result['lrs']['tst']:g}. The gaps below, and the equal-loss view (each arm's own curve against "
+    for name, r in result.runs.items():
+        lines.append(f"| {labels[name]} | {r.steps} | {r.final_val_loss:.4f} | {r.data_tokens:,} | "
+                     f"{r.flops:.3e} | {r.wall_time_s:.0f} |")
+    if result.lrs is not None:
+        lines += ["", f"Each arm ran at its own LR: the baseline at {result.lrs['baseline']:g}, TST at "
+                  f"{result.lrs['tst']:g}. The gaps below, and the equal-loss view (each arm's own curve against "
                   "the baseline's final val loss), compare the runs as trained; the readings of the baseline's "
                   "curve as what TST would have done without phase 1 (the phase-1 step value, the spike at the "
                   f"switch) are not comparable: {NOT_COMPARABLE}."]
     lines += ["", "## Equal FLOPs (same steps)", "",
-              f"TST minus baseline final val loss: **{result['equal_flops_delta']:+.4f}** nats "
-              f"({gap_words(result['equal_flops'], result.get('eval_noise'))}).", ""]
+              f"TST minus baseline final val loss: **{result.equal_flops_delta:+.4f}** nats "
+              f"({gap_words(result.equal_flops, result.eval_noise)}).", ""]
     lines += equal_loss_lines(result)
-    lines += phase1_value_lines(result["phase1_step_value_detail"], result["switch_step"])
-    if "switch" in result and "not_comparable" in result["switch"]:
-        sw = result["switch"]
+    lines += phase1_value_lines(result.phase1_step_value_detail, result.switch_step)
+    sw = result.switch
+    if sw is not None and "not_comparable" in sw:
         lines += ["## The switch", "",
-                  f"At step {result['switch_step']} TST's next-token val loss is {sw['tst_val_loss_at_switch']:.4f}, "
+                  f"At step {result.switch_step} TST's next-token val loss is {sw['tst_val_loss_at_switch']:.4f}, "
                   f"the baseline's {sw['baseline_val_loss_at_switch']:.4f}. The spike against the baseline and the "
                   f"first evaluation below it: not comparable: {sw['not_comparable']}.", ""]
-    elif "switch" in result:
-        sw = result["switch"]
+    elif sw is not None:
         lines += ["## The switch", "",
-                  f"At step {result['switch_step']} TST's next-token val loss is {sw['tst_val_loss_at_switch']:.4f} "
+                  f"At step {result.switch_step} TST's next-token val loss is {sw['tst_val_loss_at_switch']:.4f} "
                   f"against the baseline's {sw['baseline_val_loss_at_switch']:.4f} at the same step (interpolated "
                   f"between its evaluations where needed): a spike of "
                   f"{sw['spike_vs_baseline']:+.4f} nats. " + _first_below(sw['first_eval_below_baseline_after_switch']),
                   ""]
-    if "equal_data_delta" in result:
+    if result.equal_data is not None:
         lines += ["## Equal data", "",
-                  f"TST minus the equal-data baseline's final val loss: **{result['equal_data_delta']:+.4f}** nats "
-                  f"({gap_words(result['equal_data'], result.get('eval_noise'))}).", ""]
+                  f"TST minus the equal-data baseline's final val loss: **{result.equal_data_delta:+.4f}** nats "
+                  f"({gap_words(result.equal_data, result.eval_noise)}).", ""]
     lines += reading_lines(result)
     lines += ["Plots: `val_loss_vs_flops.png`, `val_loss_vs_data_tokens.png`, `val_loss_vs_wall_time.png`"
-              + (", `phase1_step_value.png`." if result["phase1_step_value_detail"].course else "."), ""]
+              + (", `phase1_step_value.png`." if result.phase1_step_value_detail.course else "."), ""]
     return "\n".join(lines)
 
 
@@ -176,11 +224,11 @@ def _reached(x: float | None, spec: str, suffix: str = "") -> str:
     return number(x, spec, "not reached", suffix)
 
 
-def equal_loss_lines(result: dict[str, Any]) -> list[str]:
+def equal_loss_lines(result: Comparison) -> list[str]:
     """Return report.md's equal-loss sections: the ladder's speedup (when measured) and the within-run view."""
     lines = []
-    if "equal_loss" in result:
-        eq = result["equal_loss"]
+    if result.equal_loss is not None:
+        eq = result.equal_loss
         lines += ["## Equal loss: a ladder of baselines", "", eq["reading"], "",
                   "| run | steps | compute (x TST's) | final val loss |", "| --- | --- | --- | --- |"]
         lines += [f"| baseline | {g['steps']} | {g['multiple']:.2f} | {g['val_loss']:.4f} |" for g in eq["rungs"]]
@@ -188,7 +236,7 @@ def equal_loss_lines(result: dict[str, Any]) -> list[str]:
                   f"How: {eq['method']}. Noise of one final value: "
                   + (f"{eq['noise']:.4f} nats, from {eq['noise_from']}." if eq["noise"] is not None else "unknown.")
                   + " Plot: `equal_loss.png`.", ""]
-    w = result["equal_loss_within_runs"]
+    w = result.equal_loss_within_runs
     lines += ["## Equal loss within the runs", "",
               f"Where each arm's own curve first reaches the baseline's final val loss {w['target_val_loss']:.4f} "
               "(TST's curve read as it stands, through its LR decay).", "",
@@ -215,21 +263,21 @@ def gap_words(reading: GapReading, noise: float | None) -> str:
             "on one evaluation")
 
 
-def reading_lines(result: dict[str, Any]) -> list[str]:
+def reading_lines(result: Comparison) -> list[str]:
     """Return report.md's plain reading: does TST pay in these runs, beyond the noise, and which runs would say more
     if it does not. What other runs found belongs in docs/results.md, not in a report of these."""
-    gap, reading = result["equal_flops_delta"], result["equal_flops"]
-    detail = result["phase1_step_value_detail"]
+    gap, reading = result.equal_flops_delta, result.equal_flops
+    detail = result.phase1_step_value_detail
     bought = "" if detail.value is None else (f" A phase-1 step bought {detail.value:.2f} baseline steps "
                                                  f"({detail.reading}).")
-    own_lr = result.get("each_arm_at_its_own_lr")
+    own_lr = result.each_arm_at_its_own_lr
     tune = ("These runs measured one LR per arm; to tune TST's on its own, "
             + ("try other `--lr` values against this baseline, or `tstrain scale --lrs ... --tune-arms`, which "
                "tunes both arms over one grid. " if own_lr else
                "run other `--lr` values with `--baseline-lr` at this one. "))
     small_scale = (tune + "`tstrain scale` measures how the gap and the phase-1 step value move with run length and "
                    "model size.")
-    words = gap_words(reading, result.get("eval_noise"))
+    words = gap_words(reading, result.eval_noise)
     at = "at equal FLOPs" + (", each arm at its own LR" if own_lr else "")
     if reading.reading == "TST better":
         verdict = (f"TST ends {-gap:.3f} nats below the baseline {at} ({words}): here it saves compute."
@@ -327,7 +375,7 @@ def plot(run_dirs: dict[str, Path], labels: dict[str, str], switch_step: int, ou
     return paths
 
 
-def compare(cfg: Config, out_dir: str | Path, options: CompareOptions | None = None) -> dict[str, Any]:
+def compare(cfg: Config, out_dir: str | Path, options: CompareOptions | None = None) -> Comparison:
     """Train (or reuse) the runs of a comparison and write report.md, comparison.json and plots.
 
     ``options`` (``plans.CompareOptions``): the equal-data baseline, the baseline's own LR (TST trains at
@@ -344,16 +392,16 @@ def compare(cfg: Config, out_dir: str | Path, options: CompareOptions | None = N
         dirs = {spec.name: out / spec.name for spec in [*runs, *rungs]}
         labels = {s.name: s.label for s in [*runs, *rungs]}
         decays = {"baseline": decay_start(cfg)} | {r.name: decay_start(r.config) for r in rungs}
-        result = analyse(dirs, cfg.switch_step, decay_start(cfg), cfg.optim.warmup_steps,
-                         {"baseline": runs[0].config.optim.lr, "tst": cfg.optim.lr}, decays if rungs else None)
-        result["labels"] = labels
-        result["data"] = data_record(cfg.data.path)
+        result = dataclasses.replace(
+            analyse(dirs, cfg.switch_step, decay_start(cfg), cfg.optim.warmup_steps,
+                    {"baseline": runs[0].config.optim.lr, "tst": cfg.optim.lr}, decays if rungs else None),
+            labels=labels, data=data_record(cfg.data.path))
         report = report_markdown(result, labels, o.command)
         write_text_atomic(out / "comparison.json", json_text(result))
         write_text_atomic(out / "report.md", report)
         plot(dirs, labels, cfg.switch_step, out)
-        _plot_or_remove(plot_ladder, result.get("equal_loss"), out / "equal_loss.png")
-        detail = result["phase1_step_value_detail"]
+        _plot_or_remove(plot_ladder, result.equal_loss, out / "equal_loss.png")
+        detail = result.phase1_step_value_detail
         _plot_or_remove(plot_step_value, detail if detail.course else None, out / "phase1_step_value.png")
         return result
 
