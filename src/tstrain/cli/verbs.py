@@ -132,8 +132,8 @@ def cmd_verify_data(args: argparse.Namespace) -> int:
     data = TokenData(args.data)
     top = data.verify()
     shards = [s for split in data.shards.values() for s in split]
-    hashed = f"and the SHA-256 of each of its {len(shards)} token files matches the manifest" \
-        if all(s.get("sha256") for s in shards) else "(the manifest predates token-file hashes)"
+    hashed = (f"and the SHA-256 of each of its {len(shards)} token files matches the manifest"
+              if all(s.get("sha256") for s in shards) else "(the manifest predates token-file hashes)")
     print(f"verified {args.data}: {len(data.train):,} training and {len(data.val):,} validation tokens, largest ids "
           f"{top['train']} and {top['val']} inside the vocabulary of {data.vocab_size:,}, {hashed}")
     return 0

@@ -343,8 +343,8 @@ def _hold_out_tail(out: Path, state: dict, val_fraction: float) -> None:
         ids = np.memmap(out / shard["file"], dtype=dtype, mode="r")
         take = min(need, ids.size)
         p["val"] = rewrite(out / shard["file"].replace("train", "val", 1), ids[ids.size - take :], 1)
-        p["train"] = rewrite(out / shard["file"], ids[: ids.size - take], shard["documents"]) if take < ids.size \
-            else None
+        p["train"] = (rewrite(out / shard["file"], ids[: ids.size - take], shard["documents"]) if take < ids.size
+                      else None)
         if p["train"] is None:
             (out / shard["file"]).unlink()
         need -= take

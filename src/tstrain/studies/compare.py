@@ -154,8 +154,8 @@ def analyse(run_dirs: dict[str, Path], switch_step: int, decay: int, warmup: int
     fit = fit_curve(base, warmup, decay)
     noise = fit.noise if fit else None
     equal_flops = tst[-1]["val_loss"] - base[-1]["val_loss"]
-    equal_data = tst[-1]["val_loss"] - rows["baseline-equal-data"][-1]["val_loss"] if "baseline-equal-data" in rows \
-        else None
+    eq = rows.get("baseline-equal-data")
+    equal_data = None if eq is None else tst[-1]["val_loss"] - eq[-1]["val_loss"]
     figures = {name: dataclasses.asdict(r) for name, r in runs.items()}
     return Comparison(
         switch_step, runs, noise, equal_flops, gap_reading([equal_flops], [noise]), within_runs(base, tst, figures),
