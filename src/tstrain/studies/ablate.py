@@ -8,6 +8,7 @@ evaluation noise of the baseline's curve (``statistics.gap_reading``), and its p
 
 from __future__ import annotations
 
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +18,28 @@ from ..run_lock import locked
 from .plans import ABLATIONS
 from .report_text import data_line, estimate_text, gap_text, json_text, lr_line, noise_text
 from .runs import baseline_of, data_record, eval_noise, lrs_of, run_or_reuse, step_values, val_rows
-from .statistics import StepValue, gap_reading, value_at
+from .statistics import GapReading, StepValue, gap_reading, value_at
+
+
+@dataclass(frozen=True)
+class AblationRun:
+    """One run of the ablations as ``ablations.json`` holds it: its val loss at the switch and at the end, its phase-1
+    step value with its interval (None for the baseline), its gap to the baseline, its data tokens and overrides."""
+
+    final_val_loss: float
+    val_loss_at_switch: float | None
+    phase1_step_value: float | None
+    phase1_step_value_interval: list[float | None] | None
+    vs_baseline: GapReading
+    data_tokens: int
+    overrides: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 def ablate(cfg: Config, out_dir: str | Path, names: list[str] | None = None,
-           extra: dict[str, dict[str, Any]] | None = None, baseline_lr: float | None = None) -> dict[str, Any]:
+           extra: dict[str, dict[str, Any]] | None = None, baseline_lr: float | None = None) -> dict[str, AblationRun]:
     """Run the baseline (at ``baseline_lr`` if given) and each named ablation at the config's (s, r);
     write ``ablations.json/md``."""
     table_of: dict[str, dict[str, Any]] = {**ABLATIONS, **(extra or {})}
@@ -39,11 +57,10 @@ def ablate(cfg: Config, out_dir: str | Path, names: list[str] | None = None,
         values = step_values(runs, out)
         noise = eval_noise(cfg, out)
         base = summaries["baseline"]["final_val_loss"]
-        result = {n: {"final_val_loss": s["final_val_loss"], "val_loss_at_switch": value_at(vals[n], switch),
-                      "phase1_step_value": values[n].value if n in values else None,
-                      "phase1_step_value_interval": values[n].interval if n in values else None,
-                      "vs_baseline": gap_reading([s["final_val_loss"] - base], [noise]),
-                      "data_tokens": s["data_tokens"], "overrides": table_of.get(n, {"tst.ratio": 0.0})}
+        result = {n: AblationRun(s["final_val_loss"], value_at(vals[n], switch),
+                                 values[n].value if n in values else None, values[n].interval if n in values else None,
+                                 gap_reading([s["final_val_loss"] - base], [noise]), s["data_tokens"],
+                                 table_of.get(n, {"tst.ratio": 0.0}))
                   for n, s in summaries.items()}
         write_text_atomic(out / "ablations.json", json_text(result))
         write_text_atomic(out / "ablations.md", ablations_markdown(result, values, cfg, noise, lrs_of(runs)))
@@ -51,7 +68,7 @@ def ablate(cfg: Config, out_dir: str | Path, names: list[str] | None = None,
         return result
 
 
-def ablations_markdown(result: dict[str, Any], values: dict[str, StepValue], cfg: Config, noise: float | None,
+def ablations_markdown(result: dict[str, AblationRun], values: dict[str, StepValue], cfg: Config, noise: float | None,
                        lrs: dict[str, float]) -> str:
     """Return ablations.md: one row per run, its val loss at the switch and at the end, its gap to the baseline and
     its phase-1 step value."""
@@ -66,13 +83,13 @@ def ablations_markdown(result: dict[str, Any], values: dict[str, StepValue], cfg
              "phase-1 step value | data tokens |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for n, r in result.items():
-        ov = ", ".join(f"{k}={v}" for k, v in r["overrides"].items()) or "(the method)"
-        at = "" if r["val_loss_at_switch"] is None else f"{r['val_loss_at_switch']:.4f}"
+        ov = ", ".join(f"{k}={v}" for k, v in r.overrides.items()) or "(the method)"
+        at = "" if r.val_loss_at_switch is None else f"{r.val_loss_at_switch:.4f}"
         value = "" if n == "baseline" else (
             "not comparable" if values[n].reading == "not comparable"
-            else estimate_text(r["phase1_step_value"], r["phase1_step_value_interval"]))
-        vs = "" if n == "baseline" else gap_text(r["vs_baseline"])
-        lines.append(f"| {n} | {ov} | {at} | {r['final_val_loss']:.4f} | {vs} | {value} | {r['data_tokens']:,} |")
+            else estimate_text(r.phase1_step_value, r.phase1_step_value_interval))
+        vs = "" if n == "baseline" else gap_text(r.vs_baseline)
+        lines.append(f"| {n} | {ov} | {at} | {r.final_val_loss:.4f} | {vs} | {value} | {r.data_tokens:,} |")
     return "\n".join(lines) + "\n"
 
 
