@@ -59,7 +59,7 @@ class Comparison:
     """What a comparison measured, in the paper's three views; ``to_dict`` is ``comparison.json``.
 
     ``lrs`` is set only where each arm ran at its own LR (``each_arm_at_its_own_lr``); ``equal_loss`` only with a
-    ladder, ``switch`` only where TST has evaluations at and after its switch, the equal-data figures only with
+    ladder, ``switch`` only where both curves have a value at the switch, the equal-data figures only with
     that baseline; ``labels`` and ``data`` (``runs.data_record``) are what ``compare`` adds for its report."""
 
     switch_step: int
