@@ -6,26 +6,26 @@ from pathlib import Path
 import pytest
 
 from tstrain.studies.ablate import ablate
-from tstrain.studies.plans import ABLATIONS
+from tstrain.studies.plans import ABLATIONS, SweepOptions
 from tstrain.studies.sweep import sweep
 
 
 @pytest.mark.parametrize("bag_sizes, ratios, message", [
-    ([], [0.5], "--bag-sizes and --ratios each need a value"),
-    ([0], [0.5], "--bag-sizes 0 with --ratios 0.5: bag_size must be an integer >= 1"),
+    ((), (0.5,), "--bag-sizes and --ratios each need a value"),
+    ((0,), (0.5,), "--bag-sizes 0 with --ratios 0.5: bag_size must be an integer >= 1"),
 ])
 def test_sweep_refuses_a_grid_it_cannot_train_before_anything_is_written(tiny_cfg, tmp_path, bag_sizes, ratios,
                                                                         message):
     from tstrain.errors import ConfigError
 
     with pytest.raises(ConfigError, match=message):
-        sweep(tiny_cfg(**{"train.steps": 8}), tmp_path / "sw", bag_sizes, ratios)
+        sweep(tiny_cfg(**{"train.steps": 8}), tmp_path / "sw", SweepOptions(bag_sizes, ratios))
     assert not (tmp_path / "sw").exists()
 
 
 def test_sweep_runs_the_grid_and_the_baseline_once_and_resumes(tiny_cfg, tmp_path):
     cfg = tiny_cfg(**{"train.steps": 8, "train.eval_every": 2})
-    table = sweep(cfg, tmp_path / "sw", [2, 4], [0.25, 0.5])
+    table = sweep(cfg, tmp_path / "sw", SweepOptions((2, 4), (0.25, 0.5)))
     assert sorted(p.name for p in (tmp_path / "sw").iterdir() if p.is_dir()) == \
         ["baseline", "s2-r0.25", "s2-r0.5", "s4-r0.25", "s4-r0.5"]
     for s in (2, 4):
@@ -51,7 +51,7 @@ def test_sweep_runs_the_grid_and_the_baseline_once_and_resumes(tiny_cfg, tmp_pat
     assert "noise unknown" in md
     assert (tmp_path / "sw" / "sweep_heatmap.png").stat().st_size > 0
     stamp = (tmp_path / "sw" / "s4-r0.5" / "summary.json").stat().st_mtime
-    assert sweep(cfg, tmp_path / "sw", [2, 4], [0.25, 0.5]) == table
+    assert sweep(cfg, tmp_path / "sw", SweepOptions((2, 4), (0.25, 0.5))) == table
     assert (tmp_path / "sw" / "s4-r0.5" / "summary.json").stat().st_mtime == stamp
 
 
@@ -82,7 +82,7 @@ def test_sweep_and_ablate_train_the_baseline_at_its_own_lr(tiny_cfg, tmp_path):
     from tstrain.studies.statistics import NOT_COMPARABLE
 
     cfg = tiny_cfg(**{"train.steps": 8, "train.eval_every": 2, "tst.ratio": 0.5})
-    table = sweep(cfg, tmp_path / "sw", [2], [0.5], baseline_lr=6e-3)
+    table = sweep(cfg, tmp_path / "sw", SweepOptions((2,), (0.5,)), baseline_lr=6e-3)
     saved = {n: load_config(None, tmp_path / "sw" / n / "config.toml").optim.lr for n in ("baseline", "s2-r0.5")}
     assert saved == {"baseline": 6e-3, "s2-r0.5": cfg.optim.lr} and cfg.optim.lr != 6e-3
     assert table.lrs == {"baseline": 6e-3, "tst": cfg.optim.lr}
@@ -91,7 +91,7 @@ def test_sweep_and_ablate_train_the_baseline_at_its_own_lr(tiny_cfg, tmp_path):
     assert f"Each arm at its own LR: the baseline at 0.006, TST at {cfg.optim.lr:g}." in md
     assert f"Phase-1 step value: not comparable: {NOT_COMPARABLE}." in md
     with pytest.raises(ConfigError, match="optim.lr: saved 0.006"):  # not reused for a sweep at one LR
-        sweep(cfg, tmp_path / "sw", [2], [0.5])
+        sweep(cfg, tmp_path / "sw", SweepOptions((2,), (0.5,)))
 
     result = ablate(cfg, tmp_path / "ab", ["method"], baseline_lr=6e-3)
     assert result["method"].phase1_step_value is None

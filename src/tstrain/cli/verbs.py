@@ -87,9 +87,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_sweep(args: argparse.Namespace) -> int:
     from ..studies.sweep import sweep
 
-    cfg = _config(args)
-    options = options_of(args)
-    sweep(cfg, args.out, list(options.bag_sizes), list(options.ratios), baseline_lr=args.baseline_lr)  # checks them
+    sweep(_config(args), args.out, options_of(args), baseline_lr=args.baseline_lr)  # checks its grid first
     print((Path(args.out) / "sweep.md").read_text())
     return 0
 

@@ -34,8 +34,8 @@ class SweepTable:
     evaluation noise, and its phase-1 step value with its interval; ``to_dict`` is ``sweep.json``."""
 
     baseline: float
-    bag_sizes: list[int]
-    ratios: list[float]
+    bag_sizes: tuple[int, ...]
+    ratios: tuple[float, ...]
     eval_noise: float | None
     lrs: dict[str, float]  # the baseline's LR and the TST runs'
     grid: dict[str, dict[str, float]]
@@ -47,22 +47,23 @@ class SweepTable:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
-def grid_configs(cfg: Config, bag_sizes: list[int], ratios: list[float],
-                 baseline_lr: float | None = None) -> dict[str, Config]:
+def grid_configs(cfg: Config, grid: SweepOptions, baseline_lr: float | None = None) -> dict[str, Config]:
     """Return ``{run name: config}`` for the baseline (at ``baseline_lr`` if given) and every (s, r) of the grid."""
     runs = {"baseline": baseline_of(cfg, baseline_lr)}
-    for s in bag_sizes:
-        for r in ratios:
+    for s in grid.bag_sizes:
+        for r in grid.ratios:
             runs[f"s{s}-r{r:g}"] = cfg.with_values({"tst.bag_size": s, "tst.ratio": r})
     return runs
 
 
-def sweep(cfg: Config, out_dir: str | Path, bag_sizes: list[int], ratios: list[float],
+def sweep(cfg: Config, out_dir: str | Path, grid: SweepOptions | None = None,
           baseline_lr: float | None = None) -> SweepTable:
-    """Run the s x r grid and the baseline; write ``sweep.json``, ``sweep.md`` and plots. A grid that cannot train
-    (``plans.SweepOptions``' rules, in the words of its flags) is refused before anything is written."""
-    check(SweepOptions(bag_sizes=tuple(bag_sizes), ratios=tuple(ratios)), ConfigError)
-    runs = grid_configs(cfg, bag_sizes, ratios, baseline_lr)
+    """Run the s x r ``grid`` (``plans.SweepOptions``) and the baseline; write ``sweep.json``, ``sweep.md`` and plots.
+    A grid that cannot train (its rules, in the words of its flags) is refused before anything is written."""
+    grid = grid or SweepOptions()
+    check(grid, ConfigError)
+    bag_sizes, ratios = grid.bag_sizes, grid.ratios
+    runs = grid_configs(cfg, grid, baseline_lr)
     with locked(out_dir, "sweep dir") as out:
         results = {name: run_or_reuse(c, out / name)["final_val_loss"] for name, c in runs.items()}
         values = step_values(runs, out)
