@@ -8,7 +8,7 @@ evaluation noise of the baseline's curve (``statistics.gap_reading``), and its p
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,8 @@ from .statistics import GapReading, StepValue, gap_reading, value_at
 @dataclass(frozen=True)
 class AblationRun:
     """One run of the ablations as ``ablations.json`` holds it: its val loss at the switch and at the end, its phase-1
-    step value with its interval (None for the baseline), its gap to the baseline, its data tokens and overrides."""
+    step value with its interval (None for the baseline), its gap to the baseline, its data tokens and overrides
+    (``report_text.json_text`` writes its fields)."""
 
     final_val_loss: float
     val_loss_at_switch: float | None
@@ -33,9 +34,6 @@ class AblationRun:
     vs_baseline: GapReading
     data_tokens: int
     overrides: dict[str, Any]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 def ablate(cfg: Config, out_dir: str | Path, names: list[str] | None = None,

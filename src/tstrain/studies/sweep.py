@@ -12,9 +12,8 @@ apart); the gaps keep their reading and the phase-1 step values are not comparab
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from ..config import Config
 from ..errors import ConfigError
@@ -31,7 +30,8 @@ from .statistics import NOT_COMPARABLE, GapReading, comparable, gap_reading
 class SweepTable:
     """What a sweep measured: the baseline's final val loss and, per bag size s and ratio r (keyed as their text,
     as ``sweep.json`` holds them), each TST run's final val loss, its gap to the baseline read against the
-    evaluation noise, and its phase-1 step value with its interval; ``to_dict`` is ``sweep.json``."""
+    evaluation noise, and its phase-1 step value with its interval; ``report_text.json_text`` writes it as
+    ``sweep.json``."""
 
     baseline: float
     bag_sizes: tuple[int, ...]
@@ -42,9 +42,6 @@ class SweepTable:
     gap: dict[str, dict[str, GapReading]]
     phase1_step_value: dict[str, dict[str, float | None]]
     phase1_step_value_interval: dict[str, dict[str, list[float | None] | None]]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 def grid_configs(cfg: Config, grid: SweepOptions, baseline_lr: float | None = None) -> dict[str, Config]:
