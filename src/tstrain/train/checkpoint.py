@@ -221,8 +221,7 @@ def verify_checkpoint(path: Path) -> dict[str, Any]:
     if not mpath.is_file():
         raise CheckpointError(f"{path} has no {MANIFEST}: it was never completed")
     fix = "the checkpoint cannot be trusted; delete it to resume from the one before"
-    files = manifest_files(mpath, fix)
-    check_files(path, files, "the manifest")
+    check_files(path, manifest_files(mpath, fix), "the manifest")
     return read_json_object(path / "state.json", CheckpointError, fix)
 
 
