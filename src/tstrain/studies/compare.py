@@ -156,9 +156,9 @@ def analyse(run_dirs: dict[str, Path], switch_step: int, decay: int, warmup: int
     equal_flops = tst[-1]["val_loss"] - base[-1]["val_loss"]
     eq = rows.get("baseline-equal-data")
     equal_data = None if eq is None else tst[-1]["val_loss"] - eq[-1]["val_loss"]
-    figures = {name: dataclasses.asdict(r) for name, r in runs.items()}
+    costs = [(runs[n].wall_time_s, runs[n].flops) for n in ("baseline", "tst")]
     return Comparison(
-        switch_step, runs, noise, equal_flops, gap_reading([equal_flops], [noise]), within_runs(base, tst, figures),
+        switch_step, runs, noise, equal_flops, gap_reading([equal_flops], [noise]), within_runs(base, tst, costs),
         not_comparable_value() if own_lrs else phase1_step_value(base, tst, switch_step, decay, warmup),
         lrs={"baseline": lrs["baseline"], "tst": lrs["tst"]} if own_lrs else None,
         equal_loss=ladder_reading(rows, {n: r.flops for n, r in runs.items()}, {**ladder, "tst": decay}, list(ladder),

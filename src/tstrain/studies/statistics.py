@@ -371,15 +371,16 @@ def switch_figures(base: list[dict[str, Any]], tst: list[dict[str, Any]], switch
 WALL_TOLERANCE = 1.25  # per-FLOP wall times further apart than this say the machine's load differed
 
 
-def within_runs(base: list[dict[str, Any]], tst: list[dict[str, Any]], runs: dict[str, Any]) -> dict[str, Any]:
+def within_runs(base: list[dict[str, Any]], tst: list[dict[str, Any]],
+                costs: list[tuple[float, float]]) -> dict[str, Any]:
     """Return the within-run equal-loss view: where each arm's own curve first reaches the baseline's final val
     loss, in steps and in wall time. TST's curve is read as it stands, its own LR decay included. Wall time only
-    where the arms' seconds per FLOP agree within ``WALL_TOLERANCE``: beyond it the machine's load differed
-    between the runs, and a wall-time ratio would measure that."""
+    where the arms' seconds per FLOP (``costs``: each arm's wall time and FLOPs) agree within ``WALL_TOLERANCE``:
+    beyond it the machine's load differed between the runs, and a wall-time ratio would measure that."""
     target = base[-1]["val_loss"]
     b_step, t_step = first_reaching(base, target, "step"), first_reaching(tst, target, "step")
     b_time, t_time = first_reaching(base, target, "wall_time"), first_reaching(tst, target, "wall_time")
-    per_flop = [runs[n]["wall_time_s"] / runs[n]["flops"] for n in ("baseline", "tst") if runs[n]["flops"]]
+    per_flop = [seconds / flops for seconds, flops in costs if flops]
     ratio = max(per_flop) / min(per_flop) if len(per_flop) == 2 and min(per_flop) > 0 else None
     steady = ratio is not None and ratio <= WALL_TOLERANCE
     return {"target_val_loss": target, "baseline_steps": b_step, "tst_steps": t_step,
